@@ -1,0 +1,44 @@
+# make run   set up (first time) and run the default pipeline on the demo model
+# make test  set up (first time) and run the test suite
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, pinned: this version has a CPU wheel on our machines; a looser pin pulls CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+UI_PORT ?= 5000
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup run test sweep ui clean demo-model
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (once; again when pyproject.toml changes)
+
+run: $(STAMP) ## run the default pipeline: demo model over the demo dataset, tracked in MLflow
+	$(PY) -m pipeline
+
+test: $(STAMP) ## run the whole test suite (CPU, no network)
+	$(PY) -m pytest
+
+sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a child per job)
+	$(PY) -m pipeline +experiment=temperature_sweep
+
+ui: $(STAMP) ## serve the MLflow UI for runs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=... to change)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (deterministic, a few minutes)
+	$(PY) scripts/train_demo_model.py
+
+clean: ## delete every run folder and the MLflow store under runs/ (keeps .venv)
+	find runs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,92 @@
+"""Command-line entry: `python -m pipeline [overrides]`, or `-m` for a sweep.
+
+compose -> validate -> run -> exit code. The command line is checked first (pipeline.precheck),
+so a config mistake prints one line and exits 2 before Hydra creates any folder. Then Hydra
+composes the config and calls `hydra_main` once per job, which converts it to typed dataclasses
+and hands it to the runner. Exit codes: 0 success, 1 the run failed, 2 a mistake in the config
+or the inputs, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from pipeline.config import register
+from pipeline.console import run_summary
+from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, UserError, describe_config_exception
+from pipeline.precheck import check_command_line
+from pipeline.runner import run, set_status
+from pipeline.sweep import parent_run_id
+
+log = logging.getLogger("pipeline")
+EXIT_INTERRUPTED = 130
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> Optional[float]:
+    """One job: returns its accuracy (what a Hydra sweeper optimises), or exits with its code."""
+    from pipeline.config import to_config
+
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    try:
+        config = to_config(cfg)
+        parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
+        result = run(config, run_dir, parent_run_id=parent, overrides=tuple(hydra_config.overrides.task))
+    except KeyboardInterrupt:
+        log.error("interrupted; the run folder keeps what was written: %s", run_dir)
+        sys.exit(EXIT_INTERRUPTED)
+    except UserError as error:
+        return _fail(run_dir, f"error: {error}", EXIT_USAGE, in_sweep)
+    except Exception as error:  # a config error raised while converting lands here too
+        message = describe_config_exception(error) if _is_config_error(error) else f"{type(error).__name__}: {error}"
+        with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
+            traceback.print_exc(file=log_file)
+        return _fail(run_dir, f"run failed: {message} (traceback in {run_dir}/{hydra_config.job.name}.log)",
+                     EXIT_FAILURE, in_sweep)
+    if result.summary is not None:
+        tracker = result.tracker
+        mlflow = None if tracker is None or not tracker.run_id else {
+            "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": tracker.uri,
+            "url": tracker.run_url()}
+        print(run_summary(result.summary, run_dir, mlflow), flush=True)
+        return result.summary.accuracy
+    return None
+
+
+def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> None:
+    """Report a failed job: one line; a single run exits, a sweep goes on to its next job."""
+    if not (run_dir / "status.json").is_file():
+        set_status(run_dir, "failed", message)
+    log.error(message)
+    if not in_sweep:
+        sys.exit(code)
+
+
+def _is_config_error(error: Exception) -> bool:
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(error, OmegaConfBaseException)
+
+
+def main() -> None:
+    problem = check_command_line(sys.argv[1:])
+    if problem:
+        print(f"config error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    register()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""What a run and a sweep print in the terminal: short, aligned, and on stdout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.records import Summary
+
+
+def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]]) -> str:
+    accuracy = "n/a (no references)" if summary.accuracy is None else \
+        f"{summary.accuracy:.3f} ({summary.correct}/{summary.num_scored} exact match)"
+    stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in summary.stage_seconds.items())
+    lines = [
+        f"samples   {summary.num_samples}",
+        f"accuracy  {accuracy}",
+        f"speed     {summary.tokens_per_second:.1f} completion tokens/s; batch latency "
+        f"p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",
+        f"stages    {stages}",
+        f"run dir   {_relative(run_dir)}",
+    ]
+    if mlflow:
+        lines.append(f"mlflow    run {mlflow['run_id']} in experiment '{mlflow['experiment']}' "
+                     f"({mlflow['uri']}); `make ui`, then http://127.0.0.1:5000/{mlflow['url']}")
+    else:
+        lines.append("mlflow    off (tracking=none)")
+    return "\n".join(lines)
+
+
+def sweep_table(jobs: list[dict[str, Any]]) -> str:
+    """One row per job: the overrides that set it apart, its state, accuracy and speed."""
+    shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if len(jobs) > 1 else set()
+    header = ("job", "swept", "state", "accuracy", "tokens/s")
+    rows = [header] + [(
+        str(job["num"]),
+        " ".join(o for o in job["overrides"] if o not in shared) or "-",
+        job["state"],
+        "-" if job.get("accuracy") is None else f"{job['accuracy']:.3f}",
+        "-" if job.get("tokens_per_second") is None else f"{job['tokens_per_second']:.1f}",
+    ) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)

@@ -1,0 +1,89 @@
+"""Read a dataset JSONL file into Samples, refusing bad lines with `file:line` and the reason.
+
+Each line is a JSON object with an `id` (string or integer; the line number when absent),
+either a `prompt` (a string, sent as one user message) or `messages` (a list of
+`{"role", "content"}`), and an optional `reference` answer. Nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.config import DatasetConfig
+from pipeline.errors import UserError
+from pipeline.records import Message, Sample
+
+ROLES = ("system", "user", "assistant")
+
+
+def load_samples(config: DatasetConfig) -> list[Sample]:
+    path = Path(config.path).expanduser()
+    if not path.is_file():
+        raise UserError(f"dataset.path={config.path!r}: file not found (give a .jsonl file of "
+                        "{id, prompt | messages, reference})")
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{where}: not valid JSON: {error.msg} (column {error.colno})") from None
+            sample = _to_sample(record, where, line_number)
+            if sample.id in seen:
+                raise UserError(f"{where}: duplicate id {sample.id!r} (first on line {seen[sample.id]})")
+            seen[sample.id] = line_number
+            samples.append(sample)
+            if config.limit is not None and len(samples) >= config.limit:
+                break
+    if not samples:
+        raise UserError(f"dataset.path={config.path!r}: the file has no samples")
+    return samples
+
+
+def _to_sample(record: Any, where: str, line_number: int) -> Sample:
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    sample_id = record.get("id", line_number)
+    if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool) or str(sample_id) == "":
+        raise UserError(f"{where}: id must be a non-empty string or an integer, got {sample_id!r}")
+    reference = _reference(record.get("reference"), where)
+    if "prompt" in record and "messages" in record:
+        raise UserError(f"{where}: give either prompt or messages, not both")
+    if "prompt" in record:
+        prompt = record["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{where}: prompt must be a non-empty string")
+        messages: tuple[Message, ...] = (Message("user", prompt),)
+    elif "messages" in record:
+        messages = _messages(record["messages"], where)
+    else:
+        raise UserError(f"{where}: a record needs a prompt (string) or messages (list of role/content)")
+    return Sample(id=str(sample_id), messages=messages, reference=reference)
+
+
+def _messages(raw: Any, where: str) -> tuple[Message, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
+    messages = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or item.get("role") not in ROLES or not isinstance(item.get("content"), str):
+            raise UserError(f"{where}: messages[{index}] must be {{\"role\": one of {', '.join(ROLES)}, "
+                            "\"content\": a string}")
+        messages.append(Message(item["role"], item["content"]))
+    if messages[-1].role == "assistant":
+        raise UserError(f"{where}: the last message must not be the assistant's: there is nothing to answer")
+    return tuple(messages)
+
+
+def _reference(raw: Any, where: str) -> Optional[str]:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise UserError(f"{where}: reference must be a string or a number, got {type(raw).__name__}")
+    return str(raw)

@@ -1,0 +1,103 @@
+"""Validate a command line before Hydra runs anything, so a mistake creates nothing.
+
+Hydra composes a run's config only after deciding to run it, and in a sweep only after it has
+created the sweep folder. This module composes the same config first, with Hydra's compose API:
+every value of every swept key (from `-m a=1,2` or a saved experiment's `hydra.sweeper.params`)
+is composed and converted to the typed schema, so an unknown key, a wrong type or an
+out-of-range value in any job is reported as one line before anything exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from pipeline.config import register, to_config
+from pipeline.errors import describe_config_exception
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def check_command_line(argv: list[str]) -> Optional[str]:
+    """None when every job the command line describes has a valid config, else one line saying why."""
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return "cannot parse the command line (python -m pipeline --help shows its form)"
+    if args.help or args.hydra_help or args.shell_completion or args.info or args.config_dir:
+        return None  # nothing runs, or an extra config folder this check cannot see: Hydra decides
+    try:
+        parser = OverridesParser.create()
+        overrides = parser.parse_overrides(args.overrides)
+        register()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            if not args.multirun and any(o.is_sweep_override() for o in overrides):
+                base = compose(config_name=args.config_name or "config", return_hydra_config=True,
+                               overrides=[raw for o, raw in zip(overrides, args.overrides) if not o.is_sweep_override()])
+                if str(base.hydra.mode) != "RunMode.MULTIRUN":
+                    sweep = next(raw for o, raw in zip(overrides, args.overrides) if o.is_sweep_override())
+                    return (f"{sweep} lists several values: add -m to sweep over them "
+                            "(python -m pipeline -m ...), or quote a value that contains a comma")
+            for job in _job_overrides(overrides, args.overrides):
+                cfg = compose(config_name=args.config_name or "config", overrides=job, return_hydra_config=True)
+                to_config(cfg)
+                for extra in _saved_sweep_overrides(cfg, parser):
+                    to_config(compose(config_name=args.config_name or "config", overrides=job + extra))
+    except Exception as error:  # every failure here is a mistake in the command line or the configs
+        return describe_config_exception(error)
+    return None
+
+
+def _job_overrides(parsed: list, raw: list[str]) -> Iterable[list[str]]:
+    """One override list per value of each swept key, the other keys at their first value.
+
+    This composes once per distinct value rather than once per combination: a bad value is
+    caught whichever job it would have landed in.
+    """
+    sweeps = [(i, list(o.sweep_string_iterator())) for i, o in enumerate(parsed)
+              if o.is_sweep_override() and not o.is_hydra_override() and _iterable(o)]
+    if not sweeps:
+        yield [raw_item for o, raw_item in zip(parsed, raw) if not _is_unlistable_sweep(o)]
+        return
+    base = {i: f"{o.get_key_element()}={values[0]}" for i, values in sweeps for o in [parsed[i]]}
+    for index, values in sweeps:
+        for value in values:
+            job = []
+            for i, (o, raw_item) in enumerate(zip(parsed, raw)):
+                if i == index:
+                    job.append(f"{o.get_key_element()}={value}")
+                elif i in base:
+                    job.append(base[i])
+                elif not _is_unlistable_sweep(o):
+                    job.append(raw_item)
+            yield job
+
+
+def _saved_sweep_overrides(cfg, parser: OverridesParser) -> Iterable[list[str]]:
+    """Overrides for each value a saved experiment sweeps over (hydra.sweeper.params)."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    for key, spec in params.items():
+        override = parser.parse_override(f"{key}={spec}")
+        if override.is_sweep_override() and _iterable(override):
+            for value in override.sweep_string_iterator():
+                yield [f"{override.get_key_element()}={value}"]
+        elif not override.is_sweep_override():
+            yield [f"{key}={spec}"]
+
+
+def _iterable(override) -> bool:
+    try:
+        list(override.sweep_string_iterator())
+    except Exception:  # an interval sweep (for Optuna) has no finite list of values
+        return False
+    return True
+
+
+def _is_unlistable_sweep(override) -> bool:
+    """A sweep this check cannot expand (an interval, or over a hydra.* key): left to Hydra."""
+    return override.is_sweep_override() and (override.is_hydra_override() or not _iterable(override))

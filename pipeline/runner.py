@@ -1,0 +1,120 @@
+"""The runner: calls the five stages in order, times each, and keeps the run folder and MLflow in step.
+
+resolve -> plan -> load -> execute -> summarize, stopping after `pipeline.until`. The run folder
+gets config.json, plan.json, transcript.jsonl, summary.json and status.json as each becomes
+known. The MLflow run is opened once the plan holds (a mistake found while planning leaves no
+run in MLflow), and is ended FINISHED, FAILED or KILLED to match status.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+from pipeline.config import Config
+from pipeline.dataset import load_samples
+from pipeline.errors import UserError
+from pipeline.files import write_json
+from pipeline.records import ResolvedModel, RuntimePlan, Sample, Summary
+from pipeline.stages.execute import execute
+from pipeline.stages.load import load, load_tokenizer
+from pipeline.stages.plan import plan
+from pipeline.stages.resolve import resolve
+from pipeline.stages.summarize import summarize
+from pipeline.tracking import Tracker, config_params, run_tags
+from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    plan: Optional[RuntimePlan] = None
+    summary: Optional[Summary] = None
+    tracker: Optional[Tracker] = None
+
+
+def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
+        overrides: tuple[str, ...] = ()) -> RunResult:
+    """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    set_status(run_dir, "running")
+    seconds: dict[str, float] = {}
+    result = RunResult(run_dir)
+    tracker = Tracker(config.tracking)
+
+    def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        value = function(*args)
+        seconds[stage] = time.perf_counter() - started
+        tracker.log_metrics({f"stage/{stage}/seconds": seconds[stage]})
+        log.info("%s: %.2f s", stage, seconds[stage])
+        return value
+
+    try:
+        resolved = timed("resolve", resolve, config.runtime)
+        if config.pipeline.until == "resolve":
+            print(json.dumps(resolved.__dict__, indent=2))
+            set_status(run_dir, "success")
+            return result
+        result.plan, samples, tokenizer = timed("plan", _plan, config, resolved)
+        write_json(run_dir / "plan.json", result.plan.to_dict())
+        if config.pipeline.until == "plan":
+            print(json.dumps(result.plan.to_dict(), indent=2))
+            set_status(run_dir, "success")
+            return result
+
+        tracker.start(run_name=run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
+            "weights_digest": resolved.weights_digest, "device": result.plan.device,
+            "overrides": " ".join(overrides)}))
+        result.tracker = tracker
+        tracker.log_params(config_params(config))
+        tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
+
+        runtime = timed("load", load, result.plan, tokenizer, config.runtime.trust_remote_code)
+        with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
+            timed("execute", execute, runtime, samples, config, writer, config.config_hash())
+        if config.pipeline.until == "summarize":
+            records = read_transcript(run_dir / TRANSCRIPT_NAME)
+            result.summary = timed("summarize", summarize, records, seconds)
+            result.summary.stage_seconds = dict(seconds)
+            write_json(run_dir / "summary.json", result.summary.to_dict())
+            tracker.log_metrics(result.summary.metrics())
+    except KeyboardInterrupt:
+        _close(run_dir, tracker, "interrupted", "KILLED", "interrupted by the user")
+        raise
+    except UserError as error:
+        _close(run_dir, tracker, "failed", "FAILED", str(error))
+        raise
+    except Exception as error:
+        _close(run_dir, tracker, "failed", "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    _close(run_dir, tracker, "success", "FINISHED", "")
+    return result
+
+
+def _plan(config: Config, resolved: ResolvedModel) -> tuple[RuntimePlan, list[Sample], Any]:
+    """The plan stage as the runner times it: read the samples and tokenizer, then plan."""
+    samples = load_samples(config.dataset)
+    tokenizer = load_tokenizer(resolved, config.runtime.trust_remote_code)
+    return plan(resolved, config, samples, tokenizer), samples, tokenizer
+
+
+def _close(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
+    set_status(run_dir, state, reason)
+    if tracker.run_id:
+        try:
+            tracker.log_artifacts(run_dir)
+        finally:
+            tracker.finish(mlflow_status)
+
+
+def set_status(run_dir: Path, state: str, reason: str = "") -> None:
+    write_json(run_dir / "status.json", {"state": state, "reason": reason, "time": time.time()})

@@ -1,0 +1,159 @@
+"""MLflow: one run per pipeline run, parent runs for sweeps, params, metrics, tags, artifacts.
+
+The tracker talks to MLflow through `MlflowClient` only (no global active run), so several runs
+can be open in one process and a job can attach itself to a sweep's parent by id. With tracking
+disabled every method is a no-op and the run folder is the only record.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.config import Config, TrackingConfig, flatten
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000  # MLflow 3's limit on a param value
+SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
+PACKAGES = ("torch", "transformers", "mlflow", "hydra-core", "omegaconf", "jsonlines")
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """The URI to use; a relative SQLite path is taken relative to the launch folder."""
+    prefix = "sqlite:///"
+    if config.uri.startswith(prefix) and not config.uri.startswith(prefix + "/"):
+        database = Path(config.uri[len(prefix):]).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(database)
+    return config.uri
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Artifacts of a SQLite store live beside the database (runs/mlartifacts); servers pick their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    """One MLflow run (or nothing, when tracking is disabled)."""
+
+    def __init__(self, config: TrackingConfig) -> None:
+        self.enabled = config.enabled
+        self.uri = tracking_uri(config) if config.enabled else ""
+        self.experiment_name = config.experiment
+        self.client: Any = None
+        self.experiment_id: Optional[str] = None
+        self.run_id: Optional[str] = None
+
+    def connect(self) -> None:
+        """Open the store and the experiment, creating both if needed (safe against a parallel creator)."""
+        if not self.enabled or self.client is not None:
+            return
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO on import; keep its chatter out
+        self.client = MlflowClient(tracking_uri=self.uri)
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=artifact_root(self.uri))
+            except MlflowException:  # another process created it first
+                self.experiment_id = self.client.get_experiment_by_name(self.experiment_name).experiment_id
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def start(self, run_name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> None:
+        if not self.enabled:
+            return
+        self.connect()
+        if parent_run_id:
+            tags = {**tags, PARENT_RUN_TAG: parent_run_id}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self._batch(params=[Param(k, v) for k, v in params_for_mlflow(params).items()])
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+    def log_artifacts(self, folder: Path) -> None:
+        if self.run_id:
+            self.client.log_artifacts(self.run_id, str(folder))
+
+    def finish(self, status: str) -> None:
+        """End the run as FINISHED, FAILED or KILLED."""
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def run_url(self) -> str:
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}" if self.run_id else ""
+
+    def _batch(self, params: list = (), metrics: list = ()) -> None:
+        if not self.run_id:
+            return
+        params, metrics = list(params), list(metrics)
+        for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-request limits
+            self.client.log_batch(self.run_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
+
+
+def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
+    """Stringify, hide secrets and keep every value within MLflow's length limit."""
+    result = {}
+    for key, value in params.items():
+        text = "null" if value is None else str(value)
+        if any(marker in key.lower() for marker in SECRET_MARKERS):
+            text = "***"
+        if len(text) > MAX_PARAM_LENGTH:
+            text = text[:MAX_PARAM_LENGTH - 1] + "…"
+        result[key] = text
+    return result
+
+
+def config_params(config: Config) -> dict[str, Any]:
+    return flatten(config.to_dict())
+
+
+def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    tags = {
+        "config_hash": config.config_hash(),
+        "run_dir": str(run_dir),
+        "python": platform.python_version(),
+        **{f"version.{name}": _version(name) for name in PACKAGES},
+        **extra,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
