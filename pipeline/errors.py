@@ -32,6 +32,7 @@ class ConfigError(UserError):
 def describe_config_exception(exc: BaseException) -> str:
     """One readable line for an error raised while composing or converting the config."""
     from omegaconf.errors import (
+        ConfigAttributeError,
         ConfigKeyError,
         InterpolationResolutionError,
         MissingMandatoryValue,
@@ -50,7 +51,7 @@ def describe_config_exception(exc: BaseException) -> str:
     for error in chain:
         if isinstance(error, OmegaConfBaseException) and getattr(error, "full_key", None):
             key = error.full_key
-            if isinstance(error, ConfigKeyError):
+            if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
                 allowed = _allowed_keys(error)
                 return f"{key}: unknown key" + (f"; allowed keys here: {allowed}" if allowed else "")
             if isinstance(error, MissingMandatoryValue):

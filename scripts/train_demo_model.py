@@ -1,0 +1,293 @@
+"""Train the project's embedded demo model: a tiny character-level Llama that adds two-digit numbers.
+
+The pipeline ships this model (alias ``demo``) and its evaluation sets so that a run is meaningful
+without downloading anything: greedy decoding gets nearly every sum right, while sampling at a high
+temperature visibly does not, so comparing decoding settings shows a real difference.
+
+Run from the repository root (about 3-4 minutes on 2 CPU cores, fully deterministic):
+
+    .venv/bin/python scripts/train_demo_model.py
+
+It writes
+    pipeline/assets/demo_model/                  config, fp32 safetensors, generation config, tokenizer
+    pipeline/assets/datasets/addition.jsonl      200 held-out questions  {"id", "prompt", "reference"}
+    pipeline/assets/datasets/addition_chat.jsonl 20 of them as chat      {"id", "messages", "reference"}
+and prints the held-out accuracy of the saved files, reloaded from disk, under greedy decoding and
+under sampling at temperature 1.5, with and without a system prompt.
+
+``--assets DIR`` writes under another folder instead (used to check that two runs are byte-identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+
+# --- The task -------------------------------------------------------------------------------------
+
+SEED = 0
+OPERANDS = range(10, 100)          # a and b are both two-digit numbers: 90 * 90 = 8100 pairs
+HELD_OUT = 200                     # pairs kept for addition.jsonl, never trained on
+CHAT_RECORDS = 20                  # the first held-out pairs, again, as chat messages
+CHAT_SYSTEM = "You are a careful calculator."
+CHECK_SYSTEM = "You are a concise math tutor."  # not among the training prompts: a fair robustness check
+
+# Half of the training examples carry a system message, so that whatever system prompt a user sets
+# does not throw the model off. The exact text matters little; variety does.
+SYSTEM_PROMPTS = [
+    "You are a helpful assistant.",
+    "Answer with a number only.",
+    "You are a calculator.",
+    "Be brief.",
+    "You are a friendly AI that helps with homework.",
+    "Reply in as few characters as possible.",
+    "You are an expert mathematician.",
+    "Think carefully, then give the final answer.",
+    "Always answer the user's question.",
+    "You are a pirate. Arr!",
+    "Respond in English.",
+    "Do not explain your reasoning.",
+    "You are a bot running a quick arithmetic quiz.",
+    "Output only digits.",
+    "Be accurate; mistakes are costly.",
+    "You are ChatBot v2 (internal build 0.9).",
+    "Keep answers short and correct.",
+    "The user is a student learning to add.",
+    "System: follow instructions exactly.",
+    "Today is Monday. You are a polite assistant.",
+]
+RANDOM_SYSTEM_SHARE = 0.25         # of the examples that have a system message, this share gets noise
+RANDOM_SYSTEM_MAX_LEN = 60
+
+# --- Tokenizer and model --------------------------------------------------------------------------
+
+SPECIAL = ["<pad>", "<unk>", "<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+PRINTABLE = [chr(code) for code in range(32, 127)]  # space through "~"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+
+# --- Training -------------------------------------------------------------------------------------
+
+STEPS = 900
+BATCH = 64
+PEAK_LR = 3e-3
+WARMUP_STEPS = 60
+WEIGHT_DECAY = 0.01
+LABEL_SMOOTHING = 0.1              # keeps the answer distribution from collapsing to one-hot, so that
+                                   # sampling at temperature 1.5 makes visibly more mistakes than greedy
+THREADS = 2
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable character, plus the chat markers as single special tokens."""
+    vocab = {token: index for index, token in enumerate(SPECIAL + PRINTABLE)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # every character alone
+    core.decoder = decoders.Fuse()  # WordLevel would join tokens with spaces; the text must come back as is
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="<|end|>",
+                                        pad_token="<pad>", unk_token="<unk>",
+                                        additional_special_tokens=SPECIAL[3:])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def check_tokenizer(tokenizer) -> None:
+    """Fail early if the chat markers are split up or decoding does not give the text back."""
+    messages = [{"role": "system", "content": "Be  brief!"}, {"role": "user", "content": "What is 23+45?"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for marker in SPECIAL[2:]:
+        assert marker in tokens, f"{marker} is not one token in {tokens}"
+    assert len(tokens) == len("Be  brief!") + len("What is 23+45?") + 6, tokens
+    ids = tokenizer("What is 23+45?", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "What is 23+45?"
+
+
+def split_pairs() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(held-out pairs in evaluation order, training pairs), fixed by SEED."""
+    pairs = [(a, b) for a in OPERANDS for b in OPERANDS]
+    held_out = random.Random(SEED).sample(pairs, HELD_OUT)
+    chosen = set(held_out)
+    return held_out, [pair for pair in pairs if pair not in chosen]
+
+
+def question(a: int, b: int) -> str:
+    return f"What is {a}+{b}?"
+
+
+def write_datasets(folder: Path, held_out: list[tuple[int, int]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "addition.jsonl", "w", encoding="utf-8") as out:
+        for index, (a, b) in enumerate(held_out):
+            out.write(json.dumps({"id": f"add-{index:03d}", "prompt": question(a, b),
+                                  "reference": str(a + b)}) + "\n")
+    with open(folder / "addition_chat.jsonl", "w", encoding="utf-8") as out:
+        for index, (a, b) in enumerate(held_out[:CHAT_RECORDS]):
+            messages = [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": question(a, b)}]
+            out.write(json.dumps({"id": f"chat-{index:02d}", "messages": messages,
+                                  "reference": str(a + b)}) + "\n")
+
+
+def random_system_prompt(rng: random.Random) -> str | None:
+    """None for half the examples; otherwise a plausible prompt, or now and then printable noise."""
+    if rng.random() < 0.5:
+        return None
+    if rng.random() < RANDOM_SYSTEM_SHARE:
+        return "".join(rng.choice(PRINTABLE) for _ in range(rng.randint(0, RANDOM_SYSTEM_MAX_LEN)))
+    return rng.choice(SYSTEM_PROMPTS)
+
+
+def prompt_text(tokenizer, a: int, b: int, system: str | None) -> str:
+    messages = ([{"role": "system", "content": system}] if system is not None else [])
+    messages.append({"role": "user", "content": question(a, b)})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def training_batches(tokenizer, pairs: list[tuple[int, int]]):
+    """Endless padded batches (input_ids, attention_mask, labels) in a fixed order.
+
+    Each sequence is the rendered chat up to <|assistant|>, then the answer digits and <|end|>;
+    labels are -100 except on those answer tokens, so the model learns only to answer."""
+    rng = random.Random(SEED + 1)
+    order: list[tuple[int, int]] = []
+    while True:
+        if len(order) < BATCH:
+            epoch = list(pairs)
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        chunk, order = order[:BATCH], order[BATCH:]
+        rows = []
+        for a, b in chunk:
+            prompt = tokenizer(prompt_text(tokenizer, a, b, random_system_prompt(rng)),
+                               add_special_tokens=False)["input_ids"]
+            answer = tokenizer(str(a + b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append((prompt + answer, [-100] * len(prompt) + answer))
+        width = max(len(ids) for ids, _ in rows)
+        # right padding: positions start at 0 in every row, as they do for a left-padded generate()
+        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+        attention_mask = (torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in rows])[:, None])
+        yield input_ids, attention_mask.long(), labels
+
+
+def build_model(tokenizer) -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **MODEL_SHAPE)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id,
+                                               do_sample=False, max_new_tokens=8)
+    return model
+
+
+def learning_rate(step: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < WARMUP_STEPS:
+        return PEAK_LR * (step + 1) / WARMUP_STEPS
+    progress = (step - WARMUP_STEPS) / max(1, STEPS - WARMUP_STEPS)
+    return PEAK_LR * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(model, tokenizer, pairs: list[tuple[int, int]]) -> None:
+    # no weight decay on norms: it would only pull their gains towards zero
+    decayed = [p for name, p in model.named_parameters() if p.dim() >= 2]
+    plain = [p for name, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": WEIGHT_DECAY},
+                                   {"params": plain, "weight_decay": 0.0}], lr=PEAK_LR, betas=(0.9, 0.98))
+    model.train()
+    started = time.perf_counter()
+    for step, (input_ids, attention_mask, labels) in zip(range(STEPS), training_batches(tokenizer, pairs)):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # token t predicts token t+1; label smoothing is why the loss is computed here, not by the model
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=-100, label_smoothing=LABEL_SMOOTHING)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == STEPS - 1:
+            print(f"step {step:4d}  loss {loss.item():.4f}  lr {learning_rate(step):.2e}  "
+                  f"{time.perf_counter() - started:6.1f} s", flush=True)
+    model.eval()
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)  # no stale files from an earlier layout
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def accuracy(model, tokenizer, held_out, system: str | None, temperature: float | None) -> float:
+    """Exact-match accuracy of plain model.generate: greedy if temperature is None, else sampled."""
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    prompts = [prompt_text(tokenizer, a, b, system) for a, b in held_out]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    options = dict(do_sample=False) if temperature is None else dict(do_sample=True, temperature=temperature)
+    torch.manual_seed(SEED)
+    with torch.inference_mode():
+        output = model.generate(**encoded, max_new_tokens=8, **options)
+    answers = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(answer.strip() == str(a + b) for answer, (a, b) in zip(answers, held_out)) / len(held_out)
+
+
+def evaluate(folder: Path, held_out) -> None:
+    """Reload the saved files the way the pipeline does, and measure them on the held-out set."""
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    check_tokenizer(tokenizer)
+    for system in (None, CHECK_SYSTEM):
+        greedy = accuracy(model, tokenizer, held_out, system, None)
+        sampled = accuracy(model, tokenizer, held_out, system, 1.5)
+        label = "no system prompt" if system is None else f"system {system!r}"
+        print(f"held-out accuracy ({label}): greedy {greedy:.3f}, temperature 1.5 {sampled:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parents[1] / "pipeline" / "assets",
+                        help="folder to write demo_model/ and datasets/ into (default: pipeline/assets)")
+    args = parser.parse_args()
+
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+
+    tokenizer = build_tokenizer()
+    check_tokenizer(tokenizer)
+    held_out, train_pairs = split_pairs()
+    write_datasets(args.assets / "datasets", held_out)
+
+    model = build_model(tokenizer)
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
+          f"training on {len(train_pairs)} pairs, {HELD_OUT} held out")
+    started = time.perf_counter()
+    train(model, tokenizer, train_pairs)
+    print(f"training took {time.perf_counter() - started:.1f} s")
+
+    save_model(model, tokenizer, args.assets / "demo_model")
+    evaluate(args.assets / "demo_model", held_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny random model, small datasets, and a runner for the real entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import build_tiny_model  # noqa: E402
+
+from pipeline.config import ASSETS_DIR, register  # noqa: E402
+
+DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _registered():
+    register()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "small.jsonl", [
+        {"id": f"s{i}", "prompt": f"What is {10 + i}+{20 + i}?", "reference": str(30 + 2 * i)} for i in range(5)
+    ])
+
+
+def run_pipeline(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in `cwd`, as a user would type it; runs/ lands under cwd."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "MLFLOW_", "HYDRA_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def mlflow_client(cwd: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'runs' / 'mlflow.db'}")
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The single run folder a single run created under cwd/runs/<date>/."""
+    folders = [p for p in (cwd / "runs").glob("*/*") if p.is_dir() and p.parent.name != "multirun"
+               and p.parent.name != "mlartifacts"]
+    assert len(folders) == 1, folders
+    return folders[0]
