@@ -26,6 +26,7 @@ from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, UserError, describe_config
 from pipeline.precheck import check_command_line
 from pipeline.runner import run, set_status
 from pipeline.sweep import parent_run_id
+from pipeline.tracking import hide_credentials
 
 log = logging.getLogger("pipeline")
 EXIT_INTERRUPTED = 130
@@ -57,10 +58,12 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     if result.summary is not None:
         tracker = result.tracker
         mlflow = None if tracker is None or not tracker.run_id else {
-            "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": tracker.uri,
+            "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": hide_credentials(tracker.uri),
             "url": tracker.run_url()}
         print(run_summary(result.summary, run_dir, mlflow), flush=True)
         return result.summary.accuracy
+    if config.pipeline.until in ("load", "execute"):  # resolve and plan printed their JSON already
+        print(f"stopped after {config.pipeline.until}; run dir {run_dir}", flush=True)
     return None
 
 

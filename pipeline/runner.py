@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -58,15 +58,16 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
         log.info("%s: %.2f s", stage, seconds[stage])
         return value
 
+    until = config.pipeline.until
     try:
         resolved = timed("resolve", resolve, config.runtime)
-        if config.pipeline.until == "resolve":
-            print(json.dumps(resolved.__dict__, indent=2))
+        if until == "resolve":
+            print(json.dumps(asdict(resolved), indent=2))
             set_status(run_dir, "success")
             return result
         result.plan, samples, tokenizer = timed("plan", _plan, config, resolved)
         write_json(run_dir / "plan.json", result.plan.to_dict())
-        if config.pipeline.until == "plan":
+        if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
             set_status(run_dir, "success")
             return result
@@ -79,9 +80,10 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
         runtime = timed("load", load, result.plan, tokenizer, config.runtime.trust_remote_code)
-        with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
-            timed("execute", execute, runtime, samples, config, writer, config.config_hash())
-        if config.pipeline.until == "summarize":
+        if until != "load":
+            with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
+                timed("execute", execute, runtime, samples, config, writer, config.config_hash())
+        if until == "summarize":
             records = read_transcript(run_dir / TRANSCRIPT_NAME)
             result.summary = timed("summarize", summarize, records, seconds)
             result.summary.stage_seconds = dict(seconds)

@@ -22,7 +22,7 @@ from pipeline.config import register, to_config
 from pipeline.console import sweep_table
 from pipeline.errors import EXIT_FAILURE
 from pipeline.files import read_json, write_json
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, hide_credentials
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
@@ -62,7 +62,7 @@ class SweepTracking(Callback):
                                       **({"best_accuracy": max(accuracies)} if accuracies else {})})
             self.tracker.client.log_artifact(self.tracker.run_id, str(sweep_dir / "sweep_summary.json"))
             self.tracker.finish("FAILED" if failed else "FINISHED")
-            print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.uri}); "
+            print(f"mlflow    parent run {self.tracker.run_id} ({hide_credentials(self.tracker.uri)}); "
                   f"`make ui`, then http://127.0.0.1:5000/{self.tracker.run_url()}")
         if failed:
             sys.exit(EXIT_FAILURE)

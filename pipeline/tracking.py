@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
@@ -116,13 +117,18 @@ def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
     """Stringify, hide secrets and keep every value within MLflow's length limit."""
     result = {}
     for key, value in params.items():
-        text = "null" if value is None else str(value)
+        text = "null" if value is None else hide_credentials(str(value))
         if any(marker in key.lower() for marker in SECRET_MARKERS):
             text = "***"
         if len(text) > MAX_PARAM_LENGTH:
             text = text[:MAX_PARAM_LENGTH - 1] + "…"
         result[key] = text
     return result
+
+
+def hide_credentials(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://***@host`, wherever it appears in the text."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 def config_params(config: Config) -> dict[str, Any]:

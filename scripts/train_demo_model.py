@@ -85,6 +85,7 @@ MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
 
 STEPS = 900
 BATCH = 64
+BUCKET = 8                          # batches drawn at once and grouped by length
 PEAK_LR = 3e-3
 WARMUP_STEPS = 60
 WEIGHT_DECAY = 0.01
@@ -158,31 +159,46 @@ def prompt_text(tokenizer, a: int, b: int, system: str | None) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def encode_example(tokenizer, a: int, b: int, system: str | None) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one training sequence.
+
+    The sequence is the rendered chat up to <|assistant|>, then the answer digits and <|end|>;
+    labels are -100 except on those answer tokens, so the model learns only to answer."""
+    prompt = tokenizer(prompt_text(tokenizer, a, b, system), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(str(a + b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-pad to the longest row: positions start at 0 in every row, as in a left-padded generate()."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows])
+    lengths = torch.tensor([len(ids) for ids, _ in rows])
+    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return input_ids, attention_mask, labels
+
+
 def training_batches(tokenizer, pairs: list[tuple[int, int]]):
     """Endless padded batches (input_ids, attention_mask, labels) in a fixed order.
 
-    Each sequence is the rendered chat up to <|assistant|>, then the answer digits and <|end|>;
-    labels are -100 except on those answer tokens, so the model learns only to answer."""
+    Sequences with a long system prompt are 4x longer than those without; grouping similar lengths
+    (BUCKET batches at a time) roughly halves the padding computed, then the group's batches are
+    shuffled so that lengths do not come in order."""
     rng = random.Random(SEED + 1)
     order: list[tuple[int, int]] = []
     while True:
-        if len(order) < BATCH:
+        while len(order) < BATCH * BUCKET:
             epoch = list(pairs)
             rng.shuffle(epoch)
             order.extend(epoch)
-        chunk, order = order[:BATCH], order[BATCH:]
-        rows = []
-        for a, b in chunk:
-            prompt = tokenizer(prompt_text(tokenizer, a, b, random_system_prompt(rng)),
-                               add_special_tokens=False)["input_ids"]
-            answer = tokenizer(str(a + b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            rows.append((prompt + answer, [-100] * len(prompt) + answer))
-        width = max(len(ids) for ids, _ in rows)
-        # right padding: positions start at 0 in every row, as they do for a left-padded generate()
-        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-        attention_mask = (torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in rows])[:, None])
-        yield input_ids, attention_mask.long(), labels
+        chunk, order = order[:BATCH * BUCKET], order[BATCH * BUCKET:]
+        rows = sorted((encode_example(tokenizer, a, b, random_system_prompt(rng)) for a, b in chunk),
+                      key=lambda row: len(row[0]))
+        batches = [rows[start:start + BATCH] for start in range(0, len(rows), BATCH)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield pad_batch(batch, tokenizer.pad_token_id)
 
 
 def build_model(tokenizer) -> LlamaForCausalLM:
