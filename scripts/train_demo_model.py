@@ -67,6 +67,11 @@ SYSTEM_PROMPTS = [
     "System: follow instructions exactly.",
     "Today is Monday. You are a polite assistant.",
 ]
+# Curriculum: the share of examples with a system message rises from 0 to SYSTEM_SHARE_MAX over the
+# first SYSTEM_RAMP of training, then holds, so that about half of all examples carry one. Learning
+# where the digits are is much faster in short, uniform sequences; the prompts come once it has.
+SYSTEM_SHARE_MAX = 0.8
+SYSTEM_RAMP = 2 / 3
 RANDOM_SYSTEM_SHARE = 0.25         # of the examples that have a system message, this share gets noise
 RANDOM_SYSTEM_MAX_LEN = 60
 
@@ -79,7 +84,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                   tie_word_embeddings=True)
 
 # --- Training -------------------------------------------------------------------------------------
 
@@ -144,9 +150,14 @@ def write_datasets(folder: Path, held_out: list[tuple[int, int]]) -> None:
                                   "reference": str(a + b)}) + "\n")
 
 
-def random_system_prompt(rng: random.Random) -> str | None:
-    """None for half the examples; otherwise a plausible prompt, or now and then printable noise."""
-    if rng.random() < 0.5:
+def system_share(step: int) -> float:
+    """The chance that an example at this training step has a system message."""
+    return SYSTEM_SHARE_MAX * min(1.0, step / (SYSTEM_RAMP * STEPS))
+
+
+def random_system_prompt(rng: random.Random, share: float) -> str | None:
+    """None, or (with chance share) a plausible prompt, or now and then printable noise."""
+    if rng.random() >= share:
         return None
     if rng.random() < RANDOM_SYSTEM_SHARE:
         return "".join(rng.choice(PRINTABLE) for _ in range(rng.randint(0, RANDOM_SYSTEM_MAX_LEN)))
@@ -187,22 +198,25 @@ def training_batches(tokenizer, pairs: list[tuple[int, int]]):
     shuffled so that lengths do not come in order."""
     rng = random.Random(SEED + 1)
     order: list[tuple[int, int]] = []
+    step = 0
     while True:
         while len(order) < BATCH * BUCKET:
             epoch = list(pairs)
             rng.shuffle(epoch)
             order.extend(epoch)
         chunk, order = order[:BATCH * BUCKET], order[BATCH * BUCKET:]
-        rows = sorted((encode_example(tokenizer, a, b, random_system_prompt(rng)) for a, b in chunk),
+        share = system_share(step)
+        rows = sorted((encode_example(tokenizer, a, b, random_system_prompt(rng, share)) for a, b in chunk),
                       key=lambda row: len(row[0]))
         batches = [rows[start:start + BATCH] for start in range(0, len(rows), BATCH)]
         rng.shuffle(batches)
         for batch in batches:
             yield pad_batch(batch, tokenizer.pad_token_id)
+        step += BUCKET
 
 
 def build_model(tokenizer) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True,
+    config = LlamaConfig(vocab_size=len(tokenizer),
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **MODEL_SHAPE)
     model = LlamaForCausalLM(config)

@@ -158,3 +158,16 @@ def test_a_run_that_fails_midway_is_failed_in_mlflow_and_keeps_its_partial_trans
     (run,) = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
     assert run.info.status == "FAILED"
     assert "transcript.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_model):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    command = [sys.executable, "-m", "pipeline", f"runtime.model={tiny_model}", "pipeline.until=resolve", "tracking=none"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(3)]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0]
+    folders = {p.name for p in (tmp_path / "runs").glob("*/*") if p.is_dir()}
+    assert len(folders) == 3  # distinct even when they share the same second
