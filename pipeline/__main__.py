@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline.config import register
+from pipeline.config import CONF_DIR, register
 from pipeline.console import run_summary
 from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, UserError, describe_config_exception
 from pipeline.precheck import check_command_line
@@ -32,7 +32,7 @@ log = logging.getLogger("pipeline")
 EXIT_INTERRUPTED = 130
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """One job: returns its accuracy (what a Hydra sweeper optimises), or exits with its code."""
     from pipeline.config import to_config

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import ConfigError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the project's Hydra configs
 STAGES = ("resolve", "plan", "load", "execute", "summarize")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -9,7 +9,6 @@ out-of-range value in any job is reported as one line before anything exists.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Optional
 
 from hydra import compose, initialize_config_dir
@@ -17,10 +16,9 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from pipeline.config import register, to_config
+from pipeline.config import CONF_DIR, register, to_config
 from pipeline.errors import describe_config_exception
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def check_command_line(argv: list[str]) -> Optional[str]:

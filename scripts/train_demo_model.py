@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers.utils import logging as transformers_logging
 
 # --- The task -------------------------------------------------------------------------------------
 
@@ -43,8 +44,8 @@ CHAT_RECORDS = 20                  # the first held-out pairs, again, as chat me
 CHAT_SYSTEM = "You are a careful calculator."
 CHECK_SYSTEM = "You are a concise math tutor."  # not among the training prompts: a fair robustness check
 
-# Half of the training examples carry a system message, so that whatever system prompt a user sets
-# does not throw the model off. The exact text matters little; variety does.
+# About half of the training examples carry a system message, so that whatever system prompt a user
+# sets does not throw the model off. The exact text matters little; variety does.
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",
     "Answer with a number only.",
@@ -68,8 +69,9 @@ SYSTEM_PROMPTS = [
     "Today is Monday. You are a polite assistant.",
 ]
 # Curriculum: the share of examples with a system message rises from 0 to SYSTEM_SHARE_MAX over the
-# first SYSTEM_RAMP of training, then holds, so that about half of all examples carry one. Learning
-# where the digits are is much faster in short, uniform sequences; the prompts come once it has.
+# first SYSTEM_RAMP of training, then holds, so that 0.8 * (1/3 + 1/3) = 53% of all examples carry
+# one. Learning where the digits are is much faster in short, uniform sequences (with prompts mixed
+# in from the start, the same budget reached only ~40% accuracy); the prompts come once it has.
 SYSTEM_SHARE_MAX = 0.8
 SYSTEM_RAMP = 2 / 3
 RANDOM_SYSTEM_SHARE = 0.25         # of the examples that have a system message, this share gets noise
@@ -83,16 +85,16 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+MODEL_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
                    tie_word_embeddings=True)
 
 # --- Training -------------------------------------------------------------------------------------
 
-STEPS = 900
+STEPS = 1600
 BATCH = 64
 BUCKET = 8                          # batches drawn at once and grouped by length
-PEAK_LR = 3e-3
+PEAK_LR = 1e-3
 WARMUP_STEPS = 60
 WEIGHT_DECAY = 0.01
 LABEL_SMOOTHING = 0.1              # keeps the answer distribution from collapsing to one-hot, so that
@@ -108,7 +110,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.Fuse()  # WordLevel would join tokens with spaces; the text must come back as is
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="<|end|>",
                                         pad_token="<pad>", unk_token="<unk>",
-                                        additional_special_tokens=SPECIAL[3:])
+                                        additional_special_tokens=SPECIAL[3:],
+                                        model_max_length=MODEL_SHAPE["max_position_embeddings"])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -126,11 +129,13 @@ def check_tokenizer(tokenizer) -> None:
 
 
 def split_pairs() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(held-out pairs in evaluation order, training pairs), fixed by SEED."""
+    """(training pairs, held-out pairs in evaluation order), fixed by SEED."""
     pairs = [(a, b) for a in OPERANDS for b in OPERANDS]
     held_out = random.Random(SEED).sample(pairs, HELD_OUT)
     chosen = set(held_out)
-    return held_out, [pair for pair in pairs if pair not in chosen]
+    train_pairs = [pair for pair in pairs if pair not in chosen]
+    assert len(train_pairs) == len(pairs) - HELD_OUT
+    return train_pairs, held_out
 
 
 def question(a: int, b: int) -> str:
@@ -237,8 +242,8 @@ def learning_rate(step: int) -> float:
 
 def train(model, tokenizer, pairs: list[tuple[int, int]]) -> None:
     # no weight decay on norms: it would only pull their gains towards zero
-    decayed = [p for name, p in model.named_parameters() if p.dim() >= 2]
-    plain = [p for name, p in model.named_parameters() if p.dim() < 2]
+    decayed = [p for p in model.parameters() if p.dim() >= 2]
+    plain = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": WEIGHT_DECAY},
                                    {"params": plain, "weight_decay": 0.0}], lr=PEAK_LR, betas=(0.9, 0.98))
     model.train()
@@ -267,29 +272,50 @@ def save_model(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def accuracy(model, tokenizer, held_out, system: str | None, temperature: float | None) -> float:
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
+
+
+def accuracy(model, tokenizer, conversations: list[list[dict]], references: list[str],
+             temperature: float | None) -> float:
     """Exact-match accuracy of plain model.generate: greedy if temperature is None, else sampled."""
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    prompts = [prompt_text(tokenizer, a, b, system) for a, b in held_out]
+    prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+               for messages in conversations]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     options = dict(do_sample=False) if temperature is None else dict(do_sample=True, temperature=temperature)
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED)  # the sampled accuracy is reproducible too
     with torch.inference_mode():
         output = model.generate(**encoded, max_new_tokens=8, **options)
     answers = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(answer.strip() == str(a + b) for answer, (a, b) in zip(answers, held_out)) / len(held_out)
+    return sum(answer.strip() == reference for answer, reference in zip(answers, references)) / len(references)
 
 
-def evaluate(folder: Path, held_out) -> None:
-    """Reload the saved files the way the pipeline does, and measure them on the held-out set."""
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+def evaluate(assets: Path) -> None:
+    """Reload the saved model and datasets from disk, as the pipeline will, and measure accuracy.
+
+    Exits non-zero if the model misses its purpose: greedy must be nearly perfect, with or without
+    a system prompt, and sampling at temperature 1.5 clearly worse."""
+    model = AutoModelForCausalLM.from_pretrained(assets / "demo_model", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(assets / "demo_model", local_files_only=True)
     check_tokenizer(tokenizer)
+    records = read_jsonl(assets / "datasets" / "addition.jsonl")
+    references = [record["reference"] for record in records]
     for system in (None, CHECK_SYSTEM):
-        greedy = accuracy(model, tokenizer, held_out, system, None)
-        sampled = accuracy(model, tokenizer, held_out, system, 1.5)
-        label = "no system prompt" if system is None else f"system {system!r}"
-        print(f"held-out accuracy ({label}): greedy {greedy:.3f}, temperature 1.5 {sampled:.3f}")
+        conversations = [([{"role": "system", "content": system}] if system else [])
+                         + [{"role": "user", "content": record["prompt"]}] for record in records]
+        greedy = accuracy(model, tokenizer, conversations, references, None)
+        sampled = accuracy(model, tokenizer, conversations, references, 1.5)
+        label = "no system prompt" if system is None else f"system prompt {system!r}"
+        print(f"addition.jsonl ({label}): greedy {greedy:.3f}, temperature 1.5 {sampled:.3f}")
+        if greedy < 0.95 or sampled > greedy - 0.1:
+            raise SystemExit(f"the demo model misses its targets ({label}): greedy {greedy:.3f} should be "
+                             f">= 0.95 and temperature 1.5 {sampled:.3f} at least 0.1 lower")
+    chats = read_jsonl(assets / "datasets" / "addition_chat.jsonl")
+    greedy = accuracy(model, tokenizer, [chat["messages"] for chat in chats],
+                      [chat["reference"] for chat in chats], None)
+    print(f"addition_chat.jsonl (messages): greedy {greedy:.3f}")
 
 
 def main() -> None:
@@ -302,10 +328,11 @@ def main() -> None:
     torch.manual_seed(SEED)
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
+    transformers_logging.disable_progress_bar()
 
     tokenizer = build_tokenizer()
     check_tokenizer(tokenizer)
-    held_out, train_pairs = split_pairs()
+    train_pairs, held_out = split_pairs()
     write_datasets(args.assets / "datasets", held_out)
 
     model = build_model(tokenizer)
@@ -316,7 +343,7 @@ def main() -> None:
     print(f"training took {time.perf_counter() - started:.1f} s")
 
     save_model(model, tokenizer, args.assets / "demo_model")
-    evaluate(args.assets / "demo_model", held_out)
+    evaluate(args.assets)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from conftest import run_pipeline
 from pipeline.config import Config, GenerationConfig, to_config
 from pipeline.errors import ConfigError
-from pipeline.precheck import CONF_DIR, check_command_line
+from pipeline.config import CONF_DIR
+from pipeline.precheck import check_command_line
 
 GROUPS = ["runtime", "generation", "session", "dataset", "tracking", "pipeline"]
 
