@@ -20,6 +20,7 @@ from pipeline.scoring import exact_match
 from pipeline.transcript import TranscriptWriter
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0  # a progress line at most this often, and one at the end
 
 
 @dataclass
@@ -34,6 +35,7 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
     """Generate for all samples; returns the number of transcript records written."""
     batch_size = runtime.plan.batch_size
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    done, last_report = 0, time.perf_counter()
     for index, batch in enumerate(batches):
         started = time.perf_counter()
         messages = [conversation(sample, config.session) for sample in batch]
@@ -56,7 +58,10 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
             )
             for sample, sample_messages, tokens, completion in zip(batch, messages, prompt_tokens, completions)
         )
-        log.info("execute: batch %d/%d, %d samples in %.2f s", index + 1, len(batches), len(batch), latency)
+        done += len(batch)
+        if time.perf_counter() - last_report >= PROGRESS_EVERY_S or index == len(batches) - 1:
+            log.info("execute: %d/%d samples, batch %d/%d", done, len(samples), index + 1, len(batches))
+            last_report = time.perf_counter()
     return writer.written
 
 
