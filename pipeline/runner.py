@@ -86,7 +86,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
         if until == "summarize":
             records = read_transcript(run_dir / TRANSCRIPT_NAME)
             result.summary = timed("summarize", summarize, records, seconds)
-            result.summary.stage_seconds = dict(seconds)
+            result.summary.stage_seconds = dict(seconds)  # now including summarize itself
             write_json(run_dir / "summary.json", result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())
     except KeyboardInterrupt:

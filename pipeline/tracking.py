@@ -83,11 +83,15 @@ class Tracker:
         self.run_id = run.info.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
+        if not self.run_id:  # not started (tracking off, or before the plan holds): nothing to import
+            return
         from mlflow.entities import Param
 
         self._batch(params=[Param(k, v) for k, v in params_for_mlflow(params).items()])
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
+        if not self.run_id:
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -106,8 +110,6 @@ class Tracker:
         return f"#/experiments/{self.experiment_id}/runs/{self.run_id}" if self.run_id else ""
 
     def _batch(self, params: list = (), metrics: list = ()) -> None:
-        if not self.run_id:
-            return
         params, metrics = list(params), list(metrics)
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-request limits
             self.client.log_batch(self.run_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
