@@ -42,8 +42,11 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
         config = to_config(cfg)
+        overrides = tuple(hydra_config.overrides.task)
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
-        result = run(config, run_dir, parent_run_id=parent, overrides=tuple(hydra_config.overrides.task))
+        # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
+        name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
+        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
     except KeyboardInterrupt:
         log.error("interrupted; the run folder keeps what was written: %s", run_dir)
         sys.exit(EXIT_INTERRUPTED)

@@ -41,8 +41,10 @@ class RunResult:
 
 
 def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
-        overrides: tuple[str, ...] = ()) -> RunResult:
-    """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures."""
+        overrides: tuple[str, ...] = (), run_name: Optional[str] = None) -> RunResult:
+    """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
+
+    `run_name` names the MLflow run (default: the run folder's name)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config.to_dict())
     set_status(run_dir, "running")
@@ -72,7 +74,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             set_status(run_dir, "success")
             return result
 
-        tracker.start(run_name=run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
+        tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
             "weights_digest": resolved.weights_digest, "device": result.plan.device,
             "overrides": " ".join(overrides)}))
         result.tracker = tracker

@@ -103,6 +103,9 @@ def test_a_sweep_makes_a_parent_run_with_one_child_per_job(tmp_path):
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
     accuracy = {float(c.data.params["generation.temperature"]): c.data.metrics["accuracy"] for c in children}
     assert set(accuracy) == {0.0, 0.7, 1.5}
+    assert sorted(c.info.run_name for c in children) == [
+        "0: generation.temperature=0 generation.seed=1", "1: generation.temperature=0.7 generation.seed=1",
+        "2: generation.temperature=1.5 generation.seed=1"]
     assert accuracy[0.0] >= GREEDY_FLOOR
     assert accuracy[0.0] - accuracy[1.5] >= 0.1, accuracy  # the swept value visibly changes the outcome
     assert parent.data.metrics["best_accuracy"] == max(accuracy.values())
@@ -171,3 +174,21 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_model):
     assert [p.wait(timeout=120) for p in processes] == [0, 0, 0]
     folders = {p.name for p in (tmp_path / "runs").glob("*/*") if p.is_dir()}
     assert len(folders) == 3  # distinct even when they share the same second
+
+
+def test_a_sweep_with_a_failing_job_finishes_the_others_and_marks_the_parent_failed(tmp_path):
+    result = run_pipeline(["-m", f"dataset.path={DEMO_DATASET},{tmp_path / 'missing.jsonl'}", "dataset.limit=5"],
+                          cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: dataset.path=" in result.stderr and "Traceback" not in result.stderr
+    (sweep_dir,) = (tmp_path / "runs" / "multirun").glob("*/*")
+    jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())["jobs"]
+    assert [job["state"] for job in jobs] == ["success", "failed"]
+    assert "file not found" in jobs[1]["reason"]
+
+    client = mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("run_type") == "sweep"]
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_failed"] == 1
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert child.info.status == "FINISHED"  # the job that failed while planning opened no MLflow run
