@@ -63,7 +63,7 @@ class SweepTracking(Callback):
             self.tracker.client.log_artifact(self.tracker.run_id, str(sweep_dir / "sweep_summary.json"))
             self.tracker.finish("FAILED" if failed else "FINISHED")
             print(f"mlflow    parent run {self.tracker.run_id} ({hide_credentials(self.tracker.uri)}); "
-                  f"`make ui`, then http://127.0.0.1:5000/{self.tracker.run_url()}")
+                  f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")
         if failed:
             sys.exit(EXIT_FAILURE)
 

@@ -107,7 +107,12 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
 
     def run_url(self) -> str:
+        """The run's page in the MLflow UI, relative to the UI's address."""
         return f"#/experiments/{self.experiment_id}/runs/{self.run_id}" if self.run_id else ""
+
+    def runs_table_url(self) -> str:
+        """The experiment's run table, where a sweep's parent unfolds into its jobs."""
+        return f"#/experiments/{self.experiment_id}/runs"
 
     def _batch(self, params: list = (), metrics: list = ()) -> None:
         params, metrics = list(params), list(metrics)
