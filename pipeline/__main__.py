@@ -26,7 +26,7 @@ from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, UserError, describe_config
 from pipeline.precheck import check_command_line
 from pipeline.runner import run, set_status
 from pipeline.sweep import parent_run_id
-from pipeline.tracking import hide_credentials
+from pipeline.redact import hide_credentials
 
 log = logging.getLogger("pipeline")
 EXIT_INTERRUPTED = 130

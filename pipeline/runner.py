@@ -20,6 +20,7 @@ from pipeline.dataset import load_samples
 from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.records import ResolvedModel, RuntimePlan, Sample, Summary
+from pipeline.redact import redact
 from pipeline.stages.execute import execute
 from pipeline.stages.load import load, load_tokenizer
 from pipeline.stages.plan import plan
@@ -46,7 +47,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
 
     `run_name` names the MLflow run (default: the run folder's name)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "config.json", redact(config.to_dict()))
     set_status(run_dir, "running")
     seconds: dict[str, float] = {}
     result = RunResult(run_dir)

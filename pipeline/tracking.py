@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 import platform
-import re
 import subprocess
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.config import Config, TrackingConfig, flatten
+from pipeline.redact import MASK, hide_credentials, is_secret_key, redact_overrides, redacted_text
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000  # MLflow 3's limit on a param value
-SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
+REDACTED_SUFFIXES = (".yaml", ".yml", ".json", ".log")  # where config values and errors can show up
 PACKAGES = ("torch", "transformers", "mlflow", "hydra-core", "omegaconf", "jsonlines")
 
 
@@ -77,8 +78,10 @@ class Tracker:
         if not self.enabled:
             return
         self.connect()
+        tags = {key: redact_overrides(value) for key, value in tags.items()}
         if parent_run_id:
-            tags = {**tags, PARENT_RUN_TAG: parent_run_id}
+            tags[PARENT_RUN_TAG] = parent_run_id
+        run_name = redact_overrides(run_name)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
 
@@ -98,8 +101,22 @@ class Tracker:
         self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
     def log_artifacts(self, folder: Path) -> None:
-        if self.run_id:
-            self.client.log_artifacts(self.run_id, str(folder))
+        """Upload the folder's files, keeping its layout."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            subfolder = path.parent.relative_to(folder).as_posix()
+            self.log_artifact(path, None if subfolder == "." else subfolder)
+
+    def log_artifact(self, path: Path, subfolder: Optional[str] = None) -> None:
+        """Upload one file; config, log and JSON files go up with their secrets masked."""
+        if not self.run_id:
+            return
+        if path.suffix not in REDACTED_SUFFIXES:
+            self.client.log_artifact(self.run_id, str(path), subfolder)
+            return
+        with tempfile.TemporaryDirectory() as staging:
+            copy = Path(staging) / path.name
+            copy.write_text(redacted_text(path), encoding="utf-8")
+            self.client.log_artifact(self.run_id, str(copy), subfolder)
 
     def finish(self, status: str) -> None:
         """End the run as FINISHED, FAILED or KILLED."""
@@ -125,17 +142,12 @@ def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
     result = {}
     for key, value in params.items():
         text = "null" if value is None else hide_credentials(str(value))
-        if any(marker in key.lower() for marker in SECRET_MARKERS):
-            text = "***"
+        if is_secret_key(key):
+            text = MASK
         if len(text) > MAX_PARAM_LENGTH:
             text = text[:MAX_PARAM_LENGTH - 1] + "…"
         result[key] = text
     return result
-
-
-def hide_credentials(text: str) -> str:
-    """`scheme://user:password@host` -> `scheme://***@host`, wherever it appears in the text."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 def config_params(config: Config) -> dict[str, Any]:

@@ -42,12 +42,14 @@ def test_default_run_writes_the_run_folder_and_one_mlflow_run(tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_id in result.stdout
     assert run.data.params["generation.temperature"] == "0.0"
     assert run.data.params["runtime.model"] == "demo"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert run.data.params["generation.max_new_tokens"] == str(saved["generation"]["max_new_tokens"])
     assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
     assert all(f"stage/{stage}/seconds" in run.data.metrics for stage in STAGES)
     assert run.data.tags["config_hash"] == records[0]["config_hash"]
     assert run.data.tags["version.transformers"].startswith("5.")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"transcript.jsonl", "plan.json", "summary.json", "config.json", "run.log"} <= artifacts
+    assert {"transcript.jsonl", "plan.json", "summary.json", "config.json", "run.log", ".hydra"} <= artifacts
 
 
 def test_settings_from_the_command_line_reach_the_run(tmp_path):

@@ -227,15 +227,3 @@ def test_summarize_on_known_records():
 def test_percentile_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0 and percentile(values, 95) == 95.0 and percentile([], 50) == 0.0
-
-
-# --- secrets ---------------------------------------------------------------------------------
-
-def test_params_hide_secrets_and_respect_mlflow_limits():
-    from pipeline.tracking import MAX_PARAM_LENGTH, params_for_mlflow
-
-    params = params_for_mlflow({"tracking.uri": "https://bob:s3cret@mlflow.example:5000", "runtime.api_key": "sk-123",
-                                "hub_token": "hf_abc", "session.system_prompt": "x" * 10000, "limit": None})
-    assert "s3cret" not in params["tracking.uri"] and params["tracking.uri"] == "https://***@mlflow.example:5000"
-    assert params["runtime.api_key"] == "***" and params["hub_token"] == "***"
-    assert len(params["session.system_prompt"]) == MAX_PARAM_LENGTH and params["limit"] == "null"

@@ -1,0 +1,68 @@
+"""Keep secrets out of everything that leaves the process: MLflow params, tags, artifacts, config.json.
+
+Two kinds of secret are recognised: a value under a key named like a credential (`api_key`,
+`hf_token`, `password`, …) and the `user:password@` part of a URL. Generation settings that only
+look similar (`max_new_tokens`, `eos_token`) are not secrets and stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MASK = "***"
+_SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|secret_key|password|passwd|credentials?|token)$", re.IGNORECASE)
+_TOKEN_NOT_SECRET = re.compile(r"^(eos|bos|pad|unk|sep|cls|mask|stop|start|end)_token$", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a (dotted, possibly `+`-prefixed) config key holds a credential."""
+    name = key.lstrip("+~").rsplit(".", 1)[-1]
+    return bool(_SECRET_NAME.search(name)) and not _TOKEN_NOT_SECRET.match(name)
+
+
+def hide_credentials(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://***@host`, wherever it appears in the text."""
+    return _URL_CREDENTIALS.sub(r"\1" + MASK + "@", text)
+
+
+def redact_override(override: str) -> str:
+    """A command-line override `key=value` with the value masked when it is a secret."""
+    key, sep, _ = override.partition("=")
+    return f"{key}={MASK}" if sep and is_secret_key(key) else hide_credentials(override)
+
+
+def redact_overrides(text: str) -> str:
+    """A space-separated list of overrides (a run name, a tag) with secret values masked."""
+    return " ".join(redact_override(part) for part in text.split(" "))
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of a JSON/YAML-like structure with secret values masked."""
+    if key and is_secret_key(key) and value is not None:
+        return MASK
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return redact_override(value) if "=" in value else hide_credentials(value)
+    return value
+
+
+def redacted_text(path: Path) -> str:
+    """The file's text with secrets masked: parsed for YAML and JSON, URL credentials for the rest."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_dump(redact(yaml.safe_load(text)), sort_keys=False, allow_unicode=True)
+        if path.suffix == ".json":
+            return json.dumps(redact(json.loads(text)), indent=2, ensure_ascii=False) + "\n"
+    except (yaml.YAMLError, json.JSONDecodeError):
+        pass  # not parseable (e.g. cut short by a crash): mask what can be found in the text
+    return hide_credentials(text)
