@@ -20,13 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline.config import CONF_DIR, register
+from pipeline.config import CONF_DIR, register, to_config
 from pipeline.console import run_summary
 from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, UserError, describe_config_exception
 from pipeline.precheck import check_command_line
 from pipeline.runner import run, set_status
 from pipeline.sweep import parent_run_id
-from pipeline.redact import hide_credentials
 
 log = logging.getLogger("pipeline")
 EXIT_INTERRUPTED = 130
@@ -35,8 +34,6 @@ EXIT_INTERRUPTED = 130
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """One job: returns its accuracy (what a Hydra sweeper optimises), or exits with its code."""
-    from pipeline.config import to_config
-
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
@@ -61,7 +58,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     if result.summary is not None:
         tracker = result.tracker
         mlflow = None if tracker is None or not tracker.run_id else {
-            "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": hide_credentials(tracker.uri),
+            "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": tracker.display_uri,
             "url": tracker.run_url()}
         print(run_summary(result.summary, run_dir, mlflow), flush=True)
         return result.summary.accuracy

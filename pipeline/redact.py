@@ -38,7 +38,7 @@ def redact_override(override: str) -> str:
 
 
 def redact_overrides(text: str) -> str:
-    """A space-separated list of overrides (a run name, a tag) with secret values masked."""
+    """A one-line value (a param, a tag, a run name) with its `key=value` words and URLs masked where secret."""
     return " ".join(redact_override(part) for part in text.split(" "))
 
 
@@ -51,7 +51,7 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [redact(item) for item in value]
     if isinstance(value, str):
-        return redact_override(value) if "=" in value else hide_credentials(value)
+        return redact_overrides(value)
     return value
 
 

@@ -22,7 +22,6 @@ from pipeline.config import register, to_config
 from pipeline.console import sweep_table
 from pipeline.errors import EXIT_FAILURE
 from pipeline.files import read_json, write_json
-from pipeline.redact import hide_credentials, redact_overrides
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class SweepTracking(Callback):
         if self.tracker.enabled:
             self.tracker.start(run_name=f"sweep {sweep_dir.name}", tags={
                 "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides), "run_type": "sweep"})
-            self.tracker.log_params({"sweep.overrides": redact_overrides(" ".join(overrides)),
+            self.tracker.log_params({"sweep.overrides": " ".join(overrides),
                                      **{f"sweep.{key}": value for key, value in params.items()}})
             info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id)
         write_json(sweep_dir / SWEEP_FILE, info)
@@ -63,7 +62,7 @@ class SweepTracking(Callback):
                                       **({"best_accuracy": max(accuracies)} if accuracies else {})})
             self.tracker.log_artifact(sweep_dir / "sweep_summary.json")
             self.tracker.finish("FAILED" if failed else "FINISHED")
-            print(f"mlflow    parent run {self.tracker.run_id} ({hide_credentials(self.tracker.uri)}); "
+            print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.display_uri}); "
                   f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")
         if failed:
             sys.exit(EXIT_FAILURE)

@@ -123,6 +123,11 @@ class Tracker:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
+    @property
+    def display_uri(self) -> str:
+        """The store's URI as it may be printed: without credentials."""
+        return hide_credentials(self.uri)
+
     def run_url(self) -> str:
         """The run's page in the MLflow UI, relative to the UI's address."""
         return f"#/experiments/{self.experiment_id}/runs/{self.run_id}" if self.run_id else ""
@@ -141,7 +146,7 @@ def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
     """Stringify, hide secrets and keep every value within MLflow's length limit."""
     result = {}
     for key, value in params.items():
-        text = "null" if value is None else hide_credentials(str(value))
+        text = "null" if value is None else redact_overrides(str(value))
         if is_secret_key(key):
             text = MASK
         if len(text) > MAX_PARAM_LENGTH:

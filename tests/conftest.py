@@ -40,11 +40,16 @@ def small_dataset(tmp_path) -> Path:
     ])
 
 
-def run_pipeline(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m pipeline ARGS` in `cwd`, as a user would type it; runs/ lands under cwd."""
+def pipeline_env() -> dict[str, str]:
+    """The environment of a user's shell: none of our, MLflow's or Hydra's settings leak in from the test run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "MLFLOW_", "HYDRA_"))}
     env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
+    return env
+
+
+def run_pipeline(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in `cwd`, as a user would type it; runs/ lands under cwd."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -56,7 +61,6 @@ def mlflow_client(cwd: Path):
 
 def only_run_dir(cwd: Path) -> Path:
     """The single run folder a single run created under cwd/runs/<date>/."""
-    folders = [p for p in (cwd / "runs").glob("*/*") if p.is_dir() and p.parent.name != "multirun"
-               and p.parent.name != "mlartifacts"]
+    folders = [p for p in (cwd / "runs").glob("*/*") if p.is_dir() and p.parent.name not in ("multirun", "mlartifacts")]
     assert len(folders) == 1, folders
     return folders[0]

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import DEMO_DATASET, mlflow_client, only_run_dir, run_pipeline
+from conftest import DEMO_DATASET, mlflow_client, only_run_dir, pipeline_env, run_pipeline
+from pipeline.config import STAGES
 from pipeline.transcript import read_transcript
 
 pytestmark = pytest.mark.slow
-STAGES = ["resolve", "plan", "load", "execute", "summarize"]
 GREEDY_FLOOR = 0.9  # the demo model's measured greedy accuracy is reported in README.md
 
 
@@ -147,9 +148,8 @@ def test_a_run_that_fails_midway_is_failed_in_mlflow_and_keeps_its_partial_trans
         sys.argv = ["pipeline", "runtime.batch_size=4", "dataset.limit=10"]
         main()
     """)
-    import subprocess
-
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=pipeline_env(), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("run failed: RuntimeError: the accelerator fell over")
@@ -166,12 +166,9 @@ def test_a_run_that_fails_midway_is_failed_in_mlflow_and_keeps_its_partial_trans
 
 
 def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_model):
-    import os
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     command = [sys.executable, "-m", "pipeline", f"runtime.model={tiny_model}", "pipeline.until=resolve", "tracking=none"]
-    processes = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=pipeline_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
                  for _ in range(3)]
     assert [p.wait(timeout=120) for p in processes] == [0, 0, 0]
     folders = {p.name for p in (tmp_path / "runs").glob("*/*") if p.is_dir()}

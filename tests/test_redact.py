@@ -25,10 +25,12 @@ def test_generation_settings_are_not_secret(key):
 def test_params_hide_secrets_and_respect_mlflow_limits():
     params = params_for_mlflow({"tracking.uri": "https://bob:s3cret@mlflow.example:5000", "runtime.api_key": "sk-123",
                                 "hub_token": "hf_abc", "generation.max_new_tokens": 8,
-                                "session.system_prompt": "x" * 10000, "limit": None})
+                                "session.system_prompt": "x" * 10000, "limit": None,
+                                "sweep.overrides": "+runtime.hf_token=hf_abc generation.seed=3"})
     assert params["tracking.uri"] == "https://***@mlflow.example:5000"
     assert params["runtime.api_key"] == "***" and params["hub_token"] == "***"
     assert params["generation.max_new_tokens"] == "8"
+    assert params["sweep.overrides"] == "+runtime.hf_token=*** generation.seed=3"
     assert len(params["session.system_prompt"]) == MAX_PARAM_LENGTH and params["limit"] == "null"
 
 
