@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the project's Hydr
 STAGES = ("resolve", "plan", "load", "execute", "summarize")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention")
+OFFLOAD = ("auto", "cpu", "disk", "none")
+TRUNCATION = ("error", "left")
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -43,11 +49,19 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 class RuntimeConfig:
     """Which model runs, where and how."""
 
-    model: str = "demo"  # a built-in or user alias, or a local model folder
-    aliases: Dict[str, str] = field(default_factory=dict)  # extra aliases: name -> folder
+    model: str = "demo"  # an alias, a local folder, a name under models_dir, or a Hugging Face repo id[@revision]
+    aliases: Dict[str, str] = field(default_factory=dict)  # name -> any other reference (conf/config.yaml has the built-ins)
+    models_dir: str = "models"  # folder of local models, looked up by name (relative to the launch folder)
+    allow_download: bool = False  # fetch a repo id missing from the Hugging Face cache (needs network)
     device: str = "auto"  # auto picks cuda > mps > cpu; or cpu, cuda, cuda:N, mps
     dtype: str = "auto"  # auto: bf16/fp16 on accelerators, fp32 on CPU
-    batch_size: int = 8  # prompts generated together
+    attn_implementation: str = "auto"  # auto: sdpa (flash_attention_2 when installed on CUDA); or eager, sdpa, ...
+    batch_size: Any = 16  # prompts generated together: an integer >= 1, or auto (the largest that fits)
+    max_batch_size: int = 64  # the ceiling for batch_size=auto
+    memory_limit: Optional[str] = None  # memory the run may use on the device, e.g. 6GiB; null: what is free now
+    memory_margin: float = 0.15  # fraction of the usable memory kept free for what the estimate leaves out
+    offload: str = "auto"  # weights that do not fit the device: auto (to CPU, then disk), cpu, disk, or none (refuse)
+    allow_pickle: bool = False  # accept .bin/.pt weights, which can run code when loaded
     trust_remote_code: bool = False  # never run code shipped with a model unless asked
 
     def __post_init__(self) -> None:
@@ -59,27 +73,41 @@ class RuntimeConfig:
             _check(base_device == "cuda" and index.isdigit(), "runtime.device", self.device,
                    "an index only after cuda, as in cuda:0")
         _check_choice("runtime.dtype", self.dtype, DTYPES)
-        _check(self.batch_size >= 1, "runtime.batch_size", self.batch_size, "an integer >= 1")
+        _check_choice("runtime.attn_implementation", self.attn_implementation, ATTENTION)
+        _check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+                                             and self.batch_size >= 1),
+               "runtime.batch_size", self.batch_size, "an integer >= 1 or auto")
+        _check(self.max_batch_size >= 1, "runtime.max_batch_size", self.max_batch_size, "an integer >= 1")
+        if self.memory_limit is not None:
+            _check(parse_bytes(self.memory_limit) is not None, "runtime.memory_limit", self.memory_limit,
+                   "null or a size such as 512MiB, 6GiB or 8GB")
+        _check(0 <= self.memory_margin < 1, "runtime.memory_margin", self.memory_margin, "a fraction in [0, 1)")
+        _check_choice("runtime.offload", self.offload, OFFLOAD)
 
 
 @dataclass
 class GenerationConfig:
-    """How tokens are chosen; maps onto transformers' GenerationConfig."""
+    """How tokens are chosen; maps onto transformers' GenerationConfig.
+
+    A null setting is not chosen here: the model's generation_config.json decides, else
+    transformers' default. The plan records which source each effective value came from."""
 
     temperature: float = 0.0  # 0 means greedy decoding
-    top_p: float = 1.0  # nucleus sampling, in (0, 1]
-    top_k: int = 0  # 0 turns top-k filtering off
-    repetition_penalty: float = 1.0  # 1.0 is none
+    top_p: Optional[float] = None  # nucleus sampling, in (0, 1]
+    top_k: Optional[int] = None  # keep the k likeliest tokens; 0 turns top-k filtering off
+    min_p: Optional[float] = None  # drop tokens below min_p x the likeliest token's probability, in [0, 1)
+    repetition_penalty: Optional[float] = None  # 1.0 is none
     max_new_tokens: int = 8  # upper bound on generated tokens per sample
     seed: int = 0  # seeds sampling; the same seed gives the same outputs
     stop: List[str] = field(default_factory=list)  # generation ends at any of these strings
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "generation.temperature", self.temperature, "a number >= 0 (0 = greedy)")
-        _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "a number in (0, 1]")
-        _check(self.top_k >= 0, "generation.top_k", self.top_k, "an integer >= 0 (0 = off)")
-        _check(self.repetition_penalty > 0, "generation.repetition_penalty", self.repetition_penalty,
-               "a number > 0 (1.0 = none)")
+        _check(self.top_p is None or 0 < self.top_p <= 1, "generation.top_p", self.top_p, "null or a number in (0, 1]")
+        _check(self.top_k is None or self.top_k >= 0, "generation.top_k", self.top_k, "null or an integer >= 0 (0 = off)")
+        _check(self.min_p is None or 0 <= self.min_p < 1, "generation.min_p", self.min_p, "null or a number in [0, 1)")
+        _check(self.repetition_penalty is None or self.repetition_penalty > 0, "generation.repetition_penalty",
+               self.repetition_penalty, "null or a number > 0 (1.0 = none)")
         _check(self.max_new_tokens >= 1, "generation.max_new_tokens", self.max_new_tokens, "an integer >= 1")
         _check(self.seed >= 0, "generation.seed", self.seed, "an integer >= 0")
         for stop in self.stop:
@@ -97,6 +125,10 @@ class SessionConfig:
     name: str = "default"
     system_prompt: Optional[str] = None  # prepended as a system message; null for none
     chat_template: bool = True  # false: the messages' contents are joined into one raw text prompt
+    truncation: str = "error"  # a prompt longer than the context: error, or left (keep its end; flagged per sample)
+
+    def __post_init__(self) -> None:
+        _check_choice("session.truncation", self.truncation, TRUNCATION)
 
 
 @dataclass
@@ -184,6 +216,17 @@ def to_config(cfg: DictConfig) -> Config:
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), plain))
     assert isinstance(config, Config)
     return config
+
+
+def parse_bytes(text: Any) -> Optional[int]:
+    """'6GiB' -> 6442450944, '512MB' -> 512000000, 1024 -> 1024; None when it is not a size."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text if text > 0 else None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in SIZE_UNITS:
+        return None
+    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+    return size if size > 0 else None
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

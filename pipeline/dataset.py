@@ -2,7 +2,9 @@
 
 Each line is a JSON object with an `id` (string or integer; the line number when absent),
 either a `prompt` (a string, sent as one user message) or `messages` (a list of
-`{"role", "content"}`), and an optional `reference` answer. Nothing here touches a model.
+`{"role", "content"}`, where content is a string or a list of parts: `{"type": "text", "text"}`,
+`{"type": "image" | "audio", "path" | "url": ...}`), and an optional `reference` answer. Whether
+the model can take image or audio parts is the plan's business; nothing here touches a model.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any, Optional
 
 from pipeline.config import DatasetConfig
 from pipeline.errors import UserError
-from pipeline.records import Message, Sample
+from pipeline.records import MediaPart, Message, Sample
 
 ROLES = ("system", "user", "assistant")
+MEDIA_KINDS = ("image", "audio")
 
 
 def load_samples(config: DatasetConfig) -> list[Sample]:
@@ -72,13 +75,30 @@ def _messages(raw: Any, where: str) -> tuple[Message, ...]:
         raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
     messages = []
     for index, item in enumerate(raw):
-        if not isinstance(item, dict) or item.get("role") not in ROLES or not isinstance(item.get("content"), str):
+        if not isinstance(item, dict) or item.get("role") not in ROLES or not isinstance(item.get("content"), (str, list)):
             raise UserError(f"{where}: messages[{index}] must be {{\"role\": one of {', '.join(ROLES)}, "
-                            "\"content\": a string}")
-        messages.append(Message(item["role"], item["content"]))
+                            "\"content\": a string or a list of parts}")
+        if isinstance(item["content"], str):
+            messages.append(Message(item["role"], item["content"]))
+        else:
+            messages.append(_message_from_parts(item["role"], item["content"], f"{where}: messages[{index}]"))
     if messages[-1].role == "assistant":
         raise UserError(f"{where}: the last message must not be the assistant's: there is nothing to answer")
     return tuple(messages)
+
+
+def _message_from_parts(role: str, parts: list, where: str) -> Message:
+    texts, media = [], []
+    for number, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in MEDIA_KINDS and isinstance(part.get("path") or part.get("url") or part.get(kind), str):
+            media.append(MediaPart(kind, part.get("path") or part.get("url") or part.get(kind)))
+        else:
+            raise UserError(f"{where}.content[{number}] must be {{\"type\": \"text\", \"text\": ...}} or "
+                            f"{{\"type\": one of {', '.join(MEDIA_KINDS)}, \"path\" or \"url\": ...}}")
+    return Message(role, "".join(texts), tuple(media))
 
 
 def _reference(raw: Any, where: str) -> Optional[str]:

@@ -21,6 +21,10 @@ class UserError(Exception):
     exit_code = EXIT_USAGE
 
 
+class LoadError(Exception):
+    """The model could not be loaded from files that looked fine when planned (a failure, not a mistake)."""
+
+
 class ConfigError(UserError):
     """A setting outside what is allowed: names the full key, the value and what is allowed."""
 
@@ -53,7 +57,9 @@ def describe_config_exception(exc: BaseException) -> str:
             key = error.full_key
             if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
                 allowed = _allowed_keys(error)
-                return f"{key}: unknown key" + (f"; allowed keys here: {allowed}" if allowed else "")
+                if allowed:
+                    return f"{key}: unknown key; allowed keys here: {allowed}"
+                return f"{key}: unknown key; to add a new key write +{key}=..."
             if isinstance(error, MissingMandatoryValue):
                 return f"{key}: a value is required (set {key}=...)"
             if isinstance(error, InterpolationResolutionError):

@@ -1,13 +1,14 @@
-"""Turn a Sample and the session settings into the exact text the model is given.
+"""Turn a Sample and the session settings into the exact text the model is given, and count it.
 
 Shared by plan (to count prompt tokens before loading weights) and execute (to generate), so
-both see the same prompt.
+both see the same prompt: the chat template is rendered by pipeline.chat_template in both.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from pipeline.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import SessionConfig
 from pipeline.records import Message, Sample
 
@@ -20,15 +21,16 @@ def conversation(sample: Sample, session: SessionConfig) -> list[Message]:
     return messages
 
 
-def render(tokenizer: Any, messages: list[Message], session: SessionConfig) -> str:
+def render(template: Optional[ChatTemplate], messages: list[Message], session: SessionConfig) -> str:
     """The prompt text: through the chat template, or the contents joined as plain text."""
     if session.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
+        assert template is not None, "the plan refuses chat sessions on models without a chat template"
+        return template.render([as_dict(m) for m in messages], add_generation_prompt=True)
     return "\n\n".join(m.content for m in messages)
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    return {"role": message.role, "content": message.content}
 
 
 def adds_special_tokens(session: SessionConfig) -> bool:
@@ -36,3 +38,10 @@ def adds_special_tokens(session: SessionConfig) -> bool:
 
     A chat template already writes them; plain text needs the tokenizer to."""
     return not session.chat_template
+
+
+def count_prompt_tokens(samples: list[Sample], session: SessionConfig, template: Optional[ChatTemplate],
+                        counter: TokenCounter) -> dict[str, int]:
+    """Sample id -> tokens of its rendered prompt, as the model will see it."""
+    return {s.id: counter.count(render(template, conversation(s, session), session), adds_special_tokens(session))
+            for s in samples}

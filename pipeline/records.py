@@ -14,9 +14,18 @@ TRANSCRIPT_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
+class MediaPart:
+    """A non-text part of a message: an image or audio clip, by path or URL."""
+
+    kind: str  # image or audio
+    source: str
+
+
+@dataclass(frozen=True)
 class Message:
     role: str  # system, user or assistant
-    content: str
+    content: str  # the text parts, joined
+    media: tuple[MediaPart, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,40 +37,89 @@ class Sample:
     reference: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the memory estimate needs, from config.json; 0 where it does not say."""
+
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+
+
 @dataclass
 class ResolvedModel:
     """What a model reference points at, read from its files without loading any weights."""
 
     reference: str  # as the user wrote it
-    kind: str  # alias or path
+    kind: str  # local-path, models-dir, hf-cache or hf-download
+    alias: Optional[str]  # the alias the reference went through, if any
     path: str  # the local folder
+    repo_id: Optional[str]  # for Hugging Face references
+    revision: Optional[str]  # as asked (branch, tag or commit); None: main
+    commit: Optional[str]  # the Hugging Face snapshot's commit
     architecture: str
     model_type: str
-    context_length: int
+    modalities: list[str]  # text, plus image/audio for multimodal models
+    context_length: int  # 0: config.json states none
+    shape: ModelShape
+    has_tokenizer_json: bool
     has_chat_template: bool
     has_generation_config: bool
+    weights_format: str  # safetensors, or pickle when allowed
     weight_files: list[str]
-    weight_bytes: int
-    parameters: int  # counted from the safetensors headers
+    weight_bytes: int  # on disk
+    parameters: int  # from the safetensors headers (estimated from file sizes for pickle weights)
+    parameters_exact: bool
     weights_dtype: str  # the dtype most weights are stored in
     weights_digest: str  # sha256 over the weight files' contents: same digest, same weights
 
 
 @dataclass
+class MemoryEstimate:
+    """What a run needs on its device, against what the device has free."""
+
+    device: str
+    weights_bytes: int  # the weights that stay on the device (all of them unless offloading)
+    kv_cache_bytes: int  # batch x sequence_tokens x kv_bytes_per_token
+    kv_bytes_per_token: int  # keys and values of one token across all layers
+    activation_bytes: int  # the prefill's largest transient tensors and the logits
+    total_bytes: int
+    batch_size: int
+    sequence_tokens: int  # longest prompt + max_new_tokens
+    available_bytes: Optional[int]  # free on the device, or runtime.memory_limit; None: unknown
+    available_source: str
+    margin: float  # fraction of available_bytes kept free
+    usable_bytes: Optional[int]
+    fits: bool
+
+
+@dataclass
 class RuntimePlan:
-    """Every decision taken before weights load, and the checks that justified it."""
+    """Every decision taken before weights load, why it was taken, and the checks behind it."""
 
     model: ResolvedModel
     backend: str
     device: str
     dtype: str
+    attn_implementation: str
     batch_size: int
+    offload: str  # none, cpu or disk
+    max_memory: Optional[dict[str, int]]  # per-device budgets handed to accelerate when offloading
+    memory: MemoryEstimate
+    reasons: dict[str, str]  # decision -> why
     num_samples: int
     longest_prompt_tokens: int
+    longest_prompt_sample: str
     max_new_tokens: int
     context_length: int
+    truncation: str  # error or left
+    truncated_samples: list[str]  # ids whose prompt is cut from the left to fit the context
     generation: dict[str, Any]  # the effective generation settings
-    estimated_weight_bytes: int
+    generation_sources: dict[str, str]  # setting -> where its value came from
     checks: list[str] = field(default_factory=list)  # what was verified, in words
     warnings: list[str] = field(default_factory=list)
 
@@ -76,6 +134,7 @@ class LoadedRuntime:
     plan: RuntimePlan
     tokenizer: Any
     model: Any
+    chat_template: Any = None  # a pipeline.chat_template.ChatTemplate, or None for plain-text sessions
 
 
 @dataclass
@@ -93,6 +152,7 @@ class TranscriptRecord:
     latency_s: float  # wall time of the batch this sample was generated in
     batch: int
     config_hash: str
+    truncated: bool = False  # the prompt was cut from the left to fit the model's context
     status: str = "ok"
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 

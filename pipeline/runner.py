@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.config import Config
-from pipeline.dataset import load_samples
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.records import ResolvedModel, RuntimePlan, Sample, Summary
+from pipeline.records import RuntimePlan, Summary
 from pipeline.redact import redact
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load, load_tokenizer
-from pipeline.stages.plan import plan
+from pipeline.stages.load import load
+from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import summarize
 from pipeline.tracking import Tracker, config_params, run_tags
@@ -68,7 +68,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             print(json.dumps(asdict(resolved), indent=2))
             set_status(run_dir, "success")
             return result
-        result.plan, samples, tokenizer = timed("plan", _plan, config, resolved)
+        result.plan, samples, template = timed("plan", plan_from_config, config, resolved, overrides)
         write_json(run_dir / "plan.json", result.plan.to_dict())
         if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
@@ -76,13 +76,13 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             return result
 
         tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
-            "weights_digest": resolved.weights_digest, "device": result.plan.device,
-            "overrides": " ".join(overrides)}))
+            "weights_digest": resolved.weights_digest, "device": result.plan.device, "model.kind": resolved.kind,
+            "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides)}))
         result.tracker = tracker
-        tracker.log_params(config_params(config))
+        tracker.log_params(config_params(config, result.plan))
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
-        runtime = timed("load", load, result.plan, tokenizer, config.runtime.trust_remote_code)
+        runtime = timed("load", load, result.plan, template, config.runtime.trust_remote_code, run_dir / "offload")
         if until != "load":
             with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
                 timed("execute", execute, runtime, samples, config, writer, config.config_hash())
@@ -105,14 +105,8 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
     return result
 
 
-def _plan(config: Config, resolved: ResolvedModel) -> tuple[RuntimePlan, list[Sample], Any]:
-    """The plan stage as the runner times it: read the samples and tokenizer, then plan."""
-    samples = load_samples(config.dataset)
-    tokenizer = load_tokenizer(resolved, config.runtime.trust_remote_code)
-    return plan(resolved, config, samples, tokenizer), samples, tokenizer
-
-
 def _close(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
+    shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
     set_status(run_dir, state, reason)
     if tracker.run_id:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.config import Config, TrackingConfig, flatten
+from pipeline.records import RuntimePlan
 from pipeline.redact import MASK, hide_credentials, is_secret_key, redact_overrides, redacted_text
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,16 @@ def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
     return result
 
 
-def config_params(config: Config) -> dict[str, Any]:
-    return flatten(config.to_dict())
+def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[str, Any]:
+    """The composed config, plus what the plan decided (plan.*) and the effective generation settings."""
+    params = flatten(config.to_dict())
+    if plan is not None:
+        params.update({f"plan.{key}": getattr(plan, key) for key in PLAN_PARAMS})
+        params.update({f"effective.generation.{key}": value for key, value in plan.generation.items()})
+    return params
+
+
+PLAN_PARAMS = ("backend", "device", "dtype", "attn_implementation", "batch_size", "offload")
 
 
 def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:

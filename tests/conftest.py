@@ -19,8 +19,10 @@ DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _registered():
+def _registered(tmp_path_factory):
     register()
+    # digests and other small caches go to a test folder, not the user's ~/.cache
+    os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +46,16 @@ def pipeline_env() -> dict[str, str]:
     """The environment of a user's shell: none of our, MLflow's or Hydra's settings leak in from the test run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "MLFLOW_", "HYDRA_"))}
     env["HF_HUB_OFFLINE"] = "1"
+    if "PIPELINE_CACHE_DIR" in os.environ:
+        env["PIPELINE_CACHE_DIR"] = os.environ["PIPELINE_CACHE_DIR"]
     return env
 
 
-def run_pipeline(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_pipeline(args: list[str], cwd: Path, timeout: float = 300, module: str = "pipeline",
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` in `cwd`, as a user would type it; runs/ lands under cwd."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env={**pipeline_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def mlflow_client(cwd: Path):

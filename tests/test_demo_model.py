@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, SessionConfig
-from pipeline.dataset import load_samples
 from pipeline.stages.execute import execute
 from pipeline.stages.load import load, load_tokenizer
-from pipeline.stages.plan import plan
+from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptWriter, read_transcript
 
@@ -50,7 +49,7 @@ def test_the_demo_model_folder_is_small_and_complete():
     folder = ASSETS_DIR / "demo_model"
     assert sum(p.stat().st_size for p in folder.iterdir()) < 6 * 2**20
     resolved = resolve(Config().runtime)
-    assert resolved.kind == "alias" and resolved.has_chat_template and resolved.has_generation_config
+    assert resolved.alias == "demo" and resolved.has_chat_template and resolved.has_generation_config
     tokenizer = load_tokenizer(resolved)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12+34?"}],
                                          add_generation_prompt=True, tokenize=False)
@@ -63,10 +62,8 @@ def accuracy(tmp_path: Path, generation: GenerationConfig, session: SessionConfi
     config = Config(generation=generation, session=session,
                     dataset=DatasetConfig(path=str(ASSETS_DIR / "datasets" / "addition.jsonl")))
     config.runtime.batch_size = 50
-    resolved = resolve(config.runtime)
-    samples = load_samples(config.dataset)
-    tokenizer = load_tokenizer(resolved)
-    runtime = load(plan(resolved, config, samples, tokenizer), tokenizer)
+    result, samples, template = plan_from_config(config, resolve(config.runtime))
+    runtime = load(result, template)
     path = tmp_path / "transcript.jsonl"
     path.unlink(missing_ok=True)
     with TranscriptWriter(path) as writer:

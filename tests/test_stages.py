@@ -1,20 +1,20 @@
-"""Each stage on its own, on a tiny random model: resolve, plan, load, execute, summarize."""
+"""Load, execute and summarize on their own, on a tiny random model (resolve and plan: their own files)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
 
 from conftest import write_jsonl
 from pipeline.config import Config, DatasetConfig, GenerationConfig, RuntimeConfig, SessionConfig
-from pipeline.dataset import load_samples
-from pipeline.errors import UserError
+from pipeline.errors import LoadError
 from pipeline.stages.execute import _completion, execute
 from pipeline.stages.load import load, load_tokenizer
-from pipeline.stages.plan import plan
+from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import percentile, summarize
 from pipeline.transcript import TranscriptWriter, read_transcript
@@ -29,138 +29,17 @@ def make_config(model: Path, dataset: Path, **sections) -> Config:
     return config
 
 
-# --- resolve ---------------------------------------------------------------------------------
-
-def test_resolve_reads_the_model_folder_without_loading(tiny_model):
-    resolved = resolve(RuntimeConfig(model=str(tiny_model)))
-    assert resolved.kind == "path" and resolved.path == str(tiny_model)
-    assert resolved.architecture == "LlamaForCausalLM" and resolved.model_type == "llama"
-    assert resolved.context_length == 128 and resolved.has_chat_template and resolved.has_generation_config
-    assert resolved.weight_files == ["model.safetensors"] and resolved.weights_dtype == "float32"
-    from transformers import AutoModelForCausalLM
-
-    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters())
-    assert resolved.parameters == real
-    assert resolved.weights_digest.startswith("sha256:")
-
-
-def test_alias_and_user_alias(tiny_model):
-    assert resolve(RuntimeConfig(model="demo")).kind == "alias"
-    resolved = resolve(RuntimeConfig(model="mine", aliases={"mine": str(tiny_model)}))
-    assert resolved.kind == "alias" and resolved.path == str(tiny_model)
-
-
-def test_same_weights_same_digest_different_weights_different_digest(tiny_model, tmp_path):
-    copy = Path(shutil.copytree(tiny_model, tmp_path / "copy"))
-    other = build_tiny_model(tmp_path / "other", seed=1)
-    digest = resolve(RuntimeConfig(model=str(tiny_model))).weights_digest
-    assert resolve(RuntimeConfig(model=str(copy))).weights_digest == digest
-    assert resolve(RuntimeConfig(model=str(other))).weights_digest != digest
-
-
-def broken_folder(tiny_model: Path, tmp_path: Path, breakage: str) -> Path:
-    folder = Path(shutil.copytree(tiny_model, tmp_path / "broken"))
-    if breakage == "no config":
-        (folder / "config.json").unlink()
-    elif breakage == "no weights":
-        (folder / "model.safetensors").unlink()
-    elif breakage == "pickle only":
-        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    elif breakage == "remote code":
-        config = json.loads((folder / "config.json").read_text())
-        config["auto_map"] = {"AutoModelForCausalLM": "modeling.Model"}
-        (folder / "config.json").write_text(json.dumps(config))
-    elif breakage == "bad json":
-        (folder / "config.json").write_text("{nope")
-    elif breakage == "corrupt weights":
-        (folder / "model.safetensors").write_bytes(b"\xff" * 16)
-    return folder
-
-
-@pytest.mark.parametrize("breakage,expected", [
-    ("no config", "has no config.json"),
-    ("no weights", "no weight files"),
-    ("pickle only", "only pickle weights (pytorch_model.bin)"),
-    ("remote code", "set runtime.trust_remote_code=true"),
-    ("bad json", "is not valid JSON"),
-    ("corrupt weights", "is not a readable safetensors file"),
-])
-def test_resolve_refuses_broken_folders(tiny_model, tmp_path, breakage, expected):
-    folder = broken_folder(tiny_model, tmp_path, breakage)
-    with pytest.raises(UserError) as raised:
-        resolve(RuntimeConfig(model=str(folder)))
-    assert expected in str(raised.value) and f"runtime.model='{folder}'" in str(raised.value)
-
-
-def test_resolve_says_path_not_found(tmp_path):
-    with pytest.raises(UserError, match="path not found"):
-        resolve(RuntimeConfig(model=str(tmp_path / "missing")))
-
-
-# --- plan ------------------------------------------------------------------------------------
-
 def planned(model: Path, dataset: Path, **sections):
     config = make_config(model, dataset, **sections)
-    resolved = resolve(config.runtime)
-    samples = load_samples(config.dataset)
-    tokenizer = load_tokenizer(resolved)
-    return config, samples, tokenizer, plan(resolved, config, samples, tokenizer)
-
-
-def test_plan_picks_cpu_fp32_and_checks_the_context(tiny_model, small_dataset):
-    _, samples, tokenizer, result = planned(tiny_model, small_dataset)
-    assert (result.device, result.dtype, result.backend) == ("cpu", "float32", "transformers")
-    assert result.batch_size == 2 and result.num_samples == 5
-    assert result.longest_prompt_tokens > 10
-    assert any("fits the context of 128" in check for check in result.checks)
-    assert result.estimated_weight_bytes == resolve(RuntimeConfig(model=str(tiny_model))).parameters * 4
-    json.dumps(result.to_dict())  # the plan is written as JSON
-
-
-def test_plan_refuses_a_prompt_longer_than_the_context(tiny_model, tmp_path):
-    dataset = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "prompt": "x" * 200}])
-    with pytest.raises(UserError) as raised:
-        planned(tiny_model, dataset)
-    assert "sample 'long'" in str(raised.value) and "context of 128 tokens" in str(raised.value)
-
-
-def test_plan_counts_max_new_tokens_against_the_context(tiny_model, tmp_path):
-    dataset = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "x" * 100}])
-    planned(tiny_model, dataset)  # fits with 8 new tokens
-    with pytest.raises(UserError, match="generation.max_new_tokens=40"):
-        planned(tiny_model, dataset, generation=GenerationConfig(max_new_tokens=40))
-
-
-def test_plan_refuses_a_chat_session_without_a_chat_template(tmp_path, small_dataset):
-    model = build_tiny_model(tmp_path / "plain", chat_template=False)
-    with pytest.raises(UserError, match="set session.chat_template=false"):
-        planned(model, small_dataset)
-    _, _, _, result = planned(model, small_dataset, session=SessionConfig(chat_template=False))
-    assert result.num_samples == 5
-
-
-def test_plan_warns_when_sampling_settings_meet_greedy(tiny_model, small_dataset):
-    _, _, _, result = planned(tiny_model, small_dataset, generation=GenerationConfig(top_p=0.5))
-    assert any("ignored" in warning for warning in result.warnings)
-
-
-def test_plan_refuses_a_device_that_is_not_here(tiny_model, small_dataset):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    config = make_config(tiny_model, small_dataset)
-    config.runtime.device = "cuda"
-    resolved = resolve(config.runtime)
-    with pytest.raises(UserError, match="runtime.device='cuda': no such device here"):
-        plan(resolved, config, load_samples(config.dataset), load_tokenizer(resolved))
+    result, samples, template = plan_from_config(config, resolve(config.runtime))
+    return config, samples, template, result
 
 
 # --- load + execute --------------------------------------------------------------------------
 
 def run_execute(tmp_path, tiny_model, dataset, **sections) -> list[dict]:
-    config, samples, tokenizer, result = planned(tiny_model, dataset, **sections)
-    runtime = load(result, tokenizer)
+    config, samples, template, result = planned(tiny_model, dataset, **sections)
+    runtime = load(result, template)
     path = tmp_path / f"transcript-{len(list(tmp_path.glob('transcript-*')))}.jsonl"
     with TranscriptWriter(path) as writer:
         assert execute(runtime, samples, config, writer, config.config_hash()) == len(samples)
@@ -209,6 +88,52 @@ def test_completion_cuts_at_end_of_turn_and_stop_strings(tiny_model):
     cut = _completion(tokenizer, ids, {end}, [" app"])
     assert (cut.text, cut.finish_reason) == ("42", "stop")
     assert _completion(tokenizer, ids, {end}, []).finish_reason == "length"
+
+
+def test_left_truncation_keeps_the_end_of_the_prompt_and_flags_the_sample(tmp_path, tiny_model):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"id": "long", "prompt": "y" * 300}, {"id": "short", "prompt": "hi"}])
+    records = run_execute(tmp_path, tiny_model, dataset, session=SessionConfig(truncation="left"))
+    by_id = {r["sample_id"]: r for r in records}
+    assert by_id["long"]["truncated"] and not by_id["short"]["truncated"]
+    assert by_id["long"]["prompt_tokens"] == 128 - 8  # context - max_new_tokens
+    assert by_id["short"]["prompt_tokens"] < 20
+
+
+def test_weights_offloaded_to_disk_generate_the_same_as_in_memory(tmp_path, tiny_model, small_dataset):
+    baseline = run_execute(tmp_path, tiny_model, small_dataset)
+    weights = (tiny_model / "model.safetensors").stat().st_size
+    config = make_config(tiny_model, small_dataset)
+    config.runtime.memory_limit, config.runtime.memory_margin, config.runtime.batch_size = str(weights * 3 // 4), 0.0, 1
+    result, samples, template = plan_from_config(config, resolve(config.runtime))
+    assert result.offload == "disk"
+    runtime = load(result, template, offload_folder=tmp_path / "offload")
+    assert "disk" in set(runtime.model.hf_device_map.values())
+    with TranscriptWriter(tmp_path / "offloaded.jsonl") as writer:
+        execute(runtime, samples, config, writer, config.config_hash())
+    offloaded = read_transcript(tmp_path / "offloaded.jsonl")
+    assert [r["response"] for r in offloaded] == [r["response"] for r in baseline]
+
+
+def test_a_weight_file_that_breaks_at_load_time_names_the_file(tmp_path, tiny_model, small_dataset):
+    """A header that passes resolve's size checks but whose tensors overlap: only safetensors itself notices."""
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "overlap"))
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    names = [n for n in header if n != "__metadata__"]
+    first, second = header[names[0]], header[names[1]]
+    if first["shape"] == second["shape"]:
+        second["data_offsets"] = first["data_offsets"]  # two tensors on the same bytes
+    else:
+        pytest.skip("the first two tensors differ in shape")
+    raw = json.dumps(header).encode().ljust(size)
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + size:])
+    config = make_config(folder, small_dataset)
+    result, _, template = plan_from_config(config, resolve(config.runtime))
+    with pytest.raises(LoadError) as raised:
+        load(result, template)
+    assert "model.safetensors" in str(raised.value) and "download or copy it again" in str(raised.value)
 
 
 # --- summarize -------------------------------------------------------------------------------

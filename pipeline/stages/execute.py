@@ -1,9 +1,10 @@
 """Execute stage: generate a response for every sample, batch by batch, into the transcript.
 
 Prompts go through the chat template (with the session's system prompt), are left-padded into
-batches of the planned size and generated with `model.generate`: greedy when the temperature is
-0, otherwise sampled from a seed derived from `generation.seed` and the batch index. Each
-batch's records are written (and fsynced) as soon as the batch completes.
+batches of the planned size and generated with `model.generate` under the plan's effective
+generation settings: greedy when the temperature is 0, otherwise sampled from a seed derived from
+`generation.seed` and the batch index. Prompts the plan marked for truncation lose their start.
+Each batch's records are written (and fsynced) as soon as the batch completes.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
             config_hash: str) -> int:
     """Generate for all samples; returns the number of transcript records written."""
     batch_size = runtime.plan.batch_size
+    truncated = set(runtime.plan.truncated_samples)
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
     done, last_report = 0, time.perf_counter()
     for index, batch in enumerate(batches):
         started = time.perf_counter()
         messages = [conversation(sample, config.session) for sample in batch]
-        prompts = [render(runtime.tokenizer, m, config.session) for m in messages]
+        prompts = [render(runtime.chat_template, m, config.session) for m in messages]
         prompt_tokens, completions = generate_batch(runtime, prompts, config, seed_offset=index)
         latency = time.perf_counter() - started
         writer.write_batch(
@@ -55,6 +57,7 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
                 latency_s=round(latency, 6),
                 batch=index,
                 config_hash=config_hash,
+                truncated=sample.id in truncated,
             )
             for sample, sample_messages, tokens, completion in zip(batch, messages, prompt_tokens, completions)
         )
@@ -70,28 +73,31 @@ def generate_batch(runtime: LoadedRuntime, prompts: list[str], config: Config,
     """Generate for one batch of prompt texts: (prompt token counts, completions)."""
     import torch
 
-    tokenizer, model, settings = runtime.tokenizer, runtime.model, config.generation
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True,
-                        add_special_tokens=adds_special_tokens(config.session)).to(runtime.plan.device)
+    tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
+    settings = plan.generation
+    limit = {"truncation": True, "max_length": plan.context_length - plan.max_new_tokens} if plan.truncated_samples else {}
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=adds_special_tokens(config.session),
+                        **limit).to(plan.device)
     prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
     options: dict[str, Any] = {
-        "max_new_tokens": settings.max_new_tokens,
-        "do_sample": not settings.greedy,
-        "repetition_penalty": settings.repetition_penalty,
+        "max_new_tokens": settings["max_new_tokens"],
+        "do_sample": settings["do_sample"],
+        "repetition_penalty": settings["repetition_penalty"],
         "pad_token_id": tokenizer.pad_token_id,
     }
-    if settings.greedy:
-        options.update(temperature=None, top_p=None, top_k=None)
+    if settings["do_sample"]:
+        options.update(temperature=settings["temperature"], top_p=settings["top_p"], top_k=settings["top_k"],
+                       min_p=settings["min_p"])
+        torch.manual_seed(batch_seed(settings["seed"], seed_offset))
     else:
-        options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
-        torch.manual_seed(batch_seed(settings.seed, seed_offset))
-    if settings.stop:
-        options.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+        options.update(temperature=None, top_p=None, top_k=None, min_p=None)
+    if settings["stop"]:
+        options.update(stop_strings=list(settings["stop"]), tokenizer=tokenizer)
     with torch.inference_mode():
         output = model.generate(**encoded, **options)
     new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
     stop_ids = _stop_token_ids(model, tokenizer)
-    return prompt_tokens, [_completion(tokenizer, row, stop_ids, settings.stop) for row in new_tokens]
+    return prompt_tokens, [_completion(tokenizer, row, stop_ids, settings["stop"]) for row in new_tokens]
 
 
 def batch_seed(seed: int, batch_index: int) -> int:

@@ -1,98 +1,298 @@
-"""Plan stage: decide backend, device, dtype and batch size, and check the run will fit.
+"""Plan stage: decide backend, device, dtype, attention, batch size and offload, and check the run fits.
 
-Only the tokenizer is read (to count prompt tokens); no weights are loaded. Every check that
-fails raises a UserError naming the setting to change, so a bad run stops before load.
+Input is what resolve found and the prompts' token counts (pipeline.prompts counts them with the
+light tokenizer: no transformers, no torch on a CPU-only machine). Every decision is recorded with
+its reason; every failed check raises a UserError naming the setting to change, so a run that
+cannot work stops before any weight loads. The memory arithmetic lives in pipeline.memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+import importlib.util
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
-from pipeline.config import Config, RuntimeConfig
+from pipeline.chat_template import ChatTemplate, TokenCounter
+from pipeline.config import Config, RuntimeConfig, SessionConfig, parse_bytes
+from pipeline.dataset import load_samples
 from pipeline.errors import UserError
-from pipeline.prompts import adds_special_tokens, conversation, render
-from pipeline.records import ResolvedModel, RuntimePlan, Sample
+from pipeline.generation_settings import command_line_keys, effective_generation
+from pipeline.memory import Need, free_memory, free_ram, gib, need
+from pipeline.model_files import read_generation_config
+from pipeline.prompts import count_prompt_tokens
+from pipeline.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+BACKEND = "transformers"
+AUTO_BATCH_WITHOUT_MEMORY_FIGURES = 8  # batch_size=auto when free memory cannot be known
 
 
-def plan(model: ResolvedModel, config: Config, samples: list[Sample], tokenizer: Any) -> RuntimePlan:
-    device = choose_device(config.runtime)
-    dtype = choose_dtype(config.runtime, device)
-    checks = [f"model folder {model.path} has config.json and {len(model.weight_files)} safetensors file(s)"]
+def plan_from_config(config: Config, model: ResolvedModel,
+                     overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample], Optional[ChatTemplate]]:
+    """The plan stage as the runner runs it: read the samples, count their tokens, plan.
+
+    Returns the samples and chat template too, so execute uses exactly what was planned."""
+    samples = load_samples(config.dataset)
+    require_chat_template(model, config.session)
+    folder = Path(model.path)
+    template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
+    tokens = count_prompt_tokens(samples, config.session, template, TokenCounter.from_folder(folder))
+    return plan(model, config, samples, tokens, overrides), samples, template
+
+
+def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tokens: dict[str, int],
+         overrides: Iterable[str] = ()) -> RuntimePlan:
+    """Decide how the run will go, or raise a UserError saying why it cannot."""
+    runtime, reasons = config.runtime, {}
+    checks = [f"model folder {model.path} has config.json and {len(model.weight_files)} "
+              f"{model.weights_format} weight file(s)"]
     warnings: list[str] = []
+    if model.weights_format == "pickle":
+        warnings.append("pickle weights loaded because runtime.allow_pickle=true; they can run code")
 
-    if config.session.chat_template:
-        if not model.has_chat_template:
-            raise UserError(f"session.chat_template=true but model {model.reference!r} has no chat template; "
-                            "set session.chat_template=false to send plain text")
+    if require_chat_template(model, config.session):
         checks.append("the tokenizer has a chat template")
+    checks.append(_check_media(model, samples))
 
-    prompt_tokens = {s.id: len(tokenizer(render(tokenizer, conversation(s, config.session), config.session),
-                                         add_special_tokens=adds_special_tokens(config.session))["input_ids"])
-                     for s in samples}
+    max_new = config.generation.max_new_tokens
     longest_id = max(prompt_tokens, key=prompt_tokens.get)
     longest = prompt_tokens[longest_id]
-    max_new = config.generation.max_new_tokens
-    if model.context_length:
-        if longest + max_new > model.context_length:
-            raise UserError(
-                f"sample {longest_id!r}: prompt of {longest} tokens + generation.max_new_tokens={max_new} "
-                f"exceeds the model's context of {model.context_length} tokens; shorten the prompt or "
-                "lower generation.max_new_tokens")
-        checks.append(f"longest prompt ({longest} tokens, sample {longest_id!r}) + {max_new} new tokens "
-                      f"fits the context of {model.context_length}")
-    else:
-        warnings.append("the model's config.json states no context length; prompt lengths were not checked")
+    truncated = _check_context(model, config, prompt_tokens, longest_id, checks, warnings)
+    sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
 
-    generation = asdict(config.generation)
-    generation["do_sample"] = not config.generation.greedy
-    if config.generation.greedy and (config.generation.top_p < 1 or config.generation.top_k > 0):
-        warnings.append("top_p/top_k are ignored: temperature 0 decodes greedily")
+    device, reasons["device"] = choose_device(runtime)
+    dtype, reasons["dtype"] = choose_dtype(runtime, device)
+    attention, reasons["attn_implementation"] = choose_attention(runtime, device, dtype)
+    estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, max_new,
+                                                len(samples), reasons, warnings)
+    checks.append(f"estimated {gib(estimate.total_bytes)} needed on {device}, "
+                  f"{gib(estimate.usable_bytes)} usable" if estimate.usable_bytes is not None
+                  else f"estimated {gib(estimate.total_bytes)} needed on {device} (free memory unknown)")
 
+    generation = effective_generation(config.generation, read_generation_config(Path(model.path)),
+                                      command_line_keys(overrides))
+    warnings.extend(generation.warnings)
+    reasons["backend"] = "transformers + torch: the only backend so far; it runs every model folder resolve accepts"
     return RuntimePlan(
         model=model,
-        backend="transformers",
+        backend=BACKEND,
         device=device,
         dtype=dtype,
-        batch_size=min(config.runtime.batch_size, len(samples)),
+        attn_implementation=attention,
+        batch_size=batch,
+        offload=offload,
+        max_memory=max_memory,
+        memory=estimate,
+        reasons=reasons,
         num_samples=len(samples),
         longest_prompt_tokens=longest,
+        longest_prompt_sample=longest_id,
         max_new_tokens=max_new,
         context_length=model.context_length,
-        generation=generation,
-        estimated_weight_bytes=model.parameters * DTYPE_BYTES[dtype],
+        truncation=config.session.truncation,
+        truncated_samples=truncated,
+        generation=generation.values,
+        generation_sources=generation.sources,
         checks=checks,
         warnings=warnings,
     )
 
 
-def choose_device(runtime: RuntimeConfig) -> str:
+def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
+    """Whether the session renders through a chat template; a UserError when it needs one the model lacks."""
+    if session.chat_template and not model.has_chat_template:
+        raise UserError(f"session.chat_template=true but model {model.reference!r} has no chat template; "
+                        "set session.chat_template=false to send plain text")
+    return session.chat_template
+
+
+def _check_media(model: ResolvedModel, samples: list[Sample]) -> str:
+    for sample in samples:
+        for message in sample.messages:
+            for part in message.media:
+                if part.kind not in model.modalities:
+                    raise UserError(
+                        f"sample {sample.id!r} has an {part.kind} part but model {model.reference!r} "
+                        f"({model.architecture}) takes {' and '.join(model.modalities)} only; use a model that "
+                        f"accepts {part.kind}s or remove the part")
+                raise UserError(f"sample {sample.id!r} has an {part.kind} part: {part.kind} input is not supported "
+                                f"by the {BACKEND} text backend yet; remove the part")
+    return f"every sample is {' or '.join(model.modalities)} the model accepts"
+
+
+def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], longest_id: str,
+                   checks: list[str], warnings: list[str]) -> list[str]:
+    """The ids to truncate from the left (session.truncation=left), or a UserError for prompts that do not fit."""
+    max_new, context = config.generation.max_new_tokens, model.context_length
+    if not context:
+        warnings.append("the model's config.json states no context length; prompt lengths were not checked")
+        return []
+    if max_new >= context:
+        raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the model's context "
+                        f"of {context} tokens; lower it")
+    budget = context - max_new
+    over = [sample_id for sample_id, tokens in prompt_tokens.items() if tokens > budget]
+    if not over:
+        checks.append(f"longest prompt ({prompt_tokens[longest_id]} tokens, sample {longest_id!r}) + {max_new} new "
+                      f"tokens fits the context of {context}")
+        return []
+    if config.session.truncation == "left":
+        warnings.append(f"{len(over)} prompt(s) longer than {budget} tokens (context {context} - max_new_tokens "
+                        f"{max_new}) will be cut from the left, flagged truncated in the transcript")
+        return over
+    raise UserError(f"sample {longest_id!r}: prompt of {prompt_tokens[longest_id]} tokens + "
+                    f"generation.max_new_tokens={max_new} exceeds the model's context of {context} tokens "
+                    f"({len(over)} sample(s) too long); shorten the prompts, lower generation.max_new_tokens, "
+                    "or set session.truncation=left to keep each prompt's end")
+
+
+def _fit(model: ResolvedModel, runtime: RuntimeConfig, device: str, dtype: str, prompt: int, new: int,
+         num_samples: int, reasons: dict[str, str], warnings: list[str]) -> tuple[MemoryEstimate, int, str, Optional[dict]]:
+    """Batch size, offload and the memory estimate that justifies them."""
+    if runtime.memory_limit is not None:
+        available, source = parse_bytes(runtime.memory_limit), f"runtime.memory_limit={runtime.memory_limit}"
+    else:
+        available, source = free_memory(device)
+    usable = None if available is None else int(available * (1 - runtime.memory_margin))
+
+    def needs(batch: int) -> Need:
+        return need(model.parameters, model.shape, dtype, batch, prompt, new)
+
+    ceiling = min(runtime.max_batch_size, num_samples)
+    if runtime.batch_size != "auto":
+        batch = min(runtime.batch_size, num_samples)
+        reasons["batch_size"] = (f"runtime.batch_size={runtime.batch_size}" +
+                                 (f", capped at the {num_samples} samples" if batch < runtime.batch_size else ""))
+    elif usable is None:
+        batch = min(AUTO_BATCH_WITHOUT_MEMORY_FIGURES, num_samples)
+        reasons["batch_size"] = f"auto: free memory unknown, so a cautious {batch}"
+    else:
+        batch = max((b for b in range(1, ceiling + 1) if needs(b).total <= usable), default=1)
+        reasons["batch_size"] = (f"auto: the largest batch up to {ceiling} (runtime.max_batch_size, sample count) "
+                                 f"whose estimate fits {gib(usable)} usable ({runtime.memory_margin:.0%} margin)")
+
+    estimate, offload, max_memory = needs(batch), "none", None
+    if usable is None or estimate.total <= usable:
+        reasons["offload"] = ("none: the estimate fits the device" if usable is not None
+                              else "none: free memory unknown, nothing to compare with")
+    else:
+        numbers = (f"needs {gib(estimate.total)} (weights {gib(estimate.weights)} in {dtype}, KV cache "
+                   f"{gib(estimate.kv_cache)} for {batch} x {prompt + new} tokens, activations "
+                   f"{gib(estimate.activations)}) but {device} has {gib(usable)} usable ({gib(available)} from "
+                   f"{source}, {runtime.memory_margin:.0%} kept free)")
+        if batch > 1 and needs(1).total <= usable:
+            raise UserError(f"runtime.batch_size={runtime.batch_size}: the run {numbers}; lower runtime.batch_size "
+                            "or set it to auto")
+        room = usable - estimate.kv_cache - estimate.activations
+        offload, max_memory, reasons["offload"] = _offload(model, runtime, device, estimate.weights, room, numbers)
+        warnings.append(f"the weights do not fit {device}: offloading to {offload} ({reasons['offload']}); "
+                        "generation will be slower")
+        estimate = Need(room, estimate.kv_cache, estimate.kv_per_token, estimate.activations)
+    return MemoryEstimate(
+        device=device, weights_bytes=estimate.weights, kv_cache_bytes=estimate.kv_cache,
+        kv_bytes_per_token=estimate.kv_per_token, activation_bytes=estimate.activations,
+        total_bytes=estimate.total, batch_size=batch, sequence_tokens=prompt + new,
+        available_bytes=available, available_source=source, margin=runtime.memory_margin, usable_bytes=usable,
+        fits=usable is None or estimate.total <= usable,
+    ), batch, offload, max_memory
+
+
+def _offload(model: ResolvedModel, runtime: RuntimeConfig, device: str, weights: int, room: int,
+             numbers: str) -> tuple[str, dict[str, int], str]:
+    """(cpu or disk, accelerate's max_memory budgets, why) for weights that do not fit, or a UserError."""
+    if runtime.offload == "none" or room <= 0:
+        fix = ("set runtime.offload=auto to keep part of the weights in CPU memory or on disk, "
+               if runtime.offload == "none" else "")
+        raise UserError(f"model {model.reference!r} does not fit: the run {numbers}; {fix}use a smaller dtype, "
+                        "a smaller model, fewer generation.max_new_tokens, or another runtime.device")
+    if device == "cpu" and runtime.offload == "cpu":
+        raise UserError(f"runtime.offload=cpu cannot help on the CPU: the run {numbers}; use runtime.offload=disk")
+    rest = weights - room
+    budgets = {device_key(device): room}
+    if device == "cpu":
+        return "disk", budgets, f"{gib(room)} of {gib(weights)} weights stay in memory, {gib(rest)} are read from disk"
+    ram, _ = free_ram()
+    cpu_room = int((ram or 0) * (1 - runtime.memory_margin))
+    budgets["cpu"] = cpu_room
+    if rest <= cpu_room and runtime.offload in ("auto", "cpu"):
+        return "cpu", budgets, f"{gib(room)} of {gib(weights)} weights on {device}, {gib(rest)} in CPU memory"
+    if runtime.offload == "cpu":
+        raise UserError(f"runtime.offload=cpu: {gib(rest)} of weights do not fit CPU memory ({gib(ram)} free) "
+                        "either; use runtime.offload=disk or auto")
+    return "disk", budgets, (f"{gib(room)} of {gib(weights)} weights on {device}, {gib(cpu_room)} in CPU memory, "
+                             f"{gib(rest - cpu_room)} read from disk")
+
+
+def device_key(device: str) -> Any:
+    """The key accelerate's max_memory uses for a device: 0 for cuda:0, "cpu", "mps"."""
+    if device.startswith("cuda"):
+        return int(device.split(":")[1]) if ":" in device else 0
+    return device
+
+
+def accelerators() -> tuple[bool, bool, int]:
+    """(CUDA available, MPS available, CUDA device count), without importing torch when the build is CPU-only."""
+    try:
+        cpu_only_build = "+cpu" in metadata.version("torch") and sys.platform != "darwin"
+    except metadata.PackageNotFoundError:
+        cpu_only_build = False
+    if cpu_only_build:
+        return False, False, 0
     import torch
 
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return cuda, mps, torch.cuda.device_count() if cuda else 0
+
+
+def choose_device(runtime: RuntimeConfig) -> tuple[str, str]:
+    if runtime.device == "cpu":
+        return "cpu", "runtime.device=cpu"
+    cuda, mps, count = accelerators()
     if runtime.device == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
+        if cuda:
+            return "cuda", f"auto: CUDA is available ({count} device(s)); the first is used"
+        if mps:
+            return "mps", "auto: Apple MPS is available and CUDA is not"
+        return "cpu", "auto: no CUDA or MPS device here"
     available = ["cpu"] + (["cuda"] if cuda else []) + (["mps"] if mps else [])
     base = runtime.device.split(":", 1)[0]
     if base not in available:
         raise UserError(f"runtime.device={runtime.device!r}: no such device here (available: {', '.join(available)})")
-    if base == "cuda" and ":" in runtime.device and int(runtime.device.split(":")[1]) >= torch.cuda.device_count():
-        raise UserError(f"runtime.device={runtime.device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return runtime.device
+    if base == "cuda" and ":" in runtime.device and int(runtime.device.split(":")[1]) >= count:
+        raise UserError(f"runtime.device={runtime.device!r}: only {count} CUDA device(s) here")
+    return runtime.device, f"runtime.device={runtime.device}"
 
 
-def choose_dtype(runtime: RuntimeConfig, device: str) -> str:
+def choose_dtype(runtime: RuntimeConfig, device: str) -> tuple[str, str]:
     if runtime.dtype != "auto":
-        if runtime.dtype == "bfloat16" and device.startswith("mps"):
+        if runtime.dtype == "bfloat16" and device == "mps":
             raise UserError("runtime.dtype='bfloat16' is not supported on mps; use float16 or float32")
-        return runtime.dtype
+        return runtime.dtype, f"runtime.dtype={runtime.dtype}"
     if device.startswith("cuda"):
         import torch
 
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", "auto: this GPU supports bfloat16 (the range of float32 at half the memory)"
+        return "float16", "auto: this GPU lacks bfloat16, so float16"
     if device == "mps":
-        return "float16"
-    return "float32"
+        return "float16", "auto: float16 on Apple MPS"
+    return "float32", "auto: float32 on the CPU (half precision is slow there); set runtime.dtype to change it"
+
+
+def choose_attention(runtime: RuntimeConfig, device: str, dtype: str) -> tuple[str, str]:
+    flash_installed = importlib.util.find_spec("flash_attn") is not None
+    if runtime.attn_implementation == "flash_attention_2":
+        if not device.startswith("cuda") or dtype not in ("float16", "bfloat16"):
+            raise UserError("runtime.attn_implementation=flash_attention_2 needs a CUDA device and float16 or "
+                            f"bfloat16 (planned: {device}, {dtype})")
+        if not flash_installed:
+            raise UserError("runtime.attn_implementation=flash_attention_2 needs the flash-attn package "
+                            "(pip install flash-attn); or use sdpa")
+    if runtime.attn_implementation != "auto":
+        return runtime.attn_implementation, f"runtime.attn_implementation={runtime.attn_implementation}"
+    if device.startswith("cuda") and dtype in ("float16", "bfloat16") and flash_installed:
+        return "flash_attention_2", "auto: flash-attn is installed and the GPU runs in half precision"
+    return "sdpa", "auto: torch's scaled_dot_product_attention (the load falls back to eager where a model lacks it)"
+
