@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test sweep ui clean demo-model
+.PHONY: help setup run test sweep ui bench clean demo-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a chi
 
 ui: $(STAMP) ## serve the MLflow UI for runs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=... to change)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+bench: $(STAMP) ## benchmarks against same-run baselines; prints ratios, writes runs/bench/*.json
+	$(PY) scripts/bench.py
 
 demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (deterministic, a few minutes)
 	$(PY) scripts/train_demo_model.py
