@@ -37,8 +37,13 @@ def plan_from_config(config: Config, model: ResolvedModel,
     require_chat_template(model, config.session)
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
-    tokens = count_prompt_tokens(samples, config.session, template, TokenCounter.from_folder(folder))
-    return plan(model, config, samples, tokens, overrides), samples, template
+    counter = TokenCounter.from_folder(folder)
+    tokens = count_prompt_tokens(samples, config.session, template, counter)
+    planned = plan(model, config, samples, tokens, overrides)
+    if not counter.exact:
+        planned.checks.append(f"prompt tokens counted from {counter.origin}; the model's own tokenizer class "
+                              "rebuilds it on load and may count a few tokens differently in rare cases")
+    return planned, samples, template
 
 
 def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tokens: dict[str, int],
