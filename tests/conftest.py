@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from pipeline.config import ASSETS_DIR, register  # noqa: E402
+from pipeline.config import ASSETS_DIR, Config, DatasetConfig, RuntimeConfig, register  # noqa: E402
 
 DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
 
@@ -40,6 +40,15 @@ def small_dataset(tmp_path) -> Path:
     return write_jsonl(tmp_path / "small.jsonl", [
         {"id": f"s{i}", "prompt": f"What is {10 + i}+{20 + i}?", "reference": str(30 + 2 * i)} for i in range(5)
     ])
+
+
+def make_config(model: Path, dataset: Path, **sections) -> Config:
+    """A Config for in-process stage tests: the given model and dataset, on the CPU, batches of 2."""
+    config = Config(runtime=RuntimeConfig(model=str(model), device="cpu", batch_size=2),
+                    dataset=DatasetConfig(path=str(dataset)))
+    for name, value in sections.items():
+        setattr(config, name, value)
+    return config
 
 
 def pipeline_env() -> dict[str, str]:

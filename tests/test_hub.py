@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from hf_cache import add_snapshot, etag, git_blob_id, is_lfs  # noqa: F401
+from hf_cache import add_snapshot, git_blob_id, is_lfs
 from pipeline import hub
 from pipeline.errors import UserError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from conftest import mlflow_client, only_run_dir, pipeline_env, run_pipeline, write_jsonl
 from hf_cache import add_snapshot
+from tiny_model import overlap_two_tensors
 
 pytestmark = pytest.mark.slow
 COMMIT = "c0ffee" + "0" * 34
@@ -106,14 +106,7 @@ def test_models_lists_models_dir_and_the_hugging_face_cache(tmp_path, hf_cache, 
 
 def test_weights_that_break_at_load_time_fail_the_run_with_the_file_name(tmp_path, tiny_model, small_dataset):
     folder = Path(shutil.copytree(tiny_model, tmp_path / "overlap"))
-    weights = folder / "model.safetensors"
-    data = weights.read_bytes()
-    size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + size])
-    same_shape = [n for n in header if n != "__metadata__" and header[n]["shape"] == [32]]
-    header[same_shape[1]]["data_offsets"] = header[same_shape[0]]["data_offsets"]  # two tensors, one place
-    raw = json.dumps(header).encode().ljust(size)
-    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + size:])
+    overlap_two_tensors(folder / "model.safetensors")
     result = run_pipeline([f"runtime.model={folder}", f"dataset.path={small_dataset}"], cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]

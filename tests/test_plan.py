@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
-from pipeline.config import Config, DatasetConfig, GenerationConfig, RuntimeConfig, SessionConfig
+from conftest import make_config, write_jsonl
+from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.errors import UserError
 from pipeline.memory import need
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from tiny_model import build_tiny_model
-
-
-def make_config(model: Path, dataset: Path, **sections) -> Config:
-    config = Config(runtime=RuntimeConfig(model=str(model), device="cpu", batch_size=2),
-                    dataset=DatasetConfig(path=str(dataset)))
-    for name, value in sections.items():
-        setattr(config, name, value)
-    return config
 
 
 def planned(model: Path, dataset: Path, overrides: tuple[str, ...] = (), **sections):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
-from pipeline.config import Config, DatasetConfig, GenerationConfig, RuntimeConfig, SessionConfig
+from conftest import make_config, write_jsonl
+from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.errors import LoadError
 from pipeline.stages.execute import _completion, execute
 from pipeline.stages.load import load, load_tokenizer
@@ -18,15 +16,7 @@ from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import percentile, summarize
 from pipeline.transcript import TranscriptWriter, read_transcript
-from tiny_model import build_tiny_model
-
-
-def make_config(model: Path, dataset: Path, **sections) -> Config:
-    config = Config(runtime=RuntimeConfig(model=str(model), device="cpu", batch_size=2),
-                    dataset=DatasetConfig(path=str(dataset)))
-    for name, value in sections.items():
-        setattr(config, name, value)
-    return config
+from tiny_model import overlap_two_tensors
 
 
 def planned(model: Path, dataset: Path, **sections):
@@ -117,18 +107,7 @@ def test_weights_offloaded_to_disk_generate_the_same_as_in_memory(tmp_path, tiny
 def test_a_weight_file_that_breaks_at_load_time_names_the_file(tmp_path, tiny_model, small_dataset):
     """A header that passes resolve's size checks but whose tensors overlap: only safetensors itself notices."""
     folder = Path(shutil.copytree(tiny_model, tmp_path / "overlap"))
-    weights = folder / "model.safetensors"
-    data = weights.read_bytes()
-    size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + size])
-    names = [n for n in header if n != "__metadata__"]
-    first, second = header[names[0]], header[names[1]]
-    if first["shape"] == second["shape"]:
-        second["data_offsets"] = first["data_offsets"]  # two tensors on the same bytes
-    else:
-        pytest.skip("the first two tensors differ in shape")
-    raw = json.dumps(header).encode().ljust(size)
-    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + size:])
+    overlap_two_tensors(folder / "model.safetensors")
     config = make_config(folder, small_dataset)
     result, _, template = plan_from_config(config, resolve(config.runtime))
     with pytest.raises(LoadError) as raised:

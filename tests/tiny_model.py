@@ -39,3 +39,21 @@ def build_tiny_model(folder: Path, context_length: int = 128, chat_template: boo
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def overlap_two_tensors(weights: Path) -> None:
+    """Corrupt a safetensors file so that only safetensors itself notices: two same-shape tensors share bytes.
+
+    The header stays valid JSON and the sizes add up, so resolve accepts the file; loading refuses it."""
+    import json
+    import struct
+
+    data = weights.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    names = [n for n in header if n != "__metadata__"]
+    first, second = next((a, b) for a in names for b in names
+                         if a < b and header[a]["shape"] == header[b]["shape"])
+    header[second]["data_offsets"] = header[first]["data_offsets"]
+    raw = json.dumps(header).encode().ljust(size)
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + size:])
