@@ -73,7 +73,9 @@ def test_a_repo_id_that_is_not_cached_says_how_to_get_it(tmp_path, hf_cache):
     offline = run_pipeline(["runtime.model=org/absent", "runtime.allow_download=true"], cwd=tmp_path,
                            env={"HF_HUB_CACHE": str(hf_cache)}, timeout=60)
     assert offline.returncode == 2 and "Traceback" not in offline.stderr
-    assert "HF_HUB_OFFLINE=1 is set" in offline.stderr.strip().splitlines()[-1]
+    offline_line = offline.stderr.strip().splitlines()[-1]
+    assert offline_line.startswith("error: runtime.model='org/absent': cannot download org/absent")
+    assert "HF_HUB_OFFLINE=1 is set" in offline_line
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 

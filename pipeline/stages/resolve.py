@@ -100,7 +100,11 @@ def locate(runtime: RuntimeConfig) -> Location:
             return Location("hf-cache", cached.folder, alias, repo_id, revision, cached.commit)
         if not runtime.allow_download:
             raise UserError(f"{where}: {not_cached_message(repo_id, revision, None)}")
-        fetched = download(repo_id, revision, pickle_weights=runtime.allow_pickle, remote_code=runtime.trust_remote_code)
+        try:
+            fetched = download(repo_id, revision, pickle_weights=runtime.allow_pickle,
+                               remote_code=runtime.trust_remote_code)
+        except UserError as error:
+            raise UserError(f"{where}: {error}") from None
         return Location("hf-download", fetched.folder, alias, repo_id, revision, fetched.commit)
 
     known = ", ".join(sorted(aliases))
