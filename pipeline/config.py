@@ -98,7 +98,8 @@ class GenerationConfig:
     min_p: Optional[float] = None  # drop tokens below min_p x the likeliest token's probability, in [0, 1)
     repetition_penalty: Optional[float] = None  # 1.0 is none
     max_new_tokens: int = 8  # upper bound on generated tokens per sample
-    seed: int = 0  # seeds sampling; the same seed gives the same outputs
+    num_samples: int = 1  # completions per prompt (for pass@k); each is seeded on its own
+    seed: int = 0  # seeds sampling: the same seed and sample give the same output, whatever the batch
     stop: List[str] = field(default_factory=list)  # generation ends at any of these strings
 
     def __post_init__(self) -> None:
@@ -109,6 +110,7 @@ class GenerationConfig:
         _check(self.repetition_penalty is None or self.repetition_penalty > 0, "generation.repetition_penalty",
                self.repetition_penalty, "null or a number > 0 (1.0 = none)")
         _check(self.max_new_tokens >= 1, "generation.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        _check(self.num_samples >= 1, "generation.num_samples", self.num_samples, "an integer >= 1")
         _check(self.seed >= 0, "generation.seed", self.seed, "an integer >= 0")
         for stop in self.stop:
             _check(stop != "", "generation.stop", self.stop, "non-empty strings")
@@ -125,6 +127,10 @@ class SessionConfig:
     name: str = "default"
     system_prompt: Optional[str] = None  # prepended as a system message; null for none
     chat_template: bool = True  # false: the messages' contents are joined into one raw text prompt
+    template_args: Dict[str, Any] = field(default_factory=dict)  # extra chat template variables, e.g. enable_thinking
+    prefill: str = ""  # the start of the assistant's answer; the model continues it
+    history: Optional[str] = None  # a JSON file of messages put before every sample (e.g. a saved conversation)
+    autosave: bool = False  # save each scripted conversation after every turn to <run dir>/conversations/
     truncation: str = "error"  # a prompt longer than the context: error, or left (keep its end; flagged per sample)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,8 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
     lines = [
         f"samples   {summary.num_samples}",
         f"accuracy  {accuracy}",
-        f"speed     {summary.tokens_per_second:.1f} completion tokens/s; batch latency "
+        f"speed     {summary.tokens_per_second:.1f} completion tokens/s; time to first token p50 "
+        f"{summary.ttft_p50_s:.3f} s; latency "
         f"p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",
         f"stages    {stages}",
         f"run dir   {_relative(run_dir)}",

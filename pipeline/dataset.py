@@ -3,7 +3,9 @@
 Each line is a JSON object with an `id` (string or integer; the line number when absent),
 either a `prompt` (a string, sent as one user message) or `messages` (a list of
 `{"role", "content"}`, where content is a string or a list of parts: `{"type": "text", "text"}`,
-`{"type": "image" | "audio", "path" | "url": ...}`), and an optional `reference` answer. Whether
+`{"type": "image" | "audio", "path" | "url": ...}`), and an optional `reference` answer; or a
+scripted conversation: `turns` (user messages, each a string or `{content, reference}`), after an
+optional `messages` history. Whether
 the model can take image or audio parts is the plan's business; nothing here touches a model.
 """
 
@@ -15,7 +17,7 @@ from typing import Any, Optional
 
 from pipeline.config import DatasetConfig
 from pipeline.errors import UserError
-from pipeline.records import MediaPart, Message, Sample
+from pipeline.records import MediaPart, Message, Sample, Turn
 
 ROLES = ("system", "user", "assistant")
 MEDIA_KINDS = ("image", "audio")
@@ -56,8 +58,11 @@ def _to_sample(record: Any, where: str, line_number: int) -> Sample:
     if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool) or str(sample_id) == "":
         raise UserError(f"{where}: id must be a non-empty string or an integer, got {sample_id!r}")
     reference = _reference(record.get("reference"), where)
-    if "prompt" in record and "messages" in record:
-        raise UserError(f"{where}: give either prompt or messages, not both")
+    if "prompt" in record and ("messages" in record or "turns" in record):
+        raise UserError(f"{where}: give a prompt, or messages and/or turns, not both")
+    if "turns" in record:
+        history = _messages(record["messages"], where, may_end_with_assistant=True) if "messages" in record else ()
+        return Sample(id=str(sample_id), messages=history, turns=_turns(record["turns"], where))
     if "prompt" in record:
         prompt = record["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
@@ -66,11 +71,27 @@ def _to_sample(record: Any, where: str, line_number: int) -> Sample:
     elif "messages" in record:
         messages = _messages(record["messages"], where)
     else:
-        raise UserError(f"{where}: a record needs a prompt (string) or messages (list of role/content)")
+        raise UserError(f"{where}: a record needs a prompt (string), messages (list of role/content) "
+                        "or turns (list of user messages, each a string or {content, reference})")
     return Sample(id=str(sample_id), messages=messages, reference=reference)
 
 
-def _messages(raw: Any, where: str) -> tuple[Message, ...]:
+def _turns(raw: Any, where: str) -> tuple[Turn, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{where}: turns must be a non-empty list of user messages")
+    turns = []
+    for index, item in enumerate(raw):
+        if isinstance(item, str) and item.strip():
+            turns.append(Turn(item))
+        elif isinstance(item, dict) and isinstance(item.get("content"), str) and item["content"].strip():
+            turns.append(Turn(item["content"], _reference(item.get("reference"), f"{where}: turns[{index}]")))
+        else:
+            raise UserError(f"{where}: turns[{index}] must be a non-empty string or {{\"content\": a string, "
+                            "\"reference\": optional}")
+    return tuple(turns)
+
+
+def _messages(raw: Any, where: str, may_end_with_assistant: bool = False) -> tuple[Message, ...]:
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
     messages = []
@@ -82,7 +103,7 @@ def _messages(raw: Any, where: str) -> tuple[Message, ...]:
             messages.append(Message(item["role"], item["content"]))
         else:
             messages.append(_message_from_parts(item["role"], item["content"], f"{where}: messages[{index}]"))
-    if messages[-1].role == "assistant":
+    if messages[-1].role == "assistant" and not may_end_with_assistant:
         raise UserError(f"{where}: the last message must not be the assistant's: there is nothing to answer")
     return tuple(messages)
 

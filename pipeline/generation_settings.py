@@ -67,6 +67,9 @@ def _contradictions(values: dict[str, Any], sources: dict[str, str], model_defau
         if ignored:
             warnings.append(f"{', '.join(ignored)} set but ignored: temperature 0 decodes greedily "
                             "(set generation.temperature > 0 to sample)")
+        if values["num_samples"] > 1:
+            warnings.append(f"num_samples={values['num_samples']} while decoding greedily: every completion of a "
+                            "prompt is the same (set generation.temperature > 0 for pass@k)")
         if model_defaults.get("do_sample") and sources["temperature"] != COMMAND_LINE:
             warnings.append(f"the model's generation_config.json samples by default (temperature "
                             f"{model_defaults.get('temperature', 1.0)}); this run decodes greedily because "

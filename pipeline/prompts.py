@@ -6,27 +6,35 @@ both see the same prompt: the chat template is rendered by pipeline.chat_templat
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import SessionConfig
+from pipeline.errors import UserError
 from pipeline.records import Message, Sample
 
 
 def conversation(sample: Sample, session: SessionConfig) -> list[Message]:
-    """The sample's messages, behind the session's system prompt unless the sample has its own."""
-    messages = list(sample.messages)
+    """The session's history file's messages, then the sample's, behind the session's system prompt
+    unless they have their own."""
+    messages = list(read_history(session.history)) + list(sample.messages) if session.history else list(sample.messages)
     if session.system_prompt is not None and not any(m.role == "system" for m in messages):
         messages.insert(0, Message("system", session.system_prompt))
     return messages
 
 
 def render(template: Optional[ChatTemplate], messages: list[Message], session: SessionConfig) -> str:
-    """The prompt text: through the chat template, or the contents joined as plain text."""
+    """The prompt text: through the chat template (with the session's template arguments), or the
+    contents joined as plain text; then the session's prefill, which the model continues."""
     if session.chat_template:
         assert template is not None, "the plan refuses chat sessions on models without a chat template"
-        return template.render([as_dict(m) for m in messages], add_generation_prompt=True)
-    return "\n\n".join(m.content for m in messages)
+        text = template.render([as_dict(m) for m in messages], add_generation_prompt=True, **session.template_args)
+    else:
+        text = "\n\n".join(m.content for m in messages)
+    return text + session.prefill
 
 
 def as_dict(message: Message) -> dict[str, Any]:
@@ -41,7 +49,45 @@ def adds_special_tokens(session: SessionConfig) -> bool:
 
 
 def count_prompt_tokens(samples: list[Sample], session: SessionConfig, template: Optional[ChatTemplate],
-                        counter: TokenCounter) -> dict[str, int]:
-    """Sample id -> tokens of its rendered prompt, as the model will see it."""
-    return {s.id: counter.count(render(template, conversation(s, session), session), adds_special_tokens(session))
-            for s in samples}
+                        counter: TokenCounter, reply_tokens: int = 0) -> dict[str, int]:
+    """Sample id -> tokens of its rendered prompt, as the model will see it.
+
+    A scripted conversation counts its last turn's prompt, with `reply_tokens` (max_new_tokens) for
+    each earlier answer of the model: an upper bound, since the answers are not known yet."""
+    counts = {}
+    for sample in samples:
+        messages = conversation(sample, session)
+        for index, turn in enumerate(sample.turns):
+            messages.append(Message("user", turn.content))
+            if index < len(sample.turns) - 1:
+                messages.append(Message("assistant", ""))
+        extra = reply_tokens * max(0, len(sample.turns) - 1)
+        counts[sample.id] = counter.count(render(template, messages, session), adds_special_tokens(session)) + extra
+    return counts
+
+
+def read_history(path: str) -> tuple[Message, ...]:
+    """The messages of a history file: a JSON list of {role, content} (what session.autosave writes)."""
+    file = Path(path).expanduser()
+    try:
+        modified = file.stat().st_mtime_ns
+    except OSError:
+        modified = None
+    return _read_history(path, modified)
+
+
+@lru_cache(maxsize=8)
+def _read_history(path: str, modified: Optional[int]) -> tuple[Message, ...]:
+    """Read once per file version: the prompt of every sample needs it."""
+    file = Path(path).expanduser()
+    where = f"session.history={path!r}"
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{where}: file not found (give a JSON list of {{role, content}} messages)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{where}: not valid JSON: {error}") from None
+    if not isinstance(raw, list) or not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                                            and isinstance(m.get("content"), str) for m in raw):
+        raise UserError(f"{where}: expected a JSON list of {{\"role\": system|user|assistant, \"content\": a string}}")
+    return tuple(Message(m["role"], m["content"]) for m in raw)

@@ -29,12 +29,24 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One scripted user turn of a multi-turn conversation."""
+
+    content: str
+    reference: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Sample:
-    """One dataset record: a conversation to continue and, optionally, the expected answer."""
+    """One dataset record: a conversation to continue and, optionally, the expected answer.
+
+    A scripted conversation has `turns`: each is sent after the history so far (`messages`, then
+    the earlier turns and the model's own answers to them) and answered on its own."""
 
     id: str
     messages: tuple[Message, ...]
     reference: Optional[str] = None
+    turns: tuple[Turn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,8 @@ class LoadedRuntime:
 class TranscriptRecord:
     """One line of transcript.jsonl: a sample, what the model said, and how it went."""
 
-    sample_id: str
+    sample_id: str  # the dataset id; <id>#<turn> for a turn of a scripted conversation
+    sample_index: int  # which of generation.num_samples completions of this sample (0 when one)
     messages: list[dict[str, str]]
     response: str
     reference: Optional[str]
@@ -149,10 +162,13 @@ class TranscriptRecord:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # stop (end of turn or a stop string) or length (max_new_tokens reached)
-    latency_s: float  # wall time of the batch this sample was generated in
+    ttft_s: float  # time to first token: the end of its batch's prefill
+    latency_s: float  # from the start of its batch until this sample's last token
     batch: int
     config_hash: str
     truncated: bool = False  # the prompt was cut from the left to fit the model's context
+    conversation_id: Optional[str] = None  # the dataset id of the conversation a turn belongs to
+    turn: Optional[int] = None  # the turn's index in its conversation, from 0
     status: str = "ok"
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
@@ -173,6 +189,7 @@ class Summary:
     tokens_per_second: float  # completion tokens / execute-stage seconds
     latency_p50_s: float
     latency_p95_s: float
+    ttft_p50_s: float  # median time to first token
     stage_seconds: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +205,7 @@ class Summary:
             "tokens_per_second": self.tokens_per_second,
             "latency_p50_s": self.latency_p50_s,
             "latency_p95_s": self.latency_p95_s,
+            "ttft_p50_s": self.ttft_p50_s,
         }
         if self.accuracy is not None:
             metrics["accuracy"] = self.accuracy

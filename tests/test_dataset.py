@@ -33,7 +33,7 @@ def test_limit_keeps_the_first_samples(tmp_path):
     (['[1, 2]'], "d.jsonl:1: expected a JSON object"),
     (['{"id": 1}'], "d.jsonl:1: a record needs a prompt"),
     (['{"id": 1, "prompt": ""}'], "prompt must be a non-empty string"),
-    (['{"id": 1, "prompt": "a", "messages": []}'], "either prompt or messages"),
+    (['{"id": 1, "prompt": "a", "messages": []}'], "give a prompt, or messages and/or turns, not both"),
     (['{"id": 1, "messages": [{"role": "robot", "content": "x"}]}'], "messages[0] must be"),
     (['{"id": 1, "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'],
      "the last message must not be the assistant's"),

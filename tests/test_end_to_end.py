@@ -139,10 +139,12 @@ def test_a_run_that_fails_midway_is_failed_in_mlflow_and_keeps_its_partial_trans
         import sys
         import pipeline.stages.execute as execute
         real = execute.generate_batch
-        def flaky(runtime, prompts, config, seed_offset):
-            if seed_offset == 1:
+        calls = []
+        def flaky(runtime, batch, config, sink=None):
+            calls.append(len(batch))
+            if len(calls) == 2:
                 raise RuntimeError("the accelerator fell over")
-            return real(runtime, prompts, config, seed_offset)
+            return real(runtime, batch, config, sink)
         execute.generate_batch = flaky
         from pipeline.__main__ import main
         sys.argv = ["pipeline", "runtime.batch_size=4", "dataset.limit=10"]

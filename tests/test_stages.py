@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import make_config, write_jsonl
 from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
-from pipeline.errors import LoadError
+from pipeline.errors import LoadError, UserError
 from pipeline.stages.execute import _completion, execute
 from pipeline.stages.load import load, load_tokenizer
 from pipeline.stages.plan import plan_from_config
@@ -27,12 +28,12 @@ def planned(model: Path, dataset: Path, **sections):
 
 # --- load + execute --------------------------------------------------------------------------
 
-def run_execute(tmp_path, tiny_model, dataset, **sections) -> list[dict]:
+def run_execute(tmp_path, tiny_model, dataset, expected: int | None = None, **sections) -> list[dict]:
     config, samples, template, result = planned(tiny_model, dataset, **sections)
     runtime = load(result, template)
     path = tmp_path / f"transcript-{len(list(tmp_path.glob('transcript-*')))}.jsonl"
     with TranscriptWriter(path) as writer:
-        assert execute(runtime, samples, config, writer, config.config_hash()) == len(samples)
+        assert execute(runtime, samples, config, writer, config.config_hash()) == (expected or len(samples))
     return read_transcript(path)
 
 
@@ -59,6 +60,78 @@ def test_greedy_is_deterministic_and_sampling_is_seeded(tmp_path, tiny_model, sm
                                                 generation=GenerationConfig(temperature=2.0, seed=8))]
     assert sampled == again
     assert sampled != other and sampled != greedy
+
+
+def test_a_sampled_output_does_not_depend_on_batch_size_or_order(tmp_path, tiny_model, small_dataset):
+    hot = GenerationConfig(temperature=1.5, seed=3)
+
+    def responses(batch_size: int, dataset) -> dict:
+        config, samples, template, result = planned(tiny_model, dataset, generation=hot)
+        result.batch_size = batch_size
+        runtime = load(result, template)
+        path = tmp_path / f"t-{batch_size}-{dataset.name}.jsonl"
+        with TranscriptWriter(path) as writer:
+            execute(runtime, samples, config, writer, config.config_hash())
+        return {r["sample_id"]: r["response"] for r in read_transcript(path)}
+
+    reversed_dataset = write_jsonl(tmp_path / "reversed.jsonl", list(reversed(
+        [json.loads(line) for line in small_dataset.read_text().splitlines()])))
+    one = responses(1, small_dataset)
+    assert responses(5, small_dataset) == one
+    assert responses(2, reversed_dataset) == one
+    assert len(set(one.values())) > 1  # really sampled
+
+
+def test_num_samples_gives_k_seeded_completions_per_prompt(tmp_path, tiny_model, small_dataset):
+    records = run_execute(tmp_path, tiny_model, small_dataset, expected=15,
+                          generation=GenerationConfig(temperature=2.0, seed=1, num_samples=3))
+    by_sample: dict[str, list] = {}
+    for record in records:
+        by_sample.setdefault(record["sample_id"], []).append(record)
+    assert all(sorted(r["sample_index"] for r in group) == [0, 1, 2] for group in by_sample.values())
+    assert any(len({r["response"] for r in group}) > 1 for group in by_sample.values())
+
+
+def test_batches_are_formed_by_prompt_length_and_times_are_per_sample(tmp_path, tiny_model):
+    lengths = [5, 60, 6, 58, 30, 31]
+    dataset = write_jsonl(tmp_path / "mixed.jsonl", [{"id": f"m{i}", "prompt": "q" * n} for i, n in enumerate(lengths)])
+    records = run_execute(tmp_path, tiny_model, dataset)
+    assert [r["sample_id"] for r in records] == ["m1", "m3", "m5", "m4", "m2", "m0"]  # longest first, pairs
+    assert [r["batch"] for r in records] == [0, 0, 1, 1, 2, 2]
+    for record in records:
+        assert 0 < record["ttft_s"] <= record["latency_s"]
+
+
+def test_prefill_is_continued_and_kept_in_the_response(tmp_path, tiny_model, small_dataset):
+    plain = run_execute(tmp_path, tiny_model, small_dataset)
+    seeded = run_execute(tmp_path, tiny_model, small_dataset, session=SessionConfig(prefill="The answer is"))
+    assert all(r["response"].startswith("The answer is") for r in seeded)
+    assert seeded[0]["prompt_tokens"] == plain[0]["prompt_tokens"] + len("The answer is")
+
+
+def test_a_stream_sink_sees_the_text_as_it_is_generated(tmp_path, tiny_model, small_dataset):
+    class Collect:
+        def __init__(self):
+            self.pieces, self.complete = {}, {}
+
+        def on_text(self, row, text):
+            self.pieces.setdefault(row, []).append(text)
+
+        def on_complete(self, row, text):
+            self.complete[row] = text
+
+    config, samples, template, result = planned(tiny_model, small_dataset, generation=GenerationConfig(max_new_tokens=6))
+    result.batch_size = 5
+    runtime = load(result, template)
+    sink = Collect()
+    with TranscriptWriter(tmp_path / "streamed.jsonl") as writer:
+        execute(runtime, samples, config, writer, config.config_hash(), sink=sink)
+    records = read_transcript(tmp_path / "streamed.jsonl")
+    assert set(sink.complete) == set(range(5))
+    for row, record in enumerate(records):
+        assert sink.complete[row] == record["response"]
+        assert record["response"].startswith("".join(sink.pieces.get(row, [])))
+        assert len(sink.pieces.get(row, [])) >= min(2, record["completion_tokens"] - 2)
 
 
 def test_system_prompt_reaches_the_model(tmp_path, tiny_model, small_dataset):
@@ -131,3 +204,43 @@ def test_summarize_on_known_records():
 def test_percentile_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0 and percentile(values, 95) == 95.0 and percentile([], 50) == 0.0
+
+
+# --- scripted conversations ------------------------------------------------------------------
+
+def test_each_turn_sees_the_history_so_far_and_is_its_own_record(tmp_path, tiny_model):
+    dataset = write_jsonl(tmp_path / "talks.jsonl", [
+        {"id": "c1", "turns": [{"content": "What is 1+1?", "reference": "2"}, "And 2+2?", "And 3+3?"]},
+        {"id": "c2", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+         "turns": ["What is 5+5?"]},
+        {"id": "solo", "prompt": "What is 7+7?"},
+    ])
+    config, samples, template, result = planned(tiny_model, dataset, session=SessionConfig(autosave=True))
+    runtime = load(result, template)
+    with TranscriptWriter(tmp_path / "transcript.jsonl") as writer:
+        assert execute(runtime, samples, config, writer, config.config_hash()) == 5
+    records = {r["sample_id"]: r for r in read_transcript(tmp_path / "transcript.jsonl")}
+    assert set(records) == {"solo", "c1#0", "c1#1", "c1#2", "c2#0"}
+    assert (records["c1#1"]["conversation_id"], records["c1#1"]["turn"]) == ("c1", 1)
+    assert records["c1#0"]["reference"] == "2" and records["c1#1"]["reference"] is None
+    second = records["c1#1"]["messages"]
+    assert second[-3:] == [{"role": "user", "content": "What is 1+1?"},
+                           {"role": "assistant", "content": records["c1#0"]["response"]},
+                           {"role": "user", "content": "And 2+2?"}]
+    assert records["c2#0"]["messages"][:2] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert records["c1#2"]["prompt_tokens"] > records["c1#1"]["prompt_tokens"] > records["c1#0"]["prompt_tokens"]
+    saved = json.loads((tmp_path / "conversations" / "c1.json").read_text())
+    assert len(saved) == 6 and saved[-1] == {"role": "assistant", "content": records["c1#2"]["response"]}
+
+
+def test_a_saved_conversation_is_loaded_as_history(tmp_path, tiny_model, small_dataset):
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"role": "user", "content": "Remember 9."}, {"role": "assistant", "content": "OK"}]))
+    records = run_execute(tmp_path, tiny_model, small_dataset, session=SessionConfig(history=str(history)))
+    assert records[0]["messages"][:2] == [{"role": "user", "content": "Remember 9."},
+                                          {"role": "assistant", "content": "OK"}]
+    history.write_text("[{nope")
+    with pytest.raises(UserError, match="session.history=.*not valid JSON"):
+        planned(tiny_model, small_dataset, session=SessionConfig(history=str(history)))
+    with pytest.raises(UserError, match="session.history=.*file not found"):
+        planned(tiny_model, small_dataset, session=SessionConfig(history=str(tmp_path / "missing.json")))

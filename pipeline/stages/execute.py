@@ -1,10 +1,14 @@
-"""Execute stage: generate a response for every sample, batch by batch, into the transcript.
+"""Execute stage: generate every sample's response, batch by batch, into the transcript.
 
-Prompts go through the chat template (with the session's system prompt), are left-padded into
-batches of the planned size and generated with `model.generate` under the plan's effective
-generation settings: greedy when the temperature is 0, otherwise sampled from a seed derived from
-`generation.seed` and the batch index. Prompts the plan marked for truncation lose their start.
-Each batch's records are written (and fsynced) as soon as the batch completes.
+Each sample is rendered (chat template, system prompt, template arguments, prefill) into the
+exact prompt text, `generation.num_samples` times when several completions per prompt are asked
+for (pass@k). Prompts are sorted by length (longest first, ties in dataset order) and cut into
+batches of the planned size, so little compute goes to padding and the order of the transcript
+is the same on every run. Each batch is generated with `model.generate` under the plan's
+effective settings: greedy at temperature 0, otherwise sampled per sample from its own seed
+(pipeline.sampling), so a sample's output does not depend on its batch. Each record carries its
+time to first token and its own latency; a batch's records are written and fsynced as soon as
+the batch completes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from pipeline.config import Config
+from pipeline.files import write_json
 from pipeline.prompts import adds_special_tokens, conversation, render
-from pipeline.records import LoadedRuntime, Sample, TranscriptRecord
+from pipeline.records import LoadedRuntime, Message, Sample, TranscriptRecord
+from pipeline.sampling import GenerationObserver, PerRowSampler, StreamSink, sample_seed
 from pipeline.scoring import exact_match
 from pipeline.transcript import TranscriptWriter
 
@@ -29,80 +36,149 @@ class Completion:
     text: str
     tokens: int
     finish_reason: str
+    ttft_s: float = 0.0
+    latency_s: float = 0.0
+
+
+@dataclass
+class Job:
+    """One completion to generate: a sample (or one turn of it), which of its num_samples, its prompt."""
+
+    sample: Sample
+    sample_index: int
+    messages: list[Message]
+    prompt: str
+    turn: Optional[int] = None  # the turn of a scripted conversation
+
+    @property
+    def record_id(self) -> str:
+        return self.sample.id if self.turn is None else f"{self.sample.id}#{self.turn}"
+
+    @property
+    def reference(self) -> Optional[str]:
+        return self.sample.reference if self.turn is None else self.sample.turns[self.turn].reference
 
 
 def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, writer: TranscriptWriter,
-            config_hash: str) -> int:
-    """Generate for all samples; returns the number of transcript records written."""
-    batch_size = runtime.plan.batch_size
-    truncated = set(runtime.plan.truncated_samples)
-    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    done, last_report = 0, time.perf_counter()
-    for index, batch in enumerate(batches):
-        started = time.perf_counter()
-        messages = [conversation(sample, config.session) for sample in batch]
-        prompts = [render(runtime.chat_template, m, config.session) for m in messages]
-        prompt_tokens, completions = generate_batch(runtime, prompts, config, seed_offset=index)
-        latency = time.perf_counter() - started
-        writer.write_batch(
-            TranscriptRecord(
-                sample_id=sample.id,
-                messages=[{"role": m.role, "content": m.content} for m in sample_messages],
-                response=completion.text,
-                reference=sample.reference,
-                score=exact_match(completion.text, sample.reference),
-                prompt_tokens=tokens,
-                completion_tokens=completion.tokens,
-                finish_reason=completion.finish_reason,
-                latency_s=round(latency, 6),
-                batch=index,
-                config_hash=config_hash,
-                truncated=sample.id in truncated,
-            )
-            for sample, sample_messages, tokens, completion in zip(batch, messages, prompt_tokens, completions)
-        )
-        done += len(batch)
-        if time.perf_counter() - last_report >= PROGRESS_EVERY_S or index == len(batches) - 1:
-            log.info("execute: %d/%d samples, batch %d/%d", done, len(samples), index + 1, len(batches))
-            last_report = time.perf_counter()
+            config_hash: str, sink: Optional[StreamSink] = None) -> int:
+    """Generate for all samples, then the scripted conversations turn by turn; returns records written."""
+    k = config.generation.num_samples
+    single = [Job(s, i, m, render(runtime.chat_template, m, config.session))
+              for s in samples if not s.turns for m in [conversation(s, config.session)] for i in range(k)]
+    batch = _generate_and_write(runtime, single, config, writer, config_hash, sink, first_batch=0)[1]
+    talks = [s for s in samples if s.turns]
+    histories = {(s.id, i): conversation(s, config.session) for s in talks for i in range(k)}
+    for turn in range(max((len(s.turns) for s in talks), default=0)):
+        jobs = []
+        for sample in (s for s in talks if turn < len(s.turns)):
+            for i in range(k):
+                messages = histories[(sample.id, i)] + [Message("user", sample.turns[turn].content)]
+                jobs.append(Job(sample, i, messages, render(runtime.chat_template, messages, config.session), turn))
+        records, batch = _generate_and_write(runtime, jobs, config, writer, config_hash, sink, first_batch=batch)
+        for job, record in zip(jobs, records):
+            histories[(job.sample.id, job.sample_index)] = job.messages + [Message("assistant", record.response)]
+        if config.session.autosave:
+            save_conversations(writer.path.parent / "conversations", histories)
     return writer.written
 
 
-def generate_batch(runtime: LoadedRuntime, prompts: list[str], config: Config,
-                   seed_offset: int) -> tuple[list[int], list[Completion]]:
-    """Generate for one batch of prompt texts: (prompt token counts, completions)."""
+def save_conversations(folder: Path, histories: dict[tuple[str, int], list[Message]]) -> None:
+    """Each conversation so far as a JSON file of messages, loadable again with session.history."""
+    for (sample_id, index), messages in histories.items():
+        name = sample_id if index == 0 else f"{sample_id}.{index}"
+        write_json(folder / f"{name}.json", [{"role": m.role, "content": m.content} for m in messages])
+
+
+def _generate_and_write(runtime: LoadedRuntime, jobs: list[Job], config: Config, writer: TranscriptWriter,
+                        config_hash: str, sink: Optional[StreamSink], first_batch: int) -> tuple[list[TranscriptRecord], int]:
+    """Generate the jobs in length-sorted batches, writing each batch; (records in job order, next batch number)."""
+    truncated = set(runtime.plan.truncated_samples)
+    batches = length_buckets(runtime, jobs, runtime.plan.batch_size, config)
+    by_job: dict[int, TranscriptRecord] = {}
+    last_report = time.perf_counter()
+    for offset, batch in enumerate(batches):
+        prompt_tokens, completions = generate_batch(runtime, batch, config, sink)
+        records = [
+            TranscriptRecord(
+                sample_id=job.record_id,
+                sample_index=job.sample_index,
+                messages=[{"role": m.role, "content": m.content} for m in job.messages],
+                response=config.session.prefill + completion.text,
+                reference=job.reference,
+                score=exact_match(config.session.prefill + completion.text, job.reference),
+                prompt_tokens=tokens,
+                completion_tokens=completion.tokens,
+                finish_reason=completion.finish_reason,
+                ttft_s=round(completion.ttft_s, 6),
+                latency_s=round(completion.latency_s, 6),
+                batch=first_batch + offset,
+                config_hash=config_hash,
+                truncated=job.sample.id in truncated,
+                conversation_id=None if job.turn is None else job.sample.id,
+                turn=job.turn,
+            )
+            for job, tokens, completion in zip(batch, prompt_tokens, completions)
+        ]
+        writer.write_batch(records)
+        by_job.update((id(job), record) for job, record in zip(batch, records))
+        if time.perf_counter() - last_report >= PROGRESS_EVERY_S or offset == len(batches) - 1:
+            log.info("execute: %d completions written, batch %d", writer.written, first_batch + offset + 1)
+            last_report = time.perf_counter()
+    return [by_job[id(job)] for job in jobs], first_batch + len(batches)
+
+
+def length_buckets(runtime: LoadedRuntime, jobs: list[Job], batch_size: int, config: Config) -> list[list[Job]]:
+    """Batches of similar prompt length: longest first, ties kept in dataset order."""
+    if not jobs:
+        return []
+    lengths = [len(ids) for ids in runtime.tokenizer([job.prompt for job in jobs],
+                                                     add_special_tokens=adds_special_tokens(config.session))["input_ids"]]
+    order = sorted(range(len(jobs)), key=lambda i: -lengths[i])
+    return [[jobs[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+
+
+def generate_batch(runtime: LoadedRuntime, batch: list[Job], config: Config,
+                   sink: Optional[StreamSink] = None) -> tuple[list[int], list[Completion]]:
+    """Generate for one batch of jobs: (prompt token counts, completions)."""
     import torch
 
     tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
     settings = plan.generation
+    started = time.perf_counter()
     limit = {"truncation": True, "max_length": plan.context_length - plan.max_new_tokens} if plan.truncated_samples else {}
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=adds_special_tokens(config.session),
-                        **limit).to(plan.device)
+    encoded = tokenizer([job.prompt for job in batch], return_tensors="pt", padding=True,
+                        add_special_tokens=adds_special_tokens(config.session), **limit).to(plan.device)
     prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+    prompt_length = encoded["input_ids"].shape[1]
+    stop_ids = _stop_token_ids(model, tokenizer)
+    observer = GenerationObserver(len(batch), prompt_length, stop_ids, started, tokenizer, sink)
+    processors: list[Any] = [observer]
+    if settings["do_sample"]:
+        seeds = [sample_seed(settings["seed"], job.sample.id, job.sample_index) for job in batch]
+        processors.append(PerRowSampler(seeds, settings["temperature"], settings["top_k"], settings["top_p"],
+                                        settings["min_p"], plan.device))
     options: dict[str, Any] = {
         "max_new_tokens": settings["max_new_tokens"],
-        "do_sample": settings["do_sample"],
+        "do_sample": False,  # greedy over what PerRowSampler left: the drawn token, when sampling
+        "temperature": None, "top_p": None, "top_k": None, "min_p": None,
         "repetition_penalty": settings["repetition_penalty"],
         "pad_token_id": tokenizer.pad_token_id,
+        "logits_processor": processors,
     }
-    if settings["do_sample"]:
-        options.update(temperature=settings["temperature"], top_p=settings["top_p"], top_k=settings["top_k"],
-                       min_p=settings["min_p"])
-        torch.manual_seed(batch_seed(settings["seed"], seed_offset))
-    else:
-        options.update(temperature=None, top_p=None, top_k=None, min_p=None)
     if settings["stop"]:
         options.update(stop_strings=list(settings["stop"]), tokenizer=tokenizer)
     with torch.inference_mode():
         output = model.generate(**encoded, **options)
-    new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
-    stop_ids = _stop_token_ids(model, tokenizer)
-    return prompt_tokens, [_completion(tokenizer, row, stop_ids, settings["stop"]) for row in new_tokens]
-
-
-def batch_seed(seed: int, batch_index: int) -> int:
-    """A distinct, reproducible seed for each batch of a run."""
-    return (seed * 1_000_003 + batch_index) % (2**63)
+    latencies = observer.finish(time.perf_counter() - started)
+    new_tokens = output[:, prompt_length:].tolist()
+    completions = []
+    for row, tokens in enumerate(new_tokens):
+        completion = _completion(tokenizer, tokens, stop_ids, settings["stop"])
+        completion.ttft_s, completion.latency_s = observer.first_token_s or latencies[row], latencies[row]
+        if sink is not None:
+            sink.on_complete(row, completion.text)
+        completions.append(completion)
+    return prompt_tokens, completions
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:

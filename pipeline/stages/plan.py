@@ -38,7 +38,7 @@ def plan_from_config(config: Config, model: ResolvedModel,
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
     counter = TokenCounter.from_folder(folder)
-    tokens = count_prompt_tokens(samples, config.session, template, counter)
+    tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens)
     planned = plan(model, config, samples, tokens, overrides)
     if not counter.exact:
         planned.checks.append(f"prompt tokens counted from {counter.origin}; the model's own tokenizer class "
@@ -69,8 +69,9 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     device, reasons["device"] = choose_device(runtime)
     dtype, reasons["dtype"] = choose_dtype(runtime, device)
     attention, reasons["attn_implementation"] = choose_attention(runtime, device, dtype)
+    completions = len(samples) * config.generation.num_samples
     estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, max_new,
-                                                len(samples), reasons, warnings)
+                                                completions, reasons, warnings)
     checks.append(f"estimated {gib(estimate.total_bytes)} needed on {device}, "
                   f"{gib(estimate.usable_bytes)} usable" if estimate.usable_bytes is not None
                   else f"estimated {gib(estimate.total_bytes)} needed on {device} (free memory unknown)")
@@ -153,7 +154,7 @@ def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str
 
 
 def _fit(model: ResolvedModel, runtime: RuntimeConfig, device: str, dtype: str, prompt: int, new: int,
-         num_samples: int, reasons: dict[str, str], warnings: list[str]) -> tuple[MemoryEstimate, int, str, Optional[dict]]:
+         completions: int, reasons: dict[str, str], warnings: list[str]) -> tuple[MemoryEstimate, int, str, Optional[dict]]:
     """Batch size, offload and the memory estimate that justifies them."""
     if runtime.memory_limit is not None:
         available, source = parse_bytes(runtime.memory_limit), f"runtime.memory_limit={runtime.memory_limit}"
@@ -164,17 +165,17 @@ def _fit(model: ResolvedModel, runtime: RuntimeConfig, device: str, dtype: str, 
     def needs(batch: int) -> Need:
         return need(model.parameters, model.shape, dtype, batch, prompt, new)
 
-    ceiling = min(runtime.max_batch_size, num_samples)
+    ceiling = min(runtime.max_batch_size, completions)
     if runtime.batch_size != "auto":
-        batch = min(runtime.batch_size, num_samples)
+        batch = min(runtime.batch_size, completions)
         reasons["batch_size"] = (f"runtime.batch_size={runtime.batch_size}" +
-                                 (f", capped at the {num_samples} samples" if batch < runtime.batch_size else ""))
+                                 (f", capped at the {completions} completions" if batch < runtime.batch_size else ""))
     elif usable is None:
-        batch = min(AUTO_BATCH_WITHOUT_MEMORY_FIGURES, num_samples)
+        batch = min(AUTO_BATCH_WITHOUT_MEMORY_FIGURES, completions)
         reasons["batch_size"] = f"auto: free memory unknown, so a cautious {batch}"
     else:
         batch = max((b for b in range(1, ceiling + 1) if needs(b).total <= usable), default=1)
-        reasons["batch_size"] = (f"auto: the largest batch up to {ceiling} (runtime.max_batch_size, sample count) "
+        reasons["batch_size"] = (f"auto: the largest batch up to {ceiling} (runtime.max_batch_size, completions to make) "
                                  f"whose estimate fits {gib(usable)} usable ({runtime.memory_margin:.0%} margin)")
 
     estimate, offload, max_memory = needs(batch), "none", None

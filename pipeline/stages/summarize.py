@@ -18,6 +18,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) ->
     completion_tokens = sum(r["completion_tokens"] for r in records)
     execute_seconds = stage_seconds.get("execute", 0.0)
     latencies = sorted(r["latency_s"] for r in records)
+    ttfts = sorted(r.get("ttft_s", 0.0) for r in records)
     return Summary(
         num_samples=len(records),
         num_scored=len(scores),
@@ -28,6 +29,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) ->
         tokens_per_second=completion_tokens / execute_seconds if execute_seconds > 0 else 0.0,
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
+        ttft_p50_s=percentile(ttfts, 50),
         stage_seconds=dict(stage_seconds),
     )
 
