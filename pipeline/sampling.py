@@ -9,9 +9,9 @@ leaving only the drawn token. Limit: a batch pads prompts to a common length, an
 products can differ in the last bits between batch shapes; on CPU in float32 this has not changed
 a token in our tests, in half precision on GPUs it can, rarely.
 
-`GenerationObserver` watches the tokens as they are chosen: it records each row's time to first
-token (the end of the prefill, shared by the batch) and the moment the row ended, and passes the
-text of each new token to an optional `StreamSink`. Neither decides what to generate.
+`GenerationObserver` notes when each decoding step starts: from that, each row's time to first
+token (the end of the prefill, shared by the batch) and the moment it ended; and it passes the text
+of each new token to an optional `StreamSink`. Neither decides what to generate.
 """
 
 from __future__ import annotations
@@ -75,39 +75,40 @@ class PerRowSampler:
 
 
 class GenerationObserver:
-    """A logits processor that changes nothing: it times each row and streams its text."""
+    """A logits processor that changes nothing: it notes when each step starts and streams text.
 
-    def __init__(self, rows: int, prompt_length: int, stop_ids: set[int], started: float,
-                 tokenizer: Any = None, sink: Optional[StreamSink] = None) -> None:
+    Step i's scores choose the i-th new token, so the time of the first call is every row's time to
+    first token, and a row that ended with its n-th token ended when step n+1 began (or when
+    generate returned). Rows are only looked at when a sink wants their text."""
+
+    def __init__(self, prompt_length: int, started: float, tokenizer: Any = None,
+                 sink: Optional[StreamSink] = None) -> None:
         self.prompt_length = prompt_length
-        self.stop_ids = stop_ids
         self.started = started
-        self.first_token_s: Optional[float] = None
-        self.ended_s: list[Optional[float]] = [None] * rows
+        self.step_times: list[float] = []
         self.tokenizer, self.sink = tokenizer, sink
-        self._texts = [""] * rows
+        self._texts: dict[int, str] = {}
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        now = time.perf_counter() - self.started
-        if self.first_token_s is None:
-            self.first_token_s = now  # called right after the prefill: the first token comes from these scores
-        elif input_ids.shape[1] > self.prompt_length:
-            last = input_ids[:, -1].tolist()
-            for row, token in enumerate(last):
-                if self.ended_s[row] is not None:
-                    continue
-                if token in self.stop_ids:
-                    self.ended_s[row] = now
-                elif self.sink is not None:
-                    self._stream(row, input_ids[row, self.prompt_length:].tolist())
+        self.step_times.append(time.perf_counter() - self.started)
+        if self.sink is not None and input_ids.shape[1] > self.prompt_length:
+            for row, tokens in enumerate(input_ids[:, self.prompt_length:].tolist()):
+                self._stream(row, tokens)
         return scores
 
     def _stream(self, row: int, tokens: list[int]) -> None:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        if len(text) > len(self._texts[row]) and not text.endswith("\ufffd"):  # wait for whole characters
-            self.sink.on_text(row, text[len(self._texts[row]):])
+        before = self._texts.get(row, "")
+        if len(text) > len(before) and text.startswith(before) and not text.endswith("\ufffd"):
+            self.sink.on_text(row, text[len(before):])  # whole characters only
             self._texts[row] = text
 
-    def finish(self, total_s: float) -> list[float]:
-        """Each row's latency: when it ended, or the end of the batch for rows that ran to the limit."""
-        return [ended if ended is not None else total_s for ended in self.ended_s]
+    def streamed(self, row: int) -> str:
+        return self._texts.get(row, "")
+
+    def ttft(self, total_s: float) -> float:
+        return self.step_times[0] if self.step_times else total_s
+
+    def latency(self, new_tokens: int, total_s: float) -> float:
+        """When a row that produced `new_tokens` tokens (its end token included) was done."""
+        return self.step_times[new_tokens] if new_tokens < len(self.step_times) else total_s

@@ -151,7 +151,7 @@ def generate_batch(runtime: LoadedRuntime, batch: list[Job], config: Config,
     prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
     prompt_length = encoded["input_ids"].shape[1]
     stop_ids = _stop_token_ids(model, tokenizer)
-    observer = GenerationObserver(len(batch), prompt_length, stop_ids, started, tokenizer, sink)
+    observer = GenerationObserver(prompt_length, started, tokenizer, sink)
     processors: list[Any] = [observer]
     if settings["do_sample"]:
         seeds = [sample_seed(settings["seed"], job.sample.id, job.sample_index) for job in batch]
@@ -169,13 +169,16 @@ def generate_batch(runtime: LoadedRuntime, batch: list[Job], config: Config,
         options.update(stop_strings=list(settings["stop"]), tokenizer=tokenizer)
     with torch.inference_mode():
         output = model.generate(**encoded, **options)
-    latencies = observer.finish(time.perf_counter() - started)
+    total = time.perf_counter() - started
     new_tokens = output[:, prompt_length:].tolist()
     completions = []
     for row, tokens in enumerate(new_tokens):
         completion = _completion(tokenizer, tokens, stop_ids, settings["stop"])
-        completion.ttft_s, completion.latency_s = observer.first_token_s or latencies[row], latencies[row]
+        completion.ttft_s, completion.latency_s = observer.ttft(total), observer.latency(completion.tokens, total)
         if sink is not None:
+            streamed = observer.streamed(row)
+            if completion.text.startswith(streamed) and len(completion.text) > len(streamed):
+                sink.on_text(row, completion.text[len(streamed):])  # the last token is never observed
             sink.on_complete(row, completion.text)
         completions.append(completion)
     return prompt_tokens, completions
