@@ -1,0 +1,125 @@
+"""`python -m pipeline.chat [overrides]`: talk to a model in the terminal, with streaming output.
+
+Takes the same overrides as `python -m pipeline` (runtime.model=…, generation.temperature=…,
+session.system_prompt=…), resolves, plans and loads through the same stages, then reads lines.
+Slash commands: /system <text> (or /system alone to drop it), /clear, /retry, /save [path],
+/exit (or end of input). Every turn is a record in `<run dir>/transcript.jsonl`, like a
+dataset run's, and the conversation is saved to `<run dir>/conversation.json` after each turn.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Optional, TextIO
+
+from pipeline.client import PromptResponse, RuntimeClient
+from pipeline.errors import EXIT_USAGE, UserError, describe_config_exception
+from pipeline.files import write_json
+from pipeline.records import TranscriptRecord
+from pipeline.redact import redact
+from pipeline.session import ChatSession
+from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter
+
+HELP = "commands: /system <text>, /clear, /retry, /save [path], /exit"
+PROMPT = "you> "
+
+
+class TerminalSink:
+    """Prints text as it arrives."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def on_text(self, row: int, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def on_complete(self, row: int, text: str) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
+def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> int:
+    """The read-answer loop; returns the number of model turns."""
+    session = client.session(system_prompt=client.config.session.system_prompt,
+                             autosave_path=run_dir / "conversation.json")
+    sink, turns = TerminalSink(out), 0
+    with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
+        while True:
+            out.write(PROMPT)
+            out.flush()
+            line = lines.readline()
+            if not line or line.strip() == "/exit":
+                break
+            text = line.rstrip("\n")
+            command, _, argument = text.partition(" ")
+            try:
+                if command == "/system":
+                    session.set_system(argument.strip() or None)
+                    out.write(f"(system prompt {'set' if argument.strip() else 'removed'})\n")
+                elif command == "/clear":
+                    session.clear()
+                    out.write("(conversation cleared)\n")
+                elif command == "/save":
+                    out.write(f"(saved to {session.save(argument.strip() or None)})\n")
+                elif command == "/retry":
+                    out.write("model> ")
+                    turns += _record(writer, session.retry(sink), session, client, turns)
+                elif command.startswith("/"):
+                    out.write(f"(unknown command {command}; {HELP})\n")
+                elif text.strip():
+                    out.write("model> ")
+                    turns += _record(writer, session.send(text, sink), session, client, turns)
+            except (UserError, ValueError) as error:
+                out.write(f"(error: {error})\n")
+            out.flush()
+    return turns
+
+
+def _record(writer: TranscriptWriter, response: PromptResponse, session: ChatSession, client: RuntimeClient,
+            turn: int) -> int:
+    messages = session.context()[:-1]
+    writer.write_batch([TranscriptRecord(
+        sample_id=f"chat#{turn}", sample_index=0, messages=[{"role": m.role, "content": m.content} for m in messages],
+        response=response.text, reference=None, score=None, prompt_tokens=response.prompt_tokens,
+        completion_tokens=response.completion_tokens, finish_reason=response.finish_reason,
+        ttft_s=round(response.ttft_s, 6), latency_s=round(response.latency_s, 6), batch=turn,
+        config_hash=client.config.config_hash(), conversation_id="chat", turn=turn)])
+    return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    overrides = sys.argv[1:] if argv is None else argv
+    try:
+        client = RuntimeClient.from_overrides(overrides)
+    except UserError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # Hydra's and OmegaConf's composition errors
+        print(f"config error: {describe_config_exception(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    run_dir = Path("runs") / time.strftime("%Y-%m-%d") / (time.strftime("%H-%M-%S_chat-") + secrets.token_hex(3))
+    try:
+        plan = client.plan()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", redact(client.config.to_dict()))
+        write_json(run_dir / "plan.json", plan.to_dict())
+        print(f"loading {plan.model.reference} on {plan.device} ({plan.dtype})…", file=sys.stderr)
+        client.load()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{HELP}; transcript in {run_dir}", file=sys.stderr)
+    try:
+        chat(client, run_dir, sys.stdin, sys.stdout)
+    except KeyboardInterrupt:
+        print("\n(interrupted; the transcript keeps every finished turn)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The Python API: `RuntimeClient`, the same resolve -> plan -> load -> generate path as the CLI.
+
+    from pipeline.client import RuntimeClient
+    client = RuntimeClient.from_overrides(["runtime.model=demo"])
+    print(client.prompt("What is 12+30?").text)           # loads once, then reuses the model
+    chat = client.session(system_prompt="Be brief.", autosave_path="chat.json")
+    print(chat.send("What is 25+25?").text)
+
+Settings come from the project's Hydra configs with the overrides a command line would take, so a
+library call and `python -m pipeline` with the same overrides make the same plan. The loaded
+runtime is kept and reused by every prompt and session until the client is dropped. Prompts are
+checked against the model's context when they are sent (the plan cannot know them in advance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from pipeline.chat_template import ChatTemplate
+from pipeline.config import CONF_DIR, Config, register, to_config
+from pipeline.errors import UserError
+from pipeline.prompts import conversation, render
+from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample
+from pipeline.sampling import StreamSink
+from pipeline.stages.execute import Job, generate_batch
+from pipeline.stages.load import load
+from pipeline.stages.plan import plan as make_plan
+from pipeline.stages.plan import require_chat_template
+from pipeline.stages.resolve import resolve
+
+
+@dataclass
+class PromptResponse:
+    """What one prompt produced."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop or length
+    ttft_s: float
+    latency_s: float
+
+
+class RuntimeClient:
+    """resolve, plan, describe_plan, load, prompt, prompt_parts and session over one config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._resolved: Optional[ResolvedModel] = None
+        self._plan: Optional[RuntimePlan] = None
+        self._runtime: Optional[LoadedRuntime] = None
+        self._calls = 0  # each prompt gets its own sample id, so sampled prompts differ
+
+    @classmethod
+    def from_overrides(cls, overrides: Sequence[str] = ()) -> "RuntimeClient":
+        """A client for the project's configs with command-line style overrides applied."""
+        from hydra import compose, initialize_config_dir
+
+        register()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return cls(to_config(compose(config_name="config", overrides=list(overrides))))
+
+    def resolve(self) -> ResolvedModel:
+        if self._resolved is None:
+            self._resolved = resolve(self.config.runtime)
+        return self._resolved
+
+    def plan(self) -> RuntimePlan:
+        """The plan for prompts of this session, one at a time (batch size 1)."""
+        if self._plan is None:
+            model = self.resolve()
+            require_chat_template(model, self.config.session)
+            probe = Sample(id="probe", messages=(Message("user", ""),))
+            self.config.runtime.batch_size = 1
+            self._plan = make_plan(model, self.config, [probe], {"probe": 1})
+        return self._plan
+
+    def describe_plan(self) -> dict[str, Any]:
+        return self.plan().to_dict()
+
+    def load(self) -> LoadedRuntime:
+        if self._runtime is None:
+            template = ChatTemplate.from_folder(Path(self.resolve().path)) if self.config.session.chat_template else None
+            self._runtime = load(self.plan(), template, self.config.runtime.trust_remote_code)
+        return self._runtime
+
+    def prompt(self, text: str, *, images: Sequence[str] = (), audio: Sequence[str] = (),
+               system_prompt: Optional[str] = None, sink: Optional[StreamSink] = None) -> PromptResponse:
+        """One user message (after the session's system prompt, or `system_prompt`) -> the model's answer."""
+        media = tuple(MediaPart("image", i) for i in images) + tuple(MediaPart("audio", a) for a in audio)
+        messages = [Message("system", system_prompt)] if system_prompt is not None else []
+        return self.prompt_parts([Message("user", text, media)], history=messages, sink=sink)
+
+    def prompt_parts(self, parts: Sequence[Message], history: Sequence[Message] = (),
+                     sink: Optional[StreamSink] = None) -> PromptResponse:
+        """Continue `history` + `parts` (messages, possibly with media) with one answer."""
+        runtime = self.load()
+        messages = list(history) + list(parts)
+        for message in messages:
+            for part in message.media:
+                raise UserError(f"{part.kind} input is not supported by the {runtime.plan.backend} text backend yet")
+        self._calls += 1
+        sample = Sample(id=f"prompt-{self._calls}", messages=tuple(messages))
+        full = conversation(sample, self.config.session)
+        text = render(runtime.chat_template, full, self.config.session)
+        self._check_context(runtime, text)
+        tokens, (completion,) = generate_batch(runtime, [Job(sample, 0, full, text)], self.config, sink)
+        return PromptResponse(self.config.session.prefill + completion.text, tokens[0], completion.tokens,
+                              completion.finish_reason, completion.ttft_s, completion.latency_s)
+
+    def session(self, system_prompt: Optional[str] = None, autosave_path: Optional[str | Path] = None,
+                history: Sequence[Message] = ()) -> "ChatSession":
+        from pipeline.session import ChatSession
+
+        return ChatSession(self, system_prompt=system_prompt, autosave_path=autosave_path, history=history)
+
+    def _check_context(self, runtime: LoadedRuntime, text: str) -> None:
+        plan = runtime.plan
+        if not plan.context_length or self.config.session.truncation == "left":
+            return
+        count = len(runtime.tokenizer(text, add_special_tokens=not self.config.session.chat_template)["input_ids"])
+        if count + plan.max_new_tokens > plan.context_length:
+            raise UserError(f"the conversation is {count} tokens + generation.max_new_tokens={plan.max_new_tokens}, "
+                            f"more than the model's context of {plan.context_length}; clear it (/clear) or shorten it")

@@ -1,0 +1,75 @@
+"""`ChatSession`: a conversation with a loaded model that remembers, retries and saves itself.
+
+Each `send` adds the user's message and the model's answer to the history; `retry` replaces the
+last answer with a new one (a new sample index, so sampling differs); `clear` forgets the turns;
+`set_system` changes the system prompt. With an autosave path the conversation is written
+(atomically) after every turn as a JSON list of {role, content} messages — the same format
+`session.history` and `ChatSession.load` read. The terminal chat (pipeline.chat) drives this class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from pipeline.files import write_json
+from pipeline.prompts import read_history
+from pipeline.records import Message
+from pipeline.sampling import StreamSink
+
+if TYPE_CHECKING:
+    from pipeline.client import PromptResponse, RuntimeClient
+
+
+class ChatSession:
+    def __init__(self, client: "RuntimeClient", system_prompt: Optional[str] = None,
+                 autosave_path: Optional[str | Path] = None, history: Sequence[Message] = ()) -> None:
+        self.client = client
+        self.system_prompt = system_prompt
+        self.autosave_path = Path(autosave_path) if autosave_path else None
+        self.messages: list[Message] = list(history)
+
+    @classmethod
+    def load(cls, client: "RuntimeClient", path: str | Path, autosave: bool = True) -> "ChatSession":
+        """Continue a saved conversation (its system message, if any, becomes the system prompt)."""
+        messages = list(read_history(str(path)))
+        system = messages.pop(0).content if messages and messages[0].role == "system" else None
+        return cls(client, system, path if autosave else None, messages)
+
+    def send(self, text: str, sink: Optional[StreamSink] = None) -> "PromptResponse":
+        user = Message("user", text)
+        response = self.client.prompt_parts([user], history=self.context(), sink=sink)
+        self.messages += [user, Message("assistant", response.text)]
+        self._autosave()
+        return response
+
+    def retry(self, sink: Optional[StreamSink] = None) -> "PromptResponse":
+        """A new answer to the last user message, replacing the old one."""
+        if len(self.messages) < 2 or self.messages[-1].role != "assistant":
+            raise ValueError("nothing to retry yet")
+        user = self.messages[-2]
+        self.messages = self.messages[:-2]
+        return self.send(user.content, sink)
+
+    def clear(self) -> None:
+        self.messages = []
+        self._autosave()
+
+    def set_system(self, text: Optional[str]) -> None:
+        self.system_prompt = text or None
+        self._autosave()
+
+    def save(self, path: Optional[str | Path] = None) -> Path:
+        target = Path(path) if path else self.autosave_path
+        if target is None:
+            raise ValueError("no path given and no autosave path set")
+        write_json(target, [{"role": m.role, "content": m.content} for m in self.context()])
+        return target
+
+    def context(self) -> list[Message]:
+        system = [Message("system", self.system_prompt)] if self.system_prompt else []
+        return system + self.messages
+
+    def _autosave(self) -> None:
+        if self.autosave_path is not None:
+            self.save(self.autosave_path)

@@ -1,0 +1,116 @@
+"""The Python API (RuntimeClient, ChatSession) and the terminal chat, driven through a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import pipeline_env
+from pipeline.client import RuntimeClient
+from pipeline.errors import UserError
+from pipeline.session import ChatSession
+
+
+@pytest.fixture(scope="module")
+def client() -> RuntimeClient:
+    return RuntimeClient.from_overrides(["runtime.model=demo", "runtime.device=cpu"])
+
+
+def test_the_readme_example_runs(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(example.strip().splitlines()) <= 6
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=pipeline_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["42", "50"]
+
+
+def test_the_client_plans_loads_once_and_answers(client):
+    assert client.describe_plan()["model"]["alias"] == "demo"
+    first = client.prompt("What is 12+30?")
+    runtime = client.load()
+    second = client.prompt("What is 40+17?")
+    assert client.load() is runtime  # reused, not reloaded
+    assert (first.text, second.text) == ("42", "57")
+    assert first.finish_reason == "stop" and 0 < first.ttft_s <= first.latency_s and first.prompt_tokens > 10
+
+
+def test_images_are_refused_on_this_backend(client):
+    with pytest.raises(UserError, match="image input is not supported"):
+        client.prompt("What is this?", images=["cat.png"])
+
+
+def test_a_session_remembers_retries_clears_and_autosaves(client, tmp_path):
+    path = tmp_path / "chat.json"
+    chat = client.session(system_prompt="Answer with the number only.", autosave_path=path)
+    assert chat.send("What is 21+21?").text == "42"
+    chat.send("What is 10+10?")
+    saved = json.loads(path.read_text())
+    assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
+    assert saved[2]["content"] == "42"
+    retried = chat.retry()
+    assert len(chat.messages) == 4 and chat.messages[-1].content == retried.text
+    again = ChatSession.load(client, path)
+    assert again.system_prompt == "Answer with the number only." and len(again.messages) == 4
+    chat.clear()
+    assert json.loads(path.read_text()) == [{"role": "system", "content": "Answer with the number only."}]
+    with pytest.raises(ValueError, match="nothing to retry"):
+        chat.retry()
+
+
+def test_a_conversation_longer_than_the_context_is_refused_with_the_fix(client):
+    with pytest.raises(UserError, match="more than the model's context of 256; clear it"):
+        client.prompt("1" * 300)
+
+
+def read_until(fd: int, marker: str, timeout: float = 120) -> str:
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} within {timeout} s; got {seen.decode(errors='replace')!r}")
+        seen += os.read(fd, 4096)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_the_terminal_chat_streams_answers_and_obeys_slash_commands(tmp_path):
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.chat", "runtime.device=cpu"], cwd=tmp_path,
+                               env=pipeline_env(), stdin=terminal, stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    try:
+        read_until(controller, "you> ")
+        os.write(controller, b"What is 12+30?\n")
+        assert "model> 42" in read_until(controller, "you> ")
+        os.write(controller, b"/system Answer with the number only.\n")
+        assert "system prompt set" in read_until(controller, "you> ")
+        os.write(controller, b"/retry\n")
+        assert "model> 42" in read_until(controller, "you> ")
+        os.write(controller, b"/bogus\n")
+        assert "unknown command /bogus" in read_until(controller, "you> ")
+        os.write(controller, b"/save saved.json\n")
+        assert "saved to saved.json" in read_until(controller, "you> ")
+        os.write(controller, b"/clear\n")
+        read_until(controller, "you> ")
+        os.write(controller, b"/exit\n")
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        os.close(controller)
+    (run_dir,) = (tmp_path / "runs").glob("*/*_chat-*")
+    records = [json.loads(line) for line in (run_dir / "transcript.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in records] == ["42", "42"]
+    assert records[1]["messages"][0] == {"role": "system", "content": "Answer with the number only."}
+    assert json.loads((tmp_path / "saved.json").read_text())[-1] == {"role": "assistant", "content": "42"}
+    assert json.loads((run_dir / "conversation.json").read_text()) == [
+        {"role": "system", "content": "Answer with the number only."}]
