@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from pipeline.chat_template import ChatTemplate
 from pipeline.config import CONF_DIR, Config, register, to_config
@@ -29,6 +29,9 @@ from pipeline.stages.load import load
 from pipeline.stages.plan import plan as make_plan
 from pipeline.stages.plan import require_chat_template
 from pipeline.stages.resolve import resolve
+
+if TYPE_CHECKING:
+    from pipeline.session import ChatSession
 
 
 @dataclass
