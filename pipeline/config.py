@@ -165,6 +165,13 @@ class TrackingConfig:
 
 
 @dataclass
+class ExecuteConfig:
+    """How the execute stage meets a sample it cannot complete."""
+
+    fail_fast: bool = False  # false: record the problem (status error) and go on; true: stop the run at the first
+
+
+@dataclass
 class PipelineConfig:
     """Which stages run."""
 
@@ -181,6 +188,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    execute: ExecuteConfig = field(default_factory=ExecuteConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,8 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
         f"{summary.accuracy:.3f} ({summary.correct}/{summary.num_scored} exact match)"
     stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in summary.stage_seconds.items())
     lines = [
-        f"samples   {summary.num_samples}",
+        f"samples   {summary.num_samples}" + (f" ({summary.num_errors} could not be completed: status error in "
+                                              "the transcript)" if summary.num_errors else ""),
         f"accuracy  {accuracy}",
         f"speed     {summary.tokens_per_second:.1f} completion tokens/s; time to first token p50 "
         f"{summary.ttft_p50_s:.3f} s; latency "

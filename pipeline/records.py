@@ -169,7 +169,8 @@ class TranscriptRecord:
     truncated: bool = False  # the prompt was cut from the left to fit the model's context
     conversation_id: Optional[str] = None  # the dataset id of the conversation a turn belongs to
     turn: Optional[int] = None  # the turn's index in its conversation, from 0
-    status: str = "ok"
+    status: str = "ok"  # ok, or error: the sample could not be completed (see error)
+    error: Optional[str] = None
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +183,7 @@ class Summary:
 
     num_samples: int
     num_scored: int
+    num_errors: int  # records that could not be completed (status error); scored as wrong when they had a reference
     accuracy: Optional[float]
     correct: int
     prompt_tokens: int
@@ -199,6 +201,7 @@ class Summary:
         """The summary as flat MLflow metrics (stage timings are logged as they happen)."""
         metrics = {
             "samples": float(self.num_samples),
+            "errors": float(self.num_errors),
             "correct": float(self.correct),
             "prompt_tokens": float(self.prompt_tokens),
             "completion_tokens": float(self.completion_tokens),

@@ -244,3 +244,24 @@ def test_a_saved_conversation_is_loaded_as_history(tmp_path, tiny_model, small_d
         planned(tiny_model, small_dataset, session=SessionConfig(history=str(history)))
     with pytest.raises(UserError, match="session.history=.*file not found"):
         planned(tiny_model, small_dataset, session=SessionConfig(history=str(tmp_path / "missing.json")))
+
+
+def test_a_turn_that_outgrows_the_context_is_an_error_record_and_the_rest_goes_on(tmp_path, tiny_model):
+    dataset = write_jsonl(tmp_path / "long-talk.jsonl", [
+        {"id": "long", "turns": ["a" * 50, "b" * 50, {"content": "c" * 50, "reference": "x"}]},
+        {"id": "short", "turns": ["hi", "again"]},
+    ])
+    config, samples, template, result = planned(tiny_model, dataset)
+    assert any("may outgrow the context" in w for w in result.warnings)
+    runtime = load(result, template)
+    with TranscriptWriter(tmp_path / "t.jsonl") as writer:
+        execute(runtime, samples, config, writer, config.config_hash())
+    records = {r["sample_id"]: r for r in read_transcript(tmp_path / "t.jsonl")}
+    assert {"long#0", "short#0", "short#1"} <= set(records)
+    failed = [r for r in records.values() if r["status"] == "error"]
+    assert len(failed) == 1 and failed[0]["conversation_id"] == "long"
+    assert "does not fit the model's context of 128" in failed[0]["error"] and "ends here" in failed[0]["error"]
+    assert max(r["turn"] for r in records.values() if r["conversation_id"] == "long") == failed[0]["turn"]
+    config.execute.fail_fast = True
+    with TranscriptWriter(tmp_path / "t2.jsonl") as writer, pytest.raises(UserError, match="execute.fail_fast=true"):
+        execute(runtime, samples, config, writer, config.config_hash())

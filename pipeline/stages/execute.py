@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.prompts import adds_special_tokens, conversation, render
 from pipeline.records import LoadedRuntime, Message, Sample, TranscriptRecord
@@ -38,6 +39,7 @@ class Completion:
     finish_reason: str
     ttft_s: float = 0.0
     latency_s: float = 0.0
+    truncated: bool = False  # its prompt was cut from the left to fit the context
 
 
 @dataclass
@@ -68,18 +70,51 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
     batch = _generate_and_write(runtime, single, config, writer, config_hash, sink, first_batch=0)[1]
     talks = [s for s in samples if s.turns]
     histories = {(s.id, i): conversation(s, config.session) for s in talks for i in range(k)}
+    ended: set[tuple[str, int]] = set()  # conversations stopped by a turn that did not fit
     for turn in range(max((len(s.turns) for s in talks), default=0)):
         jobs = []
         for sample in (s for s in talks if turn < len(s.turns)):
             for i in range(k):
+                if (sample.id, i) in ended:
+                    continue
                 messages = histories[(sample.id, i)] + [Message("user", sample.turns[turn].content)]
                 jobs.append(Job(sample, i, messages, render(runtime.chat_template, messages, config.session), turn))
+        for job in _over_context(runtime, jobs, config):
+            message = (f"turn {job.turn} of conversation {job.sample.id!r} does not fit the model's context of "
+                       f"{runtime.plan.context_length} tokens with generation.max_new_tokens="
+                       f"{runtime.plan.max_new_tokens}; the conversation ends here")
+            if config.execute.fail_fast:
+                raise UserError(message + " (execute.fail_fast=true)")
+            log.warning(message)
+            writer.write_batch([_error_record(job, message, batch, config_hash)])
+            ended.add((job.sample.id, job.sample_index))
+            jobs.remove(job)
         records, batch = _generate_and_write(runtime, jobs, config, writer, config_hash, sink, first_batch=batch)
         for job, record in zip(jobs, records):
             histories[(job.sample.id, job.sample_index)] = job.messages + [Message("assistant", record.response)]
         if config.session.autosave:
             save_conversations(writer.path.parent / "conversations", histories)
     return writer.written
+
+
+def _over_context(runtime: LoadedRuntime, jobs: list[Job], config: Config) -> list[Job]:
+    """The jobs whose prompt leaves no room for max_new_tokens (none when prompts may be cut from the left)."""
+    plan = runtime.plan
+    if not jobs or not plan.context_length or config.session.truncation == "left":
+        return []
+    budget = plan.context_length - plan.max_new_tokens
+    lengths = runtime.tokenizer([job.prompt for job in jobs], add_special_tokens=adds_special_tokens(config.session))
+    return [job for job, ids in zip(jobs, lengths["input_ids"]) if len(ids) > budget]
+
+
+def _error_record(job: Job, message: str, batch: int, config_hash: str) -> TranscriptRecord:
+    """A sample that could not be completed: no response, wrong if it had a reference."""
+    return TranscriptRecord(
+        sample_id=job.record_id, sample_index=job.sample_index,
+        messages=[{"role": m.role, "content": m.content} for m in job.messages], response="",
+        reference=job.reference, score=None if job.reference is None else 0.0, prompt_tokens=0,
+        completion_tokens=0, finish_reason="error", ttft_s=0.0, latency_s=0.0, batch=batch, config_hash=config_hash,
+        conversation_id=None if job.turn is None else job.sample.id, turn=job.turn, status="error", error=message)
 
 
 def save_conversations(folder: Path, histories: dict[tuple[str, int], list[Message]]) -> None:
@@ -92,7 +127,6 @@ def save_conversations(folder: Path, histories: dict[tuple[str, int], list[Messa
 def _generate_and_write(runtime: LoadedRuntime, jobs: list[Job], config: Config, writer: TranscriptWriter,
                         config_hash: str, sink: Optional[StreamSink], first_batch: int) -> tuple[list[TranscriptRecord], int]:
     """Generate the jobs in length-sorted batches, writing each batch; (records in job order, next batch number)."""
-    truncated = set(runtime.plan.truncated_samples)
     batches = length_buckets(runtime, jobs, runtime.plan.batch_size, config)
     by_job: dict[int, TranscriptRecord] = {}
     last_report = time.perf_counter()
@@ -113,7 +147,7 @@ def _generate_and_write(runtime: LoadedRuntime, jobs: list[Job], config: Config,
                 latency_s=round(completion.latency_s, 6),
                 batch=first_batch + offset,
                 config_hash=config_hash,
-                truncated=job.sample.id in truncated,
+                truncated=completion.truncated,
                 conversation_id=None if job.turn is None else job.sample.id,
                 turn=job.turn,
             )
@@ -145,9 +179,14 @@ def generate_batch(runtime: LoadedRuntime, batch: list[Job], config: Config,
     tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
     settings = plan.generation
     started = time.perf_counter()
-    limit = {"truncation": True, "max_length": plan.context_length - plan.max_new_tokens} if plan.truncated_samples else {}
-    encoded = tokenizer([job.prompt for job in batch], return_tensors="pt", padding=True,
-                        add_special_tokens=adds_special_tokens(config.session), **limit).to(plan.device)
+    prompts, special = [job.prompt for job in batch], adds_special_tokens(config.session)
+    cut = [False] * len(batch)
+    limit: dict[str, Any] = {}
+    if plan.truncated_samples:
+        budget = plan.context_length - plan.max_new_tokens
+        cut = [len(ids) > budget for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
+        limit = {"truncation": True, "max_length": budget}
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special, **limit).to(plan.device)
     prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
     prompt_length = encoded["input_ids"].shape[1]
     stop_ids = _stop_token_ids(model, tokenizer)
@@ -175,6 +214,7 @@ def generate_batch(runtime: LoadedRuntime, batch: list[Job], config: Config,
     for row, tokens in enumerate(new_tokens):
         completion = _completion(tokenizer, tokens, stop_ids, settings["stop"])
         completion.ttft_s, completion.latency_s = observer.ttft(total), observer.latency(completion.tokens, total)
+        completion.truncated = cut[row]
         if sink is not None:
             streamed = observer.streamed(row)
             if completion.text.startswith(streamed) and len(completion.text) > len(streamed):

@@ -63,7 +63,8 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     max_new = config.generation.max_new_tokens
     longest_id = max(prompt_tokens, key=prompt_tokens.get)
     longest = prompt_tokens[longest_id]
-    truncated = _check_context(model, config, prompt_tokens, longest_id, checks, warnings)
+    conversations = {s.id for s in samples if s.turns}
+    truncated = _check_context(model, config, prompt_tokens, longest_id, checks, warnings, conversations)
     sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
 
     device, reasons["device"] = choose_device(runtime)
@@ -128,7 +129,7 @@ def _check_media(model: ResolvedModel, samples: list[Sample]) -> str:
 
 
 def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], longest_id: str,
-                   checks: list[str], warnings: list[str]) -> list[str]:
+                   checks: list[str], warnings: list[str], conversations: set[str]) -> list[str]:
     """The ids to truncate from the left (session.truncation=left), or a UserError for prompts that do not fit."""
     max_new, context = config.generation.max_new_tokens, model.context_length
     if not context:
@@ -138,15 +139,22 @@ def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str
         raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the model's context "
                         f"of {context} tokens; lower it")
     budget = context - max_new
-    over = [sample_id for sample_id, tokens in prompt_tokens.items() if tokens > budget]
+    over = [sample_id for sample_id, tokens in prompt_tokens.items() if tokens > budget and sample_id not in conversations]
+    growing = [sample_id for sample_id in conversations if prompt_tokens[sample_id] > budget]
+    if growing and config.session.truncation != "left":
+        warnings.append(f"{len(growing)} conversation(s) may outgrow the context of {context} by their last turn "
+                        f"(counting {max_new} tokens per answer), first {growing[0]!r}; a turn that does not fit is "
+                        "recorded as an error and ends its conversation")
     if not over:
-        checks.append(f"longest prompt ({prompt_tokens[longest_id]} tokens, sample {longest_id!r}) + {max_new} new "
-                      f"tokens fits the context of {context}")
-        return []
+        longest_single = max((i for i in prompt_tokens if i not in conversations), key=prompt_tokens.get, default=None)
+        if longest_single is not None:
+            checks.append(f"longest prompt ({prompt_tokens[longest_single]} tokens, sample {longest_single!r}) + "
+                          f"{max_new} new tokens fits the context of {context}")
+        return growing if config.session.truncation == "left" else []
     if config.session.truncation == "left":
         warnings.append(f"{len(over)} prompt(s) longer than {budget} tokens (context {context} - max_new_tokens "
                         f"{max_new}) will be cut from the left, flagged truncated in the transcript")
-        return over
+        return over + growing
     raise UserError(f"sample {longest_id!r}: prompt of {prompt_tokens[longest_id]} tokens + "
                     f"generation.max_new_tokens={max_new} exceeds the model's context of {context} tokens "
                     f"({len(over)} sample(s) too long); shorten the prompts, lower generation.max_new_tokens, "

@@ -17,11 +17,13 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) ->
     correct = int(sum(scores))
     completion_tokens = sum(r["completion_tokens"] for r in records)
     execute_seconds = stage_seconds.get("execute", 0.0)
-    latencies = sorted(r["latency_s"] for r in records)
-    ttfts = sorted(r.get("ttft_s", 0.0) for r in records)
+    completed = [r for r in records if r.get("status", "ok") == "ok"]
+    latencies = sorted(r["latency_s"] for r in completed)
+    ttfts = sorted(r.get("ttft_s", 0.0) for r in completed)
     return Summary(
         num_samples=len(records),
         num_scored=len(scores),
+        num_errors=len(records) - len(completed),
         accuracy=correct / len(scores) if scores else None,
         correct=correct,
         prompt_tokens=sum(r["prompt_tokens"] for r in records),
