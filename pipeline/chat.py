@@ -18,6 +18,7 @@ from typing import Optional, TextIO
 from pipeline.client import PromptResponse, RuntimeClient
 from pipeline.errors import EXIT_USAGE, UserError, describe_config_exception
 from pipeline.files import write_json
+from pipeline.prompts import as_dict
 from pipeline.records import TranscriptRecord
 from pipeline.redact import redact
 from pipeline.session import ChatSession
@@ -83,7 +84,7 @@ def _record(writer: TranscriptWriter, response: PromptResponse, session: ChatSes
             turn: int) -> int:
     messages = session.context()[:-1]
     writer.write_batch([TranscriptRecord(
-        sample_id=f"chat#{turn}", sample_index=0, messages=[{"role": m.role, "content": m.content} for m in messages],
+        sample_id=f"chat#{turn}", sample_index=0, messages=[as_dict(m) for m in messages],
         response=response.text, reference=None, score=None, prompt_tokens=response.prompt_tokens,
         completion_tokens=response.completion_tokens, finish_reason=response.finish_reason,
         ttft_s=round(response.ttft_s, 6), latency_s=round(response.latency_s, 6), batch=turn,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from pipeline.files import write_json
-from pipeline.prompts import read_history
+from pipeline.prompts import as_dict, read_history
 from pipeline.records import Message
 from pipeline.sampling import StreamSink
 
@@ -63,7 +63,7 @@ class ChatSession:
         target = Path(path) if path else self.autosave_path
         if target is None:
             raise ValueError("no path given and no autosave path set")
-        write_json(target, [{"role": m.role, "content": m.content} for m in self.context()])
+        write_json(target, [as_dict(m) for m in self.context()])
         return target
 
     def context(self) -> list[Message]:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.prompts import adds_special_tokens, conversation, render
+from pipeline.prompts import adds_special_tokens, as_dict, conversation, render
 from pipeline.records import LoadedRuntime, Message, Sample, TranscriptRecord
 from pipeline.sampling import GenerationObserver, PerRowSampler, StreamSink, sample_seed
 from pipeline.scoring import exact_match
@@ -63,12 +63,19 @@ class Job:
 
 def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, writer: TranscriptWriter,
             config_hash: str, sink: Optional[StreamSink] = None) -> int:
-    """Generate for all samples, then the scripted conversations turn by turn; returns records written."""
+    """Generate for all single-prompt samples, then the scripted conversations; returns records written."""
     k = config.generation.num_samples
     single = [Job(s, i, m, render(runtime.chat_template, m, config.session))
               for s in samples if not s.turns for m in [conversation(s, config.session)] for i in range(k)]
     batch = _generate_and_write(runtime, single, config, writer, config_hash, sink, first_batch=0)[1]
-    talks = [s for s in samples if s.turns]
+    _converse(runtime, [s for s in samples if s.turns], config, writer, config_hash, sink, batch)
+    return writer.written
+
+
+def _converse(runtime: LoadedRuntime, talks: list[Sample], config: Config, writer: TranscriptWriter,
+              config_hash: str, sink: Optional[StreamSink], batch: int) -> None:
+    """Scripted conversations, a turn at a time across all of them, each turn after its own history."""
+    k = config.generation.num_samples
     histories = {(s.id, i): conversation(s, config.session) for s in talks for i in range(k)}
     ended: set[tuple[str, int]] = set()  # conversations stopped by a turn that did not fit
     for turn in range(max((len(s.turns) for s in talks), default=0)):
@@ -94,7 +101,6 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
             histories[(job.sample.id, job.sample_index)] = job.messages + [Message("assistant", record.response)]
         if config.session.autosave:
             save_conversations(writer.path.parent / "conversations", histories)
-    return writer.written
 
 
 def _over_context(runtime: LoadedRuntime, jobs: list[Job], config: Config) -> list[Job]:
@@ -111,7 +117,7 @@ def _error_record(job: Job, message: str, batch: int, config_hash: str) -> Trans
     """A sample that could not be completed: no response, wrong if it had a reference."""
     return TranscriptRecord(
         sample_id=job.record_id, sample_index=job.sample_index,
-        messages=[{"role": m.role, "content": m.content} for m in job.messages], response="",
+        messages=[as_dict(m) for m in job.messages], response="",
         reference=job.reference, score=None if job.reference is None else 0.0, prompt_tokens=0,
         completion_tokens=0, finish_reason="error", ttft_s=0.0, latency_s=0.0, batch=batch, config_hash=config_hash,
         conversation_id=None if job.turn is None else job.sample.id, turn=job.turn, status="error", error=message)
@@ -121,7 +127,7 @@ def save_conversations(folder: Path, histories: dict[tuple[str, int], list[Messa
     """Each conversation so far as a JSON file of messages, loadable again with session.history."""
     for (sample_id, index), messages in histories.items():
         name = sample_id if index == 0 else f"{sample_id}.{index}"
-        write_json(folder / f"{name}.json", [{"role": m.role, "content": m.content} for m in messages])
+        write_json(folder / f"{name}.json", [as_dict(m) for m in messages])
 
 
 def _generate_and_write(runtime: LoadedRuntime, jobs: list[Job], config: Config, writer: TranscriptWriter,
@@ -136,7 +142,7 @@ def _generate_and_write(runtime: LoadedRuntime, jobs: list[Job], config: Config,
             TranscriptRecord(
                 sample_id=job.record_id,
                 sample_index=job.sample_index,
-                messages=[{"role": m.role, "content": m.content} for m in job.messages],
+                messages=[as_dict(m) for m in job.messages],
                 response=config.session.prefill + completion.text,
                 reference=job.reference,
                 score=exact_match(config.session.prefill + completion.text, job.reference),
