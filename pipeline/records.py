@@ -169,6 +169,8 @@ class TranscriptRecord:
     truncated: bool = False  # the prompt was cut from the left to fit the model's context
     conversation_id: Optional[str] = None  # the dataset id of the conversation a turn belongs to
     turn: Optional[int] = None  # the turn's index in its conversation, from 0
+    kind: str = "answer"  # answer (scored), or a step on the way: tool_call, tool_result, tool_error
+    tool: Optional[dict[str, Any]] = None  # for tool steps: the tool's name and arguments
     status: str = "ok"  # ok, or error: the sample could not be completed (see error)
     error: Optional[str] = None
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION

@@ -13,9 +13,11 @@ from pipeline.records import Summary
 
 
 def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) -> Summary:
+    prompt_tokens = sum(r["prompt_tokens"] for r in records)  # tool-call steps count: they ran the model
+    completion_tokens = sum(r["completion_tokens"] for r in records)
+    records = [r for r in records if r.get("kind", "answer") == "answer"]
     scores = [r["score"] for r in records if r.get("score") is not None]
     correct = int(sum(scores))
-    completion_tokens = sum(r["completion_tokens"] for r in records)
     execute_seconds = stage_seconds.get("execute", 0.0)
     completed = [r for r in records if r.get("status", "ok") == "ok"]
     latencies = sorted(r["latency_s"] for r in completed)
@@ -26,7 +28,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) ->
         num_errors=len(records) - len(completed),
         accuracy=correct / len(scores) if scores else None,
         correct=correct,
-        prompt_tokens=sum(r["prompt_tokens"] for r in records),
+        prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_second=completion_tokens / execute_seconds if execute_seconds > 0 else 0.0,
         latency_p50_s=percentile(latencies, 50),
