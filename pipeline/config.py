@@ -121,6 +121,20 @@ class GenerationConfig:
 
 
 @dataclass
+class ToolBudgetConfig:
+    """How far a tool-using answer may go before the model must answer without tools."""
+
+    max_round_trips: int = 4  # generate -> tools -> generate cycles per answer
+    seconds_per_turn: float = 30.0  # wall time for the whole answer, tools included
+    seconds_per_call: float = 10.0  # one tool call; past it the model is told the tool timed out
+
+    def __post_init__(self) -> None:
+        _check(self.max_round_trips >= 1, "session.tool_budget.max_round_trips", self.max_round_trips, "an integer >= 1")
+        _check(self.seconds_per_turn > 0, "session.tool_budget.seconds_per_turn", self.seconds_per_turn, "a number > 0")
+        _check(self.seconds_per_call > 0, "session.tool_budget.seconds_per_call", self.seconds_per_call, "a number > 0")
+
+
+@dataclass
 class SessionConfig:
     """How each sample becomes a conversation for the model."""
 
@@ -131,10 +145,16 @@ class SessionConfig:
     prefill: str = ""  # the start of the assistant's answer; the model continues it
     history: Optional[str] = None  # a JSON file of messages put before every sample (e.g. a saved conversation)
     autosave: bool = False  # save each scripted conversation after every turn to <run dir>/conversations/
+    tools: List[Any] = field(default_factory=list)  # Python callables the model may call: [{_target_: pipeline.tools.add}]
+    tool_budget: ToolBudgetConfig = field(default_factory=ToolBudgetConfig)
+    skip_summarization: bool = False  # true: a tool's result is the answer, no final model turn after it
     truncation: str = "error"  # a prompt longer than the context: error, or left (keep its end; flagged per sample)
 
     def __post_init__(self) -> None:
         _check_choice("session.truncation", self.truncation, TRUNCATION)
+        for index, tool in enumerate(self.tools):
+            _check(isinstance(tool, dict) and isinstance(tool.get("_target_"), str), f"session.tools[{index}]", tool,
+                   "{_target_: a dotted path to a Python function}")
 
 
 @dataclass
