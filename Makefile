@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test sweep ui bench clean demo-model
+.PHONY: help setup run test sweep ui bench clean demo-model tool-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: $(STAMP) ## benchmarks against same-run baselines; prints ratios, writes 
 
 demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (deterministic, a few minutes)
 	$(PY) scripts/train_demo_model.py
+
+tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) and its dataset (about 6 minutes)
+	$(PY) scripts/train_tool_model.py
 
 clean: ## delete every run folder and the MLflow store under runs/ (keeps .venv)
 	find runs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
