@@ -12,16 +12,14 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
 from pipeline.client import PromptResponse, RuntimeClient
 from pipeline.errors import EXIT_USAGE, UserError, describe_config_exception
 from pipeline.files import write_json
-from pipeline.prompts import as_dict
-from pipeline.records import TranscriptRecord
 from pipeline.redact import redact
-from pipeline.session import ChatSession
 from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter
 
 HELP = "commands: /system <text>, /clear, /retry, /save [path], /exit"
@@ -30,6 +28,8 @@ PROMPT = "you> "
 
 class TerminalSink:
     """Prints text as it arrives."""
+
+    streams_text = True
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -40,6 +40,11 @@ class TerminalSink:
 
     def on_complete(self, row: int, text: str) -> None:
         self.out.write("\n")
+        self.out.flush()
+
+    def on_tool(self, name: str, arguments: dict, result: str, ok: bool) -> None:
+        shown = ", ".join(f"{key}={value!r}" for key, value in arguments.items())
+        self.out.write(f"(tool {name}({shown}) {'->' if ok else 'error:'} {result})\nmodel> ")
         self.out.flush()
 
 
@@ -68,27 +73,22 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
                     out.write(f"(saved to {session.save(argument.strip() or None)})\n")
                 elif command == "/retry":
                     out.write("model> ")
-                    turns += _record(writer, session.retry(sink), session, client, turns)
+                    turns += _record(writer, session.retry(sink), turns)
                 elif command.startswith("/"):
                     out.write(f"(unknown command {command}; {HELP})\n")
                 elif text.strip():
                     out.write("model> ")
-                    turns += _record(writer, session.send(text, sink), session, client, turns)
+                    turns += _record(writer, session.send(text, sink), turns)
             except (UserError, ValueError) as error:
                 out.write(f"(error: {error})\n")
             out.flush()
     return turns
 
 
-def _record(writer: TranscriptWriter, response: PromptResponse, session: ChatSession, client: RuntimeClient,
-            turn: int) -> int:
-    messages = session.context()[:-1]
-    writer.write_batch([TranscriptRecord(
-        sample_id=f"chat#{turn}", sample_index=0, messages=[as_dict(m) for m in messages],
-        response=response.text, reference=None, score=None, prompt_tokens=response.prompt_tokens,
-        completion_tokens=response.completion_tokens, finish_reason=response.finish_reason,
-        ttft_s=round(response.ttft_s, 6), latency_s=round(response.latency_s, 6), batch=turn,
-        config_hash=client.config.config_hash(), conversation_id="chat", turn=turn)])
+def _record(writer: TranscriptWriter, response: PromptResponse, turn: int) -> int:
+    """Write the turn's records (tool steps included) as turn `turn` of the conversation "chat"."""
+    writer.write_batch([replace(r, sample_id=f"chat#{turn}", conversation_id="chat", turn=turn, batch=turn)
+                        for r in response.records])
     return 1
 
 

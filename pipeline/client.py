@@ -14,21 +14,22 @@ checked against the model's context when they are sent (the plan cannot know the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from pipeline.chat_template import ChatTemplate
 from pipeline.config import CONF_DIR, Config, register, to_config
 from pipeline.errors import UserError
-from pipeline.prompts import conversation, render
-from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample
+from pipeline.prompts import adds_special_tokens, conversation, render
+from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink
-from pipeline.stages.execute import Job, generate_batch
+from pipeline.answering import Answering, Job, answer, tools_by_name
 from pipeline.stages.load import load
 from pipeline.stages.plan import plan as make_plan
-from pipeline.stages.plan import require_chat_template
+from pipeline.stages.plan import require_chat_template, tool_schemas
 from pipeline.stages.resolve import resolve
+from pipeline.tools import load_tools
 
 if TYPE_CHECKING:
     from pipeline.session import ChatSession
@@ -41,9 +42,11 @@ class PromptResponse:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # stop or length
+    finish_reason: str  # stop, length, or tool (a tool's result is the answer: session.skip_summarization)
     ttft_s: float
     latency_s: float
+    messages: list[Message] = field(default_factory=list)  # what followed the prompt: tool steps, then the answer
+    records: list[TranscriptRecord] = field(default_factory=list)  # every step as a transcript record
 
 
 class RuntimeClient:
@@ -75,9 +78,12 @@ class RuntimeClient:
         if self._plan is None:
             model = self.resolve()
             require_chat_template(model, self.config.session)
+            template = ChatTemplate.from_folder(Path(model.path)) if self.config.session.chat_template else None
+            schemas = tool_schemas(model, self.config.session, template)
             probe = Sample(id="probe", messages=(Message("user", ""),))
             self.config.runtime.batch_size = 1
             self._plan = make_plan(model, self.config, [probe], {"probe": 1})
+            self._plan.tools = schemas
         return self._plan
 
     def describe_plan(self) -> dict[str, Any]:
@@ -107,11 +113,16 @@ class RuntimeClient:
         self._calls += 1
         sample = Sample(id=f"prompt-{self._calls}", messages=tuple(messages))
         full = conversation(sample, self.config.session)
-        text = render(runtime.chat_template, full, self.config.session)
-        self._check_context(runtime, text)
-        tokens, (completion,) = generate_batch(runtime, [Job(sample, 0, full, text)], self.config, sink)
-        return PromptResponse(self.config.session.prefill + completion.text, tokens[0], completion.tokens,
-                              completion.finish_reason, completion.ttft_s, completion.latency_s)
+        self._check_context(runtime, render(runtime.chat_template, full, self.config.session, runtime.plan.tools))
+        records: list[TranscriptRecord] = []
+        tools = tools_by_name(load_tools(self.config.session.tools))
+        job = Job(sample, 0, list(full))
+        (final,) = answer(Answering(runtime, self.config, tools, records.extend, self.config.config_hash(), sink), [job])
+        if final.status == "error":
+            raise UserError(f"{final.error}; clear the conversation (/clear) or shorten it")
+        return PromptResponse(final.response, final.prompt_tokens, final.completion_tokens, final.finish_reason,
+                              final.ttft_s, final.latency_s, job.messages[len(full):] + [Message("assistant", final.response)],
+                              records)
 
     def session(self, system_prompt: Optional[str] = None, autosave_path: Optional[str | Path] = None,
                 history: Sequence[Message] = ()) -> "ChatSession":
@@ -123,7 +134,7 @@ class RuntimeClient:
         plan = runtime.plan
         if not plan.context_length or self.config.session.truncation == "left":
             return
-        count = len(runtime.tokenizer(text, add_special_tokens=not self.config.session.chat_template)["input_ids"])
+        count = len(runtime.tokenizer(text, add_special_tokens=adds_special_tokens(self.config.session))["input_ids"])
         if count + plan.max_new_tokens > plan.context_length:
             raise UserError(f"the conversation is {count} tokens + generation.max_new_tokens={plan.max_new_tokens}, "
                             f"more than the model's context of {plan.context_length}; clear it (/clear) or shorten it")

@@ -125,7 +125,7 @@ class ToolBudgetConfig:
     """How far a tool-using answer may go before the model must answer without tools."""
 
     max_round_trips: int = 4  # generate -> tools -> generate cycles per answer
-    seconds_per_turn: float = 30.0  # wall time for the whole answer, tools included
+    seconds_per_turn: float = 30.0  # the answer's own generation and tool seconds (not waits for other batches)
     seconds_per_call: float = 10.0  # one tool call; past it the model is told the tool timed out
 
     def __post_init__(self) -> None:
@@ -145,7 +145,7 @@ class SessionConfig:
     prefill: str = ""  # the start of the assistant's answer; the model continues it
     history: Optional[str] = None  # a JSON file of messages put before every sample (e.g. a saved conversation)
     autosave: bool = False  # save each scripted conversation after every turn to <run dir>/conversations/
-    tools: List[Any] = field(default_factory=list)  # Python callables the model may call: [{_target_: pipeline.tools.add}]
+    tools: List[Any] = field(default_factory=list)  # callables the model may call: [{_target_: pipeline.demo_tools.add}]
     tool_budget: ToolBudgetConfig = field(default_factory=ToolBudgetConfig)
     skip_summarization: bool = False  # true: a tool's result is the answer, no final model turn after it
     truncation: str = "error"  # a prompt longer than the context: error, or left (keep its end; flagged per sample)

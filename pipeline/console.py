@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from pipeline.records import Summary
 
@@ -17,6 +18,8 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
         f"samples   {summary.num_samples}" + (f" ({summary.num_errors} could not be completed: status error in "
                                               "the transcript)" if summary.num_errors else ""),
         f"accuracy  {accuracy}",
+        *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
+          if summary.tool_calls else []),
         f"speed     {summary.tokens_per_second:.1f} completion tokens/s; time to first token p50 "
         f"{summary.ttft_p50_s:.3f} s; latency "
         f"p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",
@@ -51,3 +54,35 @@ def _relative(path: Path) -> str:
         return os.path.relpath(path)
     except ValueError:
         return str(path)
+
+
+class ProgressSink:
+    """A StreamSink that shows, on one rewritten terminal line, how many generations are done.
+
+    Shown only on a terminal (a log file gets execute's progress lines instead), at most every
+    `every_s` seconds, and cleared at the end. Counts completions only: it asks for no per-token text."""
+
+    streams_text = False
+
+    def __init__(self, total: int, out: TextIO, every_s: float = 0.2) -> None:
+        self.total, self.out, self.every_s = total, out, every_s
+        self.done = 0
+        self.started = self.shown = time.perf_counter()
+        self.enabled = out.isatty()
+
+    def on_text(self, row: int, text: str) -> None:
+        pass
+
+    def on_complete(self, row: int, text: str) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.enabled and now - self.shown >= self.every_s:
+            self.shown = now
+            rate = self.done / max(now - self.started, 1e-9)
+            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give)")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.out.write("\r\033[K")
+            self.out.flush()

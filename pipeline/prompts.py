@@ -14,7 +14,7 @@ from typing import Any, Optional
 from pipeline.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import SessionConfig
 from pipeline.errors import UserError
-from pipeline.records import Message, Sample
+from pipeline.records import Message, Sample, ToolCall
 
 
 def conversation(sample: Sample, session: SessionConfig) -> list[Message]:
@@ -26,19 +26,35 @@ def conversation(sample: Sample, session: SessionConfig) -> list[Message]:
     return messages
 
 
-def render(template: Optional[ChatTemplate], messages: list[Message], session: SessionConfig) -> str:
-    """The prompt text: through the chat template (with the session's template arguments), or the
-    contents joined as plain text; then the session's prefill, which the model continues."""
+def render(template: Optional[ChatTemplate], messages: list[Message], session: SessionConfig,
+           tools: Optional[list[dict[str, Any]]] = None) -> str:
+    """The prompt text: through the chat template (with the session's template arguments and the
+    JSON schemas of the tools offered, if any), or the contents joined as plain text; then the
+    session's prefill, which the model continues."""
     if session.chat_template:
         assert template is not None, "the plan refuses chat sessions on models without a chat template"
-        text = template.render([as_dict(m) for m in messages], add_generation_prompt=True, **session.template_args)
+        text = template.render([as_dict(m) for m in messages], add_generation_prompt=True, tools=tools or None,
+                               **session.template_args)
     else:
         text = "\n\n".join(m.content for m in messages)
     return text + session.prefill
 
 
 def as_dict(message: Message) -> dict[str, Any]:
-    return {"role": message.role, "content": message.content}
+    """A message as chat templates and history files take it (tool calls in the OpenAI shape)."""
+    data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        data["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                              for c in message.tool_calls]
+    if message.name is not None:
+        data["name"] = message.name
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> Message:
+    """The inverse of as_dict, for messages already checked by read_history."""
+    calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"]) for c in data.get("tool_calls", ()))
+    return Message(data["role"], data["content"], tool_calls=calls, name=data.get("name"))
 
 
 def adds_special_tokens(session: SessionConfig) -> bool:
@@ -49,11 +65,13 @@ def adds_special_tokens(session: SessionConfig) -> bool:
 
 
 def count_prompt_tokens(samples: list[Sample], session: SessionConfig, template: Optional[ChatTemplate],
-                        counter: TokenCounter, reply_tokens: int = 0) -> dict[str, int]:
-    """Sample id -> tokens of its rendered prompt, as the model will see it.
+                        counter: TokenCounter, reply_tokens: int = 0,
+                        tools: Optional[list[dict[str, Any]]] = None) -> dict[str, int]:
+    """Sample id -> tokens of its rendered prompt (with the tools' schemas), as the model will see it.
 
     A scripted conversation counts its last turn's prompt, with `reply_tokens` (max_new_tokens) for
-    each earlier answer of the model: an upper bound, since the answers are not known yet."""
+    each earlier answer of the model: an upper bound, since the answers are not known yet. Tool
+    round trips are not counted: their results are not known either (execute checks each round)."""
     counts = {}
     for sample in samples:
         messages = conversation(sample, session)
@@ -62,12 +80,14 @@ def count_prompt_tokens(samples: list[Sample], session: SessionConfig, template:
             if index < len(sample.turns) - 1:
                 messages.append(Message("assistant", ""))
         extra = reply_tokens * max(0, len(sample.turns) - 1)
-        counts[sample.id] = counter.count(render(template, messages, session), adds_special_tokens(session)) + extra
+        counts[sample.id] = counter.count(render(template, messages, session, tools),
+                                          adds_special_tokens(session)) + extra
     return counts
 
 
 def read_history(path: str) -> tuple[Message, ...]:
-    """The messages of a history file: a JSON list of {role, content} (what session.autosave writes)."""
+    """The messages of a history file: a JSON list of {role, content[, tool_calls | name]}, as
+    session.autosave and ChatSession.save write them."""
     file = Path(path).expanduser()
     try:
         modified = file.stat().st_mtime_ns
@@ -87,7 +107,17 @@ def _read_history(path: str, modified: Optional[int]) -> tuple[Message, ...]:
         raise UserError(f"{where}: file not found (give a JSON list of {{role, content}} messages)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{where}: not valid JSON: {error}") from None
-    if not isinstance(raw, list) or not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                                            and isinstance(m.get("content"), str) for m in raw):
-        raise UserError(f"{where}: expected a JSON list of {{\"role\": system|user|assistant, \"content\": a string}}")
-    return tuple(Message(m["role"], m["content"]) for m in raw)
+    if not isinstance(raw, list) or not all(_is_message(m) for m in raw):
+        raise UserError(f"{where}: expected a JSON list of {{\"role\": system|user|assistant|tool, "
+                        "\"content\": a string}} (assistant messages may add tool_calls)")
+    return tuple(from_dict(m) for m in raw)
+
+
+def _is_message(data: Any) -> bool:
+    if not isinstance(data, dict) or data.get("role") not in ("system", "user", "assistant", "tool") \
+            or not isinstance(data.get("content"), str):
+        return False
+    calls = data.get("tool_calls", [])
+    return isinstance(calls, list) and all(
+        isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+        and isinstance(c["function"].get("arguments"), dict) for c in calls)

@@ -22,10 +22,20 @@ class MediaPart:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One call a model asked for: a tool's name and its arguments."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str  # system, user or assistant
+    role: str  # system, user, assistant, or tool (a tool's result)
     content: str  # the text parts, joined
     media: tuple[MediaPart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
+    name: Optional[str] = None  # a tool message: the tool that answered
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,7 @@ class RuntimePlan:
     generation_sources: dict[str, str]  # setting -> where its value came from
     checks: list[str] = field(default_factory=list)  # what was verified, in words
     warnings: list[str] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)  # the JSON schemas of the tools offered to the model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,7 +166,7 @@ class TranscriptRecord:
 
     sample_id: str  # the dataset id; <id>#<turn> for a turn of a scripted conversation
     sample_index: int  # which of generation.num_samples completions of this sample (0 when one)
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     response: str
     reference: Optional[str]
     score: Optional[float]  # 1.0 exact match, 0.0 miss, None without a reference
@@ -170,7 +181,10 @@ class TranscriptRecord:
     conversation_id: Optional[str] = None  # the dataset id of the conversation a turn belongs to
     turn: Optional[int] = None  # the turn's index in its conversation, from 0
     kind: str = "answer"  # answer (scored), or a step on the way: tool_call, tool_result, tool_error
-    tool: Optional[dict[str, Any]] = None  # for tool steps: the tool's name and arguments
+    step: int = 0  # this record's place among its answer's records: tool steps first, the answer last
+    tools: list[str] = field(default_factory=list)  # the tools offered to the model for this generation
+    tool: Optional[dict[str, Any]] = None  # tool_call: {calls}; tool_result/tool_error: {name, arguments, seconds}
+    tool_budget_spent: Optional[str] = None  # round_trips or seconds: the answer was asked for without tools
     status: str = "ok"  # ok, or error: the sample could not be completed (see error)
     error: Optional[str] = None
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
@@ -195,6 +209,8 @@ class Summary:
     latency_p95_s: float
     ttft_p50_s: float  # median time to first token
     stage_seconds: dict[str, float]
+    tool_calls: int = 0  # calls the model made (tool_result and tool_error records)
+    tool_errors: int = 0  # of which failed: unknown tool, bad arguments, exception, timeout, unparsable
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +227,8 @@ class Summary:
             "latency_p50_s": self.latency_p50_s,
             "latency_p95_s": self.latency_p95_s,
             "ttft_p50_s": self.ttft_p50_s,
+            "tool_calls": float(self.tool_calls),
+            "tool_errors": float(self.tool_errors),
         }
         if self.accuracy is not None:
             metrics["accuracy"] = self.accuracy

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.config import Config
+from pipeline.console import ProgressSink
 from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.records import RuntimePlan, Summary
@@ -84,8 +86,12 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
 
         runtime = timed("load", load, result.plan, template, config.runtime.trust_remote_code, run_dir / "offload")
         if until != "load":
+            progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
             with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
-                timed("execute", execute, runtime, samples, config, writer, config.config_hash())
+                try:
+                    timed("execute", execute, runtime, samples, config, writer, config.config_hash(), progress)
+                finally:
+                    progress.close()
         if until == "summarize":
             records = read_transcript(run_dir / TRANSCRIPT_NAME)
             result.summary = timed("summarize", summarize, records, seconds)

@@ -22,7 +22,13 @@ from typing import Any, Optional, Protocol, Sequence
 
 
 class StreamSink(Protocol):
-    """Receives text as it is generated: the terminal chat prints it, a progress display counts it."""
+    """Receives text as it is generated: the terminal chat prints it, a progress display counts it.
+
+    `streams_text` False says the sink needs only `on_complete`: the text of each new token is then
+    not decoded at every step, which keeps a progress display free. A sink without it gets the text.
+    A sink may also have `on_tool(name, arguments, result, ok)`, told after each tool call runs."""
+
+    streams_text: bool
 
     def on_text(self, row: int, text: str) -> None: ...
 
@@ -86,7 +92,9 @@ class GenerationObserver:
         self.prompt_length = prompt_length
         self.started = started
         self.step_times: list[float] = []
-        self.tokenizer, self.sink = tokenizer, sink
+        self.tokenizer = tokenizer
+        wants_text = sink is not None and getattr(sink, "streams_text", True)  # a sink that does not say wants it
+        self.sink = sink if wants_text else None  # None: no per-step decoding
         self._texts: dict[int, str] = {}
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:

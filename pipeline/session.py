@@ -1,7 +1,8 @@
 """`ChatSession`: a conversation with a loaded model that remembers, retries and saves itself.
 
 Each `send` adds the user's message and the model's answer to the history; `retry` replaces the
-last answer with a new one (a new sample index, so sampling differs); `clear` forgets the turns;
+last answer (and its tool steps) with a new one (each prompt has its own sample id, so sampling
+differs); `clear` forgets the turns;
 `set_system` changes the system prompt. With an autosave path the conversation is written
 (atomically) after every turn as a JSON list of {role, content} messages — the same format
 `session.history` and `ChatSession.load` read. The terminal chat (pipeline.chat) drives this class.
@@ -39,16 +40,17 @@ class ChatSession:
     def send(self, text: str, sink: Optional[StreamSink] = None) -> "PromptResponse":
         user = Message("user", text)
         response = self.client.prompt_parts([user], history=self.context(), sink=sink)
-        self.messages += [user, Message("assistant", response.text)]
+        self.messages += [user, *response.messages]
         self._autosave()
         return response
 
     def retry(self, sink: Optional[StreamSink] = None) -> "PromptResponse":
         """A new answer to the last user message, replacing the old one."""
-        if len(self.messages) < 2 or self.messages[-1].role != "assistant":
+        last_user = max((i for i, m in enumerate(self.messages) if m.role == "user"), default=None)
+        if last_user is None or self.messages[-1].role != "assistant":
             raise ValueError("nothing to retry yet")
-        user = self.messages[-2]
-        self.messages = self.messages[:-2]
+        user = self.messages[last_user]
+        self.messages = self.messages[:last_user]
         return self.send(user.content, sink)
 
     def clear(self) -> None:

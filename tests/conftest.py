@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,28 @@ def only_run_dir(cwd: Path) -> Path:
     folders = [p for p in (cwd / "runs").glob("*/*") if p.is_dir() and p.parent.name not in ("multirun", "mlartifacts")]
     assert len(folders) == 1, folders
     return folders[0]
+
+
+def read_until(fd: int, marker: str, timeout: float = 120) -> str:
+    """Read a pseudo-terminal until `marker` shows; everything read so far."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} within {timeout} s; got {seen.decode(errors='replace')!r}")
+        seen += os.read(fd, 4096)
+    return seen.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def terminal_chat(args: list[str], cwd: Path):
+    """`python -m pipeline.chat ARGS` on a pseudo-terminal, as a person runs it: yields (process, terminal fd)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.chat", *args], cwd=cwd, env=pipeline_env(),
+                               stdin=terminal, stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    try:
+        yield process, controller
+    finally:
+        process.kill()
+        os.close(controller)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import pipeline_env
+from conftest import pipeline_env, read_until, terminal_chat
 from pipeline.client import RuntimeClient
 from pipeline.errors import UserError
 from pipeline.session import ChatSession
@@ -72,23 +69,9 @@ def test_a_conversation_longer_than_the_context_is_refused_with_the_fix(client):
         client.prompt("1" * 300)
 
 
-def read_until(fd: int, marker: str, timeout: float = 120) -> str:
-    seen, deadline = b"", time.monotonic() + timeout
-    while marker.encode() not in seen:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"no {marker!r} within {timeout} s; got {seen.decode(errors='replace')!r}")
-        seen += os.read(fd, 4096)
-    return seen.decode(errors="replace")
-
-
 @pytest.mark.slow
 def test_the_terminal_chat_streams_answers_and_obeys_slash_commands(tmp_path):
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.chat", "runtime.device=cpu"], cwd=tmp_path,
-                               env=pipeline_env(), stdin=terminal, stdout=terminal, stderr=subprocess.PIPE)
-    os.close(terminal)
-    try:
+    with terminal_chat(["runtime.device=cpu"], tmp_path) as (process, controller):
         read_until(controller, "you> ")
         os.write(controller, b"What is 12+30?\n")
         assert "model> 42" in read_until(controller, "you> ")
@@ -104,9 +87,6 @@ def test_the_terminal_chat_streams_answers_and_obeys_slash_commands(tmp_path):
         read_until(controller, "you> ")
         os.write(controller, b"/exit\n")
         assert process.wait(timeout=60) == 0
-    finally:
-        process.kill()
-        os.close(controller)
     (run_dir,) = (tmp_path / "runs").glob("*/*_chat-*")
     records = [json.loads(line) for line in (run_dir / "transcript.jsonl").read_text().splitlines()]
     assert [r["response"] for r in records] == ["42", "42"]

@@ -11,7 +11,8 @@ import pytest
 from conftest import make_config, write_jsonl
 from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.errors import LoadError, UserError
-from pipeline.stages.execute import _completion, execute
+from pipeline.generate import _completion
+from pipeline.stages.execute import execute
 from pipeline.stages.load import load, load_tokenizer
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
@@ -28,12 +29,12 @@ def planned(model: Path, dataset: Path, **sections):
 
 # --- load + execute --------------------------------------------------------------------------
 
-def run_execute(tmp_path, tiny_model, dataset, expected: int | None = None, **sections) -> list[dict]:
+def run_execute(tmp_path, tiny_model, dataset, expected: int | None = None, sink=None, **sections) -> list[dict]:
     config, samples, template, result = planned(tiny_model, dataset, **sections)
     runtime = load(result, template)
     path = tmp_path / f"transcript-{len(list(tmp_path.glob('transcript-*')))}.jsonl"
     with TranscriptWriter(path) as writer:
-        assert execute(runtime, samples, config, writer, config.config_hash()) == (expected or len(samples))
+        assert execute(runtime, samples, config, writer, config.config_hash(), sink) == (expected or len(samples))
     return read_transcript(path)
 
 
@@ -132,6 +133,25 @@ def test_a_stream_sink_sees_the_text_as_it_is_generated(tmp_path, tiny_model, sm
         assert sink.complete[row] == record["response"]
         assert record["response"].startswith("".join(sink.pieces.get(row, [])))
         assert len(sink.pieces.get(row, [])) >= min(2, record["completion_tokens"] - 2)
+
+
+def test_the_progress_display_counts_completions_on_a_terminal_only(tmp_path, tiny_model, small_dataset):
+    import io
+
+    from pipeline.console import ProgressSink
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    shown = ProgressSink(5, Terminal(), every_s=0)
+    run_execute(tmp_path, tiny_model, small_dataset, sink=shown)
+    assert shown.done == 5 and "execute   5 generations" in shown.out.getvalue()
+    shown.close()
+    assert shown.out.getvalue().endswith("\r\033[K")
+    piped = ProgressSink(5, io.StringIO(), every_s=0)
+    run_execute(tmp_path, tiny_model, small_dataset, sink=piped)
+    assert piped.done == 5 and piped.out.getvalue() == ""
 
 
 def test_system_prompt_reaches_the_model(tmp_path, tiny_model, small_dataset):

@@ -23,6 +23,7 @@ from pipeline.memory import Need, free_memory, free_ram, gib, need
 from pipeline.model_files import read_generation_config
 from pipeline.prompts import count_prompt_tokens
 from pipeline.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
+from pipeline.tools import load_tools
 
 BACKEND = "transformers"
 AUTO_BATCH_WITHOUT_MEMORY_FIGURES = 8  # batch_size=auto when free memory cannot be known
@@ -37,9 +38,17 @@ def plan_from_config(config: Config, model: ResolvedModel,
     require_chat_template(model, config.session)
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
+    schemas = tool_schemas(model, config.session, template)
     counter = TokenCounter.from_folder(folder)
-    tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens)
+    tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens,
+                                 schemas or None)
     planned = plan(model, config, samples, tokens, overrides)
+    if schemas:
+        planned.tools = schemas
+        planned.checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import, and the chat "
+                              "template shows them to the model")
+        planned.warnings.append("prompt tokens and memory are counted for the first generation of each answer; "
+                                "tool round trips make later prompts longer (execute checks each against the context)")
     if not counter.exact:
         planned.checks.append(f"prompt tokens counted from {counter.origin}; the model's own tokenizer class "
                               "rebuilds it on load and may count a few tokens differently in rare cases")
@@ -112,6 +121,22 @@ def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
         raise UserError(f"session.chat_template=true but model {model.reference!r} has no chat template; "
                         "set session.chat_template=false to send plain text")
     return session.chat_template
+
+
+def tool_schemas(model: ResolvedModel, session: SessionConfig, template: Optional[ChatTemplate]) -> list[dict]:
+    """The JSON schemas of session.tools, once each imports and the model's chat template shows them."""
+    tools = load_tools(session.tools)
+    if not tools:
+        return []
+    if template is None:
+        raise UserError("session.tools needs the model's chat template to show the tools; "
+                        "set session.chat_template=true")
+    schemas = [tool.schema for tool in tools]
+    probe = [{"role": "user", "content": "?"}]
+    if template.render(probe, tools=schemas) == template.render(probe):
+        raise UserError(f"session.tools: the chat template of {model.reference!r} ignores tools, so the model "
+                        "would never see them; use a model whose template supports tool calling, or drop session.tools")
+    return schemas
 
 
 def _check_media(model: ResolvedModel, samples: list[Sample]) -> str:

@@ -15,7 +15,8 @@ from pipeline.records import Summary
 def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) -> Summary:
     prompt_tokens = sum(r["prompt_tokens"] for r in records)  # tool-call steps count: they ran the model
     completion_tokens = sum(r["completion_tokens"] for r in records)
-    records = [r for r in records if r.get("kind", "answer") == "answer"]
+    kinds = [r.get("kind", "answer") for r in records]
+    records = [r for r, kind in zip(records, kinds) if kind == "answer"]
     scores = [r["score"] for r in records if r.get("score") is not None]
     correct = int(sum(scores))
     execute_seconds = stage_seconds.get("execute", 0.0)
@@ -35,6 +36,8 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) ->
         latency_p95_s=percentile(latencies, 95),
         ttft_p50_s=percentile(ttfts, 50),
         stage_seconds=dict(stage_seconds),
+        tool_calls=sum(kind in ("tool_result", "tool_error") for kind in kinds),
+        tool_errors=kinds.count("tool_error"),
     )
 
 

@@ -1,0 +1,111 @@
+"""One batch through `model.generate`: encode the prompts, sample and time each row, decode and cut.
+
+Greedy at temperature 0, otherwise each row is sampled from its own seed (pipeline.sampling), so
+a prompt's output does not depend on its batch. Each completion carries its time to first token
+and its own latency. A completion ends at the end-of-turn token or at the first stop string.
+Knows nothing of samples, tools or transcripts: it takes prompts and gives completions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+from pipeline.config import Config
+from pipeline.prompts import adds_special_tokens
+from pipeline.records import LoadedRuntime
+from pipeline.sampling import GenerationObserver, PerRowSampler, StreamSink, sample_seed
+
+
+class Prompted(Protocol):
+    """What a generation needs to know of its request (pipeline.answering.Job has these)."""
+
+    prompt: str
+    sample_index: int
+
+    @property
+    def seed_key(self) -> str: ...
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: str
+    ttft_s: float = 0.0
+    latency_s: float = 0.0
+    truncated: bool = False  # its prompt was cut from the left to fit the context
+
+
+def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Config,
+                   sink: Optional[StreamSink] = None) -> tuple[list[int], list[Completion]]:
+    """Generate for one batch of jobs: (prompt token counts, completions)."""
+    import torch
+
+    tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
+    settings = plan.generation
+    started = time.perf_counter()
+    prompts, special = [job.prompt for job in batch], adds_special_tokens(config.session)
+    cut = [False] * len(batch)
+    limit: dict[str, Any] = {}
+    if plan.truncation == "left" and plan.context_length:
+        budget = plan.context_length - plan.max_new_tokens
+        cut = [len(ids) > budget for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
+        limit = {"truncation": True, "max_length": budget}
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special, **limit).to(plan.device)
+    prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+    prompt_length = encoded["input_ids"].shape[1]
+    stop_ids = _stop_token_ids(model, tokenizer)
+    observer = GenerationObserver(prompt_length, started, tokenizer, sink)
+    processors: list[Any] = [observer]
+    if settings["do_sample"]:
+        seeds = [sample_seed(settings["seed"], job.seed_key, job.sample_index) for job in batch]
+        processors.append(PerRowSampler(seeds, settings["temperature"], settings["top_k"], settings["top_p"],
+                                        settings["min_p"], plan.device))
+    options: dict[str, Any] = {
+        "max_new_tokens": settings["max_new_tokens"],
+        "do_sample": False,  # greedy over what PerRowSampler left: the drawn token, when sampling
+        "temperature": None, "top_p": None, "top_k": None, "min_p": None,
+        "repetition_penalty": settings["repetition_penalty"],
+        "pad_token_id": tokenizer.pad_token_id,
+        "logits_processor": processors,
+    }
+    if settings["stop"]:
+        options.update(stop_strings=list(settings["stop"]), tokenizer=tokenizer)
+    with torch.inference_mode():
+        output = model.generate(**encoded, **options)
+    total = time.perf_counter() - started
+    new_tokens = output[:, prompt_length:].tolist()
+    completions = []
+    for row, tokens in enumerate(new_tokens):
+        completion = _completion(tokenizer, tokens, stop_ids, settings["stop"])
+        completion.ttft_s, completion.latency_s = observer.ttft(total), observer.latency(completion.tokens, total)
+        completion.truncated = cut[row]
+        if sink is not None:
+            streamed = observer.streamed(row)
+            if completion.text.startswith(streamed) and len(completion.text) > len(streamed):
+                sink.on_text(row, completion.text[len(streamed):])  # the last token is never observed
+            sink.on_complete(row, completion.text)
+        completions.append(completion)
+    return prompt_tokens, completions
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _completion(tokenizer: Any, tokens: list[int], stop_ids: set[int], stop_strings: list[str]) -> Completion:
+    """Cut a generated row at its end-of-turn token, decode it and cut again at any stop string."""
+    ended = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+    kept = tokens if ended is None else tokens[:ended]
+    count = len(kept) + (0 if ended is None else 1)
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+    if cut >= 0:
+        return Completion(text[:cut], count, "stop")
+    return Completion(text, count, "length" if ended is None else "stop")
