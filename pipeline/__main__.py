@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, register, to_config
 from pipeline.console import run_summary
-from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, LoadError, UserError, describe_config_exception
+from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, LoadError, ToolFailure, UserError, describe_config_exception
 from pipeline.precheck import check_command_line
 from pipeline.runner import run, set_status
 from pipeline.sweep import parent_run_id
@@ -53,7 +53,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         if _is_config_error(error):
             message = describe_config_exception(error)
         else:
-            message = str(error) if isinstance(error, LoadError) else f"{type(error).__name__}: {error}"
+            message = str(error) if isinstance(error, (LoadError, ToolFailure)) else f"{type(error).__name__}: {error}"
         with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
             traceback.print_exc(file=log_file)
         return _fail(run_dir, f"run failed: {message} (traceback in {run_dir}/{hydra_config.job.name}.log)",

@@ -6,7 +6,8 @@ UserError with execute.fail_fast), generate in batches of similar prompt length 
 then, where the model asked for tools (pipeline.tool_calls), write that step, run the calls
 (pipeline.tools) and add their results to the conversation; generate again for those jobs only. A
 tool that fails, times out or does not exist, and a call that cannot be parsed, become tool_error
-records that the model is told about. When an answer's budget (`session.tool_budget`: round trips,
+records that the model is told about (with execute.fail_fast=true the first one stops the run
+instead: ToolFailure). When an answer's budget (`session.tool_budget`: round trips,
 seconds) is spent, its next generation is offered no tools, which asks for the final answer. With
 `session.skip_summarization` the tools' result is the answer and no model turn follows it.
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.errors import ToolFailure, UserError
 from pipeline.generate import generate_batch
 from pipeline.prompts import adds_special_tokens, as_dict, render
 from pipeline.records import LoadedRuntime, Message, Sample, TranscriptRecord
@@ -142,7 +143,13 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                 truncated=completion.truncated, tools=list(job.offered))
             parsed = parse_tool_calls(text) if job.offered else None
             if parsed is not None and parsed.wants_tools:
-                records += _tool_round(context, job, text, parsed, measured)
+                where = _describe(job)
+                steps = _tool_round(context, job, text, parsed, measured)
+                records += steps
+                failed = [step.error for step in steps if step.kind == "tool_error"]
+                if failed and config.execute.fail_fast:
+                    context.emit(records)  # the steps so far are kept
+                    raise ToolFailure(f"{where}: {failed[0]} (execute.fail_fast=true stops at the first tool error)")
                 if records[-1].kind == "answer":
                     finals[id(job)] = records[-1]
                 else:

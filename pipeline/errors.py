@@ -25,6 +25,10 @@ class LoadError(Exception):
     """The model could not be loaded from files that looked fine when planned (a failure, not a mistake)."""
 
 
+class ToolFailure(Exception):
+    """A tool call failed and execute.fail_fast=true asked to stop there (a failure of the run, not a mistake)."""
+
+
 class ConfigError(UserError):
     """A setting outside what is allowed: names the full key, the value and what is allowed."""
 

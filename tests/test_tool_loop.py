@@ -12,8 +12,8 @@ import time
 import pytest
 
 from conftest import make_config, write_jsonl
-from pipeline.config import ASSETS_DIR, GenerationConfig, SessionConfig, ToolBudgetConfig
-from pipeline.errors import UserError
+from pipeline.config import ASSETS_DIR, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
+from pipeline.errors import ToolFailure, UserError
 from pipeline.prompts import read_history
 from pipeline.stages.execute import execute
 from pipeline.stages.load import load
@@ -150,6 +150,18 @@ def test_a_tool_that_raises_is_reported_to_the_model_and_the_run_goes_on(tmp_pat
     told = [m for m in q0[-1]["messages"] if m["role"] == "tool"]
     assert told and told[0]["content"] == "add failed: RuntimeError: the adding machine is broken"
     assert q0[-1]["kind"] == "answer" and len([r for r in records if r["kind"] == "answer"]) == 3
+
+
+def test_fail_fast_stops_at_the_first_tool_error_and_keeps_what_was_written(tmp_path, questions):
+    config = make_config(TOOL_MODEL, questions, session=SessionConfig(tools=[{"_target_": "test_tool_loop.Broken.add"}]),
+                         generation=GenerationConfig(max_new_tokens=64), execute=ExecuteConfig(fail_fast=True))
+    plan, samples, template = plan_from_config(config, resolve(config.runtime))
+    with TranscriptWriter(tmp_path / "t.jsonl") as writer, pytest.raises(ToolFailure) as failure:
+        execute(load(plan, template), samples, config, writer, config.config_hash())
+    assert str(failure.value).endswith(": add failed: RuntimeError: the adding machine is broken "
+                                       "(execute.fail_fast=true stops at the first tool error)")
+    kept = read_transcript(tmp_path / "t.jsonl")
+    assert [r["kind"] for r in kept][-2:] == ["tool_call", "tool_error"]
 
 
 def test_an_unknown_tool_name_is_reported_like_a_failure(tmp_path, questions):

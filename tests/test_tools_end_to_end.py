@@ -97,3 +97,29 @@ def test_the_terminal_chat_shows_each_tool_call_and_its_result(tmp_path):
         ("chat#1", "tool_call"), ("chat#1", "tool_result"), ("chat#1", "answer")]
     saved = json.loads((run_dir / "conversation.json").read_text())
     assert [m["role"] for m in saved] == ["user", "assistant", "tool", "assistant"] * 2
+
+
+def test_fail_fast_turns_a_tool_error_into_a_failed_run(tmp_path):
+    (tmp_path / "broken.py").write_text('''
+def add(a: int, b: int) -> int:
+    """Add two integers, or not.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    raise ConnectionError("the calculator service is down")
+''')
+    common = ["runtime.model=tool-demo", "dataset=tool_addition", "dataset.limit=3", "session=calculator_tools",
+              "session.tools=[{_target_: broken.add}]", "generation.max_new_tokens=64", "tracking=none"]
+    going_on = run_pipeline(common + ["hydra.run.dir=runs/on"], cwd=tmp_path)
+    assert going_on.returncode == 0, going_on.stderr
+    assert "tools     " in going_on.stdout and "failed (tool_error in the transcript)" in going_on.stdout
+    stopped = run_pipeline(common + ["execute.fail_fast=true", "hydra.run.dir=runs/stop"], cwd=tmp_path)
+    assert stopped.returncode == 1
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("run failed: sample 'tool-") and "add failed: ConnectionError: the calculator service " \
+        "is down (execute.fail_fast=true stops at the first tool error)" in last
+    assert json.loads((tmp_path / "runs" / "stop" / "status.json").read_text())["state"] == "failed"
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "runs" / "stop" / "transcript.jsonl").open()]
+    assert kinds[-1] == "tool_error"
