@@ -43,7 +43,7 @@ bench: $(STAMP) ## benchmarks against same-run baselines; prints ratios, writes 
 demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (deterministic, a few minutes)
 	$(PY) scripts/train_demo_model.py
 
-tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) and its dataset (about 6 minutes)
+tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) and its dataset (about 10 minutes)
 	$(PY) scripts/train_tool_model.py
 
 clean: ## delete every run folder and the MLflow store under runs/ (keeps .venv)

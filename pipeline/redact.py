@@ -18,6 +18,10 @@ MASK = "***"
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|secret_key|password|passwd|credentials?|token)$", re.IGNORECASE)
 _TOKEN_NOT_SECRET = re.compile(r"^(eos|bos|pad|unk|sep|cls|mask|stop|start|end)_token$", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+# `name: value`, `name=value`, `'name': 'value'` anywhere in a text: inline maps in overrides
+# (session.tools=[{_target_: x, api_key: ...}]) and the repr of a list of dicts in a param
+_INLINE_PAIR = re.compile(r"""(?P<quote>['"]?)(?P<name>[A-Za-z_][\w.]*)(?P=quote)(?P<sep>\s*[:=]\s*)"""
+                          r"""(?P<value>"[^"]*"|'[^']*'|[^\s,}\]]+)""")
 
 
 def is_secret_key(key: str) -> bool:
@@ -38,8 +42,17 @@ def redact_override(override: str) -> str:
 
 
 def redact_overrides(text: str) -> str:
-    """A one-line value (a param, a tag, a run name) with its `key=value` words and URLs masked where secret."""
-    return " ".join(redact_override(part) for part in text.split(" "))
+    """A one-line value (a param, a tag, a run name) with its `key=value` words, the secret pairs
+    written inside values, and URL credentials masked."""
+    masked = " ".join(redact_override(part) for part in text.split(" "))
+    return _INLINE_PAIR.sub(_mask_pair, masked)
+
+
+def _mask_pair(match: re.Match) -> str:
+    if not is_secret_key(match["name"]):
+        return match[0]
+    quote = match["value"][0] if match["value"][0] in "'\"" else ""
+    return f"{match['quote']}{match['name']}{match['quote']}{match['sep']}{quote}{MASK}{quote}"
 
 
 def redact(value: Any, key: str = "") -> Any:

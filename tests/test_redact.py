@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import TrackingConfig
-from pipeline.redact import is_secret_key, redact, redacted_text
+from pipeline.redact import MASK, is_secret_key, redact, redact_overrides, redacted_text
 from pipeline.tracking import MAX_PARAM_LENGTH, Tracker, params_for_mlflow
 
 
@@ -74,3 +74,23 @@ def test_tracker_uploads_nothing_secret(tmp_path):
     assert not any("s3cret" in text or "hf_abc123" in text for text in texts)
     assert "generation.seed=3" in run.data.tags["overrides"]
     assert yaml.safe_load((uploaded / ".hydra" / "overrides.yaml").read_text())[1] == "+runtime.hf_token=***"
+
+
+@pytest.mark.parametrize("text", [
+    "session.tools=[{_target_: keyed.add, api_key: sk-live-SECRET123}]",
+    "[{'_target_': 'keyed.add', 'api_key': 'sk-live-SECRET123'}]",
+    '{"hf_token": "sk-live-SECRET123", "other": 1}',
+    "session.tools=[{_target_: search.web, password: 'sk-live-SECRET123 with spaces'}]",
+])
+def test_secrets_inside_a_value_are_masked(text):
+    masked = redact_overrides(text)
+    assert "SECRET123" not in masked and MASK in masked
+    assert "keyed.add" in masked or "other" in masked or "search.web" in masked
+
+
+@pytest.mark.parametrize("text", [
+    "generation.max_new_tokens=8", "{eos_token: '<|end|>'}", "http://127.0.0.1:5000/#/runs", "time 14:38",
+    "[{'_target_': 'pipeline.demo_tools.add'}]",
+])
+def test_values_that_only_look_like_pairs_stay(text):
+    assert redact_overrides(text) == text

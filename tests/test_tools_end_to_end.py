@@ -123,3 +123,31 @@ def add(a: int, b: int) -> int:
     assert json.loads((tmp_path / "runs" / "stop" / "status.json").read_text())["state"] == "failed"
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "runs" / "stop" / "transcript.jsonl").open()]
     assert kinds[-1] == "tool_error"
+
+
+def test_a_key_bound_to_a_tool_reaches_the_tool_and_nothing_else(tmp_path):
+    (tmp_path / "keyed.py").write_text('''
+def add(a: int, b: int, api_key: str = "") -> int:
+    """Add two integers with a paid service.
+
+    Args:
+        a: The first number.
+        b: The second number.
+        api_key: The service key.
+    """
+    if api_key != "sk-live-SECRET123":
+        raise PermissionError("wrong key")
+    return a + b
+''')
+    result = run_pipeline(["runtime.model=tool-demo", "dataset=tool_addition", "dataset.limit=2",
+                           "session=calculator_tools", "session.tools=[{_target_: keyed.add, api_key: sk-live-SECRET123}]",
+                           "generation.max_new_tokens=64", "hydra.run.dir=runs/keyed"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tools     2 calls, 0 failed" in result.stdout  # the tool got the real key
+    plan = json.loads((tmp_path / "runs" / "keyed" / "plan.json").read_text())
+    assert "api_key" not in plan["tools"][0]["function"]["parameters"]["properties"]  # bound, not shown to the model
+    typed = tmp_path / "runs" / "keyed" / ".hydra"  # Hydra's own copy of the command line, on the user's disk
+    leaked = [path for path in (tmp_path / "runs").rglob("*")
+              if path.is_file() and path.parent != typed and b"SECRET123" in path.read_bytes()]
+    assert leaked == []  # MLflow's store, its artifacts (the uploaded .hydra copies too), config.json, log, transcript
+    assert any(b"SECRET123" in path.read_bytes() for path in typed.iterdir())  # the filter above skips only that
