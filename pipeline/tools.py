@@ -8,7 +8,8 @@ its first section is the description, its Google-style `Args:` section describes
 (a trailing `(choices: [...])` becomes an enum), type hints give JSON types, parameters without
 a default are required.
 
-`call_tool` runs one call with a time limit. A tool runs in a daemon thread: Python cannot stop a
+`call_tool` checks the arguments against the schema's top-level types (a model writing "4821"
+for an integer is told so, rather than the tool getting a string) and runs the call with a time limit. A tool runs in a daemon thread: Python cannot stop a
 thread, so a tool that overruns is abandoned (its result ignored) rather than killed, and it ends
 with the process at the latest.
 
@@ -200,6 +201,11 @@ def call_tool(tool: Tool, arguments: dict[str, Any], timeout_s: float) -> ToolOu
         inspect.signature(tool.function).bind(**arguments)
     except TypeError as error:
         return ToolOutcome(False, f"wrong arguments for {tool.name}: {error}", 0.0)
+    properties = tool.schema["function"]["parameters"]["properties"]
+    for name, value in arguments.items():
+        problem = _type_problem(properties.get(name, {}), value)
+        if problem:
+            return ToolOutcome(False, f"wrong arguments for {tool.name}: {name} must be {problem}, got {value!r}", 0.0)
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -217,6 +223,30 @@ def call_tool(tool: Tool, arguments: dict[str, Any], timeout_s: float) -> ToolOu
     if "error" in box:
         return ToolOutcome(False, f"{tool.name} failed: {box['error']}", seconds)
     return ToolOutcome(True, result_text(box.get("value")), seconds)
+
+
+_PYTHON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+
+
+def _type_problem(schema: dict[str, Any], value: Any) -> Optional[str]:
+    """What a value should have been under its parameter's schema (top level only), or None when it fits."""
+    if value is None and schema.get("nullable"):
+        return None
+    if "enum" in schema and value not in schema["enum"]:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    expected = schema.get("type")
+    kinds = expected if isinstance(expected, list) else [expected] if expected else []
+    if kinds and not any(_PYTHON_TYPES.get(kind, lambda v: True)(value) for kind in kinds):
+        return " or ".join(f"a JSON {kind}" for kind in kinds)
+    return None
 
 
 def result_text(value: Any) -> str:

@@ -142,6 +142,19 @@ def test_a_call_that_fails_overruns_or_has_wrong_arguments_is_text_for_the_model
     assert not wrong.ok and wrong.text.startswith("wrong arguments for broken:")
 
 
+def test_arguments_of_the_wrong_json_type_are_refused_before_the_call():
+    (tool,) = load_tools([{"_target_": "test_tools.get_weather"}])
+    assert call_tool(tool, {"city": "Oslo", "days": None}, 5).ok
+    wrong = call_tool(tool, {"city": 7}, 5)
+    assert not wrong.ok and wrong.text == "wrong arguments for get_weather: city must be a JSON string, got 7"
+    assert "unit must be one of 'celsius', 'fahrenheit', got 'kelvin'" in call_tool(tool, {"city": "Oslo",
+                                                                                             "unit": "kelvin"}, 5).text
+    (adder,) = load_tools([{"_target_": "pipeline.demo_tools.add"}])
+    assert call_tool(adder, {"a": "4821", "b": 3907}, 5).text == \
+        "wrong arguments for add: a must be a JSON integer, got '4821'"
+    assert not call_tool(adder, {"a": True, "b": 1}, 5).ok and call_tool(adder, {"a": 1, "b": 2}, 5).text == "3"
+
+
 def test_results_are_text():
     assert result_text("8728") == "8728" and result_text(8728) == "8728" and result_text({"a": [1]}) == '{"a": [1]}'
 
