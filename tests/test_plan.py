@@ -194,3 +194,13 @@ def test_contradicting_generation_settings_are_warned_about(tiny_model, tmp_path
     result = planned(sampler, small_dataset)
     assert any("samples by default (temperature 0.6)" in w for w in result.warnings)
     assert result.generation["do_sample"] is False
+
+
+def test_a_refused_prompt_is_named_even_when_a_conversation_is_longer(tmp_path, tiny_model):
+    dataset = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"id": "talk", "turns": ["a" * 100, "b" * 100]},  # may outgrow the context: a warning, not a refusal
+        {"id": "long", "prompt": "c" * 120},
+    ])
+    config = make_config(tiny_model, dataset)
+    with pytest.raises(UserError, match=r"^sample 'long': prompt of \d+ tokens"):
+        plan_from_config(config, resolve(config.runtime))

@@ -73,7 +73,7 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     longest_id = max(prompt_tokens, key=prompt_tokens.get)
     longest = prompt_tokens[longest_id]
     conversations = {s.id for s in samples if s.turns}
-    truncated = _check_context(model, config, prompt_tokens, longest_id, checks, warnings, conversations)
+    truncated = _check_context(model, config, prompt_tokens, checks, warnings, conversations)
     sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
 
     device, reasons["device"] = choose_device(runtime)
@@ -153,8 +153,8 @@ def _check_media(model: ResolvedModel, samples: list[Sample]) -> str:
     return f"every sample is {' or '.join(model.modalities)} the model accepts"
 
 
-def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], longest_id: str,
-                   checks: list[str], warnings: list[str], conversations: set[str]) -> list[str]:
+def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], checks: list[str],
+                   warnings: list[str], conversations: set[str]) -> list[str]:
     """The ids to truncate from the left (session.truncation=left), or a UserError for prompts that do not fit."""
     max_new, context = config.generation.max_new_tokens, model.context_length
     if not context:
@@ -180,7 +180,8 @@ def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str
         warnings.append(f"{len(over)} prompt(s) longer than {budget} tokens (context {context} - max_new_tokens "
                         f"{max_new}) will be cut from the left, flagged truncated in the transcript")
         return over + growing
-    raise UserError(f"sample {longest_id!r}: prompt of {prompt_tokens[longest_id]} tokens + "
+    worst = max(over, key=prompt_tokens.get)  # the longest prompt may be a conversation, which is not refused
+    raise UserError(f"sample {worst!r}: prompt of {prompt_tokens[worst]} tokens + "
                     f"generation.max_new_tokens={max_new} exceeds the model's context of {context} tokens "
                     f"({len(over)} sample(s) too long); shorten the prompts, lower generation.max_new_tokens, "
                     "or set session.truncation=left to keep each prompt's end")
