@@ -94,8 +94,9 @@ def answer(context: Answering, jobs: list[Job]) -> list[TranscriptRecord]:
             _prepare(context, job)
         lengths = prompt_lengths(context.runtime, pending, context.config)
         for job in _over_context(context.runtime, pending, lengths, context.config):
-            message = (f"{_describe(job)} does not fit the model's context of {context.runtime.plan.context_length} "
-                       f"tokens with generation.max_new_tokens={context.runtime.plan.max_new_tokens}")
+            message = (f"{_describe(job)}: {lengths[id(job)]} prompt tokens + generation.max_new_tokens="
+                       f"{context.runtime.plan.max_new_tokens} does not fit the model's context of "
+                       f"{context.runtime.plan.context_length} tokens")
             if job.turn is not None:
                 message += "; the conversation ends here"
             if context.config.execute.fail_fast:

@@ -9,7 +9,8 @@
 Settings come from the project's Hydra configs with the overrides a command line would take, so a
 library call and `python -m pipeline` with the same overrides make the same plan. The loaded
 runtime is kept and reused by every prompt and session until the client is dropped. Prompts are
-checked against the model's context when they are sent (the plan cannot know them in advance).
+checked against the model's context when they are sent (the plan cannot know them in advance): a
+conversation that no longer fits is a UserError that says so.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from pipeline.chat_template import ChatTemplate
 from pipeline.config import CONF_DIR, Config, register, to_config
 from pipeline.errors import UserError
-from pipeline.prompts import adds_special_tokens, conversation, render
+from pipeline.prompts import conversation
 from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink
 from pipeline.answering import Answering, Job, answer, tools_by_name
@@ -29,7 +30,7 @@ from pipeline.stages.load import load
 from pipeline.stages.plan import plan as make_plan
 from pipeline.stages.plan import require_chat_template, tool_schemas
 from pipeline.stages.resolve import resolve
-from pipeline.tools import load_tools
+from pipeline.tools import Tool, load_tools
 
 if TYPE_CHECKING:
     from pipeline.session import ChatSession
@@ -57,6 +58,7 @@ class RuntimeClient:
         self._resolved: Optional[ResolvedModel] = None
         self._plan: Optional[RuntimePlan] = None
         self._runtime: Optional[LoadedRuntime] = None
+        self._tools: Optional[dict[str, Tool]] = None
         self._calls = 0  # each prompt gets its own sample id, so sampled prompts differ
 
     @classmethod
@@ -113,28 +115,20 @@ class RuntimeClient:
         self._calls += 1
         sample = Sample(id=f"prompt-{self._calls}", messages=tuple(messages))
         full = conversation(sample, self.config.session)
-        self._check_context(runtime, render(runtime.chat_template, full, self.config.session, runtime.plan.tools))
         records: list[TranscriptRecord] = []
-        tools = tools_by_name(load_tools(self.config.session.tools))
+        if self._tools is None:
+            self._tools = tools_by_name(load_tools(self.config.session.tools))
         job = Job(sample, 0, list(full))
-        (final,) = answer(Answering(runtime, self.config, tools, records.extend, self.config.config_hash(), sink), [job])
+        answering = Answering(runtime, self.config, self._tools, records.extend, self.config.config_hash(), sink)
+        (final,) = answer(answering, [job])
         if final.status == "error":
             raise UserError(f"{final.error}; clear the conversation (/clear) or shorten it")
+        added = job.messages[len(full):] + [Message("assistant", final.response)]  # tool steps, then the answer
         return PromptResponse(final.response, final.prompt_tokens, final.completion_tokens, final.finish_reason,
-                              final.ttft_s, final.latency_s, job.messages[len(full):] + [Message("assistant", final.response)],
-                              records)
+                              final.ttft_s, final.latency_s, added, records)
 
     def session(self, system_prompt: Optional[str] = None, autosave_path: Optional[str | Path] = None,
                 history: Sequence[Message] = ()) -> "ChatSession":
         from pipeline.session import ChatSession
 
         return ChatSession(self, system_prompt=system_prompt, autosave_path=autosave_path, history=history)
-
-    def _check_context(self, runtime: LoadedRuntime, text: str) -> None:
-        plan = runtime.plan
-        if not plan.context_length or self.config.session.truncation == "left":
-            return
-        count = len(runtime.tokenizer(text, add_special_tokens=adds_special_tokens(self.config.session))["input_ids"])
-        if count + plan.max_new_tokens > plan.context_length:
-            raise UserError(f"the conversation is {count} tokens + generation.max_new_tokens={plan.max_new_tokens}, "
-                            f"more than the model's context of {plan.context_length}; clear it (/clear) or shorten it")

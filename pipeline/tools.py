@@ -9,9 +9,9 @@ its first section is the description, its Google-style `Args:` section describes
 a default are required.
 
 `call_tool` checks the arguments against the schema's top-level types (a model writing "4821"
-for an integer is told so, rather than the tool getting a string) and runs the call with a time limit. A tool runs in a daemon thread: Python cannot stop a
-thread, so a tool that overruns is abandoned (its result ignored) rather than killed, and it ends
-with the process at the latest.
+for an integer is told so, rather than the tool getting a string) and runs the call with a time
+limit. A tool runs in a daemon thread: Python cannot stop a thread, so a tool that overruns is
+abandoned (its result ignored) rather than killed, and it ends with the process at the latest.
 
 Nothing here generates text or parses model output (that is pipeline.tool_calls).
 """

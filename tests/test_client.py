@@ -65,7 +65,8 @@ def test_a_session_remembers_retries_clears_and_autosaves(client, tmp_path):
 
 
 def test_a_conversation_longer_than_the_context_is_refused_with_the_fix(client):
-    with pytest.raises(UserError, match="more than the model's context of 256; clear it"):
+    with pytest.raises(UserError, match=r"^sample 'prompt-\d+': \d{3} prompt tokens \+ generation.max_new_tokens=8 "
+                                        "does not fit the model's context of 256 tokens; clear the conversation"):
         client.prompt("1" * 300)
 
 
