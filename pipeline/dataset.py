@@ -5,7 +5,8 @@ either a `prompt` (a string, sent as one user message) or `messages` (a list of
 `{"role", "content"}`, where content is a string or a list of parts: `{"type": "text", "text"}`,
 `{"type": "image" | "audio", "path" | "url": ...}`), and an optional `reference` answer; or a
 scripted conversation: `turns` (user messages, each a string or `{content, reference}`), after an
-optional `messages` history. Whether
+optional `messages` history. Messages may carry tool steps as a saved conversation has them
+(assistant `tool_calls`, `tool` results). Whether
 the model can take image or audio parts is the plan's business; nothing here touches a model.
 """
 
@@ -17,9 +18,10 @@ from typing import Any, Optional
 
 from pipeline.config import DatasetConfig
 from pipeline.errors import UserError
+from pipeline.prompts import from_dict, is_message
 from pipeline.records import MediaPart, Message, Sample, Turn
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MEDIA_KINDS = ("image", "audio")
 
 
@@ -100,7 +102,10 @@ def _messages(raw: Any, where: str, may_end_with_assistant: bool = False) -> tup
             raise UserError(f"{where}: messages[{index}] must be {{\"role\": one of {', '.join(ROLES)}, "
                             "\"content\": a string or a list of parts}")
         if isinstance(item["content"], str):
-            messages.append(Message(item["role"], item["content"]))
+            if not is_message(item):
+                raise UserError(f"{where}: messages[{index}].tool_calls must be a list of {{\"type\": \"function\", "
+                                "\"function\": {\"name\": a string, \"arguments\": an object}}")
+            messages.append(from_dict(item))
         else:
             messages.append(_message_from_parts(item["role"], item["content"], f"{where}: messages[{index}]"))
     if messages[-1].role == "assistant" and not may_end_with_assistant:

@@ -107,13 +107,14 @@ def _read_history(path: str, modified: Optional[int]) -> tuple[Message, ...]:
         raise UserError(f"{where}: file not found (give a JSON list of {{role, content}} messages)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{where}: not valid JSON: {error}") from None
-    if not isinstance(raw, list) or not all(_is_message(m) for m in raw):
+    if not isinstance(raw, list) or not all(is_message(m) for m in raw):
         raise UserError(f"{where}: expected a JSON list of {{\"role\": system|user|assistant|tool, "
                         "\"content\": a string}} (assistant messages may add tool_calls)")
     return tuple(from_dict(m) for m in raw)
 
 
-def _is_message(data: Any) -> bool:
+def is_message(data: Any) -> bool:
+    """Whether `data` is a message as as_dict writes it: {role, content (a string), tool_calls?, name?}."""
     if not isinstance(data, dict) or data.get("role") not in ("system", "user", "assistant", "tool") \
             or not isinstance(data.get("content"), str):
         return False
