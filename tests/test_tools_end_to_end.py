@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 import pytest
 
@@ -13,6 +14,16 @@ from pipeline.client import RuntimeClient
 from pipeline.session import ChatSession
 
 pytestmark = pytest.mark.slow
+
+
+def write_user_tool(folder, module: str, body: str, api_key: bool = False) -> None:
+    """A user's own module `<module>.py` in `folder` with an `add(a, b)` tool whose body is `body`."""
+    key_param = ', api_key: str = ""' if api_key else ""
+    key_doc = "\n        api_key: The service key." if api_key else ""
+    (folder / f"{module}.py").write_text(
+        f"def add(a: int, b: int{key_param}) -> int:\n"
+        f'    """Add two integers.\n\n    Args:\n        a: The first number.\n        b: The second number.{key_doc}\n    """\n'
+        + textwrap.indent(textwrap.dedent(body).strip(), "    ") + "\n")
 
 
 def test_the_tools_experiment_shows_the_tool_changing_accuracy(tmp_path):
@@ -41,18 +52,10 @@ def test_a_tool_that_does_not_import_is_a_config_error(tmp_path):
 
 
 def test_a_tool_from_the_users_own_module_is_called(tmp_path):
-    (tmp_path / "mytools.py").write_text('''
-def add(a: int, b: int) -> int:
-    """Add two integers, the user's way.
-
-    Args:
-        a: The first number.
-        b: The second number.
-    """
-    with open("calls.log", "a") as log:
-        log.write(f"{a}+{b}\\n")
-    return a + b
-''')
+    write_user_tool(tmp_path, "mytools", """
+        with open("calls.log", "a") as log:
+            log.write(f"{a}+{b}\\n")
+        return a + b""")
     result = run_pipeline(["runtime.model=tool-demo", "dataset=tool_addition", "dataset.limit=5",
                            "session=calculator_tools", "session.tools=[{_target_: mytools.add}]",
                            "generation.max_new_tokens=64", "tracking=none", "hydra.run.dir=runs/mine"], cwd=tmp_path)
@@ -100,16 +103,7 @@ def test_the_terminal_chat_shows_each_tool_call_and_its_result(tmp_path):
 
 
 def test_fail_fast_turns_a_tool_error_into_a_failed_run(tmp_path):
-    (tmp_path / "broken.py").write_text('''
-def add(a: int, b: int) -> int:
-    """Add two integers, or not.
-
-    Args:
-        a: The first number.
-        b: The second number.
-    """
-    raise ConnectionError("the calculator service is down")
-''')
+    write_user_tool(tmp_path, "broken", 'raise ConnectionError("the calculator service is down")')
     common = ["runtime.model=tool-demo", "dataset=tool_addition", "dataset.limit=3", "session=calculator_tools",
               "session.tools=[{_target_: broken.add}]", "generation.max_new_tokens=64", "tracking=none"]
     going_on = run_pipeline(common + ["hydra.run.dir=runs/on"], cwd=tmp_path)
@@ -126,19 +120,10 @@ def add(a: int, b: int) -> int:
 
 
 def test_a_key_bound_to_a_tool_reaches_the_tool_and_nothing_else(tmp_path):
-    (tmp_path / "keyed.py").write_text('''
-def add(a: int, b: int, api_key: str = "") -> int:
-    """Add two integers with a paid service.
-
-    Args:
-        a: The first number.
-        b: The second number.
-        api_key: The service key.
-    """
-    if api_key != "sk-live-SECRET123":
-        raise PermissionError("wrong key")
-    return a + b
-''')
+    write_user_tool(tmp_path, "keyed", """
+        if api_key != "sk-live-SECRET123":
+            raise PermissionError("wrong key")
+        return a + b""", api_key=True)
     result = run_pipeline(["runtime.model=tool-demo", "dataset=tool_addition", "dataset.limit=2",
                            "session=calculator_tools", "session.tools=[{_target_: keyed.add, api_key: sk-live-SECRET123}]",
                            "generation.max_new_tokens=64", "hydra.run.dir=runs/keyed"], cwd=tmp_path)
