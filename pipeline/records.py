@@ -166,7 +166,7 @@ class TranscriptRecord:
 
     sample_id: str  # the dataset id; <id>#<turn> for a turn of a scripted conversation
     sample_index: int  # which of generation.num_samples completions of this sample (0 when one)
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]]  # the conversation the model was given ([] for tool results: no model ran)
     response: str
     reference: Optional[str]
     score: Optional[float]  # 1.0 exact match, 0.0 miss, None without a reference
