@@ -73,23 +73,24 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
                     out.write(f"(saved to {session.save(argument.strip() or None)})\n")
                 elif command == "/retry":
                     out.write("model> ")
-                    turns += _record(writer, session.retry(sink), turns)
+                    _record(writer, session.retry(sink), turns)
+                    turns += 1
                 elif command.startswith("/"):
                     out.write(f"(unknown command {command}; {HELP})\n")
                 elif text.strip():
                     out.write("model> ")
-                    turns += _record(writer, session.send(text, sink), turns)
+                    _record(writer, session.send(text, sink), turns)
+                    turns += 1
             except (UserError, ValueError) as error:
                 out.write(f"(error: {error})\n")
             out.flush()
     return turns
 
 
-def _record(writer: TranscriptWriter, response: PromptResponse, turn: int) -> int:
+def _record(writer: TranscriptWriter, response: PromptResponse, turn: int) -> None:
     """Write the turn's records (tool steps included) as turn `turn` of the conversation "chat"."""
     writer.write_batch([replace(r, sample_id=f"chat#{turn}", conversation_id="chat", turn=turn, batch=turn)
                         for r in response.records])
-    return 1
 
 
 def main(argv: Optional[list[str]] = None) -> int:

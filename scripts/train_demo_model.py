@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedTokenizerFast)
-from transformers.utils import logging as transformers_logging
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from tiny_training import (TrainingSettings, build_model, deterministic, pad_batch, read_jsonl, save_model,
+                           train)
 
 # --- The task -------------------------------------------------------------------------------------
 
@@ -100,6 +98,7 @@ WEIGHT_DECAY = 0.01
 LABEL_SMOOTHING = 0.1              # keeps the answer distribution from collapsing to one-hot, so that
                                    # sampling at temperature 1.5 makes visibly more mistakes than greedy
 THREADS = 2
+SETTINGS = TrainingSettings(STEPS, PEAK_LR, WARMUP_STEPS, WEIGHT_DECAY, LABEL_SMOOTHING, log_every=100)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -185,16 +184,6 @@ def encode_example(tokenizer, a: int, b: int, system: str | None) -> tuple[list[
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
-    """Right-pad to the longest row: positions start at 0 in every row, as in a left-padded generate()."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows])
-    labels = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows])
-    lengths = torch.tensor([len(ids) for ids, _ in rows])
-    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    return input_ids, attention_mask, labels
-
-
 def training_batches(tokenizer, pairs: list[tuple[int, int]]):
     """Endless padded batches (input_ids, attention_mask, labels) in a fixed order.
 
@@ -218,63 +207,6 @@ def training_batches(tokenizer, pairs: list[tuple[int, int]]):
         for batch in batches:
             yield pad_batch(batch, tokenizer.pad_token_id)
         step += BUCKET
-
-
-def build_model(tokenizer) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=len(tokenizer),
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **MODEL_SHAPE)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id,
-                                               do_sample=False, max_new_tokens=8)
-    return model
-
-
-def learning_rate(step: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < WARMUP_STEPS:
-        return PEAK_LR * (step + 1) / WARMUP_STEPS
-    progress = (step - WARMUP_STEPS) / max(1, STEPS - WARMUP_STEPS)
-    return PEAK_LR * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def train(model, tokenizer, pairs: list[tuple[int, int]]) -> None:
-    # no weight decay on norms: it would only pull their gains towards zero
-    decayed = [p for p in model.parameters() if p.dim() >= 2]
-    plain = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": WEIGHT_DECAY},
-                                   {"params": plain, "weight_decay": 0.0}], lr=PEAK_LR, betas=(0.9, 0.98))
-    model.train()
-    started = time.perf_counter()
-    for step, (input_ids, attention_mask, labels) in zip(range(STEPS), training_batches(tokenizer, pairs)):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        # token t predicts token t+1; label smoothing is why the loss is computed here, not by the model
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                               ignore_index=-100, label_smoothing=LABEL_SMOOTHING)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step % 100 == 0 or step == STEPS - 1:
-            print(f"step {step:4d}  loss {loss.item():.4f}  lr {learning_rate(step):.2e}  "
-                  f"{time.perf_counter() - started:6.1f} s", flush=True)
-    model.eval()
-
-
-def save_model(model, tokenizer, folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)  # no stale files from an earlier layout
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines]
 
 
 def accuracy(model, tokenizer, conversations: list[list[dict]], references: list[str],
@@ -324,22 +256,18 @@ def main() -> None:
                         help="folder to write demo_model/ and datasets/ into (default: pipeline/assets)")
     args = parser.parse_args()
 
-    random.seed(SEED)
-    torch.manual_seed(SEED)
-    torch.set_num_threads(THREADS)
-    torch.use_deterministic_algorithms(True)
-    transformers_logging.disable_progress_bar()
+    deterministic(SEED, THREADS)
 
     tokenizer = build_tokenizer()
     check_tokenizer(tokenizer)
     train_pairs, held_out = split_pairs()
     write_datasets(args.assets / "datasets", held_out)
 
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, MODEL_SHAPE, max_new_tokens=8)
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
           f"training on {len(train_pairs)} pairs, {HELD_OUT} held out")
     started = time.perf_counter()
-    train(model, tokenizer, train_pairs)
+    train(model, training_batches(tokenizer, train_pairs), SETTINGS)
     print(f"training took {time.perf_counter() - started:.1f} s")
 
     save_model(model, tokenizer, args.assets / "demo_model")
