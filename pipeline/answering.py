@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 from pipeline.config import Config
@@ -28,7 +29,7 @@ from pipeline.generate import generate_batch
 from pipeline.prompts import adds_special_tokens, as_dict, render
 from pipeline.records import LoadedRuntime, Message, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink
-from pipeline.scoring import exact_match
+from pipeline.scoring import Scorer, build_scorer
 from pipeline.tool_calls import ParsedAnswer, parse_tool_calls
 from pipeline.tools import Tool, ToolOutcome, call_tool
 
@@ -79,6 +80,10 @@ class Answering:
     sink: Optional[StreamSink] = None
     batch: int = 0  # the next batch number
     last_report: float = field(default_factory=time.perf_counter)
+
+    @cached_property
+    def score(self) -> Scorer:
+        return build_scorer(self.config.dataset.scorer)
 
 
 def tools_by_name(tools: list[Tool]) -> dict[str, Tool]:
@@ -157,7 +162,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                     going_on.append(job)
             else:
                 finals[id(job)] = _record(context, job, "answer", response=text,
-                                          score=exact_match(text, job.reference),
+                                          score=context.score(text, job.reference),
                                           tool_budget_spent=job.budget_spent, **measured)
                 records.append(finals[id(job)])
         context.emit(records)
@@ -202,7 +207,7 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
     job.round_trips += 1
     if context.config.session.skip_summarization and results and all(results) and not parsed.problems:
         response = "\n".join(results)
-        records.append(_record(context, job, "answer", response=response, score=exact_match(response, job.reference),
+        records.append(_record(context, job, "answer", response=response, score=context.score(response, job.reference),
                                finish_reason="tool", tools=list(job.offered)))
     return records
 

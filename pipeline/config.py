@@ -32,6 +32,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention")
 OFFLOAD = ("auto", "cpu", "disk", "none")
 TRUNCATION = ("error", "left")
+SCORERS = ("exact_match", "contains", "regex", "numeric")
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -158,12 +159,54 @@ class SessionConfig:
 
 
 @dataclass
+class ScorerConfig:
+    """How a response is scored against its reference (pipeline.scoring does the scoring)."""
+
+    name: str = "exact_match"  # exact_match, contains, regex or numeric; ignored when _target_ is set
+    strip: bool = True  # ignore white space around the text
+    ignore_case: bool = False
+    collapse_whitespace: bool = False  # runs of white space count as one space
+    ignore_punctuation: bool = False  # drop punctuation before comparing ("68." matches "68")
+    pattern: Optional[str] = None  # regex: must be found in the response; its first group, if any, is the answer
+    abs_tol: float = 0.0  # numeric: |answer - reference| <= abs_tol passes ...
+    rel_tol: float = 0.0  # ... or <= rel_tol x |reference|; both 0: the numbers must be equal
+    _target_: Optional[str] = None  # your own function(response, reference) -> float | bool | None, dotted path
+    options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments bound to the _target_ function
+
+    def __post_init__(self) -> None:
+        if self._target_ is not None:
+            _check(bool(re.fullmatch(r"[\w.]+\.\w+", self._target_)), "dataset.scorer._target_", self._target_,
+                   "a dotted path to a function, such as mypackage.scorers.judge")
+        else:
+            _check_choice("dataset.scorer.name", self.name, SCORERS)
+            _check(not self.options, "dataset.scorer.options", self.options, "{} unless _target_ is set")
+        if self.pattern is not None:
+            _check(self.name in ("regex", "numeric") and self._target_ is None, "dataset.scorer.pattern",
+                   self.pattern, "null unless dataset.scorer.name is regex or numeric")
+            try:
+                re.compile(self.pattern)
+            except re.error as error:
+                raise ConfigError("dataset.scorer.pattern", self.pattern, f"a valid regular expression ({error})")
+        _check(self.name != "regex" or self._target_ is not None or bool(self.pattern), "dataset.scorer.pattern",
+               self.pattern, "a regular expression when dataset.scorer.name=regex")
+        for key in ("abs_tol", "rel_tol"):
+            value = getattr(self, key)
+            _check(value >= 0 and value == value, f"dataset.scorer.{key}", value, "a number >= 0")
+
+    @property
+    def label(self) -> str:
+        """The scorer's name as summaries show it: the built-in's name, or your function's dotted path."""
+        return self._target_ or self.name
+
+
+@dataclass
 class DatasetConfig:
-    """Where the samples come from: a JSONL file of {id, prompt | messages, reference?}."""
+    """Where the samples come from: a JSONL file of {id, prompt | messages, reference?}, and how answers are scored."""
 
     name: str = "addition"
     path: str = "${asset:datasets/addition.jsonl}"
     limit: Optional[int] = None  # keep only the first N samples
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "dataset.path", self.path, "a path to a .jsonl file")
@@ -196,9 +239,12 @@ class PipelineConfig:
     """Which stages run."""
 
     until: str = "summarize"  # stop after this stage: resolve, plan, load, execute, summarize
+    from_transcript: Optional[str] = None  # a run folder: re-score and summarize its transcript (no model runs)
 
     def __post_init__(self) -> None:
         _check_choice("pipeline.until", self.until, STAGES)
+        _check(self.from_transcript is None or bool(self.from_transcript.strip()), "pipeline.from_transcript",
+               self.from_transcript, "null or a run folder")
 
 
 @dataclass
@@ -217,6 +263,7 @@ class Config:
     def config_hash(self) -> str:
         """A digest of every setting that can change what the model writes."""
         relevant = {k: v for k, v in self.to_dict().items() if k in ("runtime", "generation", "session", "dataset")}
+        relevant["dataset"].pop("scorer")  # scoring reads what the model wrote; it changes none of it
         canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

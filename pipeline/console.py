@@ -9,20 +9,25 @@ from typing import Any, Optional, TextIO
 
 from pipeline.records import Summary
 
+PEAK_MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "process_peak_rss": "process peak RSS"}
+
 
 def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]]) -> str:
-    accuracy = "n/a (no references)" if summary.accuracy is None else \
-        f"{summary.accuracy:.3f} ({summary.correct}/{summary.num_scored} exact match)"
     stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in summary.stage_seconds.items())
     lines = [
         f"samples   {summary.num_samples}" + (f" ({summary.num_errors} could not be completed: status error in "
                                               "the transcript)" if summary.num_errors else ""),
-        f"accuracy  {accuracy}",
+        f"accuracy  {score_text(summary)}",
+        *([f"pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
+          if summary.pass_at_k else []),
         *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
           if summary.tool_calls else []),
-        f"speed     {summary.tokens_per_second:.1f} completion tokens/s; time to first token p50 "
-        f"{summary.ttft_p50_s:.3f} s; latency "
-        f"p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",
+        f"speed     prefill {summary.prefill_tokens_per_second:.0f} tok/s, decode {summary.decode_tokens_per_second:.0f} "
+        f"tok/s, {summary.tokens_per_second:.1f} completion tok/s overall; TTFT p50 {summary.ttft_p50_s:.3f} s, "
+        f"p95 {summary.ttft_p95_s:.3f} s; latency p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",
+        *([f"memory    peak {summary.peak_memory_bytes / 2**20:.0f} MiB "
+           f"({PEAK_MEMORY_KINDS.get(summary.peak_memory_kind, summary.peak_memory_kind)})"]
+          if summary.peak_memory_bytes else []),
         f"stages    {stages}",
         f"run dir   {_relative(run_dir)}",
     ]
@@ -32,6 +37,16 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
     else:
         lines.append("mlflow    off (tracking=none)")
     return "\n".join(lines)
+
+
+def score_text(summary: Summary) -> str:
+    """`0.980 [0.950, 0.992] 95% CI (Wilson, 200 samples); 196/200 exact_match` (n/a without references)."""
+    if summary.accuracy is None:
+        return "n/a (no references)"
+    interval = "" if summary.accuracy_ci_low is None else (
+        f" [{summary.accuracy_ci_low:.3f}, {summary.accuracy_ci_high:.3f}] 95% CI "
+        f"({summary.accuracy_ci_method.capitalize()}, {summary.accuracy_ci_samples} samples)")
+    return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer or 'scored 1'}"
 
 
 def sweep_table(jobs: list[dict[str, Any]]) -> str:

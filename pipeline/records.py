@@ -169,7 +169,7 @@ class TranscriptRecord:
     messages: list[dict[str, Any]]  # the conversation the model was given ([] for tool results: no model ran)
     response: str
     reference: Optional[str]
-    score: Optional[float]  # 1.0 exact match, 0.0 miss, None without a reference
+    score: Optional[float]  # by dataset.scorer: 1.0 pass, 0.0 miss (or a user scorer's number); None: not scored
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # stop (end of turn or a stop string) or length (max_new_tokens reached)
@@ -200,8 +200,8 @@ class Summary:
     num_samples: int
     num_scored: int
     num_errors: int  # records that could not be completed (status error); scored as wrong when they had a reference
-    accuracy: Optional[float]
-    correct: int
+    accuracy: Optional[float]  # the mean score of the answers that have one (whatever the scorer)
+    correct: int  # answers with full marks (score 1)
     prompt_tokens: int
     completion_tokens: int
     tokens_per_second: float  # completion tokens / execute-stage seconds
@@ -211,6 +211,17 @@ class Summary:
     stage_seconds: dict[str, float]
     tool_calls: int = 0  # calls the model made (tool_result and tool_error records)
     tool_errors: int = 0  # of which failed: unknown tool, bad arguments, exception, timeout, unparsable
+    scorer: str = ""  # dataset.scorer's name, or the user function's dotted path
+    accuracy_ci_low: Optional[float] = None  # 95% interval of accuracy, over samples (not completions)
+    accuracy_ci_high: Optional[float] = None
+    accuracy_ci_method: str = ""  # wilson (every score 0 or 1) or bootstrap (seeded, 10,000 resamples)
+    accuracy_ci_samples: int = 0  # the samples the interval is over
+    pass_at_k: dict[str, float] = field(default_factory=dict)  # "k" -> unbiased pass@k, with num_samples > 1
+    prefill_tokens_per_second: float = 0.0  # prompt tokens / the batches' prefill seconds
+    decode_tokens_per_second: float = 0.0  # tokens after the first / the batches' decode seconds
+    ttft_p95_s: float = 0.0
+    peak_memory_bytes: Optional[int] = None  # see peak_memory_kind
+    peak_memory_kind: str = ""  # cuda_max_allocated (GPU) or process_peak_rss (the whole process, CPU runs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,7 +240,12 @@ class Summary:
             "ttft_p50_s": self.ttft_p50_s,
             "tool_calls": float(self.tool_calls),
             "tool_errors": float(self.tool_errors),
+            "prefill_tokens_per_second": self.prefill_tokens_per_second,
+            "decode_tokens_per_second": self.decode_tokens_per_second,
+            "ttft_p95_s": self.ttft_p95_s,
+            **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()},
         }
-        if self.accuracy is not None:
-            metrics["accuracy"] = self.accuracy
+        optional = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,
+                    "accuracy_ci_high": self.accuracy_ci_high, "peak_memory_bytes": self.peak_memory_bytes}
+        metrics.update({key: float(value) for key, value in optional.items() if value is not None})
         return metrics

@@ -21,6 +21,7 @@ from pipeline.config import Config
 from pipeline.console import ProgressSink
 from pipeline.errors import UserError
 from pipeline.files import write_json
+from pipeline.peak_memory import peak_memory, reset_peak_memory
 from pipeline.records import RuntimePlan, Summary
 from pipeline.redact import redact
 from pipeline.stages.execute import execute
@@ -84,6 +85,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
         tracker.log_params(config_params(config, result.plan))
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
+        reset_peak_memory(result.plan.device)
         runtime = timed("load", load, result.plan, template, config.runtime.trust_remote_code, run_dir / "offload")
         if until != "load":
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
@@ -94,7 +96,8 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
                     progress.close()
         if until == "summarize":
             records = read_transcript(run_dir / TRANSCRIPT_NAME)
-            result.summary = timed("summarize", summarize, records, seconds)
+            result.summary = timed("summarize", summarize, records, seconds, config.dataset.scorer.label,
+                                   peak_memory(result.plan.device))
             result.summary.stage_seconds = dict(seconds)  # now including summarize itself
             write_json(run_dir / "summary.json", result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())

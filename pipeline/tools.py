@@ -65,7 +65,7 @@ def load_tools(specs: list[dict[str, Any]]) -> list[Tool]:
     for index, spec in enumerate(specs):
         where = f"session.tools[{index}]"
         target = spec["_target_"]
-        function = _import(target, f"{where}._target_")
+        function = import_function(target, f"{where}._target_")
         bound = {key: value for key, value in spec.items() if key != "_target_"}
         parameters = inspect.signature(function).parameters
         for key in bound:
@@ -80,8 +80,10 @@ def load_tools(specs: list[dict[str, Any]]) -> list[Tool]:
     return tools
 
 
-def _import(target: str, where: str) -> Callable[..., Any]:
-    """The object at a dotted path: the longest importable module prefix, then attributes (Class.method too)."""
+def import_function(target: str, where: str) -> Callable[..., Any]:
+    """The function at a dotted path: the longest importable module prefix, then attributes (Class.method too).
+
+    Tools and user scorers (dataset.scorer._target_) are loaded with it; `where` names the setting."""
     parts = target.split(".")
     if len(parts) < 2 or not all(parts):
         raise UserError(f"{where}={target}: give a dotted path such as mypackage.tools.search")

@@ -61,7 +61,7 @@ def test_a_tool_from_the_users_own_module_is_called(tmp_path):
                            "generation.max_new_tokens=64", "tracking=none", "hydra.run.dir=runs/mine"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "calls.log").read_text().splitlines()) == 5
-    assert "accuracy  1.000 (5/5 exact match)" in result.stdout
+    assert "accuracy  1.000 [0.566, 1.000] 95% CI (Wilson, 5 samples); 5/5 exact_match" in result.stdout
 
 
 def test_the_client_and_a_chat_session_use_tools(tmp_path):

@@ -1,34 +1,55 @@
-"""Summarize stage: the transcript's records -> a Summary (scores and speed).
+"""Summarize stage: the transcript's records -> a Summary (scores, their interval, pass@k, speed).
 
-Pure computation over what execute wrote; writing summary.json and logging to MLflow are the
-runner's and the tracker's jobs.
+Pure computation over what execute wrote (old transcripts lacking a field are read with its
+default); writing summary.json and logging to MLflow are the runner's and the tracker's jobs, and
+peak memory is measured by the caller (pipeline.memory.peak_memory).
+
+Scores: `accuracy` is the mean score of the answers that have one. Its 95% interval is taken over
+samples, not completions: the num_samples completions of one prompt are not independent, so each
+sample counts once, with the mean of its completions' scores (pipeline.stats picks Wilson or the
+bootstrap). pass@k uses each sample's n completions and c of them with full marks (score 1).
+
+Speed: a batch's rows share one prefill, which ends at their common ttft_s, and are decoded
+together until the batch's slowest row ends. So prefill tokens/s = the batches' real (unpadded)
+prompt tokens / the sum of their ttft_s, and decode tokens/s = the tokens generated after the
+first (which the prefill yields) / the sum of (slowest latency_s - ttft_s) over the batches.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import defaultdict
+from typing import Any, Optional
 
 from pipeline.records import Summary
+from pipeline.stats import k_values, mean_interval, pass_at_k
 
 
-def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) -> Summary:
+def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], scorer: str = "",
+              peak_memory: tuple[Optional[int], str] = (None, "")) -> Summary:
     prompt_tokens = sum(r["prompt_tokens"] for r in records)  # tool-call steps count: they ran the model
     completion_tokens = sum(r["completion_tokens"] for r in records)
     kinds = [r.get("kind", "answer") for r in records]
-    records = [r for r, kind in zip(records, kinds) if kind == "answer"]
-    scores = [r["score"] for r in records if r.get("score") is not None]
-    correct = int(sum(scores))
+    generations = [r for r in records if r.get("kind", "answer") in ("answer", "tool_call")
+                   and r.get("status", "ok") == "ok" and r.get("finish_reason") != "tool"]
+    answers = [r for r, kind in zip(records, kinds) if kind == "answer"]
+    scored = [r for r in answers if r.get("score") is not None]
+    scores = [r["score"] for r in scored]
+    by_sample: dict[str, list[float]] = defaultdict(list)
+    for index, record in enumerate(scored):
+        by_sample[record.get("sample_id", str(index))].append(record["score"])
+    low, high, method = mean_interval([sum(s) / len(s) for s in by_sample.values()])
     execute_seconds = stage_seconds.get("execute", 0.0)
-    completed = [r for r in records if r.get("status", "ok") == "ok"]
+    completed = [r for r in answers if r.get("status", "ok") == "ok"]
     latencies = sorted(r["latency_s"] for r in completed)
     ttfts = sorted(r.get("ttft_s", 0.0) for r in completed)
+    prefill, decode = _throughput(generations)
     return Summary(
-        num_samples=len(records),
+        num_samples=len(answers),
         num_scored=len(scores),
-        num_errors=len(records) - len(completed),
-        accuracy=correct / len(scores) if scores else None,
-        correct=correct,
+        num_errors=len(answers) - len(completed),
+        accuracy=sum(scores) / len(scores) if scores else None,
+        correct=sum(score == 1.0 for score in scores),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_second=completion_tokens / execute_seconds if execute_seconds > 0 else 0.0,
@@ -38,7 +59,43 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float]) ->
         stage_seconds=dict(stage_seconds),
         tool_calls=sum(kind in ("tool_result", "tool_error") for kind in kinds),
         tool_errors=kinds.count("tool_error"),
+        scorer=scorer,
+        accuracy_ci_low=low,
+        accuracy_ci_high=high,
+        accuracy_ci_method=method,
+        accuracy_ci_samples=len(by_sample),
+        pass_at_k=pass_at_ks(by_sample),
+        prefill_tokens_per_second=prefill,
+        decode_tokens_per_second=decode,
+        ttft_p95_s=percentile(ttfts, 95),
+        peak_memory_bytes=peak_memory[0],
+        peak_memory_kind=peak_memory[1],
     )
+
+
+def pass_at_ks(by_sample: dict[str, list[float]]) -> dict[str, float]:
+    """{"k": mean pass@k over the samples} for each k worth reporting; {} with one completion per sample."""
+    n = min((len(scores) for scores in by_sample.values()), default=0)
+    if n < 2:
+        return {}
+    counts = [(len(scores), sum(score == 1.0 for score in scores)) for scores in by_sample.values()]
+    return {str(k): sum(pass_at_k(tries, passed, k) for tries, passed in counts) / len(counts) for k in k_values(n)}
+
+
+def _throughput(generations: list[dict[str, Any]]) -> tuple[float, float]:
+    """(prefill, decode) tokens per second over the batches these model generations ran in."""
+    batches: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for index, record in enumerate(generations):
+        batches[record.get("batch", f"row {index}")].append(record)
+    prefill_tokens = prefill_seconds = decode_tokens = decode_seconds = 0.0
+    for rows in batches.values():
+        ttft = max(r.get("ttft_s", 0.0) for r in rows)
+        prefill_tokens += sum(r["prompt_tokens"] for r in rows)
+        prefill_seconds += ttft
+        decode_tokens += sum(max(r["completion_tokens"] - 1, 0) for r in rows)
+        decode_seconds += max(max(r["latency_s"] for r in rows) - ttft, 0.0)
+    return (prefill_tokens / prefill_seconds if prefill_seconds > 0 else 0.0,
+            decode_tokens / decode_seconds if decode_seconds > 0 else 0.0)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
