@@ -24,6 +24,7 @@ from pipeline.config import CONF_DIR, register, to_config
 from pipeline.console import run_summary
 from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, LoadError, ToolFailure, UserError, describe_config_exception
 from pipeline.precheck import check_command_line
+from pipeline.rescore import rescore
 from pipeline.runner import run, set_status
 from pipeline.sweep import parent_run_id
 
@@ -43,7 +44,8 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
         # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
         name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
-        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
+        start = rescore if config.pipeline.from_transcript else run  # re-score an earlier transcript, or run
+        result = start(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
     except KeyboardInterrupt:
         log.error("interrupted; the run folder keeps what was written: %s", run_dir)
         sys.exit(EXIT_INTERRUPTED)

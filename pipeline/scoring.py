@@ -79,23 +79,24 @@ def build_scorer(config: ScorerConfig) -> Scorer:
         response, reference, config.abs_tol, config.rel_tol, pattern))
 
 
-def check_scorer(config: ScorerConfig, samples: list[Sample]) -> str:
-    """Build the scorer against the dataset before weights load; what was checked, for the plan's checks.
+def sample_references(samples: list[Sample]) -> list[tuple[str, Optional[str]]]:
+    """(record id, reference) of every answer the samples ask for, scripted turns included."""
+    return [(s.id, s.reference) for s in samples] + [
+        (f"{s.id}#{i}", turn.reference) for s in samples for i, turn in enumerate(s.turns)]
+
+
+def check_scorer(config: ScorerConfig, references: list[tuple[str, Optional[str]]]) -> Scorer:
+    """The scorer, checked before anything runs against the (id, reference) pairs it will meet.
 
     A UserError when a user function does not import or take (response, reference), or when the
-    numeric scorer meets a reference that is not a number (named by its sample id)."""
+    numeric scorer meets a reference that is not a number (named by its id)."""
     scorer = build_scorer(config)
-    if scorer.user:
-        return f"scorer {scorer.label} imports and takes (response, reference)"
-    if scorer.label != "numeric":
-        return f"scorer {scorer.label}"
-    references = [(s.id, s.reference) for s in samples] + [
-        (f"{s.id}#{i}", turn.reference) for s in samples for i, turn in enumerate(s.turns)]
-    for sample_id, reference in references:
-        if reference is not None and parse_number(reference) is None:
-            raise UserError(f"sample {sample_id!r}: reference {reference!r} is not a number, which "
-                            "dataset.scorer.name=numeric needs; use another scorer or fix the reference")
-    return "scorer numeric: every reference is a number"
+    if scorer.label == "numeric":
+        for sample_id, reference in references:
+            if reference is not None and parse_number(reference) is None:
+                raise UserError(f"sample {sample_id!r}: reference {reference!r} is not a number, which "
+                                "dataset.scorer.name=numeric needs; use another scorer or fix the reference")
+    return scorer
 
 
 def normalise(text: str, config: ScorerConfig) -> str:

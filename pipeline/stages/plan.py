@@ -23,7 +23,7 @@ from pipeline.memory import Need, free_memory, free_ram, gib, need
 from pipeline.model_files import read_generation_config
 from pipeline.prompts import count_prompt_tokens
 from pipeline.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
-from pipeline.scoring import check_scorer
+from pipeline.scoring import check_scorer, sample_references
 from pipeline.tools import load_tools
 
 BACKEND = "transformers"
@@ -36,7 +36,7 @@ def plan_from_config(config: Config, model: ResolvedModel,
 
     Returns the samples and chat template too, so execute uses exactly what was planned."""
     samples = load_samples(config.dataset)
-    scorer_check = check_scorer(config.dataset.scorer, samples)
+    scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     require_chat_template(model, config.session)
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
@@ -45,7 +45,7 @@ def plan_from_config(config: Config, model: ResolvedModel,
     tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens,
                                  schemas or None)
     planned = plan(model, config, samples, tokens, overrides)
-    planned.checks.append(scorer_check)
+    planned.checks.append(f"scorer {scorer.label} is ready for every reference in the dataset")
     if schemas:
         planned.tools = schemas
         planned.checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import, and the chat "
