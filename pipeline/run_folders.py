@@ -21,6 +21,7 @@ from pipeline.sweep import collect_jobs
 from pipeline.transcript import TRANSCRIPT_NAME, read_transcript
 
 RUN_FILES = ("config.json", "status.json", "summary.json", TRANSCRIPT_NAME)
+SWEEP_MARKER = "multirun.yaml"  # Hydra writes it into every sweep folder
 
 
 @dataclass
@@ -59,7 +60,7 @@ def find_runs(paths: list[str]) -> list[RunFolder]:
         if is_run_folder(folder):
             runs.append(read_run(folder))
             continue
-        jobs = [Path(job["dir"]) for job in collect_jobs(folder)] or sorted(
+        jobs = [Path(job["dir"]) for job in collect_jobs(folder)] if (folder / SWEEP_MARKER).is_file() else sorted(
             (p for p in folder.iterdir() if p.is_dir() and is_run_folder(p)),
             key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
         if not jobs:
