@@ -3,8 +3,8 @@
 compose -> validate -> run -> exit code. The command line is checked first (pipeline.precheck),
 so a config mistake prints one line and exits 2 before Hydra creates any folder. Then Hydra
 composes the config and calls `hydra_main` once per job, which converts it to typed dataclasses
-and hands it to the runner. Exit codes: 0 success, 1 the run failed, 2 a mistake in the config
-or the inputs, 130 interrupted.
+and hands it to the runner (or, with pipeline.from_transcript, to pipeline.rescore). Exit codes:
+0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
         f"samples   {summary.num_samples}" + (f" ({summary.num_errors} could not be completed: status error in "
                                               "the transcript)" if summary.num_errors else ""),
         f"accuracy  {score_text(summary)}",
-        *([f"pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
+        *(["pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
           if summary.pass_at_k else []),
         *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
           if summary.tool_calls else []),

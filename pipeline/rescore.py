@@ -30,7 +30,7 @@ from pipeline.config import Config, ScorerConfig, flatten
 from pipeline.errors import UserError
 from pipeline.files import read_json, write_json
 from pipeline.redact import redact
-from pipeline.runner import RunResult, set_status
+from pipeline.runner import RunResult, close_run, set_status
 from pipeline.scoring import Scorer, check_scorer
 from pipeline.stages.summarize import summarize
 from pipeline.tracking import PLAN_PARAMS, Tracker, run_tags
@@ -90,11 +90,14 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
         write_json(run_dir / "summary.json", result.summary.to_dict())
         tracker.log_metrics({**result.summary.metrics(), "scores_changed": float(changed)})
         log.info("re-scored %d records of %s with %s: %d scores changed", len(records), source, scorer.label, changed)
-    except BaseException as error:
-        state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        _finish(run_dir, tracker, state, "KILLED" if state == "interrupted" else "FAILED", str(error))
+    except KeyboardInterrupt:
+        close_run(run_dir, tracker, "interrupted", "KILLED", "interrupted by the user")
         raise
-    _finish(run_dir, tracker, "success", "FINISHED", "")
+    except Exception as error:
+        close_run(run_dir, tracker, "failed", "FAILED",
+                  str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+        raise
+    close_run(run_dir, tracker, "success", "FINISHED", "")
     return result
 
 
@@ -162,12 +165,3 @@ def _params(new_config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     params.update({f"plan.{key}": plan[key] for key in PLAN_PARAMS if key in plan})
     params.update({f"effective.generation.{k}": v for k, v in plan.get("generation", {}).items()})
     return params
-
-
-def _finish(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
-    set_status(run_dir, state, reason)
-    if tracker.run_id:
-        try:
-            tracker.log_artifacts(run_dir)
-        finally:
-            tracker.finish(mlflow_status)

@@ -102,19 +102,19 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             write_json(run_dir / "summary.json", result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())
     except KeyboardInterrupt:
-        _close(run_dir, tracker, "interrupted", "KILLED", "interrupted by the user")
+        close_run(run_dir, tracker, "interrupted", "KILLED", "interrupted by the user")
         raise
     except UserError as error:
-        _close(run_dir, tracker, "failed", "FAILED", str(error))
+        close_run(run_dir, tracker, "failed", "FAILED", str(error))
         raise
     except Exception as error:
-        _close(run_dir, tracker, "failed", "FAILED", f"{type(error).__name__}: {error}")
+        close_run(run_dir, tracker, "failed", "FAILED", f"{type(error).__name__}: {error}")
         raise
-    _close(run_dir, tracker, "success", "FINISHED", "")
+    close_run(run_dir, tracker, "success", "FINISHED", "")
     return result
 
 
-def _close(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
+def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
     shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
     set_status(run_dir, state, reason)
     if tracker.run_id:
