@@ -10,6 +10,7 @@ from typing import Any, Optional, TextIO
 from pipeline.records import Summary
 
 PEAK_MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "process_peak_rss": "process peak RSS"}
+CI_METHODS = {"wilson": "Wilson", "bootstrap": "seeded bootstrap"}
 
 
 def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]]) -> str:
@@ -45,7 +46,7 @@ def score_text(summary: Summary) -> str:
         return "n/a (no references)"
     interval = "" if summary.accuracy_ci_low is None else (
         f" [{summary.accuracy_ci_low:.3f}, {summary.accuracy_ci_high:.3f}] 95% CI "
-        f"({summary.accuracy_ci_method.capitalize()}, {summary.accuracy_ci_samples} samples)")
+        f"({CI_METHODS.get(summary.accuracy_ci_method, summary.accuracy_ci_method)}, {summary.accuracy_ci_samples} samples)")
     return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer or 'scored 1'}"
 
 
