@@ -47,7 +47,7 @@ def score_text(summary: Summary) -> str:
     interval = "" if summary.accuracy_ci_low is None else (
         f" [{summary.accuracy_ci_low:.3f}, {summary.accuracy_ci_high:.3f}] 95% CI "
         f"({CI_METHODS.get(summary.accuracy_ci_method, summary.accuracy_ci_method)}, {summary.accuracy_ci_samples} samples)")
-    return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer or 'scored 1'}"
+    return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer}".rstrip()
 
 
 def sweep_table(jobs: list[dict[str, Any]]) -> str:

@@ -17,8 +17,10 @@ takes these arguments; numeric references are numbers). Reading transcripts is n
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import numbers
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ class Scorer:
         value = self.function(response, reference)
         if value is None:
             return None
-        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+        if not isinstance(value, numbers.Real) or math.isnan(value):  # bools, ints, floats, numpy numbers
             raise UserError(f"dataset.scorer._target_={self.label} returned {value!r} for response {response!r}; "
                             "a scorer returns a number, a bool or None")
         return float(value)
@@ -67,7 +69,7 @@ def build_scorer(config: ScorerConfig) -> Scorer:
             pass
         return Scorer(config._target_, lambda response, reference: function(response, reference, **config.options),
                       user=True)
-    normal = lambda text: normalise(text, config)  # noqa: E731
+    normal = functools.partial(normalise, config=config)
     if config.name == "exact_match":
         return Scorer(config.name, lambda response, reference: float(normal(response) == normal(reference)))
     if config.name == "contains":
