@@ -47,7 +47,7 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
     source = source_folder(config.pipeline.from_transcript)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key != "tracking" and not key.startswith(APPLICABLE):
+        if not key.startswith(APPLICABLE):
             raise UserError(f"{override}: pipeline.from_transcript re-scores an existing transcript, which this "
                             "setting cannot change; only dataset.scorer.*, tracking.* and pipeline.* apply")
     source_config = read_json(source / "config.json") if (source / "config.json").is_file() else config.to_dict()
@@ -61,6 +61,9 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
                   "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source)}}
     source_summary = read_json(source / "summary.json") if (source / "summary.json").is_file() else {}
     plan = read_json(source / "plan.json") if (source / "plan.json").is_file() else {}
+    state = read_json(source / "status.json").get("state") if (source / "status.json").is_file() else None
+    if state != "success":
+        log.warning("the source run's state is %s: its transcript may hold only part of the dataset", state)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", redact(new_config))
