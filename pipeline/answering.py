@@ -138,6 +138,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
     runtime, config = context.runtime, context.config
     going_on: list[Job] = []
     for batch in batches:
+        started_at = time.time()  # wall clock, for traces; latencies stay on the monotonic clock
         prompt_tokens, completions = generate_batch(runtime, batch, config, context.sink)
         records: list[TranscriptRecord] = []
         for job, tokens, completion in zip(batch, prompt_tokens, completions):
@@ -146,7 +147,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
             measured: dict[str, Any] = dict(
                 prompt_tokens=tokens, completion_tokens=completion.tokens, finish_reason=completion.finish_reason,
                 ttft_s=round(completion.ttft_s, 6), latency_s=round(completion.latency_s, 6),
-                truncated=completion.truncated, tools=list(job.offered))
+                truncated=completion.truncated, tools=list(job.offered), started_at=round(started_at, 6))
             parsed = parse_tool_calls(text) if job.offered else None
             if parsed is not None and parsed.wants_tools:
                 where = _describe(job)
@@ -184,6 +185,7 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
     job.messages.append(Message("assistant", parsed.text, tool_calls=tuple(parsed.calls)))
     results: list[str] = []
     for call in parsed.calls:
+        called_at = time.time()
         tool = context.tools.get(call.name)
         left = budget.seconds_per_turn - job.spent_s
         if tool is None:
@@ -198,11 +200,11 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
             context.sink.on_tool(call.name, call.arguments, outcome.text, outcome.ok)
         records.append(_tool_record(context, job, outcome.ok, outcome.text,
                                     {"name": call.name, "arguments": call.arguments,
-                                     "seconds": round(outcome.seconds, 6)}))
+                                     "seconds": round(outcome.seconds, 6)}, called_at))
         job.messages.append(Message("tool", outcome.text, name=call.name))
         results.append(outcome.text if outcome.ok else "")
     for problem in parsed.problems:
-        records.append(_tool_record(context, job, False, problem, None))
+        records.append(_tool_record(context, job, False, problem, None, time.time()))
         job.messages.append(Message("tool", f"error: {problem}"))
     job.round_trips += 1
     if context.config.session.skip_summarization and results and all(results) and not parsed.problems:
@@ -213,10 +215,11 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
 
 
 def _tool_record(context: Answering, job: Job, ok: bool, text: str,
-                 tool: Optional[dict[str, Any]]) -> TranscriptRecord:
+                 tool: Optional[dict[str, Any]], started_at: float) -> TranscriptRecord:
     """A tool's result (what the model is shown) or the reason a call failed; no model ran for it."""
     return _record(context, job, "tool_result" if ok else "tool_error", response=text, tool=tool,
-                   finish_reason="tool", status="ok" if ok else "error", error=None if ok else text, messages=[])
+                   finish_reason="tool", status="ok" if ok else "error", error=None if ok else text, messages=[],
+                   started_at=round(started_at, 6))
 
 
 def _record(context: Answering, job: Job, kind: str, **fields: Any) -> TranscriptRecord:
@@ -225,7 +228,8 @@ def _record(context: Answering, job: Job, kind: str, **fields: Any) -> Transcrip
         sample_id=job.record_id, sample_index=job.sample_index, messages=[as_dict(m) for m in job.messages],
         reference=job.reference, score=None, prompt_tokens=0, completion_tokens=0, ttft_s=0.0, latency_s=0.0,
         batch=context.batch, config_hash=context.config_hash,
-        conversation_id=None if job.turn is None else job.sample.id, turn=job.turn, kind=kind, step=job.step)
+        conversation_id=None if job.turn is None else job.sample.id, turn=job.turn, kind=kind, step=job.step,
+        started_at=round(time.time(), 6))  # records that ran no model (tool answers, refusals) start when made
     values.update(fields)
     job.step += 1
     return TranscriptRecord(**values)

@@ -220,6 +220,7 @@ class TrackingConfig:
     enabled: bool = True  # false (tracking=none): only the local run folder
     uri: str = "sqlite:///runs/mlflow.db"  # relative sqlite paths are taken from the launch folder
     experiment: str = "pipeline"
+    traces: bool = True  # one MLflow trace per answer (tool steps as child spans), logged after execute
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")

@@ -187,6 +187,7 @@ class TranscriptRecord:
     tool_budget_spent: Optional[str] = None  # round_trips or seconds: the answer was asked for without tools
     status: str = "ok"  # ok, or error: the sample could not be completed (see error)
     error: Optional[str] = None
+    started_at: Optional[float] = None  # unix seconds when its batch started (a tool step: when the tool ran)
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

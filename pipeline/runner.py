@@ -83,6 +83,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides)}))
         result.tracker = tracker
         tracker.log_params(config_params(config, result.plan))
+        tracker.log_dataset(config.dataset, len(samples))
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
         reset_peak_memory(result.plan.device)
@@ -119,6 +120,7 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     set_status(run_dir, state, reason)
     if tracker.run_id:
         try:
+            tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
             tracker.log_artifacts(run_dir)
         finally:
             tracker.finish(mlflow_status)

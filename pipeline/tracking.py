@@ -7,8 +7,11 @@ disabled every method is a no-op and the run folder is the only record.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -16,16 +19,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.config import Config, TrackingConfig, flatten
+from pipeline.config import Config, DatasetConfig, TrackingConfig, flatten
 from pipeline.records import RuntimePlan
 from pipeline.redact import MASK, hide_credentials, is_secret_key, redact_overrides, redacted_text
+from pipeline.transcript import read_transcript
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
-MAX_PARAM_LENGTH = 6000  # MLflow 3's limit on a param value
+MAX_PARAM_LENGTH = 6000  # MLflow 3's limits: a param value, a tag value, a param/tag/metric name
+MAX_TAG_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+BATCH_SIZE = 100  # params or tags per log_batch request (metrics may be 1000)
+_KEY_CHARACTERS = re.compile(r"[^/\w.\- :]")  # what MLflow allows in a name; anything else becomes _
 REDACTED_SUFFIXES = (".yaml", ".yml", ".json", ".log")  # where config values and errors can show up
-PACKAGES = ("torch", "transformers", "mlflow", "hydra-core", "omegaconf", "jsonlines")
+PACKAGES = ("llm-pipeline", "torch", "transformers", "accelerate", "tokenizers", "mlflow", "hydra-core", "omegaconf",
+            "jsonlines")
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -50,6 +59,7 @@ class Tracker:
 
     def __init__(self, config: TrackingConfig) -> None:
         self.enabled = config.enabled
+        self.traces = config.traces
         self.uri = tracking_uri(config) if config.enabled else ""
         self.experiment_name = config.experiment
         self.client: Any = None
@@ -79,7 +89,7 @@ class Tracker:
         if not self.enabled:
             return
         self.connect()
-        tags = {key: redact_overrides(value) for key, value in tags.items()}
+        tags = tags_for_mlflow(tags)
         if parent_run_id:
             tags[PARENT_RUN_TAG] = parent_run_id
         run_name = redact_overrides(run_name)
@@ -91,7 +101,41 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        self._batch(params=[Param(k, v) for k, v in params_for_mlflow(params).items()])
+        params = params_for_mlflow(params)
+        logged = self.client.get_run(self.run_id).data.params  # a resumed run has them already
+        changed = sorted(key for key, value in params.items() if logged.get(key, value) != value)
+        if changed:  # MLflow refuses to change a param; the new values are in config.json
+            log.warning("MLflow keeps the first value of params %s for run %s", ", ".join(changed), self.run_id)
+        self._batch(params=[Param(k, v) for k, v in params.items() if k not in logged])
+
+    def log_dataset(self, config: DatasetConfig, samples: int) -> None:
+        """The dataset as an MLflow dataset input: runs over the same file content share one dataset."""
+        if not self.run_id:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        path = Path(config.path).expanduser().resolve()
+        dataset = Dataset(name=config.name, digest=file_digest(path), source_type="local",
+                          source=json.dumps({"uri": str(path)}),
+                          profile=json.dumps({"samples": samples, "limit": config.limit}))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
+            InputTag("mlflow.data.context", "eval"), InputTag("samples", str(samples))])])
+
+    def log_traces(self, transcript: Path) -> None:
+        """One MLflow trace per answer in the transcript, linked to this run (see pipeline.traces).
+
+        Never fails the run: the transcript, uploaded with the artifacts, holds the same records."""
+        if not (self.run_id and self.traces and transcript.is_file()):
+            return
+        from pipeline.traces import log_traces
+
+        started = time.perf_counter()
+        try:
+            count = log_traces(self.uri, self.experiment_id, self.run_id, read_transcript(transcript))
+        except Exception as error:  # noqa: BLE001 - a trace store problem is reported, not fatal
+            log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, error)
+            return
+        self.log_metrics({"traces": count, "traces/seconds": time.perf_counter() - started})
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if not self.run_id:
@@ -139,21 +183,62 @@ class Tracker:
 
     def _batch(self, params: list = (), metrics: list = ()) -> None:
         params, metrics = list(params), list(metrics)
-        for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's per-request limits
-            self.client.log_batch(self.run_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
+        for start in range(0, max(len(params), len(metrics)), BATCH_SIZE):
+            self.client.log_batch(self.run_id, params=params[start:start + BATCH_SIZE],
+                                  metrics=metrics[start:start + BATCH_SIZE])
 
 
 def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
-    """Stringify, hide secrets and keep every value within MLflow's length limit."""
+    """Stringify, hide secrets, and keep every name and value within MLflow's rules and limits."""
     result = {}
     for key, value in params.items():
         text = "null" if value is None else redact_overrides(str(value))
         if is_secret_key(key):
             text = MASK
-        if len(text) > MAX_PARAM_LENGTH:
-            text = text[:MAX_PARAM_LENGTH - 1] + "…"
-        result[key] = text
+        result[_unique(mlflow_key(key), key, result)] = _cut(text, MAX_PARAM_LENGTH)
     return result
+
+
+def tags_for_mlflow(tags: dict[str, str]) -> dict[str, str]:
+    """Tags with secrets masked, names MLflow accepts, values within its limit."""
+    result: dict[str, str] = {}
+    for key, value in tags.items():
+        result[_unique(mlflow_key(key), key, result)] = _cut(redact_overrides(str(value)), MAX_TAG_LENGTH)
+    return result
+
+
+def mlflow_key(key: str) -> str:
+    """A name MLflow accepts for a param or tag: its characters only, no path tricks, at most 250 characters."""
+    name = _KEY_CHARACTERS.sub("_", key).strip("/")
+    name = re.sub(r"/{2,}", "/", name)
+    name = "/".join("_" if part in (".", "..") else part for part in name.split("/")) or "_"
+    if len(name) > MAX_KEY_LENGTH:  # keep the start readable and the whole key distinct
+        name = name[:MAX_KEY_LENGTH - 9] + "-" + _short_hash(key)
+    return name
+
+
+def _unique(name: str, original: str, taken: dict[str, str]) -> str:
+    """Two keys that become the same name (`a:b`, `a_b`) keep both values: the second gets a suffix."""
+    if name not in taken:
+        return name
+    return name[:MAX_KEY_LENGTH - 9] + "-" + _short_hash(original)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's content, cut to 32 hex digits (MLflow keeps dataset digests to 36)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[str, Any]:
