@@ -2,10 +2,12 @@
 
 A Hydra callback (configured in conf/config.yaml) runs in the launching process. Before any job
 starts it creates the MLflow store and experiment (so parallel launchers never race to create
-them) and the parent run, and writes `sweep.json` into the sweep folder; each job reads the
-parent's id from there, whatever process or machine it runs in. After the last job it prints a
-table of the jobs, writes `sweep_summary.json`, logs it to the parent and ends the parent
-FINISHED, or FAILED when any job failed (and the command then exits 1).
+them) and the parent run, named after what it sweeps (`sweep <experiment>: <swept keys>`), and
+writes `sweep.json` into the sweep folder; each job reads the parent's id from there, whatever
+process or machine it runs in (the joblib launcher's workers included). After the last job it
+prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipeline.comparison:
+a table and plots of each metric against each swept key), logs them to the parent and ends the
+parent FINISHED, or FAILED when any job failed (and the command then exits 1).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.comparison import write_comparison
 from pipeline.config import register, to_config
 from pipeline.console import sweep_table
 from pipeline.errors import EXIT_FAILURE
@@ -38,12 +41,14 @@ class SweepTracking(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
         overrides = list(config.hydra.overrides.task)
-        info: dict[str, Any] = {"sweep_dir": str(sweep_dir), "overrides": overrides, "params": params}
+        swept = swept_keys(overrides, params)
+        info: dict[str, Any] = {"sweep_dir": str(sweep_dir), "overrides": overrides, "params": params, "swept": swept}
         settings = to_config(config)
         self.tracker = Tracker(settings.tracking)
         if self.tracker.enabled:
-            self.tracker.start(run_name=f"sweep {sweep_dir.name}", tags={
-                "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides), "run_type": "sweep"})
+            self.tracker.start(run_name=sweep_name(overrides, swept), tags={
+                "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides), "run_type": "sweep",
+                "swept": ", ".join(swept)})
             self.tracker.log_params({"sweep.overrides": " ".join(overrides),
                                      **{f"sweep.{key}": value for key, value in params.items()}})
             info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id)
@@ -56,16 +61,37 @@ class SweepTracking(Callback):
         write_json(sweep_dir / "sweep_summary.json", {"jobs": jobs, "failed": len(failed)})
         print(f"\nsweep     {len(jobs)} jobs, {len(failed)} failed, in {sweep_dir}")
         print(sweep_table(jobs))
+        comparison = write_comparison(sweep_dir, jobs, read_json(sweep_dir / SWEEP_FILE).get("swept", []))
+        print(f"compare   {comparison.markdown} (also .csv; {len(comparison.plots)} plots in "
+              f"{comparison.markdown.parent / 'plots'})")
         if self.tracker and self.tracker.run_id:
             accuracies = [job["accuracy"] for job in jobs if job.get("accuracy") is not None]
             self.tracker.log_metrics({"jobs": len(jobs), "jobs_failed": len(failed),
                                       **({"best_accuracy": max(accuracies)} if accuracies else {})})
             self.tracker.log_artifact(sweep_dir / "sweep_summary.json")
+            self.tracker.log_artifacts(comparison.markdown.parent, "comparison")
             self.tracker.finish("FAILED" if failed else "FINISHED")
             print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.display_uri}); "
                   f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")
         if failed:
             sys.exit(EXIT_FAILURE)
+
+
+def swept_keys(overrides: list[str], params: dict[str, Any]) -> list[str]:
+    """The keys a sweep varies: its sweep overrides (`a=1,2`, `range(..)`, `choice(..)`) and the
+    sweeper's params (a saved experiment's `hydra.sweeper.params`), in that order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()] + list(params)
+    return list(dict.fromkeys(keys))
+
+
+def sweep_name(overrides: list[str], swept: list[str]) -> str:
+    """`sweep temperature_sweep: generation.temperature`, or `sweep generation.temperature, generation.seed`."""
+    experiments = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("experiment=")]
+    keys = ", ".join(swept) or "(nothing swept)"
+    return f"sweep {experiments[0]}: {keys}" if experiments else f"sweep {keys}"
 
 
 def parent_run_id(sweep_dir: Path) -> Optional[str]:

@@ -145,10 +145,10 @@ class Tracker:
         now = int(time.time() * 1000)
         self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
-    def log_artifacts(self, folder: Path) -> None:
-        """Upload the folder's files, keeping its layout."""
+    def log_artifacts(self, folder: Path, under: Optional[str] = None) -> None:
+        """Upload the folder's files, keeping its layout (below `under` in the run's artifacts)."""
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            subfolder = path.parent.relative_to(folder).as_posix()
+            subfolder = Path(under or "", path.parent.relative_to(folder)).as_posix()
             self.log_artifact(path, None if subfolder == "." else subfolder)
 
     def log_artifact(self, path: Path, subfolder: Optional[str] = None) -> None:
