@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 UI_PORT ?= 5000
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test sweep ui bench clean demo-model tool-model
+.PHONY: help setup run test test-ui sweep ui bench clean demo-model tool-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -31,11 +31,16 @@ run: $(STAMP) ## run the default pipeline: demo model over the demo dataset, tra
 test: $(STAMP) ## run the whole test suite (CPU, no network)
 	$(PY) -m pytest
 
+test-ui: $(STAMP) ## the MLflow UI in headless Chromium (installs Debian's chromium and Playwright; needs root)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(PY) -m pip install --quiet -e ".[ui]"
+	$(PY) -m pytest tests/test_ui.py -m ui -rs
+
 sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a child per job)
 	$(PY) -m pipeline +experiment=temperature_sweep
 
 ui: $(STAMP) ## serve the MLflow UI for runs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=... to change)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 bench: $(STAMP) ## benchmarks against same-run baselines; prints ratios, writes runs/bench/*.json
 	$(PY) scripts/bench.py

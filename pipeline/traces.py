@@ -76,7 +76,7 @@ def answer_spans(run_id: str, steps: list[dict[str, Any]], fallback_start: float
         events = _first_token(final, start)
     root = _span_dict(mlflow_id, otel_id, root_id, None, name=final["sample_id"],
                       span_type="AGENT" if children else "CHAT_MODEL", start=start, end=end,
-                      inputs={"messages": steps[0].get("messages", [])}, outputs=final.get("response"),
+                      inputs={"messages": steps[0].get("messages", [])}, outputs=chat_output(final),
                       attributes=root_attributes, events=events, ok=final.get("status", "ok") == "ok",
                       message=final.get("error") or "")
     return [root, *children]
@@ -91,7 +91,7 @@ def _step_span(mlflow_id: str, otel_id: int, root_id: int, step: dict[str, Any],
         return _span_dict(mlflow_id, otel_id, span_id, root_id, name=f"generate {step.get('step', 0)}",
                           span_type="CHAT_MODEL", start=start, end=start + _ns(step.get("latency_s", 0.0)),
                           inputs={"messages": step.get("messages", []), "tools": step.get("tools", [])},
-                          outputs=step.get("response"), events=_first_token(step, start), ok=ok,
+                          outputs=chat_output(step), events=_first_token(step, start), ok=ok,
                           attributes={"kind": step.get("kind"), "prompt_tokens": step.get("prompt_tokens", 0),
                                       "completion_tokens": step.get("completion_tokens", 0),
                                       "ttft_s": step.get("ttft_s"), "finish_reason": step.get("finish_reason"),
@@ -138,6 +138,12 @@ def log_traces(tracking_uri: str, experiment_id: str, run_id: str, records: list
     for first in range(0, len(ids), LINKS_PER_CALL):
         client.link_traces_to_run(ids[first:first + LINKS_PER_CALL], run_id)
     return len(answers)
+
+
+def chat_output(step: dict[str, Any]) -> dict[str, Any]:
+    """A response in the chat-completion shape that MLflow's UI shows as the assistant's message."""
+    return {"choices": [{"message": {"role": "assistant", "content": step.get("response", "")},
+                         "finish_reason": step.get("finish_reason")}]}
 
 
 def _usage(step: dict[str, Any]) -> dict[str, int]:

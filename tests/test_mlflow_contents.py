@@ -90,7 +90,8 @@ def test_each_answer_is_a_trace_with_its_tool_steps_as_timed_child_spans(tool_sw
     trace = by_sample[answer["sample_id"]]
     root, *spans = trace.data.spans
     assert root.parent_id is None and root.span_type == "AGENT"
-    assert root.inputs["messages"] == steps[0]["messages"] and root.outputs == answer["response"]
+    assert root.inputs["messages"] == steps[0]["messages"]
+    assert root.outputs["choices"][0]["message"] == {"role": "assistant", "content": answer["response"]}
     assert root.attributes["score"] == answer["score"] == 1.0
     assert [(s.span_type, s.name) for s in spans] == [("CHAT_MODEL", "generate 0"), ("TOOL", "add"),
                                                       ("CHAT_MODEL", "generate 2")]
@@ -104,7 +105,7 @@ def test_each_answer_is_a_trace_with_its_tool_steps_as_timed_child_spans(tool_sw
     assert call.events[0].name == "first_token"
     assert spans[1].inputs == steps[1]["tool"]["arguments"] and spans[1].outputs == steps[1]["response"]
     assert root.start_time_ns == spans[0].start_time_ns and root.end_time_ns == spans[-1].end_time_ns
-    assert trace.info.request_preview.startswith("What is ")
+    assert trace.info.request_preview.startswith("What is ") and trace.info.response_preview == answer["response"]
 
     plain = children["default"]  # no tools: the generation is the trace's only span
     (first, *_) = client.search_traces(locations=[plain.info.experiment_id], run_id=plain.info.run_id)
