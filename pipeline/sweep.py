@@ -61,15 +61,20 @@ class SweepTracking(Callback):
         write_json(sweep_dir / "sweep_summary.json", {"jobs": jobs, "failed": len(failed)})
         print(f"\nsweep     {len(jobs)} jobs, {len(failed)} failed, in {sweep_dir}")
         print(sweep_table(jobs))
-        comparison = write_comparison(sweep_dir, jobs, read_json(sweep_dir / SWEEP_FILE).get("swept", []))
-        print(f"compare   {comparison.markdown} (also .csv; {len(comparison.plots)} plots in "
-              f"{comparison.markdown.parent / 'plots'})")
+        try:
+            comparison = write_comparison(sweep_dir, jobs, read_json(sweep_dir / SWEEP_FILE).get("swept", []))
+            print(f"compare   {comparison.markdown} (also .csv; {len(comparison.plots)} plots in "
+                  f"{comparison.markdown.parent / 'plots'})")
+        except Exception as error:  # noqa: BLE001 - the jobs' results stand without it; the parent still ends
+            comparison = None
+            log.warning("sweep comparison not written: %s: %s", type(error).__name__, error)
         if self.tracker and self.tracker.run_id:
             accuracies = [job["accuracy"] for job in jobs if job.get("accuracy") is not None]
             self.tracker.log_metrics({"jobs": len(jobs), "jobs_failed": len(failed),
                                       **({"best_accuracy": max(accuracies)} if accuracies else {})})
             self.tracker.log_artifact(sweep_dir / "sweep_summary.json")
-            self.tracker.log_artifacts(comparison.markdown.parent, "comparison")
+            if comparison:
+                self.tracker.log_artifacts(comparison.markdown.parent, "comparison")
             self.tracker.finish("FAILED" if failed else "FINISHED")
             print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.display_uri}); "
                   f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")

@@ -259,6 +259,8 @@ def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, 
         "run_dir": str(run_dir),
         "python": platform.python_version(),
         **{f"version.{name}": _version(name) for name in PACKAGES},
+        "mlflow.source.type": "LOCAL",  # the UI's Source column: the command, and the commit below
+        "mlflow.source.name": "python -m pipeline",
         **extra,
     }
     commit = _git_commit()

@@ -99,6 +99,7 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_and_traces(ui, tmp_path):
         page.screenshot(path=shots[-1])
 
         page.goto(f"{base}#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}")
+        expect(page.get_by_role("link", name=parent.info.run_name)).to_be_visible()  # its parent run
         accuracy = child.data.metrics["accuracy"]
         row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="accuracy", exact=True))
         expect(row).to_contain_text(str(int(accuracy)) if accuracy.is_integer() else repr(accuracy))
