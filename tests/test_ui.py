@@ -112,6 +112,12 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_and_traces(ui, tmp_path):
         expect(page.get_by_text(trace.info.request_preview, exact=True).first).to_be_visible()
         shots.append(tmp_path / "traces.png")
         page.screenshot(path=shots[-1])
+
+        page.get_by_text(trace.info.trace_id).click()  # the trace's own view: its span, inputs and outputs
+        sample_id = trace.data.spans[0].name
+        expect(page.get_by_text(sample_id, exact=True).first).to_be_visible()
+        shots.append(tmp_path / "trace.png")
+        page.screenshot(path=shots[-1])
         browser.close()
 
     HUMAN_COPY.mkdir(parents=True, exist_ok=True)
