@@ -64,6 +64,10 @@ class RuntimeConfig:
     offload: str = "auto"  # weights that do not fit the device: auto (to CPU, then disk), cpu, disk, or none (refuse)
     allow_pickle: bool = False  # accept .bin/.pt weights, which can run code when loaded
     trust_remote_code: bool = False  # never run code shipped with a model unless asked
+    reuse: bool = True  # keep the loaded model for the next job of this process while its load settings match
+    compile: Any = "auto"  # torch.compile the decoding step: true, false, or auto (the plan decides: CUDA, long runs)
+    cache_implementation: Optional[str] = None  # KV cache: null (static when compiling, else dynamic), dynamic, static
+    continuous_batching: bool = False  # transformers' generate_batch (paged attention): greedy, no stop strings, no tools
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "runtime.model", self.model, "a non-empty model reference")
@@ -84,6 +88,9 @@ class RuntimeConfig:
                    "null or a size such as 512MiB, 6GiB or 8GB")
         _check(0 <= self.memory_margin < 1, "runtime.memory_margin", self.memory_margin, "a fraction in [0, 1)")
         _check_choice("runtime.offload", self.offload, OFFLOAD)
+        _check(self.compile in (True, False, "auto"), "runtime.compile", self.compile, "true, false or auto")
+        _check(self.cache_implementation in (None, "dynamic", "static"), "runtime.cache_implementation",
+               self.cache_implementation, "null, dynamic or static")
 
 
 @dataclass

@@ -7,7 +7,7 @@ they hold no behaviour beyond small derived views.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 TRANSCRIPT_SCHEMA_VERSION = 1
@@ -145,6 +145,7 @@ class RuntimePlan:
     checks: list[str] = field(default_factory=list)  # what was verified, in words
     warnings: list[str] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)  # the JSON schemas of the tools offered to the model
+    backend_options: dict[str, Any] = field(default_factory=dict)  # compile, cache_implementation, continuous_batching
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,7 +192,8 @@ class TranscriptRecord:
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass

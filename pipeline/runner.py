@@ -24,8 +24,8 @@ from pipeline.files import write_json
 from pipeline.peak_memory import peak_memory, reset_peak_memory
 from pipeline.records import RuntimePlan, Summary
 from pipeline.redact import redact
+from pipeline.reuse import LOAD_FILE, acquire
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import summarize
@@ -87,7 +87,10 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
         reset_peak_memory(result.plan.device)
-        runtime = timed("load", load, result.plan, template, config.runtime.trust_remote_code, run_dir / "offload")
+        runtime, loaded = timed("load", acquire, result.plan, template, config.runtime.trust_remote_code, run_dir,
+                                config.runtime.reuse)
+        write_json(run_dir / LOAD_FILE, loaded.to_dict())
+        tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
             with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:

@@ -145,6 +145,13 @@ class Tracker:
         now = int(time.time() * 1000)
         self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def log_artifacts(self, folder: Path, under: Optional[str] = None) -> None:
         """Upload the folder's files, keeping its layout (below `under` in the run's artifacts)."""
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -3,11 +3,27 @@
 plan: wall time of `python -m pipeline pipeline.until=plan` on the demo model (the issue's target:
 under 2 s), against the least a transformers-based planner pays to count the same prompts
 (import transformers, load the tokenizer, apply the chat template) and against a bare interpreter.
+
 traces (--traces): the 200-sample demo run tracked in MLflow, with `tracking.traces=true` against
 the same run with `tracking.traces=false`, alternated: the execute stage's seconds (traces are
 built from the transcript afterwards, so the issue's bound is execute +5%), the seconds spent
 logging the 200 traces (the run's `traces/seconds` metric) and the whole command's wall time.
-Prints a table and writes the figures as JSON (default runs/bench/bench-<time>.json).
+
+execute, on the demo model and on a random-weight Llama of about 100M parameters built here
+(same tokenizer), over the same prompts, greedy, in this process after one warm-up pass each:
+  (a) a plain hand-written loop: tokenizer -> model.generate -> decode, batches in dataset order;
+  (b) our execute stage at the same batch size (transcript written and fsynced, timing, scoring);
+  (c) our best settings: the plan's batch_size=auto (and on CUDA, static cache + torch.compile).
+Reported as completion tokens/s and the ratio (b)/(a) (the issue's target: at least 0.95).
+
+sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
+tracked in MLflow under a scratch folder), with model reuse (the default) and with
+runtime.reuse=false, against the issue's target: wall time at most 1.3 x (one load + the eight
+execute stages), both taken from the jobs' own summary.json.
+
+Prints a table and writes the figures as JSON (default runs/bench/bench-<time>.json); with
+tracking on, also logs them to MLflow (experiment "bench" in runs/mlflow.db). Figures are
+reported, never asserted.
 """
 
 from __future__ import annotations
@@ -16,15 +32,20 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 PLAN_TARGET_S = 2.0
+EXECUTE_TARGET_RATIO = 0.95
+SWEEP_TARGET_RATIO = 1.3
 TRANSFORMERS_PLANNER = """
 import json
 from transformers import AutoTokenizer
@@ -36,13 +57,19 @@ longest = max(len(tokenizer(tokenizer.apply_chat_template([{"role": "user", "con
 """
 
 
-def wall_times(command: list[str], repeats: int, cwd: Path) -> list[float]:
+def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_RUN_TOKEN", "MLFLOW_"))}
     env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def wall_times(command: list[str], repeats: int, cwd: Path) -> list[float]:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(command, cwd=cwd, env=child_env(), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
     return times
 
@@ -108,30 +135,261 @@ def print_traces(figures: dict, repeats: int) -> None:
           f"(ratio {figures['ratio_wall_traces_to_no_traces']:.2f})")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (for the test suite)")
-    parser.add_argument("--out", type=Path, help="JSON file to write (default runs/bench/bench-<time>.json)")
-    parser.add_argument("--traces", action="store_true", help="also measure MLflow trace logging (2 x repeats demo runs)")
-    parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 7, 1 with --quick)")
-    args = parser.parse_args()
-    repeats = args.repeats or (1 if args.quick else 7)
-    results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-               "repeats": repeats, "plan": bench_plan(repeats)}
+# ---- execute: a plain loop against our stage -------------------------------------------------------------------
+
+def build_large_model(folder: Path, hidden: int, layers: int, intermediate: int) -> Path:
+    """A random-weight Llama with the demo model's tokenizer and chat template (deterministic: seed 0)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.config import ASSETS_DIR
+
+    demo = ASSETS_DIR / "demo_model"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(demo / name, folder / name)
+    demo_config = json.loads((demo / "config.json").read_text())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=demo_config["vocab_size"], hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                         max_position_embeddings=512, bos_token_id=2, eos_token_id=6, pad_token_id=0,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, register, to_config
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=overrides))
+
+
+def plan_and_load(overrides: list[str]):
+    """Our resolve, plan and load stages for these overrides: (config, runtime, samples)."""
+    from pipeline.stages.load import load
+    from pipeline.stages.plan import plan_from_config
+    from pipeline.stages.resolve import resolve
+
+    config = compose_config(overrides)
+    plan, samples, template = plan_from_config(config, resolve(config.runtime), overrides)
+    return config, load(plan, template), samples
+
+
+def hand_written_loop(runtime, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[int, float]:
+    """The loop a user writes by hand: (completion tokens, seconds). Tokens count up to the end token."""
+    import torch
+
+    tokenizer, model = runtime.tokenizer, runtime.model
+    stop = model.generation_config.eos_token_id
+    started, tokens = time.perf_counter(), 0
+    for start in range(0, len(prompts), batch_size):
+        encoded = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+        for row in output[:, encoded["input_ids"].shape[1]:].tolist():
+            ended = row.index(stop) + 1 if stop in row else len(row)
+            tokens += ended
+            tokenizer.decode(row[:ended], skip_special_tokens=True)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return tokens, time.perf_counter() - started
+
+
+def our_execute(runtime, samples, config, folder: Path) -> tuple[int, float]:
+    """Our execute stage as the runner calls it: (completion tokens, seconds)."""
+    from pipeline.stages.execute import execute
+    from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
+
+    path = folder / TRANSCRIPT_NAME
+    path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with TranscriptWriter(path) as writer:
+        execute(runtime, samples, config, writer, config.config_hash())
+    seconds = time.perf_counter() - started
+    return sum(r["completion_tokens"] for r in read_transcript(path)), seconds
+
+
+def rendered_prompts(runtime, samples, config) -> list[str]:
+    from pipeline.prompts import conversation, render
+
+    return [render(runtime.chat_template, conversation(s, config.session), config.session) for s in samples]
+
+
+def best_of(measure, repeats: int) -> dict:
+    """Tokens/s of `measure()` after one warm-up: the median of `repeats` passes."""
+    measure()
+    passes = [measure() for _ in range(repeats)]
+    rates = [tokens / seconds for tokens, seconds in passes]
+    return {"tokens": passes[0][0], "seconds": [s for _, s in passes], "tokens_per_second": statistics.median(rates)}
+
+
+def bench_execute(label: str, model: str, base: list[str], limit: int, batch_size: int, repeats: int,
+                  best: list[list[str]], scratch: Path) -> dict:
+    overrides = [f"runtime.model={model}", f"dataset.limit={limit}", "tracking=none", *base]
+    config, runtime, samples = plan_and_load(overrides + [f"runtime.batch_size={batch_size}"])
+    prompts = rendered_prompts(runtime, samples, config)
+    max_new = config.generation.max_new_tokens
+    plain = best_of(lambda: hand_written_loop(runtime, prompts, batch_size, max_new), repeats)
+    ours = best_of(lambda: our_execute(runtime, samples, config, scratch), repeats)
+    result = {"model": label, "parameters": runtime.plan.model.parameters, "device": runtime.plan.device,
+              "dtype": runtime.plan.dtype, "prompts": len(prompts), "max_new_tokens": max_new,
+              "batch_size": batch_size, "plain_loop": plain, "ours": ours,
+              "ratio_ours_to_plain": ours["tokens_per_second"] / plain["tokens_per_second"], "best": []}
+    del runtime
+    for extra in best:
+        config, runtime, samples = plan_and_load(overrides + extra)
+        measured = best_of(lambda: our_execute(runtime, samples, config, scratch), repeats)
+        measured.update(settings=" ".join(extra), batch_size=runtime.plan.batch_size,
+                        backend_options=runtime.plan.backend_options,
+                        ratio_to_plain=measured["tokens_per_second"] / plain["tokens_per_second"])
+        result["best"].append(measured)
+        del runtime
+    return result
+
+
+# ---- sweep: eight jobs with and without model reuse -------------------------------------------------------------
+
+def bench_sweep(jobs: int, limit: int, base: list[str], tracking: bool, scratch: Path) -> dict:
+    results = {}
+    for name, reuse in (("reuse", "true"), ("no_reuse", "false")):
+        cwd = scratch / f"sweep-{name}"
+        cwd.mkdir()
+        seeds = ",".join(str(seed) for seed in range(1, jobs + 1))
+        command = [sys.executable, "-m", "pipeline", "-m", f"generation.seed={seeds}", "generation.temperature=0.7",
+                   f"dataset.limit={limit}", f"runtime.reuse={reuse}", f"hydra.sweep.dir={cwd / 'sweep'}",
+                   *([] if tracking else ["tracking=none"]), *base]
+        started = time.perf_counter()
+        subprocess.run(command, cwd=cwd, env=child_env(), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        summaries = [json.loads(path.read_text()) for path in sorted(
+            (cwd / "sweep").glob("*/summary.json"), key=lambda p: int(p.parent.name))]
+        loads = [json.loads((path.parent / "load.json").read_text()) for path in sorted(
+            (cwd / "sweep").glob("*/load.json"), key=lambda p: int(p.parent.name))]
+        load_s = [s["stage_seconds"]["load"] for s in summaries]
+        execute_s = [s["stage_seconds"]["execute"] for s in summaries]
+        floor = load_s[0] + sum(execute_s)
+        results[name] = {"jobs": len(summaries), "wall_s": wall, "load_s": load_s, "execute_s": execute_s,
+                         "weights_loads": sum(not record["reused"] for record in loads),
+                         "one_load_plus_executes_s": floor, "ratio_wall_to_floor": wall / floor,
+                         "meets_target": wall <= SWEEP_TARGET_RATIO * floor}
+    results["target_ratio"] = SWEEP_TARGET_RATIO
+    results["tracking"] = tracking
+    results["speedup_from_reuse"] = results["no_reuse"]["wall_s"] / results["reuse"]["wall_s"]
+    return results
+
+
+# ---- report ----------------------------------------------------------------------------------------------------
+
+def print_report(results: dict) -> None:
     plan = results["plan"]
-    print(f"plan (pipeline.until=plan on the demo model, median of {repeats}):")
+    print(f"plan (pipeline.until=plan on the demo model, median of {results['repeats']}):")
     print(f"  ours                          {plan['median_s']['ours']:.2f} s   (target < {PLAN_TARGET_S:.0f} s: "
           f"{'met' if plan['meets_target'] else 'MISSED'})")
     print(f"  transformers tokenizer only   {plan['median_s']['transformers_tokenizer']:.2f} s   "
           f"(ratio ours/this {plan['ratio_ours_to_transformers_tokenizer']:.2f})")
     print(f"  bare interpreter              {plan['median_s']['interpreter']:.2f} s")
+    if "traces" in results:
+        print_traces(results["traces"], results["repeats"])
+    for figures in results["execute"]:
+        print(f"\nexecute: {figures['model']} ({figures['parameters'] / 1e6:.1f}M parameters, {figures['device']}, "
+              f"{figures['dtype']}), {figures['prompts']} prompts x up to {figures['max_new_tokens']} tokens")
+        print(f"  (a) plain generate loop, batch {figures['batch_size']:<4} "
+              f"{figures['plain_loop']['tokens_per_second']:9.1f} tokens/s")
+        print(f"  (b) our execute stage, batch {figures['batch_size']:<4}  {figures['ours']['tokens_per_second']:9.1f} "
+              f"tokens/s   ratio (b)/(a) {figures['ratio_ours_to_plain']:.3f} (target >= {EXECUTE_TARGET_RATIO}: "
+              f"{'met' if figures['ratio_ours_to_plain'] >= EXECUTE_TARGET_RATIO else 'MISSED'})")
+        for best in figures["best"]:
+            print(f"  (c) ours, {best['settings']} (batch {best['batch_size']}) {best['tokens_per_second']:9.1f} "
+                  f"tokens/s   ratio to (a) {best['ratio_to_plain']:.3f}")
+    sweep = results.get("sweep")
+    if sweep:
+        print(f"\nsweep: {sweep['reuse']['jobs']} generation-only jobs on the demo model "
+              f"(tracking {'on' if sweep['tracking'] else 'off'}), wall time of the whole command")
+        for name in ("reuse", "no_reuse"):
+            figures = sweep[name]
+            print(f"  {name:<9} {figures['wall_s']:6.2f} s, {figures['weights_loads']} load(s); one load + the "
+                  f"executes {figures['one_load_plus_executes_s']:.2f} s; ratio {figures['ratio_wall_to_floor']:.2f} "
+                  f"(target <= {SWEEP_TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'})")
+        print(f"  reuse is {sweep['speedup_from_reuse']:.2f}x faster than reloading in each job")
+
+
+def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
+    from pipeline.config import TrackingConfig
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(TrackingConfig(uri=f"sqlite:///{ROOT / 'runs' / 'mlflow.db'}", experiment="bench"))
+    tracker.start(run_name=out.stem, tags={"run_type": "bench"})
+    metrics: dict[str, float] = {"plan/ours_s": results["plan"]["median_s"]["ours"]}
+    for figures in results["execute"]:
+        label = figures["model"]
+        metrics[f"{label}/plain_tokens_per_second"] = figures["plain_loop"]["tokens_per_second"]
+        metrics[f"{label}/ours_tokens_per_second"] = figures["ours"]["tokens_per_second"]
+        metrics[f"{label}/ratio_ours_to_plain"] = figures["ratio_ours_to_plain"]
+        for index, best in enumerate(figures["best"]):
+            metrics[f"{label}/best{index}_tokens_per_second"] = best["tokens_per_second"]
+    if results.get("sweep"):
+        for name in ("reuse", "no_reuse"):
+            metrics[f"sweep/{name}_wall_s"] = results["sweep"][name]["wall_s"]
+            metrics[f"sweep/{name}_ratio"] = results["sweep"][name]["ratio_wall_to_floor"]
+    tracker.log_metrics(metrics)
+    tracker.log_artifact(out)
+    tracker.finish("FINISHED")
+    return tracker.run_id
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs and one pass each (for the test suite)")
+    parser.add_argument("--out", type=Path, help="JSON file to write (default runs/bench/bench-<time>.json)")
+    parser.add_argument("--device", default="auto", help="runtime.device for the execute benchmarks (default auto)")
+    parser.add_argument("--dtype", default="auto", help="runtime.dtype for the execute benchmarks (default auto)")
+    parser.add_argument("--tracking", choices=("on", "off"), default="on",
+                        help="log the figures to MLflow and track the sweep jobs (default on)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "sweep"), help="parts to leave out")
+    parser.add_argument("--traces", action="store_true", help="also measure MLflow trace logging (2 x repeats demo runs)")
+    parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 5, 1 with --quick)")
+    args = parser.parse_args()
+    quick, tracking = args.quick, args.tracking == "on"
+    repeats = args.repeats or (1 if quick else 5)
+    base = [f"runtime.device={args.device}", f"runtime.dtype={args.dtype}"]
+    best = [["runtime.batch_size=auto"]]
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "repeats": repeats, "quick": quick, "execute": []}
+    import torch
+
+    results["machine"]["torch"] = torch.__version__
+    if torch.cuda.is_available():
+        results["machine"]["gpu"] = torch.cuda.get_device_name(0)
+        best.append(["runtime.batch_size=auto", "runtime.compile=true"])
+    results["plan"] = bench_plan(repeats if not quick else 1) if "plan" not in args.skip else \
+        {"median_s": {"ours": 0.0, "transformers_tokenizer": 0.0, "interpreter": 0.0}, "meets_target": False,
+         "ratio_ours_to_transformers_tokenizer": 0.0, "skipped": True}
     if args.traces:
         results["traces"] = bench_traces(repeats)
-        print_traces(results["traces"], repeats)
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        results["execute"].append(bench_execute("demo", "demo", base, 48 if quick else 200, 16, repeats, best, scratch))
+        if "large" not in args.skip:
+            large = build_large_model(scratch / "large", *((256, 4, 704) if quick else (768, 12, 2560)))
+            results["execute"].append(bench_execute("random-llama-large" if not quick else "random-llama-small",
+                                                    str(large), base, 16 if quick else 64, 16, repeats, best, scratch))
+        if "sweep" not in args.skip:
+            results["sweep"] = bench_sweep(2 if quick else 8, 32 if quick else 200, base, tracking, scratch)
+    print_report(results)
     out = args.out or ROOT / "runs" / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"figures written to {out}")
+    print(f"\nfigures written to {out}")
+    if tracking:
+        print(f"mlflow    run {log_to_mlflow(results, out)} in experiment 'bench' (runs/mlflow.db)")
     return 0
 
 

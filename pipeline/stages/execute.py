@@ -4,7 +4,7 @@ Each sample becomes a conversation (session history, system prompt, its messages
 `generation.num_samples` times when several completions per prompt are asked for (pass@k), by
 pipeline.answering (tool round trips included) and pipeline.generate (batches of similar prompt
 length, per-sample seeded sampling, per-sample timing). A batch's records are written and fsynced
-as soon as the batch completes; the order of the transcript is the same on every run. Scripted
+as soon as the batch completes (on a worker thread, while the next batch generates); the order of the transcript is the same on every run. Scripted
 conversations run a turn at a time across all of them, each turn answered after the history so
 far; with session.autosave each conversation is saved after every turn.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.answering import Answering, Job, answer, tools_by_name
+from pipeline.background import BackgroundEmitter
 from pipeline.config import Config
 from pipeline.files import write_json
 from pipeline.prompts import as_dict, conversation
@@ -30,11 +31,11 @@ log = logging.getLogger(__name__)
 def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, writer: TranscriptWriter,
             config_hash: str, sink: Optional[StreamSink] = None) -> int:
     """Answer all single-prompt samples, then the scripted conversations; returns records written."""
-    context = Answering(runtime, config, tools_by_name(load_tools(config.session.tools)), writer.write_batch,
-                        config_hash, sink)
     k = config.generation.num_samples
-    answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)])
-    _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations")
+    with BackgroundEmitter(writer.write_batch) as emit:  # a batch is written while the next one generates
+        context = Answering(runtime, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink)
+        answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)])
+        _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations")
     log.info("execute: %d records written in %d batches", writer.written, context.batch)
     return writer.written
 

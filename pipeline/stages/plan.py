@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from pipeline.backend_options import choose_backend_options
 from pipeline.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.dataset import load_samples
@@ -21,6 +22,7 @@ from pipeline.errors import UserError
 from pipeline.generation_settings import command_line_keys, effective_generation
 from pipeline.memory import Need, free_memory, free_ram, gib, need
 from pipeline.model_files import read_generation_config
+from pipeline.placement import parallel_job_device
 from pipeline.prompts import count_prompt_tokens
 from pipeline.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
 from pipeline.scoring import check_scorer, sample_references
@@ -85,6 +87,8 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     completions = len(samples) * config.generation.num_samples
     estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, max_new,
                                                 completions, reasons, warnings)
+    backend_options, option_reasons = choose_backend_options(config, device, offload, batch, completions)
+    reasons.update(option_reasons)
     checks.append(f"estimated {gib(estimate.total_bytes)} needed on {device}, "
                   f"{gib(estimate.usable_bytes)} usable" if estimate.usable_bytes is not None
                   else f"estimated {gib(estimate.total_bytes)} needed on {device} (free memory unknown)")
@@ -115,6 +119,7 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
         generation_sources=generation.sources,
         checks=checks,
         warnings=warnings,
+        backend_options=backend_options,
     )
 
 
@@ -295,6 +300,9 @@ def choose_device(runtime: RuntimeConfig) -> tuple[str, str]:
     cuda, mps, count = accelerators()
     if runtime.device == "auto":
         if cuda:
+            spread = parallel_job_device(count)
+            if spread:
+                return spread
             return "cuda", f"auto: CUDA is available ({count} device(s)); the first is used"
         if mps:
             return "mps", "auto: Apple MPS is available and CUDA is not"
