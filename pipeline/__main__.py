@@ -10,6 +10,7 @@ and hands it to the runner (or, with pipeline.from_transcript, to pipeline.resco
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 from pipeline.config import CONF_DIR, register, to_config
 from pipeline.console import run_summary
 from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, LoadError, ToolFailure, UserError, describe_config_exception
+from pipeline.objective import objective_value
 from pipeline.precheck import check_command_line
 from pipeline.rescore import rescore
 from pipeline.runner import run, set_status
@@ -34,7 +36,7 @@ EXIT_INTERRUPTED = 130
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
-    """One job: returns its accuracy (what a Hydra sweeper optimises), or exits with its code."""
+    """One job: returns its `pipeline.objective` (what a Hydra sweeper optimises), or exits with its code."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
@@ -66,19 +68,20 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": tracker.display_uri,
             "url": tracker.run_url()}
         print(run_summary(result.summary, run_dir, mlflow), flush=True)
-        return result.summary.accuracy
+        return objective_value(result.summary, config.pipeline.objective)
     if config.pipeline.until in ("load", "execute"):  # resolve and plan printed their JSON already
         print(f"stopped after {config.pipeline.until}; run dir {run_dir}", flush=True)
     return None
 
 
-def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> None:
-    """Report a failed job: one line; a single run exits, a sweep goes on to its next job."""
+def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> float:
+    """Report a failed job: one line; a single run exits, a sweep goes on to its next job (NaN: a failed trial)."""
     if not (run_dir / "status.json").is_file():
         set_status(run_dir, "failed", message)
     log.error(message)
     if not in_sweep:
         sys.exit(code)
+    return math.nan
 
 
 def _is_config_error(error: Exception) -> bool:

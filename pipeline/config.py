@@ -248,11 +248,16 @@ class PipelineConfig:
 
     until: str = "summarize"  # stop after this stage: resolve, plan, load, execute, summarize
     from_transcript: Optional[str] = None  # a run folder: re-score and summarize its transcript (no model runs)
+    objective: str = "accuracy"  # the summary metric a sweep job returns (what an Optuna search optimises)
 
     def __post_init__(self) -> None:
+        from pipeline.objective import is_objective, objective_names
+
         _check_choice("pipeline.until", self.until, STAGES)
         _check(self.from_transcript is None or bool(self.from_transcript.strip()), "pipeline.from_transcript",
                self.from_transcript, "null or a run folder")
+        _check(is_objective(self.objective), "pipeline.objective", self.objective,
+               "a numeric summary field (" + ", ".join(objective_names()) + ") or pass_at_<k>")
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 Hydra composes a run's config only after deciding to run it, and in a sweep only after it has
 created the sweep folder. This module composes the same config first, with Hydra's compose API:
-every value of every swept key (from `-m a=1,2` or a saved experiment's `hydra.sweeper.params`)
-is composed and converted to the typed schema, so an unknown key, a wrong type or an
-out-of-range value in any job is reported as one line before anything exists.
+every value of every swept key (from `-m a=1,2` or a saved experiment's `hydra.sweeper.params`;
+both ends of an Optuna `interval(low, high)`) is composed and converted to the typed schema, so an
+unknown key, a wrong type or an out-of-range value in any job is reported as one line before
+anything exists. Launchers and sweepers (`hydra/launcher=joblib`, `hydra/sweeper=optuna`) are
+Hydra's own config groups: composing checks that the option exists.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Iterable, Optional
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, register, to_config
@@ -57,8 +60,8 @@ def _job_overrides(parsed: list, raw: list[str]) -> Iterable[list[str]]:
     This composes once per distinct value rather than once per combination: a bad value is
     caught whichever job it would have landed in.
     """
-    sweeps = [(i, list(o.sweep_string_iterator())) for i, o in enumerate(parsed)
-              if o.is_sweep_override() and not o.is_hydra_override() and _iterable(o)]
+    sweeps = [(i, _values(o)) for i, o in enumerate(parsed)
+              if o.is_sweep_override() and not o.is_hydra_override() and _values(o) is not None]
     if not sweeps:
         yield [raw_item for o, raw_item in zip(parsed, raw) if not _is_unlistable_sweep(o)]
         return
@@ -81,21 +84,24 @@ def _saved_sweep_overrides(cfg, parser: OverridesParser) -> Iterable[list[str]]:
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     for key, spec in params.items():
         override = parser.parse_override(f"{key}={spec}")
-        if override.is_sweep_override() and _iterable(override):
-            for value in override.sweep_string_iterator():
+        if override.is_sweep_override() and _values(override) is not None:
+            for value in _values(override):
                 yield [f"{override.get_key_element()}={value}"]
         elif not override.is_sweep_override():
             yield [f"{key}={spec}"]
 
 
-def _iterable(override) -> bool:
+def _values(override) -> Optional[list[str]]:
+    """The values to check for a sweep: each listed one, or both ends of an interval; None if neither."""
     try:
-        list(override.sweep_string_iterator())
-    except Exception:  # an interval sweep (for Optuna) has no finite list of values
-        return False
-    return True
+        return list(override.sweep_string_iterator())
+    except Exception:  # an interval sweep (for Optuna) has no finite list of values: check its ends
+        value = override.value()
+        if isinstance(value, IntervalSweep) and value.start is not None and value.end is not None:
+            return [str(value.start), str(value.end)]
+        return None
 
 
 def _is_unlistable_sweep(override) -> bool:
-    """A sweep this check cannot expand (an interval, or over a hydra.* key): left to Hydra."""
-    return override.is_sweep_override() and (override.is_hydra_override() or not _iterable(override))
+    """A sweep this check cannot expand (over a hydra.* key, or of no known kind): left to Hydra."""
+    return override.is_sweep_override() and (override.is_hydra_override() or _values(override) is None)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,6 +40,7 @@ class LoadRecord:
     loads_in_process: int  # weights loads this process has done so far, this one included
     kept: bool  # held for the next job of this process
     reason: str
+    process: int = field(default_factory=os.getpid)  # jobs of one process share what it loaded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
