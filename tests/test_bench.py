@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pipeline_env
+from conftest import mlflow_client, pipeline_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,11 +18,30 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(out)],
-                            cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    figures = json.loads(out.read_text())["plan"]
-    assert set(figures["median_s"]) == {"ours", "transformers_tokenizer", "interpreter"}
-    assert all(seconds > 0 for seconds in figures["median_s"].values())
-    assert figures["ratio_ours_to_transformers_tokenizer"] == pytest.approx(
-        figures["median_s"]["ours"] / figures["median_s"]["transformers_tokenizer"])
-    assert "ratio ours/this" in result.stdout
+    figures = json.loads(out.read_text())
+    plan = figures["plan"]
+    assert set(plan["median_s"]) == {"ours", "transformers_tokenizer", "interpreter"}
+    assert all(seconds > 0 for seconds in plan["median_s"].values())
+    assert plan["ratio_ours_to_transformers_tokenizer"] == pytest.approx(
+        plan["median_s"]["ours"] / plan["median_s"]["transformers_tokenizer"])
+
+    demo, larger = figures["execute"]
+    for entry in (demo, larger):
+        assert entry["plain_loop"]["tokens"] == entry["ours"]["tokens"] > 0  # the same greedy work on both sides
+        assert entry["ratio_ours_to_plain"] == pytest.approx(
+            entry["ours"]["tokens_per_second"] / entry["plain_loop"]["tokens_per_second"])
+        assert entry["best"][0]["settings"] == "runtime.batch_size=auto"
+    assert larger["parameters"] > demo["parameters"]
+
+    sweep = figures["sweep"]
+    assert sweep["reuse"]["weights_loads"] == 1 and sweep["no_reuse"]["weights_loads"] == sweep["no_reuse"]["jobs"] == 2
+    assert sweep["reuse"]["one_load_plus_executes_s"] == pytest.approx(
+        sweep["reuse"]["load_s"][0] + sum(sweep["reuse"]["execute_s"]))
+    for line in ("ratio ours/this", "ratio (b)/(a)", "(c) ours, runtime.batch_size=auto", "reuse is"):
+        assert line in result.stdout
+
+    client = mlflow_client(tmp_path)  # the figures are an MLflow run too
+    (run,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert run.data.metrics["demo/ratio_ours_to_plain"] == pytest.approx(demo["ratio_ours_to_plain"])

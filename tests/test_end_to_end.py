@@ -112,6 +112,12 @@ def test_a_sweep_makes_a_parent_run_with_one_child_per_job(tmp_path):
     assert accuracy[0.0] >= GREEDY_FLOOR
     assert accuracy[0.0] - accuracy[1.5] >= 0.1, accuracy  # the swept value visibly changes the outcome
     assert parent.data.metrics["best_accuracy"] == max(accuracy.values())
+    # the model loaded once: the later jobs reused it (pipeline.reuse), as their records and MLflow tags say
+    loads = [json.loads((sweep_dir / str(job) / "load.json").read_text()) for job in range(3)]
+    assert [entry["reused"] for entry in loads] == [False, True, True]
+    assert {entry["reused_from"] for entry in loads[1:]} == {str(sweep_dir / "0")}
+    tags = {c.info.run_name[0]: c.data.tags["load.reused"] for c in children}
+    assert tags == {"0": "false", "1": "true", "2": "true"}
 
 
 def test_the_saved_temperature_sweep_runs_every_job(tmp_path):
