@@ -111,7 +111,9 @@ def answer(context: Answering, jobs: list[Job]) -> list[TranscriptRecord]:
                                       finish_reason="error", score=None if job.reference is None else 0.0)
             context.emit([finals[id(job)]])
             pending.remove(job)
-        pending = _generate_round(context, length_buckets(pending, lengths, context.runtime.plan.batch_size), finals)
+        together = max(1, len(pending)) if context.runtime.plan.backend_options.get("continuous_batching") else \
+            context.runtime.plan.batch_size  # continuous batching schedules all of them itself
+        pending = _generate_round(context, length_buckets(pending, lengths, together), finals)
     return [finals[id(job)] for job in jobs]
 
 

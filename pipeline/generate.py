@@ -3,7 +3,10 @@
 Greedy at temperature 0, otherwise each row is sampled from its own seed (pipeline.sampling), so
 a prompt's output does not depend on its batch. Each completion carries its time to first token
 and its own latency. A completion ends at the end-of-turn token or at the first stop string.
-Knows nothing of samples, tools or transcripts: it takes prompts and gives completions.
+The plan's backend options apply here: a static KV cache (prompts padded to a multiple of
+STATIC_PAD, so a compiled step sees few shapes), torch.compile, or transformers' continuous
+batching (`generate_batch`: the whole batch of greedy prompts at once, timed from its per-token
+timestamps). Knows nothing of samples, tools or transcripts: it takes prompts and gives completions.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pipeline.config import Config
 from pipeline.prompts import adds_special_tokens
 from pipeline.records import LoadedRuntime
 from pipeline.sampling import GenerationObserver, PerRowSampler, StreamSink, sample_seed
+
+STATIC_PAD = 16  # with a static cache, prompts are padded to a multiple of this: fewer shapes to compile
 
 
 class Prompted(Protocol):
@@ -53,7 +58,12 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
         budget = plan.context_length - plan.max_new_tokens
         cut = [len(ids) > budget for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
         limit = {"truncation": True, "max_length": budget}
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special, **limit).to(plan.device)
+    options = plan.backend_options
+    if options.get("continuous_batching"):
+        return _continuous(runtime, tokenizer(prompts, add_special_tokens=special, **limit)["input_ids"], cut, started)
+    static = options.get("cache_implementation") == "static"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special,
+                        pad_to_multiple_of=STATIC_PAD if static else None, **limit).to(plan.device)
     prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
     prompt_length = encoded["input_ids"].shape[1]
     stop_ids = _stop_token_ids(model, tokenizer)
@@ -63,7 +73,7 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
         seeds = [sample_seed(settings["seed"], job.seed_key, job.sample_index) for job in batch]
         processors.append(PerRowSampler(seeds, settings["temperature"], settings["top_k"], settings["top_p"],
                                         settings["min_p"], plan.device))
-    options: dict[str, Any] = {
+    generate_options: dict[str, Any] = {
         "max_new_tokens": settings["max_new_tokens"],
         "do_sample": False,  # greedy over what PerRowSampler left: the drawn token, when sampling
         "temperature": None, "top_p": None, "top_k": None, "min_p": None,
@@ -72,9 +82,10 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
         "logits_processor": processors,
     }
     if settings["stop"]:
-        options.update(stop_strings=list(settings["stop"]), tokenizer=tokenizer)
+        generate_options.update(stop_strings=list(settings["stop"]), tokenizer=tokenizer)
+    generate_options.update(_cache_options(options, plan.device))
     with torch.inference_mode():
-        output = model.generate(**encoded, **options)
+        output = model.generate(**encoded, **generate_options)
     total = time.perf_counter() - started
     new_tokens = output[:, prompt_length:].tolist()
     completions = []
@@ -89,6 +100,45 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
             sink.on_complete(row, completion.text)
         completions.append(completion)
     return prompt_tokens, completions
+
+
+def _cache_options(options: dict[str, Any], device: str) -> dict[str, Any]:
+    """generate's arguments for the planned KV cache and compile."""
+    if options.get("cache_implementation") != "static":
+        return {}
+    if not options.get("compile"):
+        return {"cache_implementation": "static", "disable_compile": True}
+    from transformers import CompileConfig
+
+    compile_config = CompileConfig()
+    # transformers compiles by itself on CUDA only; runtime.compile=true asked for it wherever the run is
+    compile_config._compile_all_devices = not device.startswith("cuda")
+    return {"cache_implementation": "static", "compile_config": compile_config}
+
+
+def _continuous(runtime: LoadedRuntime, prompt_ids: list[list[int]], cut: list[bool],
+                started: float) -> tuple[list[int], list[Completion]]:
+    """The batch through transformers' continuous batching (greedy; the plan refused anything else)."""
+    from transformers import GenerationConfig
+
+    tokenizer, model, settings = runtime.tokenizer, runtime.model, runtime.plan.generation
+    stop_ids = _stop_token_ids(model, tokenizer)
+    config = GenerationConfig(max_new_tokens=settings["max_new_tokens"], do_sample=False,
+                              eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id)
+    outputs = list(model.generate_batch(prompt_ids, generation_config=config, record_timestamps=True).values())
+    if len(outputs) != len(prompt_ids) or any(output.error for output in outputs):
+        problems = [output.error for output in outputs if output.error] or ["requests went missing"]
+        raise RuntimeError(f"continuous batching failed: {problems[0]}")
+    total = time.perf_counter() - started
+    completions = []
+    for output, truncated in zip(outputs, cut):
+        completion = _completion(tokenizer, list(output.generated_tokens), stop_ids, [])
+        stamps = output.timestamps or []
+        completion.ttft_s = stamps[0] - started if stamps else total
+        completion.latency_s = stamps[-1] - started if stamps else total
+        completion.truncated = truncated
+        completions.append(completion)
+    return [len(ids) for ids in prompt_ids], completions
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:

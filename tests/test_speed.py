@@ -174,3 +174,23 @@ def test_the_background_writer_keeps_order_drains_on_error_and_raises_a_failed_w
     with pytest.raises(OSError, match="disk full"):
         with BackgroundEmitter(broken) as emit:
             emit([1])
+
+
+def test_a_static_cache_and_continuous_batching_give_the_greedy_answers_of_the_default(tiny_model, small_dataset,
+                                                                                     tmp_path):
+    def answers(name: str, **runtime_options) -> list[dict]:
+        config = make_config(tiny_model, small_dataset, generation=GenerationConfig(max_new_tokens=4),
+                             tracking=TrackingConfig(enabled=False))
+        for key, value in runtime_options.items():
+            setattr(config.runtime, key, value)
+        run(config, tmp_path / name)
+        plan = __import__("json").loads((tmp_path / name / "plan.json").read_text())
+        for key, value in runtime_options.items():
+            assert plan["backend_options"][key] == value
+        return [(r["sample_id"], r["response"], r["completion_tokens"])
+                for r in read_transcript(tmp_path / name / "transcript.jsonl")]
+
+    default = answers("default")
+    assert answers("static", cache_implementation="static") == default
+    continuous = answers("continuous", continuous_batching=True)
+    assert sorted(continuous) == sorted(default)
