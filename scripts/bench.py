@@ -222,11 +222,12 @@ def rendered_prompts(runtime, samples, config) -> list[str]:
 
 
 def best_of(measure, repeats: int) -> dict:
-    """Tokens/s of `measure()` after one warm-up: the median of `repeats` passes."""
-    measure()
+    """Tokens/s of `measure()` after one warm-up pass (timed too: it holds any compile): the median of `repeats`."""
+    warmup = measure()[1]
     passes = [measure() for _ in range(repeats)]
     rates = [tokens / seconds for tokens, seconds in passes]
-    return {"tokens": passes[0][0], "seconds": [s for _, s in passes], "tokens_per_second": statistics.median(rates)}
+    return {"tokens": passes[0][0], "seconds": [s for _, s in passes], "warmup_s": warmup,
+            "tokens_per_second": statistics.median(rates)}
 
 
 def bench_execute(label: str, model: str, base: list[str], limit: int, batch_size: int, repeats: int,
@@ -243,8 +244,12 @@ def bench_execute(label: str, model: str, base: list[str], limit: int, batch_siz
               "ratio_ours_to_plain": ours["tokens_per_second"] / plain["tokens_per_second"], "best": []}
     del runtime
     for extra in best:
-        config, runtime, samples = plan_and_load(overrides + extra)
-        measured = best_of(lambda: our_execute(runtime, samples, config, scratch), repeats)
+        try:
+            config, runtime, samples = plan_and_load(overrides + extra)
+            measured = best_of(lambda: our_execute(runtime, samples, config, scratch), repeats)
+        except Exception as error:  # an option this machine cannot run is a figure too
+            result["best"].append({"settings": " ".join(extra), "error": f"{type(error).__name__}: {error}"[:300]})
+            continue
         measured.update(settings=" ".join(extra), batch_size=runtime.plan.batch_size,
                         backend_options=runtime.plan.backend_options,
                         ratio_to_plain=measured["tokens_per_second"] / plain["tokens_per_second"])
@@ -274,8 +279,11 @@ def bench_sweep(jobs: int, limit: int, base: list[str], tracking: bool, scratch:
             (cwd / "sweep").glob("*/load.json"), key=lambda p: int(p.parent.name))]
         load_s = [s["stage_seconds"]["load"] for s in summaries]
         execute_s = [s["stage_seconds"]["execute"] for s in summaries]
+        other_s = [sum(v for k, v in s["stage_seconds"].items() if k not in ("load", "execute")) for s in summaries]
         floor = load_s[0] + sum(execute_s)
         results[name] = {"jobs": len(summaries), "wall_s": wall, "load_s": load_s, "execute_s": execute_s,
+                         "other_stages_s": other_s,  # resolve, plan, summarize
+                         "outside_stages_s": wall - sum(load_s) - sum(execute_s) - sum(other_s),
                          "weights_loads": sum(not record["reused"] for record in loads),
                          "one_load_plus_executes_s": floor, "ratio_wall_to_floor": wall / floor,
                          "meets_target": wall <= SWEEP_TARGET_RATIO * floor}
@@ -306,8 +314,11 @@ def print_report(results: dict) -> None:
               f"tokens/s   ratio (b)/(a) {figures['ratio_ours_to_plain']:.3f} (target >= {EXECUTE_TARGET_RATIO}: "
               f"{'met' if figures['ratio_ours_to_plain'] >= EXECUTE_TARGET_RATIO else 'MISSED'})")
         for best in figures["best"]:
+            if "error" in best:
+                print(f"  (c) ours, {best['settings']}: failed: {best['error']}")
+                continue
             print(f"  (c) ours, {best['settings']} (batch {best['batch_size']}) {best['tokens_per_second']:9.1f} "
-                  f"tokens/s   ratio to (a) {best['ratio_to_plain']:.3f}")
+                  f"tokens/s   ratio to (a) {best['ratio_to_plain']:.3f} (first pass {best['warmup_s']:.2f} s)")
     sweep = results.get("sweep")
     if sweep:
         print(f"\nsweep: {sweep['reuse']['jobs']} generation-only jobs on the demo model "
@@ -316,7 +327,8 @@ def print_report(results: dict) -> None:
             figures = sweep[name]
             print(f"  {name:<9} {figures['wall_s']:6.2f} s, {figures['weights_loads']} load(s); one load + the "
                   f"executes {figures['one_load_plus_executes_s']:.2f} s; ratio {figures['ratio_wall_to_floor']:.2f} "
-                  f"(target <= {SWEEP_TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'})")
+                  f"(target <= {SWEEP_TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'}); other stages "
+                  f"{sum(figures['other_stages_s']):.2f} s, outside the stages {figures['outside_stages_s']:.2f} s")
         print(f"  reuse is {sweep['speedup_from_reuse']:.2f}x faster than reloading in each job")
 
 
@@ -333,7 +345,8 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
         metrics[f"{label}/ours_tokens_per_second"] = figures["ours"]["tokens_per_second"]
         metrics[f"{label}/ratio_ours_to_plain"] = figures["ratio_ours_to_plain"]
         for index, best in enumerate(figures["best"]):
-            metrics[f"{label}/best{index}_tokens_per_second"] = best["tokens_per_second"]
+            if "error" not in best:
+                metrics[f"{label}/best{index}_tokens_per_second"] = best["tokens_per_second"]
     if results.get("sweep"):
         for name in ("reuse", "no_reuse"):
             metrics[f"sweep/{name}_wall_s"] = results["sweep"][name]["wall_s"]
@@ -366,27 +379,39 @@ def main() -> int:
     import torch
 
     results["machine"]["torch"] = torch.__version__
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
         results["machine"]["gpu"] = torch.cuda.get_device_name(0)
-        best.append(["runtime.batch_size=auto", "runtime.compile=true"])
+        best = [["runtime.batch_size=auto", "runtime.max_batch_size=256"],
+                ["runtime.batch_size=auto", "runtime.max_batch_size=256", "runtime.compile=true"],
+                ["runtime.continuous_batching=true"]]
+    out = args.out or Path("runs") / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every part, so a run cut short keeps what it measured
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
     results["plan"] = bench_plan(repeats if not quick else 1) if "plan" not in args.skip else \
         {"median_s": {"ours": 0.0, "transformers_tokenizer": 0.0, "interpreter": 0.0}, "meets_target": False,
          "ratio_ours_to_transformers_tokenizer": 0.0, "skipped": True}
+    save()
     if args.traces:
         results["traces"] = bench_traces(repeats)
+        save()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         results["execute"].append(bench_execute("demo", "demo", base, 32 if quick else 200, 16, repeats, best, scratch))
+        save()
         if "large" not in args.skip:
             large = build_large_model(scratch / "large", *((128, 2, 512) if quick else (768, 12, 2560)))
             results["execute"].append(bench_execute("random-llama-large" if not quick else "random-llama-small",
-                                                    str(large), base, 16 if quick else 64, 16, repeats, best, scratch))
+                                                    str(large), base, 16 if quick else 200 if cuda else 64, 16,
+                                                    repeats, best, scratch))
+            save()
         if "sweep" not in args.skip:
             results["sweep"] = bench_sweep(2 if quick else 8, 8 if quick else 200, base, tracking and not quick, scratch)
+    save()
     print_report(results)
-    out = args.out or Path("runs") / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nfigures written to {out}")
     if tracking:
         print(f"mlflow    run {log_to_mlflow(results, out)} in experiment 'bench' (runs/mlflow.db)")
