@@ -12,8 +12,10 @@ logging the 200 traces (the run's `traces/seconds` metric) and the whole command
 execute, on the demo model and on a random-weight Llama of about 100M parameters built here
 (same tokenizer), over the same prompts, greedy, in this process after one warm-up pass each:
   (a) a plain hand-written loop: tokenizer -> model.generate -> decode, batches in dataset order;
-  (b) our execute stage at the same batch size (transcript written and fsynced, timing, scoring);
-  (c) our best settings: the plan's batch_size=auto (and on CUDA, static cache + torch.compile).
+  (b) our execute stage at the same batch size (transcript written and fsynced, timing, scoring),
+      its passes taken in turn with (a)'s;
+  (c) our best settings: the plan's batch_size=auto (on CUDA up to 256, also with compile=true, and
+      continuous_batching=true).
 Reported as completion tokens/s and the ratio (b)/(a) (the issue's target: at least 0.95).
 
 sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
@@ -223,11 +225,20 @@ def rendered_prompts(runtime, samples, config) -> list[str]:
 
 def best_of(measure, repeats: int) -> dict:
     """Tokens/s of `measure()` after one warm-up pass (timed too: it holds any compile): the median of `repeats`."""
-    warmup = measure()[1]
-    passes = [measure() for _ in range(repeats)]
-    rates = [tokens / seconds for tokens, seconds in passes]
-    return {"tokens": passes[0][0], "seconds": [s for _, s in passes], "warmup_s": warmup,
-            "tokens_per_second": statistics.median(rates)}
+    return interleaved([measure], repeats)[0]
+
+
+def interleaved(measures: list, repeats: int) -> list[dict]:
+    """Like best_of for several measures, their passes taken in turn, so a drift in the machine's speed
+    (other work, clocks) falls on all of them alike."""
+    warmups = [measure()[1] for measure in measures]
+    passes: list[list] = [[] for _ in measures]
+    for _ in range(repeats):
+        for index, measure in enumerate(measures):
+            passes[index].append(measure())
+    return [{"tokens": runs[0][0], "seconds": [s for _, s in runs], "warmup_s": warmup,
+             "tokens_per_second": statistics.median(tokens / seconds for tokens, seconds in runs)}
+            for warmup, runs in zip(warmups, passes)]
 
 
 def bench_execute(label: str, model: str, base: list[str], limit: int, batch_size: int, repeats: int,
@@ -236,8 +247,8 @@ def bench_execute(label: str, model: str, base: list[str], limit: int, batch_siz
     config, runtime, samples = plan_and_load(overrides + [f"runtime.batch_size={batch_size}"])
     prompts = rendered_prompts(runtime, samples, config)
     max_new = config.generation.max_new_tokens
-    plain = best_of(lambda: hand_written_loop(runtime, prompts, batch_size, max_new), repeats)
-    ours = best_of(lambda: our_execute(runtime, samples, config, scratch), repeats)
+    plain, ours = interleaved([lambda: hand_written_loop(runtime, prompts, batch_size, max_new),
+                               lambda: our_execute(runtime, samples, config, scratch)], repeats)
     result = {"model": label, "parameters": runtime.plan.model.parameters, "device": runtime.plan.device,
               "dtype": runtime.plan.dtype, "prompts": len(prompts), "max_new_tokens": max_new,
               "batch_size": batch_size, "plain_loop": plain, "ours": ours,
