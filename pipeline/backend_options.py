@@ -58,9 +58,11 @@ def choose_backend_options(config: Config, device: str, offload: str, batch_size
 
 
 def _check_continuous(config: Config) -> None:
+    generation = config.generation
     why = ("generation.temperature>0: its single random stream would break per-sample seeds"
-           if not config.generation.greedy else
-           "generation.stop: it has no stop strings" if config.generation.stop else
+           if not generation.greedy else
+           "generation.stop: it has no stop strings" if generation.stop else
+           "generation.repetition_penalty: it applies none" if generation.repetition_penalty not in (None, 1.0) else
            "session.tools: it has no tool loop" if config.session.tools else None)
     if why:
         raise UserError(f"runtime.continuous_batching=true cannot run with {why}; set runtime.continuous_batching=false")

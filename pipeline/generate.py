@@ -60,7 +60,8 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
         limit = {"truncation": True, "max_length": budget}
     options = plan.backend_options
     if options.get("continuous_batching"):
-        return _continuous(runtime, tokenizer(prompts, add_special_tokens=special, **limit)["input_ids"], cut, started)
+        ids = tokenizer(prompts, add_special_tokens=special, **limit)["input_ids"]
+        return _continuous(runtime, ids, cut, started, sink)
     static = options.get("cache_implementation") == "static"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special,
                         pad_to_multiple_of=STATIC_PAD if static else None, **limit).to(plan.device)
@@ -116,9 +117,11 @@ def _cache_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     return {"cache_implementation": "static", "compile_config": compile_config}
 
 
-def _continuous(runtime: LoadedRuntime, prompt_ids: list[list[int]], cut: list[bool],
-                started: float) -> tuple[list[int], list[Completion]]:
-    """The batch through transformers' continuous batching (greedy; the plan refused anything else)."""
+def _continuous(runtime: LoadedRuntime, prompt_ids: list[list[int]], cut: list[bool], started: float,
+                sink: Optional[StreamSink]) -> tuple[list[int], list[Completion]]:
+    """The batch through transformers' continuous batching (greedy; the plan refused anything else).
+
+    Text is not streamed token by token here: a sink gets each answer whole."""
     from transformers import GenerationConfig
 
     tokenizer, model, settings = runtime.tokenizer, runtime.model, runtime.plan.generation
@@ -137,6 +140,8 @@ def _continuous(runtime: LoadedRuntime, prompt_ids: list[list[int]], cut: list[b
         completion.ttft_s = stamps[0] - started if stamps else total
         completion.latency_s = stamps[-1] - started if stamps else total
         completion.truncated = truncated
+        if sink is not None:
+            sink.on_complete(len(completions), completion.text)
         completions.append(completion)
     return [len(ids) for ids in prompt_ids], completions
 
