@@ -411,16 +411,16 @@ def main() -> int:
         save()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        results["execute"].append(bench_execute("demo", "demo", base, 32 if quick else 200, 16, repeats, best, scratch))
+        results["execute"].append(bench_execute("demo", "demo", base, 16 if quick else 200, 16, repeats, best, scratch))
         save()
         if "large" not in args.skip:
-            large = build_large_model(scratch / "large", *((128, 2, 512) if quick else (768, 12, 2560)))
+            large = build_large_model(scratch / "large", *((192, 2, 768) if quick else (768, 12, 2560)))
             results["execute"].append(bench_execute("random-llama-large" if not quick else "random-llama-small",
                                                     str(large), base, 16 if quick else 200 if cuda else 64, 16,
                                                     repeats, best, scratch))
             save()
         if "sweep" not in args.skip:
-            results["sweep"] = bench_sweep(2 if quick else 8, 8 if quick else 200, base, tracking and not quick, scratch)
+            results["sweep"] = bench_sweep(2 if quick else 8, 4 if quick else 200, base, tracking and not quick, scratch)
     save()
     print_report(results)
     print(f"\nfigures written to {out}")
