@@ -4,13 +4,16 @@ compose -> validate -> run -> exit code. The command line is checked first (pipe
 so a config mistake prints one line and exits 2 before Hydra creates any folder. Then Hydra
 composes the config and calls `hydra_main` once per job, which converts it to typed dataclasses
 and hands it to the runner (or, with pipeline.from_transcript, to pipeline.rescore). Exit codes:
-0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted.
+0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted (Ctrl-C),
+143 stopped by SIGTERM. `resume=<run folder>` or `resume=last` continues a run or a sweep
+(pipeline.resume).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,15 +26,17 @@ from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, register, to_config
 from pipeline.console import run_summary
-from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, LoadError, ToolFailure, UserError, describe_config_exception
+from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
+                             ToolFailure, TrackingError, UserError, describe_config_exception)
 from pipeline.objective import objective_value
 from pipeline.precheck import check_command_line
 from pipeline.rescore import rescore
-from pipeline.runner import run, set_status
+from pipeline.resume import check_output_folder, expand_command_line
+from pipeline.run_state import discard, set_status
+from pipeline.runner import run
 from pipeline.sweep import parent_run_id
 
 log = logging.getLogger("pipeline")
-EXIT_INTERRUPTED = 130
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -48,26 +53,39 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
         start = rescore if config.pipeline.from_transcript else run  # re-score an earlier transcript, or run
         result = start(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
-    except KeyboardInterrupt:
-        log.error("interrupted; the run folder keeps what was written: %s", run_dir)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as interrupt:
+        log.error("interrupted; the run folder keeps what was written: %s (continue with: python -m pipeline "
+                  "resume=%s)", run_dir, run_dir)
+        sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     except UserError as error:
+        if not in_sweep and cfg.get("resume") is None and not (run_dir / "transcript.jsonl").exists():
+            discard(run_dir)  # a mistake found before any record: leave nothing behind
+            log.error("error: %s", error)
+            sys.exit(EXIT_USAGE)
         return _fail(run_dir, f"error: {error}", EXIT_USAGE, in_sweep)
     except Exception as error:  # a config error raised while converting lands here too
         if _is_config_error(error):
             message = describe_config_exception(error)
         else:
-            message = str(error) if isinstance(error, (LoadError, ToolFailure)) else f"{type(error).__name__}: {error}"
+            message = str(error) if isinstance(error, (LoadError, ToolFailure, StorageError, TrackingError)) \
+                else f"{type(error).__name__}: {error}"
         with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
             traceback.print_exc(file=log_file)
         return _fail(run_dir, f"run failed: {message} (traceback in {run_dir}/{hydra_config.job.name}.log)",
                      EXIT_FAILURE, in_sweep)
+    if result.complete:
+        print(f"nothing to resume: {run_dir} has completed", flush=True)
+        return None if result.summary is None else objective_value(result.summary, config.pipeline.objective)
     if result.summary is not None:
         tracker = result.tracker
         mlflow = None if tracker is None or not tracker.run_id else {
             "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": tracker.display_uri,
             "url": tracker.run_url()}
-        print(run_summary(result.summary, run_dir, mlflow), flush=True)
+        text = run_summary(result.summary, run_dir, mlflow)
+        if tracker is not None and tracker.offline_reason:  # in place of the summary's last (mlflow) line
+            text = text.rsplit("\n", 1)[0] + (f"\nmlflow    not recorded ({tracker.offline_reason}); upload with: "
+                                              f"python -m pipeline.sync {run_dir}")
+        print(text, flush=True)
         return objective_value(result.summary, config.pipeline.objective)
     if config.pipeline.until in ("load", "execute"):  # resolve and plan printed their JSON already
         print(f"stopped after {config.pipeline.until}; run dir {run_dir}", flush=True)
@@ -91,12 +109,23 @@ def _is_config_error(error: Exception) -> bool:
 
 
 def main() -> None:
-    problem = check_command_line(sys.argv[1:])
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        sys.argv[1:] = expand_command_line(sys.argv[1:])
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    problem = check_command_line(sys.argv[1:]) or check_output_folder(sys.argv[1:])
     if problem:
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     register()
     hydra_main()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
+    raise Interrupted()
 
 
 if __name__ == "__main__":

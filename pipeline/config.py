@@ -228,8 +228,11 @@ class TrackingConfig:
     uri: str = "sqlite:///runs/mlflow.db"  # relative sqlite paths are taken from the launch folder
     experiment: str = "pipeline"
     traces: bool = True  # one MLflow trace per answer (tool steps as child spans), logged after execute
+    required: bool = True  # false: an unreachable store does not stop the run; upload later with python -m pipeline.sync
+    timeout_s: float = 10.0  # seconds to wait for a tracking server before calling it unreachable
 
     def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "tracking.timeout_s", self.timeout_s, "a number of seconds > 0")
         _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
         _check("://" in self.uri or self.uri.startswith(("sqlite:", "databricks")), "tracking.uri",
                self.uri, "a tracking URI such as sqlite:///runs/mlflow.db or http://host:5000")
@@ -269,6 +272,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     execute: ExecuteConfig = field(default_factory=ExecuteConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    resume: Optional[str] = None  # a run folder to continue (python -m pipeline resume=<folder> or resume=last)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,6 +311,9 @@ def to_config(cfg: DictConfig) -> Config:
     """Turn a composed DictConfig (with or without its hydra node) into a validated Config."""
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra", None)
+    missing = sorted(OmegaConf.missing_keys(plain))  # merged onto the schema, ??? would silently keep the default
+    if missing:
+        raise ConfigError(missing[0], "???", f"a value: set {missing[0]}=...")
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), plain))
     assert isinstance(config, Config)
     return config

@@ -13,6 +13,8 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class UserError(Exception):
@@ -27,6 +29,20 @@ class LoadError(Exception):
 
 class ToolFailure(Exception):
     """A tool call failed and execute.fail_fast=true asked to stop there (a failure of the run, not a mistake)."""
+
+
+class StorageError(Exception):
+    """A run-folder write failed (a full disk): what was written before is kept (a failure, not a mistake)."""
+
+
+class TrackingError(Exception):
+    """The MLflow store could not be reached or refused a write, and tracking.required=true (a failure)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the run ends as Ctrl-C ends it (with its own exit code)."""
+
+    exit_code = EXIT_TERMINATED
 
 
 class ConfigError(UserError):

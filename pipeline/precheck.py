@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, OverrideType
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONF_DIR, register, to_config
@@ -33,8 +34,14 @@ def check_command_line(argv: list[str]) -> Optional[str]:
         return "cannot parse the command line (python -m pipeline --help shows its form)"
     if args.help or args.hydra_help or args.shell_completion or args.info or args.config_dir:
         return None  # nothing runs, or an extra config folder this check cannot see: Hydra decides
+    parser = OverridesParser.create()
+    for raw in args.overrides:
+        try:
+            parser.parse_override(raw)
+        except (OverrideParseException, HydraException) as error:
+            return (f"{raw}: cannot read this override ({_first_line(str(error))}); write key=value, and quote a "
+                    "value holding brackets, commas or spaces: 'key=\"[a, b\"'")
     try:
-        parser = OverridesParser.create()
         overrides = parser.parse_overrides(args.overrides)
         register()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -141,6 +148,10 @@ def _saved_sweep_overrides(cfg, parser: OverridesParser) -> Iterable[list[str]]:
                 yield [f"{override.get_key_element()}={value}"]
         elif not override.is_sweep_override():
             yield [f"{key}={spec}"]
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
 def _values(override) -> Optional[list[str]]:

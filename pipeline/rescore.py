@@ -67,7 +67,7 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", redact(new_config))
-    set_status(run_dir, "running")
+    set_status(run_dir, "started")
     if plan:
         write_json(run_dir / "plan.json", plan)
     result = RunResult(run_dir)

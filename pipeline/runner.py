@@ -19,17 +19,20 @@ from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.config import Config
 from pipeline.console import ProgressSink
-from pipeline.errors import UserError
-from pipeline.files import write_json
+from pipeline.errors import Interrupted, TrackingError, UserError
+from pipeline.files import read_json, write_json
 from pipeline.peak_memory import peak_memory, reset_peak_memory
 from pipeline.records import RuntimePlan, Summary
 from pipeline.redact import redact
 from pipeline.reuse import LOAD_FILE, acquire
+from pipeline.resume import begin
+from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import summarize
 from pipeline.tracking import Tracker, config_params, run_tags
+from pipeline.tracking_guard import GuardedTracker
 from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
 
 log = logging.getLogger(__name__)
@@ -42,19 +45,30 @@ class RunResult:
     plan: Optional[RuntimePlan] = None
     summary: Optional[Summary] = None
     tracker: Optional[Tracker] = None
+    complete: bool = False  # a resume found the run already completed: nothing was done
 
 
 def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
         overrides: tuple[str, ...] = (), run_name: Optional[str] = None) -> RunResult:
     """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
 
-    `run_name` names the MLflow run (default: the run folder's name)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", redact(config.to_dict()))
-    set_status(run_dir, "running")
-    seconds: dict[str, float] = {}
+    `run_name` names the MLflow run (default: the run folder's name). The folder is locked while
+    the run is in it; with `config.resume` the run continues what the folder holds."""
+    with locked(run_dir):
+        return _run(config, run_dir, parent_run_id, overrides, run_name)
+
+
+def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
+         run_name: Optional[str]) -> RunResult:
+    previous = begin(run_dir, config)
     result = RunResult(run_dir)
-    tracker = Tracker(config.tracking)
+    if previous.complete:
+        result.complete, result.summary = True, _read_summary(run_dir)
+        return result
+    write_json(run_dir / "config.json", redact(config.to_dict()))
+    set_status(run_dir, "started")
+    seconds: dict[str, float] = {}
+    tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
 
     def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
@@ -66,6 +80,7 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
 
     until = config.pipeline.until
     try:
+        tracker.check_reachable()  # a dead tracking server is an error within seconds, before anything loads
         resolved = timed("resolve", resolve, config.runtime)
         if until == "resolve":
             print(json.dumps(asdict(resolved), indent=2))
@@ -95,7 +110,8 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
             with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
                 try:
-                    timed("execute", execute, runtime, samples, config, writer, config.config_hash(), progress)
+                    timed("execute", execute, runtime, samples, config, writer, config.config_hash(), progress,
+                          previous.done, previous.next_batch)
                 finally:
                     progress.close()
         if until == "summarize":
@@ -105,8 +121,9 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
             result.summary.stage_seconds = dict(seconds)  # now including summarize itself
             write_json(run_dir / "summary.json", result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())
-    except KeyboardInterrupt:
-        close_run(run_dir, tracker, "interrupted", "KILLED", "interrupted by the user")
+    except KeyboardInterrupt as interrupt:
+        reason = "stopped by SIGTERM" if isinstance(interrupt, Interrupted) else "interrupted by the user (Ctrl-C)"
+        close_run(run_dir, tracker, "interrupted", "KILLED", reason)
         raise
     except UserError as error:
         close_run(run_dir, tracker, "failed", "FAILED", str(error))
@@ -120,14 +137,24 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
 
 def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
     shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
-    set_status(run_dir, state, reason)
+    try:
+        set_status(run_dir, state, reason)
+    except OSError as error:  # a full disk: status.json keeps "started"; the message still reaches the user
+        log.error("could not write %s: %s", run_dir / "status.json", error)
     if tracker.run_id:
         try:
-            tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
-            tracker.log_artifacts(run_dir)
-        finally:
-            tracker.finish(mlflow_status)
+            try:
+                tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
+                tracker.log_artifacts(run_dir)
+            finally:
+                tracker.finish(mlflow_status)
+        except TrackingError as error:
+            if state == "success":  # the results are complete, but not in MLflow: resume finishes the upload
+                set_status(run_dir, "failed", str(error))
+                raise
+            log.error("%s", error)  # the run's own failure is the one to report
 
 
-def set_status(run_dir: Path, state: str, reason: str = "") -> None:
-    write_json(run_dir / "status.json", {"state": state, "reason": reason, "time": time.time()})
+def _read_summary(run_dir: Path) -> Optional[Summary]:
+    path = run_dir / "summary.json"
+    return Summary(**read_json(path)) if path.is_file() else None

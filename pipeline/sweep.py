@@ -7,7 +7,8 @@ writes `sweep.json` into the sweep folder; each job reads the parent's id from t
 process or machine it runs in (the joblib launcher's workers included). After the last job it
 prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipeline.comparison:
 a table and plots of each metric against each swept key), logs them to the parent and ends the
-parent FINISHED, or FAILED when any job failed (and the command then exits 1).
+parent FINISHED, or FAILED when any job failed (and the command then exits 1). A resumed sweep
+(`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.config import register, to_config
 from pipeline.console import sweep_table
 from pipeline.errors import EXIT_FAILURE
 from pipeline.files import read_json, write_json
-from pipeline.tracking import Tracker
+from pipeline.tracking_guard import GuardedTracker
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
@@ -33,7 +34,7 @@ SWEEP_FILE = "sweep.json"
 
 class SweepTracking(Callback):
     def __init__(self) -> None:
-        self.tracker: Optional[Tracker] = None
+        self.tracker: Optional[GuardedTracker] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         register()
@@ -44,8 +45,12 @@ class SweepTracking(Callback):
         swept = swept_keys(overrides, params)
         info: dict[str, Any] = {"sweep_dir": str(sweep_dir), "overrides": overrides, "params": params, "swept": swept}
         settings = to_config(config)
-        self.tracker = Tracker(settings.tracking)
-        if self.tracker.enabled:
+        self.tracker = GuardedTracker(settings.tracking)
+        earlier = read_json(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else {}
+        if self.tracker.enabled and earlier.get("parent_run_id"):  # a resumed sweep: the same parent run
+            self.tracker.reopen(earlier["parent_run_id"])
+            info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id)
+        elif self.tracker.enabled:
             self.tracker.start(run_name=sweep_name(overrides, swept), tags={
                 "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides), "run_type": "sweep",
                 "swept": ", ".join(swept)})

@@ -6,42 +6,51 @@ pipeline.answering (tool round trips included) and pipeline.generate (batches of
 length, per-sample seeded sampling, per-sample timing). A batch's records are written and fsynced
 as soon as the batch completes (on a worker thread, while the next batch generates); the order of the transcript is the same on every run. Scripted
 conversations run a turn at a time across all of them, each turn answered after the history so
-far; with session.autosave each conversation is saved after every turn.
+far; with session.autosave each conversation is saved after every turn. A resumed run passes the
+answers it already has (`done`, by record id and sample index): those are skipped, and a
+conversation goes on from its recorded turns.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pipeline.answering import Answering, Job, answer, tools_by_name
 from pipeline.background import BackgroundEmitter
 from pipeline.config import Config
 from pipeline.files import write_json
-from pipeline.prompts import as_dict, conversation
+from pipeline.prompts import as_dict, conversation, from_dict
 from pipeline.records import LoadedRuntime, Message, Sample
 from pipeline.sampling import StreamSink
 from pipeline.tools import load_tools
 from pipeline.transcript import TranscriptWriter
 
 log = logging.getLogger(__name__)
+Done = dict[tuple[str, int], dict[str, Any]]  # a resumed run's final answer records by (record id, sample index)
 
 
 def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, writer: TranscriptWriter,
-            config_hash: str, sink: Optional[StreamSink] = None) -> int:
+            config_hash: str, sink: Optional[StreamSink] = None, done: Optional[Done] = None,
+            first_batch: int = 0) -> int:
     """Answer all single-prompt samples, then the scripted conversations; returns records written."""
+    done = done or {}
     k = config.generation.num_samples
     with BackgroundEmitter(writer.write_batch) as emit:  # a batch is written while the next one generates
-        context = Answering(runtime, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink)
-        answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)])
-        _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations")
-    log.info("execute: %d records written in %d batches", writer.written, context.batch)
+        context = Answering(runtime, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink,
+                            batch=first_batch)
+        answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)
+                         if (s.id, i) not in done])
+        _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations", done)
+    log.info("execute: %d records written in %d batches", writer.written, context.batch - first_batch)
     return writer.written
 
 
-def _converse(context: Answering, talks: list[Sample], autosave_dir: Path) -> None:
-    """Scripted conversations, a turn at a time across all of them, each turn after its own history."""
+def _converse(context: Answering, talks: list[Sample], autosave_dir: Path, done: Done) -> None:
+    """Scripted conversations, a turn at a time across all of them, each turn after its own history.
+
+    A turn already in `done` is not generated again: its recorded messages and answer become the history."""
     config = context.config
     k = config.generation.num_samples
     histories = {(s.id, i): conversation(s, config.session) for s in talks for i in range(k)}
@@ -49,12 +58,19 @@ def _converse(context: Answering, talks: list[Sample], autosave_dir: Path) -> No
     for turn in range(max((len(s.turns) for s in talks), default=0)):
         jobs = [Job(sample, i, histories[(sample.id, i)] + [Message("user", sample.turns[turn].content)], turn)
                 for sample in talks if turn < len(sample.turns) for i in range(k) if (sample.id, i) not in ended]
-        for job, final in zip(jobs, answer(context, jobs)):
+        recorded = [(job, done[(job.record_id, job.sample_index)]) for job in jobs
+                    if (job.record_id, job.sample_index) in done]
+        to_answer = [job for job in jobs if (job.record_id, job.sample_index) not in done]
+        finished = [(job, record["status"], [from_dict(m) for m in record["messages"]], record["response"])
+                    for job, record in recorded]
+        finished += [(job, final.status, job.messages, final.response) for job, final in zip(to_answer,
+                                                                                              answer(context, to_answer))]
+        for job, status, messages, response in finished:
             key = (job.sample.id, job.sample_index)
-            if final.status == "error":
+            if status == "error":
                 ended.add(key)
             else:
-                histories[key] = job.messages + [Message("assistant", final.response)]
+                histories[key] = messages + [Message("assistant", response)]
         if config.session.autosave:
             save_conversations(autosave_dir, histories)
 

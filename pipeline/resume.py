@@ -1,0 +1,194 @@
+"""Resuming a run or a sweep: `python -m pipeline resume=<run folder>` or `resume=last`.
+
+Before Hydra starts, `expand_command_line` turns `resume=<folder>` into the command line the run
+was started with (its `.hydra/hydra.yaml`, or a sweep's `multirun.yaml`), plus any settings
+given now, pointed at the same folder; `check_output_folder` then refuses, before anything is
+written, a folder in use or settings that would change what the model writes (with the keys that
+differ). Inside the run, `begin` decides what is left: a folder that already holds a run is
+refused unless resuming; a resumed run keeps every complete answer (an answer with tool steps is
+complete only once its `answer` record is there; the steps of an unfinished one are dropped, to
+be generated again) and hands execute the keys to skip: (sample id, sample index), where a
+conversation's turn is `<id>#<turn>`.
+
+This module does not generate anything, and does not talk to MLflow (pipeline.tracking_guard
+continues the run's MLflow run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from pipeline.config import CONF_DIR, Config, flatten, to_config
+from pipeline.errors import UserError
+from pipeline.files import read_json
+from pipeline.redact import redact
+from pipeline.run_state import in_use_message, is_locked, read_status
+from pipeline.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
+
+log = logging.getLogger(__name__)
+HASHED_SECTIONS = ("runtime", "generation", "session", "dataset")  # what Config.config_hash covers
+RUNS_DIR = Path("runs")
+
+
+@dataclass
+class Previous:
+    """What a run folder already holds for the run about to start in it."""
+
+    done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # final answers by (record id, index)
+    next_batch: int = 0  # batch numbers go on from where the transcript stopped
+    complete: bool = False  # the run had already ended with success: nothing to do
+
+
+def expand_command_line(argv: list[str]) -> list[str]:
+    """`resume=<folder>|last` -> the folder's own command line, then the settings given now; else argv."""
+    given = [arg for arg in argv if arg.startswith("resume=")]
+    if not given:
+        return argv
+    if len(given) > 1:
+        raise UserError(f"resume= is given {len(given)} times: give one run folder (or resume=last)")
+    value = given[0].split("=", 1)[1]
+    folder = find_last() if value == "last" else Path(value).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"resume={value}: no such run folder ({folder.resolve()}); give a folder under runs/ "
+                        "(the `run dir` a run printed), or resume=last")
+    folder = folder.resolve()
+    now = [arg for arg in argv if not arg.startswith("resume=")]
+    if (folder / "multirun.yaml").is_file():
+        flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
+        return flags + _merge(_saved(folder / "multirun.yaml"), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
+    if (folder / ".hydra" / "hydra.yaml").is_file():
+        return _merge(_saved(folder / ".hydra" / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+    raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
+                    "(no multirun.yaml)")
+
+
+def _saved(hydra_file: Path) -> list[str]:
+    """The command line a run or sweep was started with: Hydra's own settings (a launcher), then the task's."""
+    overrides = OmegaConf.load(hydra_file).hydra.overrides
+    own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    return own + list(overrides.task)
+
+
+def _merge(saved: list[str], now: list[str]) -> list[str]:
+    """The saved overrides with those given now put over them (by key); resume= itself is not kept."""
+    key = lambda override: override.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    replaced = {key(o) for o in now if "=" in o}
+    return [o for o in saved if not o.startswith("resume=") and key(o) not in replaced] + now
+
+
+def find_last(runs: Path = RUNS_DIR) -> Path:
+    """The newest run or sweep folder under runs/ (by the date and time in its name, then by age)."""
+    candidates = [p.parent.parent for p in runs.glob("*/*/.hydra/hydra.yaml") if p.parts[-4] != "multirun"]
+    candidates += [p.parent for p in runs.glob("multirun/*/*/multirun.yaml")]
+    if not candidates:
+        raise UserError(f"resume=last: there is no run under {runs.resolve()}; start one with python -m pipeline, "
+                        "or give the folder: resume=<run folder>")
+    return max(candidates, key=lambda p: (p.parent.name, p.name.split("_")[0], p.stat().st_mtime))
+
+
+def check_output_folder(argv: list[str]) -> Optional[str]:
+    """Before Hydra writes anything: None, or why the run's folder must not be written.
+
+    A folder that cannot be created (a file in the way, no permission); an existing run's folder
+    unless resuming it (Hydra would overwrite its .hydra/ record); a resumed folder in use, or
+    settings that would change what the model writes. A sweep's jobs check their own folders
+    (`begin`)."""
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+        return None
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
+        sweep = args.multirun or str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+        folder = Path(str(cfg.hydra.sweep.dir if sweep else cfg.hydra.run.dir))
+        config = to_config(cfg)
+    problem = _unwritable(folder, "hydra.sweep.dir" if sweep else "hydra.run.dir")
+    if problem or sweep:
+        return problem
+    if config.resume is None:
+        if (folder / "status.json").exists() or (folder / TRANSCRIPT_NAME).exists():
+            return (f"hydra.run.dir={folder}: that folder already holds a run: continue it with "
+                    f"python -m pipeline resume={folder}, or choose another folder")
+        return None
+    if is_locked(folder):
+        return in_use_message(folder)
+    try:
+        scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
+    except UserError as error:
+        return str(error)
+    return config_difference(folder, config)
+
+
+def _unwritable(folder: Path, key: str) -> Optional[str]:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}={folder}: cannot create the run folder: {existing} is a file; choose another folder ({key}=...)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"{key}={folder}: cannot write in {existing} (permission denied); choose another folder ({key}=...) "
+                "or make it writable")
+    return None
+
+
+def config_difference(folder: Path, config: Config) -> Optional[str]:
+    """Why `config` cannot continue the run in `folder`, naming each setting that differs; None if it can."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None  # stopped before it wrote its config: nothing to compare, nothing generated
+    stored = read_json(path)
+    current = json.loads(json.dumps(redact(config.to_dict()), default=str))  # as config.json holds it
+    differences = []
+    for section in HASHED_SECTIONS:
+        old, new = flatten(stored.get(section) or {}, f"{section}."), flatten(current.get(section) or {}, f"{section}.")
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                differences.append(f"{key}: {old.get(key, '<unset>')!r} in the run, {new.get(key, '<unset>')!r} now")
+    if not differences:
+        return None
+    return (f"resume={folder}: the settings differ from the run's, so its records would not match: "
+            + "; ".join(differences) + ". Resume with the run's settings, or start a new run")
+
+
+def begin(run_dir: Path, config: Config) -> Previous:
+    """What is left to do in `run_dir`; refuses a folder that already holds a run unless resuming it."""
+    status = read_status(run_dir)
+    transcript = run_dir / TRANSCRIPT_NAME
+    if config.resume is None:
+        if status or transcript.exists():
+            raise UserError(f"{run_dir} already holds a run ({status.get('state', 'a transcript')}): continue it "
+                            f"with python -m pipeline resume={run_dir}, or choose another folder (hydra.run.dir=...)")
+        return Previous()
+    if status.get("state") == "success":
+        return Previous(complete=True)
+    problem = config_difference(run_dir, config)
+    if problem:
+        raise UserError(problem)
+    records, _ = scan(transcript)
+    hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
+    if hashes:
+        raise UserError(f"{transcript} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
+                        f"not {config.config_hash()}): start a new run rather than resuming this one")
+    answered = {_key(r) for r in records if r.get("kind", "answer") == "answer"}
+    kept = [r for r in records if _key(r) in answered]
+    if len(kept) < len(records):
+        log.info("resume: dropping %d tool step(s) of answers left unfinished", len(records) - len(kept))
+        rewrite_transcript(transcript, kept)
+    log.info("resume: %d answer(s) already in %s; generating the rest", len(answered), transcript)
+    return Previous(done={_key(r): r for r in kept if r.get("kind", "answer") == "answer"},
+                    next_batch=max((r.get("batch", -1) for r in kept), default=-1) + 1)
+
+
+def _key(record: dict[str, Any]) -> tuple[str, int]:
+    return record["sample_id"], record.get("sample_index", 0)

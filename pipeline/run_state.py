@@ -1,0 +1,95 @@
+"""A run folder's state: one run at a time in it, its status file, and leaving nothing behind.
+
+A run holds an exclusive lock on its folder (flock on the folder itself, released by the kernel
+when the process ends, also by SIGKILL) for as long as it runs, so a second process, a resume of
+a folder in use included, is refused instead of writing into it. `status.json` says where the run
+stands: started, success, failed or interrupted, with the reason. A run refused before it
+produced anything (a mistake in the config or the inputs) takes its folder away again.
+
+This module does not know what a run writes besides its status (the runner and the stages do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.errors import UserError
+from pipeline.files import read_json, write_json
+
+STATES = ("started", "success", "failed", "interrupted")
+STATUS_NAME = "status.json"
+# What a run writes before its first record; a folder holding only these held no results.
+SETUP_FILES = ("config.json", STATUS_NAME, "plan.json", "tracking.json", "run.log", ".hydra")
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the folder for this process, or refuse (UserError) when another process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(in_use_message(run_dir)) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether another process holds the folder now."""
+    try:
+        with locked(run_dir):
+            return False
+    except UserError:
+        return True
+
+
+def in_use_message(run_dir: Path) -> str:
+    status = read_status(run_dir)
+    holder = f" (pid {status['pid']} on {status.get('host', '?')})" if status.get("pid") else ""
+    return (f"{run_dir} is in use by another run{holder}: wait for it to end, or stop it (Ctrl-C) "
+            "before resuming it")
+
+
+def set_status(run_dir: Path, state: str, reason: str = "") -> None:
+    assert state in STATES, state
+    write_json(run_dir / STATUS_NAME, {"state": state, "reason": reason, "time": time.time(),
+                                       "pid": os.getpid(), "host": socket.gethostname()})
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATUS_NAME
+    try:
+        return read_json(path) if path.is_file() else {}
+    except ValueError:  # written atomically, so only a hand edit breaks it: treat as unknown
+        return {}
+
+
+def discard(run_dir: Path) -> None:
+    """Remove what a refused run wrote, and the folder when nothing else is in it.
+
+    Only this pipeline's own set-up files go; anything else in the folder (a user's own files in a
+    chosen hydra.run.dir, any record) stays, and so does the folder then."""
+    for name in SETUP_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
+            run_dir.parent.rmdir()  # runs/<date>/, when this run was its only one
+            run_dir.parent.parent.rmdir()  # and runs/ itself, when it held nothing else
+    except OSError:
+        pass  # not empty: something else lives there

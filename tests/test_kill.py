@@ -1,0 +1,106 @@
+"""The kill test: SIGKILL the demo evaluation at 20 random moments, resume until done, and get
+exactly the transcript of an uninterrupted run, in one MLflow run.
+
+Each attempt is `python -m pipeline ...` (a fresh run while no run folder holds its command line
+yet, then `resume=last` or `resume=<folder>`), forked by tests/fork_runner.py so that a kill costs
+the run's own time and not Python's start-up. Kill moments are drawn (seeded; the seed is in the
+failure message) as the earlier of a random time over an uninterrupted run's length (start-up,
+planning, loading, execute, summarize) and a random point further on in the transcript (at most
+a quarter of what is left, so that 20 kills never finish the run). Batches of one make execute
+long enough to be cut in the middle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import mlflow_client, pipeline_env
+from pipeline.transcript import read_transcript
+
+pytestmark = pytest.mark.slow
+SEED = 20261122
+KILLS = 20
+ARGS = ["runtime.batch_size=1", "dataset.limit=80"]
+
+
+class ForkRunner:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fork_runner.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=pipeline_env())
+        assert json.loads(self.process.stdout.readline())["ready"]
+
+    def run(self, cwd: Path, argv: list[str], kill_after: float | None = None, kill_at_records: int | None = None) -> dict:
+        request = {"cwd": str(cwd), "argv": argv, "log": str(cwd / "attempts.log"), "kill_after": kill_after}
+        if kill_at_records is not None:
+            request["kill_at_records"] = kill_at_records
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def run_folders(cwd: Path) -> list[Path]:
+    return [p.parent.parent for p in (cwd / "runs").glob("*/*/.hydra/hydra.yaml")]
+
+
+def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_transcript(tmp_path):
+    rng = random.Random(SEED)
+    runner = ForkRunner()
+    try:
+        (tmp_path / "whole").mkdir()
+        reference = runner.run(tmp_path / "whole", ARGS)
+        assert reference["exit"] == 0, (tmp_path / "whole" / "attempts.log").read_text()[-3000:]
+        (whole_dir,) = run_folders(tmp_path / "whole")
+        whole = read_transcript(whole_dir / "transcript.jsonl")
+
+        cwd = tmp_path / "killed"
+        cwd.mkdir()
+        kills, attempts, moments = 0, 0, []  # moments: (seconds, transcript lines)
+        while kills < KILLS:
+            attempts += 1
+            assert attempts <= 3 * KILLS, f"seed {SEED}: only {kills} kills in {attempts} attempts"
+            folders = run_folders(cwd)
+            written = max((len(read_transcript(f / "transcript.jsonl")) for f in folders), default=0)
+            moment = rng.uniform(0, reference["seconds"])
+            at_record = written + 1 + int(rng.uniform(0, (len(whole) - written) / 4))
+            argv = ARGS if not folders else (["resume=last"] if attempts % 2 else [f"resume={folders[0]}"])
+            outcome = runner.run(cwd, argv, kill_after=moment, kill_at_records=at_record)
+            moments.append((round(moment, 3), at_record))
+            if outcome["killed"]:
+                kills += 1
+            else:
+                assert outcome["exit"] == 0, f"seed {SEED}: attempt {attempts} exited {outcome['exit']}"
+                assert "completed" not in (cwd / "attempts.log").read_text(), \
+                    f"seed {SEED}: the run completed after {kills} kills, kill moments {moments}"
+        for _ in range(5):  # resume until done
+            (folder,) = [f for f in run_folders(cwd) if (f / "config.json").exists()]
+            if json.loads((folder / "status.json").read_text())["state"] == "success":
+                break
+            assert runner.run(cwd, [f"resume={folder}"])["exit"] == 0, (cwd / "attempts.log").read_text()[-3000:]
+    finally:
+        runner.close()
+
+    context = f"seed {SEED}, kill moments {moments}"
+    resumed = read_transcript(folder / "transcript.jsonl")
+    ids = [r["sample_id"] for r in resumed]
+    assert len(ids) == len(set(ids)), f"duplicates; {context}"
+    assert ids == [r["sample_id"] for r in whole], f"missing or out of order; {context}"
+    assert [r["response"] for r in resumed] == [r["response"] for r in whole], context
+    assert [r["batch"] for r in resumed] == [r["batch"] for r in whole], context
+    others = [f for f in run_folders(cwd) if f != folder]
+    assert not any((f / "transcript.jsonl").exists() for f in others), f"a second run began; {context}"
+
+    client = mlflow_client(cwd)
+    (run,) = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["samples"] == len(whole), context
+    assert run.data.tags["run_dir"] == str(folder)
+    assert "transcript.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
