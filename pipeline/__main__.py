@@ -82,7 +82,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             "run_id": tracker.run_id, "experiment": tracker.experiment_name, "uri": tracker.display_uri,
             "url": tracker.run_url()}
         text = run_summary(result.summary, run_dir, mlflow)
-        if tracker is not None and tracker.offline_reason:  # in place of the summary's last (mlflow) line
+        if getattr(tracker, "offline_reason", None):  # in place of the summary's last (mlflow) line
             text = text.rsplit("\n", 1)[0] + (f"\nmlflow    not recorded ({tracker.offline_reason}); upload with: "
                                               f"python -m pipeline.sync {run_dir}")
         print(text, flush=True)
