@@ -157,7 +157,7 @@ def test_mistakes_are_one_line_and_exit_2(sweep, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == ("error: dataset.scorer._target_=my_missing_module.judge: cannot "
                                                       "import my_missing_module; the module must be importable from "
                                                       "the launch folder or an installed package")
-    assert "load:" not in (tmp_path / "bad_scorer" / "run.log").read_text()
+    assert not (tmp_path / "bad_scorer").exists()  # refused while planning: nothing created, nothing loaded
 
     for args in (["--diff", str(sweep_dir), str(tmp_path)], [str(tmp_path / "bad_scorer" / "nothing")]):
         result = report(args, cwd)
