@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import mlflow_client, run_pipeline
+from conftest import run_pipeline
 from pipeline.precheck import check_command_line
 
 pytestmark = pytest.mark.slow
@@ -35,15 +35,7 @@ def test_a_sweep_loads_once_per_model_and_says_so_in_its_records(tmp_path, tiny_
     assert summaries[1]["stage_seconds"]["load"] < 0.1 < summaries[0]["stage_seconds"]["load"]
 
 
-def test_the_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
-    result = run_pipeline(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "generation.seed=1,2",
-                           "generation.temperature=0.7", "dataset.limit=2"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    sweep = job_records(tmp_path, "summary.json")
-    assert len(sweep) == 2 and all(summary["num_samples"] == 2 for summary in sweep)
-    client = mlflow_client(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
-    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId")]) == 2
+# The joblib launcher: tests/test_parallel_sweep.py (8 jobs on 2 worker processes, every run in MLflow).
 
 
 def test_the_submitit_local_launcher_runs_each_job_as_its_own_process(tmp_path):
