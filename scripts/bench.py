@@ -308,12 +308,15 @@ def bench_sweep(jobs: int, limit: int, base: list[str], tracking: bool, scratch:
 
 def print_report(results: dict) -> None:
     plan = results["plan"]
-    print(f"plan (pipeline.until=plan on the demo model, median of {results['repeats']}):")
-    print(f"  ours                          {plan['median_s']['ours']:.2f} s   (target < {PLAN_TARGET_S:.0f} s: "
-          f"{'met' if plan['meets_target'] else 'MISSED'})")
-    print(f"  transformers tokenizer only   {plan['median_s']['transformers_tokenizer']:.2f} s   "
-          f"(ratio ours/this {plan['ratio_ours_to_transformers_tokenizer']:.2f})")
-    print(f"  bare interpreter              {plan['median_s']['interpreter']:.2f} s")
+    if plan.get("skipped"):
+        print("plan: skipped (--skip plan)")
+    else:
+        print(f"plan (pipeline.until=plan on the demo model, median of {results['repeats']}):")
+        print(f"  ours                          {plan['median_s']['ours']:.2f} s   (target < {PLAN_TARGET_S:.0f} s: "
+              f"{'met' if plan['meets_target'] else 'MISSED'})")
+        print(f"  transformers tokenizer only   {plan['median_s']['transformers_tokenizer']:.2f} s   "
+              f"(ratio ours/this {plan['ratio_ours_to_transformers_tokenizer']:.2f})")
+        print(f"  bare interpreter              {plan['median_s']['interpreter']:.2f} s")
     if "traces" in results:
         print_traces(results["traces"], results["repeats"])
     for figures in results["execute"]:
@@ -349,7 +352,8 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
 
     tracker = Tracker(TrackingConfig(experiment="bench"))  # runs/mlflow.db under the launch folder
     tracker.start(run_name=out.stem, tags={"run_type": "bench"})
-    metrics: dict[str, float] = {"plan/ours_s": results["plan"]["median_s"]["ours"]}
+    metrics: dict[str, float] = {} if results["plan"].get("skipped") else {
+        "plan/ours_s": results["plan"]["median_s"]["ours"]}
     for figures in results["execute"]:
         label = figures["model"]
         metrics[f"{label}/plain_tokens_per_second"] = figures["plain_loop"]["tokens_per_second"]
@@ -402,9 +406,7 @@ def main() -> int:
     def save() -> None:  # after every part, so a run cut short keeps what it measured
         out.write_text(json.dumps(results, indent=2) + "\n")
 
-    results["plan"] = bench_plan(repeats if not quick else 1) if "plan" not in args.skip else \
-        {"median_s": {"ours": 0.0, "transformers_tokenizer": 0.0, "interpreter": 0.0}, "meets_target": False,
-         "ratio_ours_to_transformers_tokenizer": 0.0, "skipped": True}
+    results["plan"] = bench_plan(repeats if not quick else 1) if "plan" not in args.skip else {"skipped": True}
     save()
     if args.traces:
         results["traces"] = bench_traces(repeats)
