@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import DEMO_DATASET, run_pipeline, write_jsonl
+from conftest import run_pipeline, write_jsonl
 from pipeline.config import ASSETS_DIR, to_config
 from pipeline.redact import redact
 from pipeline.run_state import locked

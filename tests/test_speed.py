@@ -7,7 +7,6 @@ import math
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
