@@ -11,8 +11,10 @@ and hands it to the runner (or, with pipeline.from_transcript, to pipeline.resco
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
 import signal
 import sys
 import traceback
@@ -29,7 +31,7 @@ from pipeline.console import run_summary
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
                              ToolFailure, TrackingError, UserError, describe_config_exception)
 from pipeline.objective import objective_value
-from pipeline.precheck import check_command_line
+from pipeline.precheck import check_jobs
 from pipeline.rescore import rescore
 from pipeline.resume import check_output_folder, expand_command_line
 from pipeline.run_state import discard, set_status
@@ -115,7 +117,8 @@ def main() -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    problem = check_command_line(sys.argv[1:]) or check_output_folder(sys.argv[1:])
+    checked = check_jobs(sys.argv[1:])
+    problem = checked.problem or check_output_folder(sys.argv[1:], checked.first_job)
     if problem:
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -128,5 +131,28 @@ def _terminate(signum: int, frame: object) -> None:
     raise Interrupted()
 
 
+def exit_without_teardown(code: object) -> None:
+    """Exit once everything is written, skipping the interpreter's teardown.
+
+    By now every file is closed and fsynced and the MLflow runs are ended. What is left is Python
+    freeing every module and object, which with torch, transformers and matplotlib loaded took
+    1.3 s of a 15 s sweep on a 2-core CPU. The atexit handlers (logging's flush, MLflow's) still
+    run; only that teardown is skipped. A message code (sys.exit("text")) prints it and exits 1.
+    """
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        exit_without_teardown(stop.code)
+    exit_without_teardown(0)

@@ -12,6 +12,7 @@ Hydra's own config groups: composing checks that the option exists.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from hydra import compose, initialize_config_dir
@@ -26,21 +27,32 @@ from pipeline.errors import describe_config_exception
 
 
 
+@dataclass
+class CommandLineCheck:
+    problem: Optional[str] = None  # one line saying why the command line cannot run; None when it can
+    first_job: Optional[DictConfig] = None  # the first job's composed config (with its hydra node), once checked
+
+
 def check_command_line(argv: list[str]) -> Optional[str]:
     """None when every job the command line describes has a valid config, else one line saying why."""
+    return check_jobs(argv).problem
+
+
+def check_jobs(argv: list[str]) -> CommandLineCheck:
+    """Check every job the command line describes; keeps the first job's config for the next checks."""
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit:
-        return "cannot parse the command line (python -m pipeline --help shows its form)"
+        return CommandLineCheck("cannot parse the command line (python -m pipeline --help shows its form)")
     if args.help or args.hydra_help or args.shell_completion or args.info or args.config_dir:
-        return None  # nothing runs, or an extra config folder this check cannot see: Hydra decides
+        return CommandLineCheck()  # nothing runs, or an extra config folder this check cannot see: Hydra decides
     parser = OverridesParser.create()
     for raw in args.overrides:
         try:
             parser.parse_override(raw)
         except (OverrideParseException, HydraException) as error:
-            return (f"{raw}: cannot read this override ({_first_line(str(error))}); write key=value, and quote a "
-                    "value holding brackets, commas or spaces: 'key=\"[a, b\"'")
+            return CommandLineCheck(f"{raw}: cannot read this override ({_first_line(str(error))}); write "
+                                    "key=value, and quote a value holding brackets, commas or spaces: 'key=\"[a, b\"'")
     try:
         overrides = parser.parse_overrides(args.overrides)
         register()
@@ -50,16 +62,16 @@ def check_command_line(argv: list[str]) -> Optional[str]:
                                overrides=[raw for o, raw in zip(overrides, args.overrides) if not o.is_sweep_override()])
                 if str(base.hydra.mode) != "RunMode.MULTIRUN":
                     sweep = next(raw for o, raw in zip(overrides, args.overrides) if o.is_sweep_override())
-                    return (f"{sweep} lists several values: add -m to sweep over them "
-                            "(python -m pipeline -m ...), or quote a value that contains a comma")
+                    return CommandLineCheck(f"{sweep} lists several values: add -m to sweep over them "
+                                            "(python -m pipeline -m ...), or quote a value that contains a comma")
             checker = _JobChecker(args.config_name or "config", parser)
             for job in _job_overrides(overrides, args.overrides):
                 cfg = checker.check(job)
                 for extra in _saved_sweep_overrides(cfg, parser):
                     checker.check(job + extra)
     except Exception as error:  # every failure here is a mistake in the command line or the configs
-        return describe_config_exception(error)
-    return None
+        return CommandLineCheck(describe_config_exception(error))
+    return CommandLineCheck(first_job=checker.first[3] if checker.first else None)
 
 
 class _JobChecker:

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONF_DIR, Config, flatten, to_config
 from pipeline.errors import UserError
@@ -96,23 +96,25 @@ def find_last(runs: Path = RUNS_DIR) -> Path:
     return max(candidates, key=lambda p: (p.parent.name, p.name.split("_")[0], p.stat().st_mtime))
 
 
-def check_output_folder(argv: list[str]) -> Optional[str]:
+def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) -> Optional[str]:
     """Before Hydra writes anything: None, or why the run's folder must not be written.
 
     A folder that cannot be created (a file in the way, no permission); an existing run's folder
     unless resuming it (Hydra would overwrite its .hydra/ record); a resumed folder in use, or
     settings that would change what the model writes. A sweep's jobs check their own folders
-    (`begin`)."""
+    (`begin`). `composed` is the config the command line's (first) job composes to, when the
+    caller has it (pipeline.precheck): then it is not composed again."""
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
         return None
-    parsed = OverridesParser.create().parse_overrides(args.overrides)
-    single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
-        sweep = args.multirun or str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-        folder = Path(str(cfg.hydra.sweep.dir if sweep else cfg.hydra.run.dir))
-        config = to_config(cfg)
+    if composed is None:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
+    sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
+    folder = Path(str(composed.hydra.sweep.dir if sweep else composed.hydra.run.dir))
+    config = to_config(composed)
     problem = _unwritable(folder, "hydra.sweep.dir" if sweep else "hydra.run.dir")
     if problem or sweep:
         return problem
