@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pipeline.files import read_json
 from pipeline.redact import MASK, hide_credentials, is_secret_key
@@ -69,8 +69,10 @@ def metric_names(rows: list[dict[str, Any]], swept: list[str]) -> list[str]:
     return [c for c in seen if any(isinstance(row.get(c), (int, float)) for row in rows)]
 
 
-def write_comparison(sweep_dir: Path, jobs: list[dict[str, Any]], swept: list[str]) -> Comparison:
-    """Write the table (CSV and Markdown) and the plots under `<sweep_dir>/comparison/`."""
+def write_comparison(sweep_dir: Path, jobs: list[dict[str, Any]], swept: list[str],
+                     draw: Optional[Callable[..., list[Path]]] = None) -> Comparison:
+    """Write the table (CSV and Markdown) and the plots under `<sweep_dir>/comparison/`; `draw`
+    stands in for write_plots (pipeline.plot_process draws them in another process)."""
     folder = sweep_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(jobs, swept)
@@ -84,7 +86,7 @@ def write_comparison(sweep_dir: Path, jobs: list[dict[str, Any]], swept: list[st
         writer.writeheader()
         writer.writerows({c: "" if row.get(c) is None else row.get(c) for c in columns} for row in rows)
     comparison.markdown.write_text(markdown_table(rows, swept, metrics), encoding="utf-8")
-    comparison.plots = write_plots(rows, swept, metrics, folder / "plots")
+    comparison.plots = (draw or write_plots)(rows, swept, metrics, folder / "plots")
     return comparison
 
 

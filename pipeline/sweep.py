@@ -27,6 +27,7 @@ from pipeline.config import register, to_config
 from pipeline.console import sweep_table
 from pipeline.errors import EXIT_FAILURE
 from pipeline.files import read_json, write_json
+from pipeline.plot_process import PlotProcess
 from pipeline.tracking_guard import GuardedTracker
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,14 @@ SWEEP_FILE = "sweep.json"
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.tracker: Optional[GuardedTracker] = None
+        self.plots: Optional[PlotProcess] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the process stays
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         register()
+        self.plots = PlotProcess()  # imports matplotlib while the jobs run
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
@@ -68,7 +74,8 @@ class SweepTracking(Callback):
         print(f"\nsweep     {len(jobs)} jobs, {len(failed)} failed, in {sweep_dir}")
         print(sweep_table(jobs))
         try:
-            comparison = write_comparison(sweep_dir, jobs, read_json(sweep_dir / SWEEP_FILE).get("swept", []))
+            comparison = write_comparison(sweep_dir, jobs, read_json(sweep_dir / SWEEP_FILE).get("swept", []),
+                                          draw=self.plots.write_plots if self.plots else None)
             print(f"compare   {comparison.markdown} (also .csv; {len(comparison.plots)} plots in "
                   f"{comparison.markdown.parent / 'plots'})")
         except Exception as error:  # noqa: BLE001 - the jobs' results stand without it; the parent still ends

@@ -7,6 +7,7 @@ disabled every method is a no-op and the run folder is the only record.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -261,14 +262,18 @@ PLAN_PARAMS = ("backend", "device", "dtype", "attn_implementation", "batch_size"
 
 
 def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    return {"config_hash": config.config_hash(), "run_dir": str(run_dir), **_software_tags(), **extra}
+
+
+@functools.lru_cache(maxsize=1)
+def _software_tags() -> dict[str, str]:
+    """What ran: Python, package versions, the source and its commit. The same for every job of a
+    process, so read once (the package metadata took 15 ms a job)."""
     tags = {
-        "config_hash": config.config_hash(),
-        "run_dir": str(run_dir),
         "python": platform.python_version(),
         **{f"version.{name}": _version(name) for name in PACKAGES},
         "mlflow.source.type": "LOCAL",  # the UI's Source column: the command, and the commit below
         "mlflow.source.name": "python -m pipeline",
-        **extra,
     }
     commit = _git_commit()
     if commit:
