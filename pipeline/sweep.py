@@ -6,7 +6,8 @@ them) and the parent run, named after what it sweeps (`sweep <experiment>: <swep
 writes `sweep.json` into the sweep folder; each job reads the parent's id from there, whatever
 process or machine it runs in (the joblib launcher's workers included). After the last job it
 prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipeline.comparison:
-a table and plots of each metric against each swept key), logs them to the parent and ends the
+a table and plots of each metric against each swept key, the plots drawn by a process started with
+the sweep, pipeline.plot_process), logs them to the parent and ends the
 parent FINISHED, or FAILED when any job failed (and the command then exits 1). A resumed sweep
 (`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped.
 """
