@@ -27,6 +27,7 @@ class Prompted(Protocol):
     """What a generation needs to know of its request (pipeline.answering.Job has these)."""
 
     prompt: str
+    prompt_ids: list[int]  # the prompt's tokens as encoded for the batching, when known (else empty)
     sample_index: int
 
     @property
@@ -52,20 +53,25 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
     settings = plan.generation
     started = time.perf_counter()
     prompts, special = [job.prompt for job in batch], adds_special_tokens(config.session)
+    known = [job.prompt_ids for job in batch]
+    if not all(known):  # a caller that did not encode the prompts for batching
+        known = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     cut = [False] * len(batch)
     limit: dict[str, Any] = {}
     if plan.truncation == "left" and plan.context_length:
         budget = plan.context_length - plan.max_new_tokens
-        cut = [len(ids) > budget for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
+        cut = [len(ids) > budget for ids in known]
         limit = {"truncation": True, "max_length": budget}
     options = plan.backend_options
-    if options.get("continuous_batching"):
-        ids = tokenizer(prompts, add_special_tokens=special, **limit)["input_ids"]
-        return _continuous(runtime, ids, cut, started, sink)
     static = options.get("cache_implementation") == "static"
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=special,
-                        pad_to_multiple_of=STATIC_PAD if static else None, **limit).to(plan.device)
-    prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+    if any(cut):  # the tokenizer cuts from the left and keeps the special tokens where they belong
+        ids = tokenizer(prompts, add_special_tokens=special, **limit)["input_ids"]
+    else:
+        ids = known
+    if options.get("continuous_batching"):
+        return _continuous(runtime, ids, cut, started, sink)
+    encoded = left_padded(ids, tokenizer.pad_token_id, STATIC_PAD if static else 1, plan.device)
+    prompt_tokens = [len(row) for row in ids]
     prompt_length = encoded["input_ids"].shape[1]
     stop_ids = _stop_token_ids(model, tokenizer)
     observer = GenerationObserver(prompt_length, started, tokenizer, sink)
@@ -101,6 +107,17 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
             sink.on_complete(row, completion.text)
         completions.append(completion)
     return prompt_tokens, completions
+
+
+def left_padded(ids: list[list[int]], pad_id: int, multiple: int, device: str) -> dict[str, Any]:
+    """input_ids and attention_mask for prompts already encoded, padded on the left (where a
+    decoder-only model's prompts are padded) to the longest, rounded up to `multiple`: what the
+    tokenizer's own padding gives, without encoding the text a second time."""
+    import torch
+
+    width = -(-max(len(row) for row in ids) // multiple) * multiple
+    return {"input_ids": torch.tensor([[pad_id] * (width - len(row)) + row for row in ids], device=device),
+            "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=device)}
 
 
 def _cache_options(options: dict[str, Any], device: str) -> dict[str, Any]:

@@ -193,3 +193,22 @@ def test_a_static_cache_and_continuous_batching_give_the_greedy_answers_of_the_d
     assert answers("static", cache_implementation="static") == default
     continuous = answers("continuous", continuous_batching=True)
     assert sorted(continuous) == sorted(default)
+
+
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_prompts_encoded_once_are_padded_as_the_tokenizer_pads_them(multiple):
+    from transformers import AutoTokenizer
+
+    from pipeline.config import ASSETS_DIR
+    from pipeline.generate import left_padded
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS_DIR / "demo_model")
+    tokenizer.padding_side = "left"
+    prompts = ["12+7=", "1+1=", "a much longer prompt than the others, 98+76="]
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    ours = left_padded(ids, tokenizer.pad_token_id, multiple, "cpu")
+    theirs = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt",
+                       pad_to_multiple_of=multiple if multiple > 1 else None)
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
+    assert ours["input_ids"].shape[1] % multiple == 0
