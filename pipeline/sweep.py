@@ -6,7 +6,7 @@ them) and the parent run, named after what it sweeps (`sweep <experiment>: <swep
 writes `sweep.json` into the sweep folder; each job reads the parent's id from there, whatever
 process or machine it runs in (the joblib launcher's workers included). After the last job it
 prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipeline.comparison:
-a table and plots of each metric against each swept key, the plots drawn by a process started with
+a table and plots of each metric against each swept key, the plots drawn by processes started with
 the sweep, pipeline.plot_process), logs them to the parent and ends the
 parent FINISHED, or FAILED when any job failed (and the command then exits 1). A resumed sweep
 (`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped.
@@ -28,7 +28,7 @@ from pipeline.config import register, to_config
 from pipeline.console import sweep_table
 from pipeline.errors import EXIT_FAILURE
 from pipeline.files import read_json, write_json
-from pipeline.plot_process import PlotProcess
+from pipeline.plot_process import PlotProcesses
 from pipeline.tracking_guard import GuardedTracker
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,14 @@ SWEEP_FILE = "sweep.json"
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.tracker: Optional[GuardedTracker] = None
-        self.plots: Optional[PlotProcess] = None
+        self.plots: Optional[PlotProcesses] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the process stays
+        return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the processes stay here
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         register()
-        self.plots = PlotProcess()  # imports matplotlib while the jobs run
+        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}

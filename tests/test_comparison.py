@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.comparison import comparison_rows, swept_values, write_comparison
 from pipeline.files import write_json
-from pipeline.plot_process import PlotProcess
+from pipeline.plot_process import PlotProcesses
 from pipeline.sweep import swept_keys, sweep_name
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,23 +85,22 @@ def test_the_parent_run_is_named_after_the_swept_keys_and_the_experiment():
     assert sweep_name(saved, swept) == "sweep temperature_sweep: generation.temperature"
 
 
-def test_the_plot_process_draws_what_this_process_would(tmp_path, jobs):
+def test_plot_processes_draw_what_this_process_would(tmp_path, jobs):
     swept = ["generation.temperature", "generation.seed"]
     here = write_comparison(tmp_path / "here", jobs, swept)
-    plots = PlotProcess()
+    plots = PlotProcesses(count=3)
     there = write_comparison(tmp_path / "there", jobs, swept, draw=plots.write_plots)
     assert [p.name for p in there.plots] == [p.name for p in here.plots] and len(there.plots) == 8
     assert all(p.parent == tmp_path / "there" / "comparison" / "plots" for p in there.plots)
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in there.plots)
-    plots.process.join(timeout=30)  # it ends once it has answered
-    assert plots.process.exitcode == 0
+    assert [process.wait(timeout=30) for process in plots.processes] == [0, 0, 0]  # each ends once it answered
 
 
-def test_when_the_plot_process_is_dead_the_plots_are_drawn_here(tmp_path, jobs):
-    plots = PlotProcess()
-    plots.process.kill()
-    plots.process.join(timeout=30)
+def test_a_plot_process_that_died_has_its_share_drawn_here(tmp_path, jobs):
+    plots = PlotProcesses(count=2)
+    plots.processes[0].kill()
+    plots.processes[0].wait(timeout=30)
     comparison = write_comparison(tmp_path, jobs, ["generation.seed"], draw=plots.write_plots)
-    assert sorted(p.name for p in comparison.plots) == [
+    assert [p.name for p in comparison.plots] == [
         "accuracy_vs_generation.seed.png", "pass_at_1_vs_generation.seed.png", "pass_at_2_vs_generation.seed.png",
         "tokens_per_second_vs_generation.seed.png"]
