@@ -4,8 +4,9 @@ The estimate has three parts: the weights (parameters x bytes of the planned dty
 (2 x layers x kv_heads x head_dim x dtype bytes per token, for batch x (longest prompt +
 max_new_tokens) tokens) and the prefill's transient tensors plus the logits. It is an upper
 bound for standard attention; models with sliding-window or linear attention need less.
-Free memory: /proc/meminfo and the cgroup limit on CPU, the CUDA driver on GPUs, Metal's
-recommended budget on MPS. This module decides nothing; the plan stage does.
+Free memory: /proc/meminfo and the cgroup limit on CPU, NVML (pipeline.gpus) or else torch's
+CUDA driver call on NVIDIA GPUs, Metal's recommended budget on MPS. This module decides nothing;
+the plan stage does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pipeline.gpus import device_gpu
 from pipeline.records import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -50,6 +52,10 @@ def need(parameters: int, shape: ModelShape, dtype: str, batch: int, prompt_toke
 def free_memory(device: str) -> tuple[Optional[int], str]:
     """(bytes free now on the device, where that number came from); None when it cannot be known."""
     if device.startswith("cuda"):
+        gpu = device_gpu(device)
+        if gpu is not None:
+            return gpu.free_bytes, (f"NVML: {gpu.free_bytes / 2**30:.1f} GiB free of {gpu.total_bytes / 2**30:.1f} GiB "
+                                    f"on cuda:{gpu.index} ({gpu.name})")
         import torch
 
         index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()

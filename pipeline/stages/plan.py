@@ -20,6 +20,7 @@ from pipeline.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.dataset import load_samples
 from pipeline.errors import UserError
 from pipeline.generation_settings import command_line_keys, effective_generation
+from pipeline.gpus import device_gpu, visible_gpus
 from pipeline.memory import Need, free_memory, free_ram, gib, need
 from pipeline.model_files import read_generation_config
 from pipeline.placement import parallel_job_device
@@ -280,13 +281,16 @@ def device_key(device: str) -> Any:
 
 
 def accelerators() -> tuple[bool, bool, int]:
-    """(CUDA available, MPS available, CUDA device count), without importing torch when the build is CPU-only."""
+    """(CUDA available, MPS available, CUDA device count), without importing torch for a CPU-only build or NVML."""
     try:
         cpu_only_build = "+cpu" in metadata.version("torch") and sys.platform != "darwin"
     except metadata.PackageNotFoundError:
         cpu_only_build = False
     if cpu_only_build:
         return False, False, 0
+    gpus = visible_gpus()  # NVML answers as CUDA would, without the seconds a CUDA torch import takes
+    if gpus is not None:
+        return bool(gpus), False, len(gpus)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -322,6 +326,11 @@ def choose_dtype(runtime: RuntimeConfig, device: str) -> tuple[str, str]:
             raise UserError("runtime.dtype='bfloat16' is not supported on mps; use float16 or float32")
         return runtime.dtype, f"runtime.dtype={runtime.dtype}"
     if device.startswith("cuda"):
+        gpu = device_gpu(device)
+        if gpu is not None:
+            named = f"{gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}, from NVML)"
+            return (("bfloat16", f"auto: {named} supports bfloat16 (the range of float32 at half the memory)")
+                    if gpu.bf16 else ("float16", f"auto: {named} lacks bfloat16, so float16"))
         import torch
 
         if torch.cuda.is_bf16_supported():
