@@ -81,8 +81,8 @@ def bench_plan(repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         cwd = Path(scratch)
         python = [sys.executable]
-        ours = wall_times(python + ["-m", "pipeline", "pipeline.until=plan", "tracking=none",
-                                    f"hydra.run.dir={cwd / 'plan'}"], repeats, cwd)
+        ours = wall_times(python + ["-m", "pipeline", "pipeline.until=plan", "tracking=none",  # a folder per run
+                                    f"hydra.run.dir={cwd / 'plan'}/${{now:%H-%M-%S-%f}}"], repeats, cwd)
         baseline = wall_times(python + ["-c", TRANSFORMERS_PLANNER], repeats, cwd)
         interpreter = wall_times(python + ["-c", "pass"], repeats, cwd)
     median = {name: statistics.median(times) for name, times in
