@@ -22,9 +22,9 @@ from pipeline.console import ProgressSink
 from pipeline.errors import Interrupted, TrackingError, UserError
 from pipeline.files import read_json, write_json
 from pipeline.peak_memory import peak_memory, reset_peak_memory
-from pipeline.records import RuntimePlan, Summary
+from pipeline.records import LoadedRuntime, RuntimePlan, Summary
 from pipeline.redact import redact
-from pipeline.reuse import LOAD_FILE, acquire
+from pipeline.reuse import LOAD_FILE, LoadRecord, acquire
 from pipeline.resume import begin
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
@@ -101,8 +101,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         tracker.log_dataset(config.dataset, len(samples))
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
-        reset_peak_memory(result.plan.device)
-        runtime, loaded = timed("load", acquire, result.plan, template, config.runtime.trust_remote_code, run_dir,
+        runtime, loaded = timed("load", _load, result.plan, template, config.runtime.trust_remote_code, run_dir,
                                 config.runtime.reuse)
         write_json(run_dir / LOAD_FILE, loaded.to_dict())
         tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
@@ -133,6 +132,15 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         raise
     close_run(run_dir, tracker, "success", "FINISHED", "")
     return result
+
+
+def _load(plan: RuntimePlan, template: Any, trust_remote_code: bool, run_dir: Path,
+          reuse: bool) -> tuple[LoadedRuntime, LoadRecord]:
+    """The load stage: the model (kept from an earlier job, or loaded), with the device's peak memory
+    counted from here. On a GPU the reset is the run's first use of torch, so its import is timed
+    here, with the load that needs it (the plan reads the GPUs without torch)."""
+    reset_peak_memory(plan.device)
+    return acquire(plan, template, trust_remote_code, run_dir, reuse)
 
 
 def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
