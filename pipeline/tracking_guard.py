@@ -10,7 +10,8 @@
   do not race.
 - A SQLite store busy with another process ("database is locked": MLflow's SQLite sessions wait
   20 s on a lock, but SQLite gives up at once where two transactions would deadlock) is retried
-  with a growing, jittered pause.
+  with a growing, jittered pause; so is an insert that lost a race with another process (parallel
+  jobs logging the same dataset for the first time), a few times.
 - Any other failure stops the run (TrackingError) when `tracking.required=true`; with `false` the
   run goes on without MLflow, says so once, and `python -m pipeline.sync <run folder>` uploads it
   later.
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TRACKING_FILE = "tracking.json"
 LOCK_RETRIES = 10  # about 30 s of waiting on a busy SQLite file, in all
+RACE_RETRIES = 3  # a lost insert race is settled by one retry; a true duplicate fails as before
 MLFLOW_HTTP_RETRIES = "1"
 
 
@@ -158,7 +160,7 @@ class GuardedTracker(Tracker):
             try:
                 return call()
             except Exception as error:  # noqa: BLE001 - whatever the store raises, the run's fate is decided here
-                if _is_busy(error) and attempt < LOCK_RETRIES:
+                if (_is_busy(error) and attempt < LOCK_RETRIES) or (_is_race(error) and attempt < RACE_RETRIES):
                     time.sleep(min(5.0, 0.1 * 2 ** attempt) * random.uniform(0.5, 1.5))
                     continue
                 self._give_up(error)
@@ -235,6 +237,13 @@ def _short_http_timeouts(timeout_s: float) -> None:
 def _is_busy(error: Exception) -> bool:
     text = str(error)
     return "database is locked" in text or "database table is locked" in text
+
+
+def _is_race(error: Exception) -> bool:
+    """Two processes inserted the same row at once, the first time parallel jobs log the same dataset
+    (MLflow's log_inputs looks the dataset up, then inserts it): tried again, the loser finds it."""
+    text = str(error)
+    return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text
 
 
 def _first_line(error: Exception) -> str:

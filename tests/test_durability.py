@@ -149,3 +149,33 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
         previous = begin(folder, replace(config, resume=str(folder)))
         resumed = run_into(folder, previous.done, previous.next_batch)
         assert content(resumed) == content(whole), f"cut after {cut} records, torn={bool(torn)}"
+
+
+def test_a_lost_insert_race_is_tried_again_and_a_true_duplicate_still_fails(tmp_path, monkeypatch):
+    """Parallel jobs logging the same dataset at once: one insert loses (UNIQUE constraint); its retry
+    finds the row. A duplicate that stays one is not retried for long and stops the run."""
+    import pipeline.tracking_guard as guard
+    from pipeline.config import TrackingConfig
+    from pipeline.errors import TrackingError
+
+    monkeypatch.setattr(guard.time, "sleep", lambda seconds: None)
+    tracker = guard.GuardedTracker(TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db"), tmp_path)
+    race = RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name")
+    attempts = []
+
+    def lost_once():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise race
+        return "logged"
+
+    assert tracker._guard(lost_once) == "logged" and len(attempts) == 2
+
+    def always():
+        attempts.append(1)
+        raise race
+
+    attempts.clear()
+    with pytest.raises(TrackingError, match="UNIQUE constraint failed"):
+        tracker._guard(always)
+    assert len(attempts) == guard.RACE_RETRIES + 1
