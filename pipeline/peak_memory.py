@@ -5,7 +5,7 @@ The two are different things and the summary says which it holds (peak_memory_ki
   counting the CUDA context or the caching allocator's spare blocks;
 - process_peak_rss: the whole process's resident memory at its highest since the process started
   (Python, libraries, weights, activations). Linux and macOS cannot reset it, so in a sweep whose
-  jobs share one process (Hydra's basic launcher) it is the peak of this job and those before it.
+  jobs share one process (the default in_process launcher) it is the peak of this job and those before it.
 Estimating what a run will need is pipeline.memory's job, not this module's.
 """
 
