@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-SEQUENTIAL_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# launchers that run a sweep's jobs one after another in this process: Hydra's basic one, and ours
+# (the default, conf/config.yaml), which is the basic one composing job configs from a template
+SEQUENTIAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                        "hydra_plugins.pipeline_launcher.InProcessLauncher")
 
 
 def spread_device(job_num: int, device_count: int) -> str:
@@ -30,7 +33,7 @@ def parallel_job_num() -> Optional[int]:
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    if hydra.mode != RunMode.MULTIRUN or hydra.launcher.get("_target_") == SEQUENTIAL_LAUNCHER:
+    if hydra.mode != RunMode.MULTIRUN or hydra.launcher.get("_target_") in SEQUENTIAL_LAUNCHERS:
         return None
     return int(hydra.job.num)
 

@@ -212,3 +212,17 @@ def test_prompts_encoded_once_are_padded_as_the_tokenizer_pads_them(multiple):
     assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
     assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
     assert ours["input_ids"].shape[1] % multiple == 0
+
+
+def test_the_default_launcher_counts_as_sequential_and_joblib_as_parallel():
+    """Jobs in order share cuda:0 (and so one loaded model); only a parallel launcher spreads them."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, register
+    from pipeline.placement import SEQUENTIAL_LAUNCHERS
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        default = compose("config", return_hydra_config=True).hydra.launcher._target_
+        joblib = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True).hydra.launcher._target_
+    assert default in SEQUENTIAL_LAUNCHERS and joblib not in SEQUENTIAL_LAUNCHERS
