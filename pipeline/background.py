@@ -43,10 +43,9 @@ class BackgroundEmitter:
         return self
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        if kind is None:
-            self.close()
-            return
-        try:  # the stage failed: keep what it produced, and let its own error through
+        try:
             self.close()
         except Exception:
-            pass
+            if kind is None:
+                raise
+            # the stage failed: what it produced is kept, and its own error is the one that goes through

@@ -11,12 +11,16 @@ from typing import Any
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` through a temporary file, fsynced, then renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2, default=str)
-            file.write("\n")
+            file.write(text)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

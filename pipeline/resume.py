@@ -114,10 +114,10 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
             composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
     sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
     folder = Path(str(composed.hydra.sweep.dir if sweep else composed.hydra.run.dir))
-    config = to_config(composed)
     problem = _unwritable(folder, "hydra.sweep.dir" if sweep else "hydra.run.dir")
     if problem or sweep:
         return problem
+    config = to_config(composed)
     if config.resume is None:
         if (folder / "status.json").exists() or (folder / TRANSCRIPT_NAME).exists():
             return (f"hydra.run.dir={folder}: that folder already holds a run: continue it with "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import StorageError, UserError
+from pipeline.files import write_text_atomically
 from pipeline.records import TranscriptRecord
 
 TRANSCRIPT_NAME = "transcript.jsonl"
@@ -136,9 +137,4 @@ def read_transcript(path: Path) -> list[dict[str, Any]]:
 
 def rewrite_transcript(path: Path, records: list[dict[str, Any]]) -> None:
     """Replace the transcript with `records`, atomically (temporary file, fsync, rename)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_text_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))

@@ -4,11 +4,11 @@ Each sample becomes a conversation (session history, system prompt, its messages
 `generation.num_samples` times when several completions per prompt are asked for (pass@k), by
 pipeline.answering (tool round trips included) and pipeline.generate (batches of similar prompt
 length, per-sample seeded sampling, per-sample timing). A batch's records are written and fsynced
-as soon as the batch completes (on a worker thread, while the next batch generates); the order of the transcript is the same on every run. Scripted
-conversations run a turn at a time across all of them, each turn answered after the history so
-far; with session.autosave each conversation is saved after every turn. A resumed run passes the
-answers it already has (`done`, by record id and sample index): those are skipped, and a
-conversation goes on from its recorded turns.
+as soon as the batch completes (on a worker thread, while the next batch generates); the order of
+the transcript is the same on every run. Scripted conversations run a turn at a time across all
+of them, each turn answered after the history so far; with session.autosave each conversation is
+saved after every turn. A resumed run passes the answers it already has (`done`, by record id and
+sample index): those are skipped, and a conversation goes on from its recorded turns.
 """
 
 from __future__ import annotations
