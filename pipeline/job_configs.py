@@ -8,7 +8,8 @@ in plain values (`generation.seed=3`), and Hydra applies such overrides last, wi
 (its overrides, with the values of plain keys left out) is composed by Hydra in full and kept; a
 later job of that shape is a copy of it with its own values applied by Hydra's own function, and
 the two entries of its hydra node that depend on them (`overrides.task`, `job.override_dirname`)
-set as Hydra sets them. tests/test_job_configs.py checks that this equals a full compose.
+set as Hydra sets them. tests/test_job_configs.py checks that this equals a full compose. The
+command-line check (pipeline.precheck) validates every job of a sweep through `load_job` too.
 
 Anything else composes in full as before: a config group choice (`runtime=cpu`), an addition or
 deletion (`+key=`, `~key`), a dict value (Hydra merges those into what is there), a package
@@ -18,11 +19,12 @@ override or a hydra.* key.
 from __future__ import annotations
 
 import copy
-from typing import Hashable, List
+from typing import Hashable, List, Optional
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 
@@ -34,11 +36,20 @@ class TemplateConfigLoader(ConfigLoaderImpl):
         self.templates: dict[Hashable, DictConfig] = {}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
-        parsed = OverridesParser.create(config_loader=self).parse_overrides(list(sweep_overrides))
-        shape = self._shape(master_config, parsed)
+        hydra_overrides = list(OmegaConf.to_container(master_config.hydra.overrides.hydra))
+        config = self.load_job(master_config.hydra.job.config_name, hydra_overrides + list(sweep_overrides))
+        OmegaConf.copy_cache(from_config=master_config, to_config=config)  # as Hydra's own load_sweep_config
+        return config
+
+    def load_job(self, config_name: Optional[str], overrides: List[str]) -> DictConfig:
+        """One job's config (hydra node included), as `load_configuration(..., RunMode.RUN)` composes it."""
+        parsed = OverridesParser.create(config_loader=self).parse_overrides(overrides)
+        # all the config depends on but its plain values: jobs of one shape share a template
+        shape = (config_name, tuple(("value", o.key_or_group) if self._plain_value(o) else o.input_line
+                                    for o in parsed))
         template = self.templates.get(shape)
         if template is None:
-            config = super().load_sweep_config(master_config, list(sweep_overrides))
+            config = self.load_configuration(config_name, overrides, run_mode=RunMode.RUN)
             self.templates[shape] = copy.deepcopy(config)  # launchers write job numbers into `config`
             return config
         config = copy.deepcopy(template)
@@ -49,14 +60,7 @@ class TemplateConfigLoader(ConfigLoaderImpl):
             naming = config.hydra.job.config.override_dirname
             config.hydra.job.override_dirname = get_overrides_dirname(
                 overrides=task, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
-        OmegaConf.copy_cache(from_config=master_config, to_config=config)
         return config
-
-    def _shape(self, master_config: DictConfig, parsed: list[Override]) -> Hashable:
-        """All a job's config depends on but its plain values: jobs of one shape share a template."""
-        hydra_overrides = tuple(OmegaConf.to_container(master_config.hydra.overrides.hydra))
-        return (master_config.hydra.job.config_name, hydra_overrides,
-                tuple(("value", o.key_or_group) if self._plain_value(o) else o.input_line for o in parsed))
 
     def _plain_value(self, override: Override) -> bool:
         """A `key=value` that Hydra applies with OmegaConf.update after composing: not a config group,

@@ -1,7 +1,8 @@
 """Validate a command line before Hydra runs anything, so a mistake creates nothing.
 
 Hydra composes a run's config only after deciding to run it, and in a sweep only after it has
-created the sweep folder. This module composes the same config first, with Hydra's compose API:
+created the sweep folder. This module composes the same config first, through Hydra's config
+loader (the first job of each shape in full, later ones from it: pipeline.job_configs):
 every value of every swept key (from `-m a=1,2` or a saved experiment's `hydra.sweeper.params`;
 both ends of an Optuna `interval(low, high)`) is composed and converted to the typed schema, so an
 unknown key, a wrong type or an out-of-range value in any job is reported as one line before
@@ -11,20 +12,20 @@ Hydra's own config groups: composing checks that the option exists.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import IntervalSweep, OverrideType
+from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONF_DIR, register, to_config
 from pipeline.errors import describe_config_exception
-
+from pipeline.job_configs import TemplateConfigLoader
 
 
 @dataclass
@@ -64,65 +65,19 @@ def check_jobs(argv: list[str]) -> CommandLineCheck:
                     sweep = next(raw for o, raw in zip(overrides, args.overrides) if o.is_sweep_override())
                     return CommandLineCheck(f"{sweep} lists several values: add -m to sweep over them "
                                             "(python -m pipeline -m ...), or quote a value that contains a comma")
-            checker = _JobChecker(args.config_name or "config", parser)
+            loader = TemplateConfigLoader(GlobalHydra.instance().config_loader())
+            config_name = args.config_name or "config"
+            first_job = None
             for job in _job_overrides(overrides, args.overrides):
-                cfg = checker.check(job)
+                cfg = loader.load_job(config_name, job)
+                to_config(cfg)
+                if first_job is None:
+                    first_job = cfg
                 for extra in _saved_sweep_overrides(cfg, parser):
-                    checker.check(job + extra)
+                    to_config(loader.load_job(config_name, job + extra))
     except Exception as error:  # every failure here is a mistake in the command line or the configs
         return CommandLineCheck(describe_config_exception(error))
-    return CommandLineCheck(first_job=checker.first[3] if checker.first else None)
-
-
-class _JobChecker:
-    """Validates jobs; composes the first, and checks a job that differs from it in one plain value
-    by setting that value in a copy of the first's config (a compose per swept value cost more than
-    the jobs themselves in a small sweep). Group choices, additions, deletions and hydra keys compose."""
-
-    def __init__(self, config_name: str, parser: OverridesParser) -> None:
-        self.config_name, self.parser = config_name, parser
-        self.first: Optional[tuple[dict[str, str], dict[str, Any], set[str], DictConfig]] = None
-
-    def check(self, job: list[str]) -> DictConfig:
-        """Validate one job's overrides; the composed config it was checked against."""
-        by_key = {self.parser.parse_override(raw).get_key_element(): raw for raw in job}
-        if self.first is not None:
-            known, plain, groups, cfg = self.first
-            differing = [key for key in by_key.keys() | known.keys() if by_key.get(key) != known.get(key)]
-            if len(differing) == 1 and differing[0] in by_key:
-                override = self.parser.parse_override(by_key[differing[0]])
-                path = override.key_or_group.split(".")
-                if _plain_value_change(override, groups) and _has_path(plain, path):
-                    changed = copy.deepcopy(plain)
-                    _set_path(changed, path, override.value())
-                    to_config(OmegaConf.create(changed))
-                    return cfg
-        cfg = compose(config_name=self.config_name, overrides=job, return_hydra_config=True)
-        to_config(cfg)
-        if self.first is None:
-            plain = OmegaConf.to_container(cfg, resolve=False)
-            plain.pop("hydra", None)
-            self.first = (by_key, plain, set(cfg.hydra.runtime.choices), cfg)
-        return cfg
-
-
-def _plain_value_change(override, groups: set[str]) -> bool:
-    return (override.type == OverrideType.CHANGE and override.package is None and not override.is_hydra_override()
-            and not override.is_sweep_override() and override.key_or_group not in groups)
-
-
-def _has_path(data: Any, path: list[str]) -> bool:
-    for part in path:
-        if not isinstance(data, dict) or part not in data:
-            return False
-        data = data[part]
-    return True
-
-
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
-    for part in path[:-1]:
-        data = data[part]
-    data[path[-1]] = value
+    return CommandLineCheck(first_job=first_job)
 
 
 def _job_overrides(parsed: list, raw: list[str]) -> Iterable[list[str]]:

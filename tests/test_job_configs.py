@@ -50,9 +50,10 @@ def test_every_job_config_equals_a_full_compose_and_later_jobs_of_a_shape_skip_c
     expected = [as_yaml(hydra_loader.load_sweep_config(master, job)) for job in JOBS]
 
     composed = []
-    original = type(hydra_loader).load_sweep_config
-    monkeypatch.setattr(type(hydra_loader), "load_sweep_config",
-                        lambda self, m, o: composed.append(list(o)) or original(self, m, o))
+    original = type(hydra_loader).load_configuration
+    monkeypatch.setattr(type(hydra_loader), "load_configuration",
+                        lambda self, name, overrides, **kw: composed.append(list(overrides)) or original(
+                            self, name, overrides, **kw))
     served = [template_loader.load_sweep_config(master, job) for job in JOBS]
 
     for job, config, want in zip(JOBS, served, expected):
