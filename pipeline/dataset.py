@@ -1,5 +1,7 @@
 """Read a dataset JSONL file into Samples, refusing bad lines with `file:line` and the reason.
 
+The file may be gzip, bzip2 or xz-compressed (recognised by its first bytes, see pipeline.text_files).
+
 Each line is a JSON object with an `id` (string or integer; the line number when absent),
 either a `prompt` (a string, sent as one user message) or `messages` (a list of
 `{"role", "content"}`, where content is a string or a list of parts: `{"type": "text", "text"}`,
@@ -13,6 +15,7 @@ the model can take image or audio parts is the plan's business; nothing here tou
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +23,7 @@ from pipeline.config import DatasetConfig
 from pipeline.errors import UserError
 from pipeline.prompts import from_dict, is_message
 from pipeline.records import MediaPart, Message, Sample, Turn
+from pipeline.text_files import read_lines
 
 ROLES = ("system", "user", "assistant", "tool")
 MEDIA_KINDS = ("image", "audio")
@@ -27,13 +31,12 @@ MEDIA_KINDS = ("image", "audio")
 
 def load_samples(config: DatasetConfig) -> list[Sample]:
     path = Path(config.path).expanduser()
-    if not path.is_file():
-        raise UserError(f"dataset.path={config.path!r}: file not found (give a .jsonl file of "
-                        "{id, prompt | messages, reference})")
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    # read_lines names the file and line of any byte that is not UTF-8, and reads gzip/bzip2/xz files
+    with closing(read_lines(path, f"dataset.path={config.path!r}",
+                            "a .jsonl file of {id, prompt | messages, reference}")) as lines:
+        for line_number, line in lines:
             if not line.strip():
                 continue
             where = f"{path}:{line_number}"

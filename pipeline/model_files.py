@@ -1,15 +1,20 @@
 """Read what a model folder holds without loading a tensor: config.json, weight headers, templates.
 
-`read_model_folder` checks a folder the way the loader would need it (a config.json, weight files
-it is allowed to open, no code to run unless trusted) and returns `ModelFacts`: architecture,
-shape (layers, heads: what the KV cache needs), context length, parameter count and dtype from the
-safetensors headers, and which tokenizer, chat template and generation files exist. Every problem
+`read_model_folder` checks a folder the way the loader would need it (a config.json with a
+model_type the installed transformers knows, a tokenizer it can read, weight files it is allowed
+to open, no code to run unless trusted, and then every code file auto_map names), so that a
+folder resolve accepts does not fail only once the run has started, and returns `ModelFacts`:
+architecture, shape (layers, heads: what the KV cache needs), context length, parameter count and
+dtype from the safetensors headers, and which tokenizer, chat template and generation files exist. Every problem
 is a UserError naming the folder or file and the fix. This module does not locate models (see
 stages/resolve.py) and does not hash weights (see digest.py).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import importlib.util
 import json
 import math
 import struct
@@ -19,6 +24,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.records import ModelShape
+from pipeline.text_files import read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -29,6 +35,7 @@ SAFETENSORS_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("flo
                       "U64": ("uint64", 8), "F8_E8M0": ("float8_e8m0fnu", 1), "F4": ("float4_e2m1fn_x2", 1)}
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
+SENTENCEPIECE_FILES = (Path("tokenizer.model"), Path("spiece.model"), Path("sentencepiece.bpe.model"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,10 @@ def read_model_folder(folder: Path, where: str, allow_pickle: bool = False,
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"{where}: the model needs its own Python code (auto_map in {folder / 'config.json'}); "
                         "set runtime.trust_remote_code=true only if you trust its authors")
+    # what loading would otherwise find out only after the run started (a failed run, a library's words)
+    _check_model_type(config, folder, where)
+    _check_remote_code_files(config, folder, where)
+    _check_tokenizer(config, folder, where)
     weights_format, files = _weight_files(folder, where, allow_pickle)
     if weights_format == "safetensors":
         parameters, dtype = _count_parameters(files, where)
@@ -90,10 +101,7 @@ def read_config_json(folder: Path, where: str) -> dict[str, Any]:
             raise UserError(f"{where}: {folder} holds an adapter (adapter_config.json), not a model; "
                             "point runtime.model at its base model")
         raise UserError(f"{where}: {folder} has no config.json, so it is not a transformers model folder")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{where}: {config_file} is not valid JSON: {error}") from None
+    config = read_json(config_file, where)  # not UTF-8, not JSON: one line naming the file and line
     if not isinstance(config, dict):
         raise UserError(f"{where}: {config_file} must hold a JSON object")
     return config
@@ -105,10 +113,102 @@ def read_generation_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON: {error}; fix or delete it") from None
+        data = read_json(path)
+    except UserError as error:
+        raise UserError(f"{error}; fix or delete it") from None
     return data if isinstance(data, dict) else {}
+
+
+def _check_model_type(config: dict[str, Any], folder: Path, where: str) -> None:
+    """transformers builds a model from config.json's model_type, unless the model ships its own config class."""
+    if _auto_map(config).get("AutoConfig"):
+        return  # the model's own code defines its config (trust_remote_code was checked above)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise UserError(f"{where}: {folder / 'config.json'} has no model_type, so transformers cannot tell which "
+                        "architecture to build; add it as the model's source has it (e.g. \"model_type\": \"llama\")")
+    if not is_known_model_type(model_type):
+        raise UserError(f"{where}: model_type {model_type!r} in {folder / 'config.json'} is not one the installed "
+                        f"transformers ({_transformers_version()}) knows; a newer transformers may "
+                        "(pip install -U transformers), or check the spelling")
+
+
+def _check_remote_code_files(config: dict[str, Any], folder: Path, where: str) -> None:
+    """Every Python file auto_map names must be in the folder (files in another repo, `repo--module.Class`,
+    are left to transformers)."""
+    for auto_class, references in _auto_map(config).items():
+        for reference in references if isinstance(references, list) else [references]:
+            if not isinstance(reference, str) or "--" in reference:
+                continue
+            module = reference.rsplit(".", 1)[0]
+            if not (folder / f"{module}.py").is_file():
+                raise UserError(f"{where}: auto_map in {folder / 'config.json'} names {reference} for {auto_class}, "
+                                f"but {folder / (module + '.py')} is missing; copy the model's .py files into the folder")
+
+
+def _check_tokenizer(config: dict[str, Any], folder: Path, where: str) -> None:
+    """The folder must hold a tokenizer the installed packages can read: tokenizer.json, or the files a
+    tokenizer class builds one from (a sentencepiece model needs the sentencepiece package)."""
+    if _auto_map(config).get("AutoTokenizer") or (folder / "tokenizer.json").is_file():
+        return
+    if ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (folder / "vocab.txt").is_file():
+        return  # a BPE or WordPiece vocabulary: transformers builds the tokenizer from it
+    sentencepiece = [p.name for p in SENTENCEPIECE_FILES if (folder / p).is_file()]
+    if sentencepiece and importlib.util.find_spec("sentencepiece") is not None:
+        return
+    tiktoken = sorted(p.name for p in folder.glob("*.tiktoken"))
+    if tiktoken and importlib.util.find_spec("tiktoken") is not None:
+        return
+    found = sentencepiece or tiktoken
+    if found:
+        package = "sentencepiece" if sentencepiece else "tiktoken"
+        raise UserError(f"{where}: the tokenizer in {folder} is {found[0]}, which needs the {package} package: "
+                        f"pip install {package} (or add the model's tokenizer.json)")
+    raise UserError(f"{where}: {folder} has no tokenizer (no tokenizer.json, tokenizer.model, or vocab.json "
+                    "with merges.txt); copy the tokenizer files from the model's source into the folder")
+
+
+def _auto_map(config: dict[str, Any]) -> dict[str, Any]:
+    auto_map = config.get("auto_map")
+    return auto_map if isinstance(auto_map, dict) else {}
+
+
+def is_known_model_type(model_type: str) -> bool:
+    """Whether the installed transformers has a config class for `model_type`.
+
+    Looked up first in transformers' generated table of model types, read from its file without
+    importing transformers (its auto classes import torch: seconds, where resolve takes
+    milliseconds); a type not in it is checked against transformers' own mapping before it is refused.
+    True when transformers is not installed: then nothing here can tell."""
+    if model_type in _model_type_table():
+        return True
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:
+        return True
+    return model_type in CONFIG_MAPPING_NAMES
+
+
+@functools.lru_cache(maxsize=1)
+def _model_type_table() -> frozenset[str]:
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    table = Path(next(iter(spec.submodule_search_locations))) / "models" / "auto" / "auto_mappings.py"
+    try:
+        module_spec = importlib.util.spec_from_file_location("pipeline_transformers_auto_mappings", table)
+        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]  # plain data: it imports only collections
+        return frozenset(module.CONFIG_MAPPING_NAMES)
+    except Exception:  # another transformers layout: the slow, exact lookup above decides
+        return frozenset()
+
+
+def _transformers_version() -> str:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def context_length(config: dict[str, Any]) -> int:
@@ -171,9 +271,9 @@ def _weight_files(folder: Path, where: str, allow_pickle: bool) -> tuple[str, li
     index = folder / SAFETENSORS_INDEX
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise UserError(f"{where}: {index} is not a valid safetensors index ({error})") from None
+            shards = sorted(set(read_json(index, where)["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise UserError(f"{where}: {index} is not a valid safetensors index (no weight_map: {error})") from None
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
             raise UserError(f"{where}: {index.name} lists {len(missing)} shard(s) missing from {folder}, "

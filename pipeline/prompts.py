@@ -6,7 +6,6 @@ both see the same prompt: the chat template is rendered by pipeline.chat_templat
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +14,7 @@ from pipeline.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import SessionConfig
 from pipeline.errors import UserError
 from pipeline.records import Message, Sample, ToolCall
+from pipeline.text_files import read_json
 
 
 def conversation(sample: Sample, session: SessionConfig) -> list[Message]:
@@ -101,12 +101,8 @@ def _read_history(path: str, modified: Optional[int]) -> tuple[Message, ...]:
     """Read once per file version: the prompt of every sample needs it."""
     file = Path(path).expanduser()
     where = f"session.history={path!r}"
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{where}: file not found (give a JSON list of {{role, content}} messages)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{where}: not valid JSON: {error}") from None
+    # missing, a folder, not UTF-8, not JSON: one line naming the file (and the line)
+    raw = read_json(file, where, "a JSON file: a list of {role, content} messages")
     if not isinstance(raw, list) or not all(is_message(m) for m in raw):
         raise UserError(f"{where}: expected a JSON list of {{\"role\": system|user|assistant|tool, "
                         "\"content\": a string}} (assistant messages may add tool_calls)")
