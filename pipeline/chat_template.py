@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.errors import UserError
+from pipeline.text_files import read_json, read_text
 
 TEMPLATE_FILE = "chat_template.jinja"
 TEMPLATE_DIR = "additional_chat_templates"
@@ -192,17 +193,11 @@ class TokenCounter:
 
 
 def _read_json(path: Path) -> Optional[Any]:
-    """The file's JSON value, None when there is no such file; a UserError naming the file when it is not JSON."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    """The file's JSON value, None when there is no such file; a UserError naming the file (and the
+    line) when it is a folder, not UTF-8 or not JSON."""
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read {path}: {_one_line(str(error))}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
+    return read_json(path)
 
 
 def _read_object(path: Path) -> dict:
@@ -260,10 +255,7 @@ def _find_templates(folder: Path, config: dict) -> Optional[dict[str, str]]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read {path}: {_one_line(str(error))}") from None
+    return read_text(path)  # a stray byte: path:line: not UTF-8 text, as for every file we read
 
 
 def _named_special_tokens(config: dict, pad_default: Optional[str]) -> dict[str, Any]:

@@ -319,10 +319,10 @@ def test_invalid_json_is_a_user_error_naming_the_file(tmp_path, name):
     shutil.copytree(DEMO_MODEL, tmp_path / "demo")
     (tmp_path / "demo" / "chat_template.jinja").unlink()
     (tmp_path / "demo" / name).write_text('{"bos_token": "<s>",')
-    with pytest.raises(UserError, match=f"{name} is not valid JSON"):
+    with pytest.raises(UserError, match=f"{name}:1: not valid JSON"):
         ChatTemplate.from_folder(tmp_path / "demo")
     if name == "tokenizer_config.json":
-        with pytest.raises(UserError, match=f"{name} is not valid JSON"):
+        with pytest.raises(UserError, match=f"{name}:1: not valid JSON"):
             TokenCounter.from_folder(tmp_path / "demo")
 
 

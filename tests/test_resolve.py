@@ -159,7 +159,7 @@ def broken_folder(tiny_model: Path, tmp_path: Path, breakage: str) -> Path:
     ("no weights", "no weight files"),
     ("pickle only", "only pickle weights in"),
     ("remote code", "set runtime.trust_remote_code=true"),
-    ("bad json", "is not valid JSON"),
+    ("bad json", "config.json:1: not valid JSON"),
     ("garbage weights", "is not a readable safetensors file"),
     ("truncated weights", "truncated: the header describes"),
     ("empty weights", "is not a readable safetensors file (only 0 bytes)"),
@@ -179,6 +179,9 @@ def test_pickle_weights_and_remote_code_pass_only_when_allowed(tiny_model, tmp_p
     resolved = resolve(RuntimeConfig(model=str(folder), allow_pickle=True))
     assert resolved.weights_format == "pickle" and not resolved.parameters_exact and resolved.parameters > 0
     remote = broken_folder(tiny_model, tmp_path / "r", "remote code")
+    with pytest.raises(UserError, match=r"names modeling.Model for AutoModelForCausalLM, but .*modeling.py is missing"):
+        resolve(RuntimeConfig(model=str(remote), trust_remote_code=True))  # trusted, but the code is not there
+    (remote / "modeling.py").write_text("")
     assert resolve(RuntimeConfig(model=str(remote), trust_remote_code=True)).architecture == "LlamaForCausalLM"
 
 
