@@ -16,7 +16,8 @@ import json
 import os
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -362,3 +363,70 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def expected_value(key: str, value: Any = None) -> Optional[str]:
+    """What the setting `key` (a dotted name such as generation.stop or session.tools[0]) takes, in
+    words, from the schema's type annotations: "a number", "null or a string", "a list of strings,
+    e.g. generation.stop='[END]'". None when the schema does not know the key or takes anything.
+
+    Used to say what a wrong value should have been when OmegaConf refuses it in its own terms
+    ("str is not a ListConfig"); `value` (the refused one) shapes the example."""
+    annotation = _annotation_of(key)
+    return None if annotation is None else _describe_type(annotation, key, value)
+
+
+def _annotation_of(key: str) -> Any:
+    current: Any = Config
+    for part in re.findall(r"\[\d+\]|[^.\[\]]+", key):
+        current = _unwrap_optional(current)
+        origin, arguments = typing.get_origin(current), typing.get_args(current)
+        if is_dataclass(current) and not part.startswith("["):
+            hints = typing.get_type_hints(current)
+            if part not in hints:
+                return None
+            current = hints[part]
+        elif origin in (list, List) and part.startswith("[") and arguments:
+            current = arguments[0]
+        elif origin in (dict, Dict) and not part.startswith("[") and len(arguments) == 2:
+            current = arguments[1]
+        else:
+            return None
+    return current
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(arguments) == 1:
+        return arguments[0]
+    return annotation
+
+
+def _describe_type(annotation: Any, key: str, value: Any) -> Optional[str]:
+    inner = _unwrap_optional(annotation)
+    if inner is not annotation:
+        described = _describe_type(inner, key, value)
+        return None if described is None else f"null or {described}"
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is str:
+        if isinstance(value, (list, dict)):  # Hydra read brackets or braces the user meant as text
+            return f"a string (quote text that holds brackets, braces or commas: '{key}=\"...\"')"
+        return "a string"
+    if origin in (list, List):
+        item = arguments[0] if arguments else Any
+        example = value if isinstance(value, str) and value else "a, b"
+        if item is str:
+            return f"a list of strings, e.g. {key}='[{example}]'"
+        return f"a list, e.g. {key}='[...]'"
+    if origin in (dict, Dict):
+        return f"a mapping of names to values, e.g. {key}='{{name: value}}', or one entry: +{key}.name=value"
+    if is_dataclass(annotation):
+        fields = list(typing.get_type_hints(annotation))
+        return f"a group of settings ({', '.join(fields)}), each set on its own, as in {key}.{fields[0]}=..."
+    return None

@@ -107,6 +107,9 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
 def source_folder(value: Optional[str]) -> Path:
     """The source run folder, absolute; a UserError when it is not a folder with a transcript."""
     folder = Path(str(value)).expanduser().resolve()
+    if folder.is_file():  # a transcript.jsonl given for its folder, say
+        raise UserError(f"pipeline.from_transcript={value}: {folder} is a file, expected a run folder "
+                        f"(the folder that holds {TRANSCRIPT_NAME})")
     if not folder.is_dir():
         raise UserError(f"pipeline.from_transcript={value}: no such folder")
     if not (folder / TRANSCRIPT_NAME).is_file():
