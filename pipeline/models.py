@@ -4,7 +4,9 @@ Looks in `--models-dir` (default `models/`, as `runtime.models_dir`; one level o
 nesting is followed) and in the local Hugging Face cache (HF_HUB_CACHE / HF_HOME), reads each
 folder the way the resolve stage does, and prints what it found: the reference to pass as
 `runtime.model`, architecture, parameters, size, dtype, context, chat template, generation config.
-A folder that resolve would refuse is listed with the reason. Nothing is downloaded or loaded.
+A folder that resolve would refuse (no tokenizer, no model_type, ...) is listed as unusable, with
+the reason. A `--models-dir` that does not exist is a mistake (exit 2); the default `models/` may
+be absent. Nothing is downloaded or loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.digest import weights_digest
-from pipeline.errors import UserError
+from pipeline.errors import EXIT_USAGE, UserError
 from pipeline.hub import cached_models
 from pipeline.memory import gib
 from pipeline.model_files import read_model_folder
@@ -120,12 +122,20 @@ def _yes(value: Optional[bool]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.models", description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", default="models", help="folder of local models (default: models)")
+    parser.add_argument("--models-dir", help="folder of local models (default: models)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--digest", action="store_true",
                         help="also compute each model's weights digest (reads local weights once, then cached)")
     args = parser.parse_args(argv)
-    entries = find_models(Path(args.models_dir).expanduser(), args.digest)
+    models_dir = Path(args.models_dir or "models").expanduser()
+    if models_dir.is_file():
+        print(f"error: --models-dir {models_dir}: {models_dir.absolute()} is a file, expected a folder of models",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.models_dir is not None and not models_dir.is_dir():  # the default may be absent: then only the cache
+        print(f"error: --models-dir {args.models_dir}: no such folder ({models_dir.absolute()})", file=sys.stderr)
+        return EXIT_USAGE
+    entries = find_models(models_dir, args.digest)
     if args.json:
         print(json.dumps([asdict(e) for e in entries], indent=2))
     else:
