@@ -231,3 +231,19 @@ def test_bad_inputs_through_the_real_command_line(tmp_path):
         assert result.returncode == 2, result.stderr
         assert_one_line_in_our_words(result.stderr, pattern)
     assert list(work.iterdir()) == [], "a refused command leaves nothing behind (no runs/, no mlflow.db)"
+
+
+@pytest.mark.parametrize("given", ["no-such-folder", "a-file"])
+def test_models_refuses_a_models_dir_that_is_not_a_folder(tmp_path, monkeypatch, capsys, given):
+    from pipeline.models import main
+
+    monkeypatch.chdir(tmp_path)
+    if given == "a-file":
+        (tmp_path / given).write_text("")
+    before = snapshot(tmp_path)
+    assert main(["--models-dir", given]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert_one_line_in_our_words(captured.err, rf"^error: --models-dir {given}: "
+                                               r"(no such folder|.* is a file, expected a folder of models)")
+    assert snapshot(tmp_path) == before
