@@ -116,7 +116,8 @@ def _unknown_key(key: str, error: Any) -> str:
         from pipeline.config import CONF_DIR
 
         keys = _allowed_keys(error) or []
-        groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra") if CONF_DIR.is_dir() else []
+        folders = CONF_DIR.iterdir() if CONF_DIR.is_dir() else ()
+        groups = sorted(p.name for p in folders if p.is_dir() and p.name != "hydra")
         names = sorted(set(keys) | set(groups))
         shown = [name if name in keys else f"+{name}" for name in names]  # groups outside the defaults list take +
         return f"{key}: no such config group or key{_did_you_mean(key, names)}; available: {', '.join(shown)}"

@@ -35,7 +35,10 @@ SAFETENSORS_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("flo
                       "U64": ("uint64", 8), "F8_E8M0": ("float8_e8m0fnu", 1), "F4": ("float4_e2m1fn_x2", 1)}
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
-SENTENCEPIECE_FILES = (Path("tokenizer.model"), Path("spiece.model"), Path("sentencepiece.bpe.model"))
+# tokenizer files transformers reads only through another package (without a tokenizer.json beside them)
+TOKENIZER_FILES_NEEDING = (("tokenizer.model", "sentencepiece"), ("spiece.model", "sentencepiece"),
+                           ("sentencepiece.bpe.model", "sentencepiece"), ("*.tiktoken", "tiktoken"),
+                           ("tekken.json", "mistral_common"))
 
 
 @dataclass(frozen=True)
@@ -143,26 +146,24 @@ def _check_remote_code_files(config: dict[str, Any], folder: Path, where: str) -
             module = reference.rsplit(".", 1)[0]
             if not (folder / f"{module}.py").is_file():
                 raise UserError(f"{where}: auto_map in {folder / 'config.json'} names {reference} for {auto_class}, "
-                                f"but {folder / (module + '.py')} is missing; copy the model's .py files into the folder")
+                                f"but {folder / (module + '.py')} is missing; copy the model's .py files "
+                                "into the folder")
 
 
 def _check_tokenizer(config: dict[str, Any], folder: Path, where: str) -> None:
-    """The folder must hold a tokenizer the installed packages can read: tokenizer.json, or the files a
-    tokenizer class builds one from (a sentencepiece model needs the sentencepiece package)."""
+    """The folder must hold a tokenizer the installed packages can read: tokenizer.json, a vocabulary
+    transformers builds one from, or a file another package reads (sentencepiece, tiktoken, ...)."""
     if _auto_map(config).get("AutoTokenizer") or (folder / "tokenizer.json").is_file():
         return
     if ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (folder / "vocab.txt").is_file():
         return  # a BPE or WordPiece vocabulary: transformers builds the tokenizer from it
-    sentencepiece = [p.name for p in SENTENCEPIECE_FILES if (folder / p).is_file()]
-    if sentencepiece and importlib.util.find_spec("sentencepiece") is not None:
+    needing = [(path.name, package) for pattern, package in TOKENIZER_FILES_NEEDING
+               for path in sorted(folder.glob(pattern))]
+    if any(importlib.util.find_spec(package) is not None for _, package in needing):
         return
-    tiktoken = sorted(p.name for p in folder.glob("*.tiktoken"))
-    if tiktoken and importlib.util.find_spec("tiktoken") is not None:
-        return
-    found = sentencepiece or tiktoken
-    if found:
-        package = "sentencepiece" if sentencepiece else "tiktoken"
-        raise UserError(f"{where}: the tokenizer in {folder} is {found[0]}, which needs the {package} package: "
+    if needing:
+        name, package = needing[0]
+        raise UserError(f"{where}: the tokenizer in {folder} is {name}, which needs the {package} package: "
                         f"pip install {package} (or add the model's tokenizer.json)")
     raise UserError(f"{where}: {folder} has no tokenizer (no tokenizer.json, tokenizer.model, or vocab.json "
                     "with merges.txt); copy the tokenizer files from the model's source into the folder")
