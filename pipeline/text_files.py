@@ -79,7 +79,7 @@ def read_text(path: Path, where: str = "", expected: str = "a text file") -> str
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise UserError(f"{path}: cannot read it: {_reason(error)}") from None
+        raise UserError(f"{_prefix(where)}{path}: cannot read it: {_reason(error)}") from None
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     try:
