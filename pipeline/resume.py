@@ -163,10 +163,20 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if is_locked(folder):
         return in_use_message(folder)
     try:
-        scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
+        records, _ = scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
     except UserError as error:
         return str(error)
-    return config_difference(folder, config) or _inputs_problem(folder, config)
+    return config_difference(folder, config) or records_difference(folder, config, records) \
+        or _inputs_problem(folder, config)
+
+
+def records_difference(folder: Path, config: Config, records: list[dict[str, Any]]) -> Optional[str]:
+    """Why the transcript's records cannot be continued under `config`: records made under another config hash."""
+    hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
+    if not hashes:
+        return None
+    return (f"{folder / TRANSCRIPT_NAME} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
+            f"not {config.config_hash()}): start a new run rather than resuming this one")
 
 
 def _inputs_problem(folder: Path, config: Config) -> Optional[str]:
@@ -241,10 +251,9 @@ def begin(run_dir: Path, config: Config) -> Previous:
     if problem:
         raise UserError(problem)
     records, _ = scan(transcript)
-    hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
-    if hashes:
-        raise UserError(f"{transcript} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
-                        f"not {config.config_hash()}): start a new run rather than resuming this one")
+    problem = records_difference(run_dir, config, records)
+    if problem:
+        raise UserError(problem)
     answered = {_key(r) for r in records if r.get("kind", "answer") == "answer"}
     kept = [r for r in records if _key(r) in answered]
     return Previous(done={_key(r): r for r in kept if r.get("kind", "answer") == "answer"},
