@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -128,8 +127,7 @@ def enter_launch_folder(argv: list[str]) -> None:
     folder = Path(given[-1])
     saved = folder / "multirun.yaml" if (folder / "multirun.yaml").is_file() else folder / ".hydra" / "hydra.yaml"
     launched = OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.cwd") if saved.is_file() else None
-    if launched and Path(launched).is_dir() and Path(launched).resolve() != Path.cwd().resolve():
-        print(f"resume: relative paths are taken from {launched}, where the run was started", file=sys.stderr)
+    if launched and Path(launched).is_dir():
         os.chdir(launched)
 
 
