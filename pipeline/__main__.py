@@ -34,7 +34,7 @@ from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interru
 from pipeline.objective import objective_value
 from pipeline.precheck import check_jobs
 from pipeline.rescore import rescore
-from pipeline.resume import check_output_folder, expand_command_line
+from pipeline.resume import check_output_folder, enter_launch_folder, expand_command_line
 from pipeline.run_state import discard, set_status
 from pipeline.runner import run
 from pipeline.sweep import parent_run_id
@@ -118,6 +118,7 @@ def main() -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    enter_launch_folder(sys.argv[1:])  # a resume's relative paths mean what they meant when the run started
     checked = check_jobs(sys.argv[1:])
     problem = checked.problem or check_output_folder(sys.argv[1:], checked.first_job)
     if problem:

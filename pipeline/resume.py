@@ -4,11 +4,15 @@ Before Hydra starts, `expand_command_line` turns `resume=<folder>` into the comm
 was started with (its `.hydra/hydra.yaml`, or a sweep's `multirun.yaml`), plus any settings
 given now, pointed at the same folder; `check_output_folder` then refuses, before anything is
 written, a folder in use or settings that would change what the model writes (with the keys that
-differ). Inside the run, `begin` decides what is left: a folder that already holds a run is
-refused unless resuming; a resumed run keeps every complete answer (an answer with tool steps is
-complete only once its `answer` record is there; the steps of an unfinished one are dropped, to
-be generated again) and hands execute the keys to skip: (sample id, sample index), where a
-conversation's turn is `<id>#<turn>`.
+differ, or input files (dataset, model weights, ...) whose content is not what the run read
+(pipeline.inputs). A resume runs in the folder the run was launched from (`enter_launch_folder`),
+so relative paths in its config mean what they meant then, from whatever folder it is resumed.
+Inside the run, `begin` decides what is left, writing nothing: a folder that already holds a run
+is refused unless resuming; a resumed run keeps every complete answer (an answer with tool steps
+is complete only once its `answer` record is there; the steps of an unfinished one are dropped by
+`settle`, once the resume is accepted, to be generated again) and hands execute the keys to
+skip: (sample id, sample index), where a conversation's turn is `<id>#<turn>`. A resume that is
+refused, for whatever reason, leaves the run folder and its MLflow run as they were.
 
 This module does not generate anything, and does not talk to MLflow (pipeline.tracking_guard
 continues the run's MLflow run).
@@ -31,6 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import CONF_DIR, Config, flatten, to_config
 from pipeline.errors import UserError
 from pipeline.files import read_json
+from pipeline.inputs import differences, fingerprint, read_inputs
+from pipeline.records import ResolvedModel
 from pipeline.redact import redact
 from pipeline.run_state import in_use_message, is_locked, read_status
 from pipeline.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
@@ -47,6 +53,8 @@ class Previous:
     done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # final answers by (record id, index)
     next_batch: int = 0  # batch numbers go on from where the transcript stopped
     complete: bool = False  # the run had already ended with success: nothing to do
+    kept: list[dict[str, Any]] = field(default_factory=list)  # the transcript's records to keep, in order
+    dropped: int = 0  # tool steps of unfinished answers, taken out of the transcript by `settle`
 
 
 def expand_command_line(argv: list[str]) -> list[str]:
@@ -87,13 +95,40 @@ def _merge(saved: list[str], now: list[str]) -> list[str]:
 
 
 def find_last(runs: Path = RUNS_DIR) -> Path:
-    """The newest run or sweep folder under runs/ (by the date and time in its name, then by age)."""
+    """The newest run or sweep folder under runs/ that has something left to do (by the date and time in
+    its name, then by age); when every one has completed, the newest (whose resume says so)."""
     candidates = [p.parent.parent for p in runs.glob("*/*/.hydra/hydra.yaml") if p.parts[-4] != "multirun"]
     candidates += [p.parent for p in runs.glob("multirun/*/*/multirun.yaml")]
     if not candidates:
         raise UserError(f"resume=last: there is no run under {runs.resolve()}; start one with python -m pipeline, "
                         "or give the folder: resume=<run folder>")
-    return max(candidates, key=lambda p: (p.parent.name, p.name.split("_")[0], p.stat().st_mtime))
+    newest_first = sorted(candidates, key=lambda p: (p.parent.name, p.name.split("_")[0], p.stat().st_mtime),
+                          reverse=True)
+    return next((folder for folder in newest_first if _unfinished(folder)), newest_first[0])
+
+
+def _unfinished(folder: Path) -> bool:
+    """Whether resuming `folder` would do anything: a run not ended with success, or a sweep with such a job
+    (or one that never reached its end, where jobs may not have started yet)."""
+    if not (folder / "multirun.yaml").is_file():
+        return read_status(folder).get("state") != "success"
+    jobs = [p.parent.parent for p in folder.glob("*/.hydra/hydra.yaml")]
+    return not (folder / "sweep_summary.json").is_file() or any(_unfinished(job) for job in jobs)
+
+
+def enter_launch_folder(argv: list[str]) -> None:
+    """For a resume (an expanded command line ending in resume=<folder>), change to the folder the run was
+    launched from, so its relative paths (dataset.path, a model folder, runs/mlflow.db, ...) are the
+    files it used; a launch folder that no longer exists leaves the current folder (the inputs check
+    then says whether the files found here are the run's)."""
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith("resume=")]
+    if not given:
+        return
+    folder = Path(given[-1])
+    saved = folder / "multirun.yaml" if (folder / "multirun.yaml").is_file() else folder / ".hydra" / "hydra.yaml"
+    launched = OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.cwd") if saved.is_file() else None
+    if launched and Path(launched).is_dir():
+        os.chdir(launched)
 
 
 def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) -> Optional[str]:
@@ -126,10 +161,43 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if is_locked(folder):
         return in_use_message(folder)
     try:
-        scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
+        records, _ = scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
     except UserError as error:
         return str(error)
-    return config_difference(folder, config)
+    return config_difference(folder, config) or records_difference(folder, config, records) \
+        or _inputs_problem(folder, config)
+
+
+def records_difference(folder: Path, config: Config, records: list[dict[str, Any]]) -> Optional[str]:
+    """Why the transcript's records cannot be continued under `config`: records made under another config hash."""
+    hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
+    if not hashes:
+        return None
+    return (f"{folder / TRANSCRIPT_NAME} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
+            f"not {config.config_hash()}): start a new run rather than resuming this one")
+
+
+def _inputs_problem(folder: Path, config: Config) -> Optional[str]:
+    """inputs_difference, for the command-line check, which has no resolved model yet."""
+    if read_inputs(folder) is None:
+        return None
+    from pipeline.stages.resolve import resolve  # reads the model folder's files, loads nothing
+
+    try:
+        model = resolve(config.runtime)
+    except UserError as error:
+        return f"resume={folder}: {error}"
+    return inputs_difference(folder, config, model)
+
+
+def inputs_difference(folder: Path, config: Config, model: ResolvedModel) -> Optional[str]:
+    """Why the run in `folder` cannot go on with these input files, naming each that changed; None if it can."""
+    recorded = read_inputs(folder)
+    changed = differences(recorded, fingerprint(config, model)) if recorded else []
+    if not changed:
+        return None
+    return (f"resume={folder}: the input files differ from the run's, so its records would not match: "
+            + "; ".join(changed) + ". Restore them, or start a new run")
 
 
 def _unwritable(folder: Path, key: str) -> Optional[str]:
@@ -164,7 +232,10 @@ def config_difference(folder: Path, config: Config) -> Optional[str]:
 
 
 def begin(run_dir: Path, config: Config) -> Previous:
-    """What is left to do in `run_dir`; refuses a folder that already holds a run unless resuming it."""
+    """What is left to do in `run_dir`; refuses a folder that already holds a run unless resuming it.
+
+    Writes nothing: a resume can still be refused after this (its input files are compared once the
+    model is resolved); `settle` then puts the transcript in the shape `Previous` describes."""
     status = read_status(run_dir)
     transcript = run_dir / TRANSCRIPT_NAME
     if config.resume is None:
@@ -178,18 +249,23 @@ def begin(run_dir: Path, config: Config) -> Previous:
     if problem:
         raise UserError(problem)
     records, _ = scan(transcript)
-    hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
-    if hashes:
-        raise UserError(f"{transcript} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
-                        f"not {config.config_hash()}): start a new run rather than resuming this one")
+    problem = records_difference(run_dir, config, records)
+    if problem:
+        raise UserError(problem)
     answered = {_key(r) for r in records if r.get("kind", "answer") == "answer"}
     kept = [r for r in records if _key(r) in answered]
-    if len(kept) < len(records):
-        log.info("resume: dropping %d tool step(s) of answers left unfinished", len(records) - len(kept))
-        rewrite_transcript(transcript, kept)
-    log.info("resume: %d answer(s) already in %s; generating the rest", len(answered), transcript)
     return Previous(done={_key(r): r for r in kept if r.get("kind", "answer") == "answer"},
-                    next_batch=max((r.get("batch", -1) for r in kept), default=-1) + 1)
+                    next_batch=max((r.get("batch", -1) for r in kept), default=-1) + 1,
+                    kept=kept, dropped=len(records) - len(kept))
+
+
+def settle(run_dir: Path, previous: Previous) -> None:
+    """Once a resume is accepted: drop the tool steps of unfinished answers (generated again), and say what is kept."""
+    transcript = run_dir / TRANSCRIPT_NAME
+    if previous.dropped:
+        log.info("resume: dropping %d tool step(s) of answers left unfinished", previous.dropped)
+        rewrite_transcript(transcript, previous.kept)
+    log.info("resume: %d answer(s) already in %s; generating the rest", len(previous.done), transcript)
 
 
 def _key(record: dict[str, Any]) -> tuple[str, int]:

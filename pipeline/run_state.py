@@ -27,7 +27,7 @@ from pipeline.files import read_json, write_json
 STATES = ("started", "success", "failed", "interrupted")
 STATUS_NAME = "status.json"
 # What a run writes before its first record; a folder holding only these held no results.
-SETUP_FILES = ("config.json", STATUS_NAME, "plan.json", "tracking.json", "run.log", ".hydra")
+SETUP_FILES = ("config.json", STATUS_NAME, "plan.json", "inputs.json", "tracking.json", "run.log", ".hydra")
 
 
 @contextlib.contextmanager

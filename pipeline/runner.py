@@ -21,11 +21,12 @@ from pipeline.config import Config
 from pipeline.console import ProgressSink
 from pipeline.errors import Interrupted, TrackingError, UserError
 from pipeline.files import read_json, write_json
+from pipeline.inputs import INPUTS_FILE, fingerprint
 from pipeline.peak_memory import peak_memory, reset_peak_memory
 from pipeline.records import LoadedRuntime, RuntimePlan, Summary
 from pipeline.redact import redact
 from pipeline.reuse import LOAD_FILE, LoadRecord, acquire
-from pipeline.resume import begin
+from pipeline.resume import begin, inputs_difference, settle
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.plan import plan_from_config
@@ -53,7 +54,9 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
     """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
 
     `run_name` names the MLflow run (default: the run folder's name). The folder is locked while
-    the run is in it; with `config.resume` the run continues what the folder holds."""
+    the run is in it; with `config.resume` the run continues what the folder holds. A resume writes
+    nothing until its model and input files are checked (resolve, plan, pipeline.inputs): one that is
+    refused or stopped before then leaves the folder and its MLflow run as they were."""
     with locked(run_dir):
         return _run(config, run_dir, parent_run_id, overrides, run_name)
 
@@ -65,10 +68,11 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
     if previous.complete:
         result.complete, result.summary = True, _read_summary(run_dir)
         return result
-    write_json(run_dir / "config.json", redact(config.to_dict()))
-    set_status(run_dir, "started")
+    resuming = config.resume is not None  # until accepted, a resume must leave the run folder as it found it
+    if not resuming:
+        _start(run_dir, config)
     seconds: dict[str, float] = {}
-    tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
+    tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming)
 
     def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
@@ -87,6 +91,16 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             set_status(run_dir, "success")
             return result
         result.plan, samples, template = timed("plan", plan_from_config, config, resolved, overrides)
+        inputs = fingerprint(config, resolved)
+        if resuming:
+            problem = inputs_difference(run_dir, config, resolved)
+            if problem:
+                raise UserError(problem)
+            settle(run_dir, previous)
+            _start(run_dir, config)
+            resuming = False  # accepted: from here on, the run's state is this run's
+        if not (run_dir / INPUTS_FILE).is_file():  # a resume keeps what the run first read
+            write_json(run_dir / INPUTS_FILE, inputs)
         write_json(run_dir / "plan.json", result.plan.to_dict())
         if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
@@ -120,18 +134,27 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             result.summary.stage_seconds = dict(seconds)  # now including summarize itself
             write_json(run_dir / "summary.json", result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())
-    except KeyboardInterrupt as interrupt:
-        reason = "stopped by SIGTERM" if isinstance(interrupt, Interrupted) else "interrupted by the user (Ctrl-C)"
-        close_run(run_dir, tracker, "interrupted", "KILLED", reason)
-        raise
-    except UserError as error:
-        close_run(run_dir, tracker, "failed", "FAILED", str(error))
-        raise
-    except Exception as error:
-        close_run(run_dir, tracker, "failed", "FAILED", f"{type(error).__name__}: {error}")
+    except (KeyboardInterrupt, Exception) as error:
+        if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
+            close_run(run_dir, tracker, *_ending(error))
         raise
     close_run(run_dir, tracker, "success", "FINISHED", "")
     return result
+
+
+def _start(run_dir: Path, config: Config) -> None:
+    write_json(run_dir / "config.json", redact(config.to_dict()))
+    set_status(run_dir, "started")
+
+
+def _ending(error: BaseException) -> tuple[str, str, str]:
+    """How a run stopped by `error` ends: its state, its MLflow status and the reason."""
+    if isinstance(error, KeyboardInterrupt):
+        reason = "stopped by SIGTERM" if isinstance(error, Interrupted) else "interrupted by the user (Ctrl-C)"
+        return "interrupted", "KILLED", reason
+    if isinstance(error, UserError):
+        return "failed", "FAILED", str(error)
+    return "failed", "FAILED", f"{type(error).__name__}: {error}"
 
 
 def _load(plan: RuntimePlan, template: Any, trust_remote_code: bool, run_dir: Path,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 from dataclasses import replace
 
 import pytest
@@ -15,7 +14,7 @@ from conftest import make_config, write_jsonl
 from pipeline.config import ASSETS_DIR, GenerationConfig, SessionConfig
 from pipeline.errors import StorageError, UserError
 from pipeline.records import TranscriptRecord
-from pipeline.resume import begin, config_difference
+from pipeline.resume import begin, config_difference, settle
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.load import load
@@ -120,7 +119,10 @@ def content(records: list[dict]) -> dict[tuple, tuple]:
 def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversations_and_num_samples(tmp_path):
     """Tool steps (an answer is complete only with its answer record), a scripted conversation
     (`<id>#<turn>`, the later turn built on the recorded one) and two samples per prompt, sampled:
-    the transcript is cut after a random record (seeded), once with a torn line after it, and resumed."""
+    the transcript is cut after every record in turn (every other cut with a torn line after it)
+    and resumed. The result must be the uninterrupted records, and the work done before the cut
+    must be kept: the complete answers (with their tool steps) keep their bytes, timings included,
+    and only the rest is generated (execute's count of records written)."""
     dataset = write_jsonl(tmp_path / "mixed.jsonl", [
         {"id": "talk", "turns": [{"content": "What is 1234+5678?", "reference": "6912"},
                                  {"content": "What is 9000+1001?", "reference": "10001"}]},
@@ -132,23 +134,32 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
 
     def run_into(folder, done=None, first_batch=0):
         with TranscriptWriter(folder / "transcript.jsonl") as writer:
-            execute(runtime, samples, config, writer, config.config_hash(), None, done, first_batch)
-        return read_transcript(folder / "transcript.jsonl")
+            written = execute(runtime, samples, config, writer, config.config_hash(), None, done, first_batch)
+        return read_transcript(folder / "transcript.jsonl"), written
 
     (tmp_path / "whole").mkdir()
-    whole = run_into(tmp_path / "whole")
+    whole, _ = run_into(tmp_path / "whole")
     assert any(r["kind"] == "tool_call" for r in whole) and any(r["turn"] == 1 for r in whole)
     assert {r["sample_index"] for r in whole} == {0, 1}
     lines = (tmp_path / "whole" / "transcript.jsonl").read_text().splitlines(keepends=True)
-    rng = random.Random(7)
-    for cut, tear in zip(sorted(rng.sample(range(1, len(lines)), 2)), (True, False)):
+    assert len(lines) >= 8
+    for cut in range(1, len(lines)):
+        tear = cut % 2 == 1
         folder = tmp_path / f"cut{cut}"
         folder.mkdir()
         torn = lines[cut][: len(lines[cut]) // 2] if tear else ""
         (folder / "transcript.jsonl").write_text("".join(lines[:cut]) + torn)
+        answered = {(r["sample_id"], r["sample_index"]) for r in whole[:cut] if r["kind"] == "answer"}
+        complete = [line for line, r in zip(lines[:cut], whole) if (r["sample_id"], r["sample_index"]) in answered]
         previous = begin(folder, replace(config, resume=str(folder)))
-        resumed = run_into(folder, previous.done, previous.next_batch)
-        assert content(resumed) == content(whole), f"cut after {cut} records, torn={bool(torn)}"
+        settle(folder, previous)
+        resumed, generated = run_into(folder, previous.done, previous.next_batch)
+        where = f"cut after {cut} records, torn={tear}"
+        assert content(resumed) == content(whole), where
+        after = (folder / "transcript.jsonl").read_text().splitlines(keepends=True)
+        assert after[:len(complete)] == complete, f"{where}: a complete answer lost its bytes (generated again?)"
+        assert generated == len(whole) - len(complete), f"{where}: {generated} records generated, " \
+            f"{len(whole) - len(complete)} were missing"
 
 
 def test_a_lost_insert_race_is_tried_again_and_a_true_duplicate_still_fails(tmp_path, monkeypatch):

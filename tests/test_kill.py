@@ -7,13 +7,17 @@ the run's own time and not Python's start-up. Kill moments are drawn (seeded; th
 failure message) as the earlier of a random time over an uninterrupted run's length (start-up,
 planning, loading, execute, summarize) and a random point further on in the transcript (at most
 a quarter of what is left, so that 20 kills never finish the run). Batches of one make execute
-long enough to be cut in the middle.
+long enough to be cut in the middle. Every attempt must keep, byte for byte (timings included),
+the whole records it found, and the attempt that finishes must generate only what was missing (its
+run.log counts the records it wrote and the answers it kept): a resume that started over would
+write the same greedy answers, but not the same bytes or counts.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import mlflow_client, pipeline_env
-from pipeline.transcript import read_transcript
+from pipeline.transcript import read_transcript, scan
 
 pytestmark = pytest.mark.slow
 SEED = 20261122
@@ -52,6 +56,16 @@ def run_folders(cwd: Path) -> list[Path]:
     return [p.parent.parent for p in (cwd / "runs").glob("*/*/.hydra/hydra.yaml")]
 
 
+def whole_records(cwd: Path) -> bytes:
+    """The bytes of the whole records in the one transcript under cwd (a torn last line left out)."""
+    transcripts = [f / "transcript.jsonl" for f in run_folders(cwd) if (f / "transcript.jsonl").exists()]
+    assert len(transcripts) <= 1, f"a second run began: {transcripts}"
+    if not transcripts:
+        return b""
+    _, size = scan(transcripts[0])
+    return transcripts[0].read_bytes()[:size]
+
+
 def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_transcript(tmp_path):
     rng = random.Random(SEED)
     runner = ForkRunner()
@@ -73,8 +87,11 @@ def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_transcri
             moment = rng.uniform(0, reference["seconds"])
             at_record = written + 1 + int(rng.uniform(0, (len(whole) - written) / 4))
             argv = ARGS if not folders else (["resume=last"] if attempts % 2 else [f"resume={folders[0]}"])
+            found = whole_records(cwd)
             outcome = runner.run(cwd, argv, kill_after=moment, kill_at_records=at_record)
             moments.append((round(moment, 3), at_record))
+            assert whole_records(cwd).startswith(found), \
+                f"seed {SEED}: attempt {attempts} changed records it found (kill moments {moments})"
             if outcome["killed"]:
                 kills += 1
             else:
@@ -85,7 +102,9 @@ def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_transcri
             (folder,) = [f for f in run_folders(cwd) if (f / "config.json").exists()]
             if json.loads((folder / "status.json").read_text())["state"] == "success":
                 break
+            found = whole_records(cwd)
             assert runner.run(cwd, [f"resume={folder}"])["exit"] == 0, (cwd / "attempts.log").read_text()[-3000:]
+            assert whole_records(cwd).startswith(found), f"seed {SEED}: the last resume changed records it found"
     finally:
         runner.close()
 
@@ -96,6 +115,14 @@ def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_transcri
     assert ids == [r["sample_id"] for r in whole], f"missing or out of order; {context}"
     assert [r["response"] for r in resumed] == [r["response"] for r in whole], context
     assert [r["batch"] for r in resumed] == [r["batch"] for r in whole], context
+    # the attempt that finished generated only what was missing when it started
+    counts = re.findall(r"execute: (\d+) records written in \d+ batches; (\d+) answer\(s\) kept from before",
+                        (folder / "run.log").read_text())
+    assert counts, f"no execute line in run.log; {context}"
+    generated, kept = map(int, counts[-1])
+    there = found.count(b"\n")
+    assert kept == there and generated == len(whole) - kept, \
+        f"generated {generated}, kept {kept}, {there} records were there; {context}"
     others = [f for f in run_folders(cwd) if f != folder]
     assert not any((f / "transcript.jsonl").exists() for f in others), f"a second run began; {context}"
 

@@ -43,7 +43,9 @@ def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, write
         answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)
                          if (s.id, i) not in done])
         _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations", done)
-    log.info("execute: %d records written in %d batches", writer.written, context.batch - first_batch)
+    # what a resume kept and what it generated: the one way to see, from outside, that kept work was not redone
+    log.info("execute: %d records written in %d batches; %d answer(s) kept from before", writer.written,
+             context.batch - first_batch, len(done))
     return writer.written
 
 
