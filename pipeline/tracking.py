@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 import subprocess
@@ -96,6 +97,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         quiet_mlflow_logs()
+        # MLflow prints a server run's address to stdout as it ends, `user:password@` and all; the
+        # summary names the run (masked), and stdout carries only results
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:

@@ -188,6 +188,7 @@ class GuardedTracker(Tracker):
 
     def _give_up(self, error: Exception, waited: float = 0.0) -> None:
         description, advice = describe_store_error(error, self.uri, waited)
+        description = hide_credentials(description)  # an error's text may quote the URI, password and all
         reason = f"MLflow tracking at {self.display_uri} failed: {description}"
         self.offline_reason = reason  # whatever happens next, no more waiting on this store
         self._record()
@@ -212,13 +213,17 @@ def ask_health(uri: str, timeout_s: float) -> None:
     """A tracking server answers its /health address within timeout_s; other stores are opened by MLflow."""
     if not uri.startswith(("http://", "https://")):
         return
+    scheme, _, rest = uri.partition("://")
+    # urllib takes `user:password@` for part of the host name; /health asks for no credentials anyway
+    address = f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
+    path = rest.split("/", 1)[1] if "/" in rest else ""
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        urllib.request.urlopen(f"{address}/{path}".rstrip("/") + "/health", timeout=timeout_s).close()
     except urllib.error.HTTPError:
         return  # it answered (perhaps asking for credentials): it is there
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ConnectionError(f"no answer from {uri} within {timeout_s:g} s ({reason})") from None
+        raise ConnectionError(f"no answer from {hide_credentials(uri)} within {timeout_s:g} s ({reason})") from None
 
 
 def create_sqlite_store(uri: str) -> None:
@@ -267,41 +272,45 @@ def sqlite_path(uri: str) -> Optional[Path]:
 
 
 def store_problem(uri: str) -> Optional[str]:
-    """Why the SQLite store at `uri` cannot be written, as far as its path shows; None when it can (or
-    when it is not a SQLite store: a server is asked at the start of the run).
+    """Why the SQLite store at `uri` cannot be written, as far as its path shows, and what to do; None
+    when it can (or when it is not a SQLite store: a server is asked at the start of the run)."""
+    path = sqlite_path(uri)
+    found = _path_problem(path) if path is not None else None
+    return f"{found[0]}: {found[1][0].lower()}{found[1][1:]}" if found else None
+
+
+def _path_problem(path: Path) -> Optional[tuple[str, str]]:
+    """(what is wrong, what to do) with the SQLite file at `path`, or None.
 
     Read-only is asked of the operating system (`os.access`), which also answers for root on a
-    read-only file system or an immutable file; SQLite needs its folder writable too, for the
+    read-only file system or an immutable file; SQLite needs the folder writable too, for the
     journal it writes beside the database. A lock is not looked for: it may be gone in a moment."""
-    path = sqlite_path(uri)
-    if path is None:
-        return None
     if path.is_dir():
-        return f"{path} is a folder, not a SQLite file: name a file, such as sqlite:///runs/mlflow.db"
+        return f"{path} is a folder, not a SQLite file", "Name a file, such as sqlite:///runs/mlflow.db"
     if path.exists():
         try:
             with path.open("rb") as file:
                 head = file.read(len(SQLITE_HEADER))
         except OSError as error:
-            return f"cannot read the SQLite file {path} ({error.strerror}): make it readable or choose another store"
+            return f"cannot read the SQLite file {path} ({error.strerror})", "Make it readable or choose another store"
         if head and head != SQLITE_HEADER:
-            return (f"{path} is not a SQLite database (it starts with {head[:8]!r}): point tracking.uri at an "
-                    "MLflow store, or at a new file")
+            return (f"{path} is not a SQLite database (it starts with {head[:8]!r})",
+                    "Point tracking.uri at an MLflow store, or at a new file")
         if not os.access(path, os.W_OK):
-            return (f"the SQLite file {path} is read-only: make it writable, or point tracking.uri at a store "
-                    "you can write")
+            return (f"the SQLite file {path} is read-only",
+                    "Make it writable, or point tracking.uri at a store you can write")
         if not os.access(path.parent, os.W_OK | os.X_OK):
-            return (f"the folder of the SQLite file {path} is read-only (SQLite writes its journal there): make "
-                    "it writable, or point tracking.uri at a store in a folder you can write")
+            return (f"the folder of the SQLite file {path} is read-only (SQLite writes its journal there)",
+                    "Make it writable, or point tracking.uri at a store in a folder you can write")
         return None
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return f"cannot create the SQLite file {path}: {existing} is a file, not a folder; choose another path"
+        return f"cannot create the SQLite file {path}: {existing} is a file, not a folder", "Choose another path"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return (f"cannot create the SQLite file {path}: {existing} is read-only; make it writable or choose "
-                "another path")
+        return (f"cannot create the SQLite file {path}: {existing} is read-only",
+                "Make it writable or choose another path")
     return None
 
 
@@ -327,6 +336,9 @@ def describe_store_error(error: BaseException, uri: str, waited: float = 0.0) ->
     text = " ".join(_chain_texts(error))
     path = sqlite_path(uri)
     if path is not None:
+        found = _path_problem(path)  # what the path shows now is the most precise account (read-only, ...)
+        if found:
+            return found
         if _is_busy(error) or "database is locked" in text:
             return (f"the SQLite file {path} stayed locked by another process for {waited:.0f} s",
                     "Let that process finish (`fuser` names it), or point tracking.uri at another store, "
