@@ -40,11 +40,11 @@ PACKAGES = ("llm-pipeline", "torch", "transformers", "accelerate", "tokenizers",
 
 
 def tracking_uri(config: TrackingConfig) -> str:
-    """The URI to use; a relative SQLite path is taken relative to the launch folder."""
+    """The URI to use; a relative SQLite path is taken relative to the launch folder. Creates nothing:
+    the store's folder is made when the store is (pipeline.tracking_guard), where a failure is told."""
     prefix = "sqlite:///"
     if config.uri.startswith(prefix) and not config.uri.startswith(prefix + "/"):
         database = Path(config.uri[len(prefix):]).resolve()
-        database.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(database)
     return config.uri
 

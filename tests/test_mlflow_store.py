@@ -214,3 +214,19 @@ def test_a_lock_that_stays_fails_with_one_line(tracker, tmp_path, monkeypatch, c
     assert "tracking.required=false" in message
     assert json.loads((tmp_path / "tracking.json").read_text())["state"] == "offline"
     assert "Traceback" not in capfd.readouterr().err  # MLflow's own log of the failure stays off the terminal
+
+
+def test_the_runner_refuses_a_bad_store_before_it_resolves_the_model(tmp_path):
+    """What the command-line check cannot see (a library caller, a sweep's later job) meets the
+    same check at the start of the run: a UserError naming tracking.uri (exit 2 from the command line)."""
+    from conftest import DEMO_DATASET, make_config
+    from pipeline.config import TrackingConfig
+    from pipeline.errors import UserError
+    from pipeline.runner import run
+
+    store = tmp_path / "notes.db"
+    store.write_text("my notes\n")
+    config = make_config(tmp_path / "no-model-here", DEMO_DATASET, tracking=TrackingConfig(uri=f"sqlite:///{store}"))
+    with pytest.raises(UserError, match=f"tracking.uri='sqlite:///{store}': {store} is not a SQLite database"):
+        run(config, tmp_path / "run")  # the model would be refused too: the store is checked first
+    assert store.read_text() == "my notes\n" and not (tmp_path / "mlartifacts").exists()
