@@ -58,7 +58,7 @@ def artifact_root(uri: str) -> Optional[str]:
 
 # The loggers MLflow gives its own terminal handler on import; the SQL store logs a failed query with
 # its whole traceback there (ninety lines for a read-only file), before our one-line message.
-MLFLOW_LOGGERS = ("mlflow", "sqlalchemy", "alembic", "huey")
+MLFLOW_LOGGERS = ("mlflow", "sqlalchemy", "sqlalchemy.engine", "alembic", "huey")
 
 
 def quiet_mlflow_logs() -> None:
