@@ -38,6 +38,7 @@ from pipeline.resume import check_output_folder, enter_launch_folder, expand_com
 from pipeline.run_state import discard, set_status
 from pipeline.runner import run
 from pipeline.sweep import parent_run_id
+from pipeline.tracking_guard import check_tracking_store
 
 log = logging.getLogger("pipeline")
 
@@ -120,7 +121,8 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     enter_launch_folder(sys.argv[1:])  # a resume's relative paths mean what they meant when the run started
     checked = check_jobs(sys.argv[1:])
-    problem = checked.problem or check_output_folder(sys.argv[1:], checked.first_job)
+    problem = checked.problem or check_output_folder(sys.argv[1:], checked.first_job) \
+        or check_tracking_store(checked.first_job)
     if problem:
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 import subprocess
@@ -39,11 +40,11 @@ PACKAGES = ("llm-pipeline", "torch", "transformers", "accelerate", "tokenizers",
 
 
 def tracking_uri(config: TrackingConfig) -> str:
-    """The URI to use; a relative SQLite path is taken relative to the launch folder."""
+    """The URI to use; a relative SQLite path is taken relative to the launch folder. Creates nothing:
+    the store's folder is made when the store is (pipeline.tracking_guard), where a failure is told."""
     prefix = "sqlite:///"
     if config.uri.startswith(prefix) and not config.uri.startswith(prefix + "/"):
         database = Path(config.uri[len(prefix):]).resolve()
-        database.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(database)
     return config.uri
 
@@ -53,6 +54,27 @@ def artifact_root(uri: str) -> Optional[str]:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return None
+
+
+# The loggers MLflow gives its own terminal handler on import; the SQL store logs a failed query with
+# its whole traceback there (ninety lines for a read-only file), before our one-line message.
+MLFLOW_LOGGERS = ("mlflow", "sqlalchemy", "sqlalchemy.engine", "alembic", "huey")
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's and SQLAlchemy's log records go to the run's log file only, never to the terminal.
+
+    A store failure is told to the user once, in our words (pipeline.tracking_guard); what MLflow
+    logged about it stays in run.log for whoever needs the detail. Called after MLflow is imported
+    (its import sets its handlers) and again for each run (Hydra resets the loggers per job)."""
+    import mlflow  # noqa: F401 - its first import sets its own handlers: set ours after it
+
+    files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
+    for name in MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = files or [logging.NullHandler()]  # no handler at all would fall back to stderr
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)  # MLflow sets INFO on import
 
 
 class Tracker:
@@ -74,7 +96,10 @@ class Tracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO on import; keep its chatter out
+        quiet_mlflow_logs()
+        # MLflow prints a server run's address to stdout as it ends, `user:password@` and all; the
+        # summary names the run (masked), and stdout carries only results
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
@@ -134,7 +159,7 @@ class Tracker:
         try:
             count = log_traces(self.uri, self.experiment_id, self.run_id, read_transcript(transcript))
         except Exception as error:  # noqa: BLE001 - a trace store problem is reported, not fatal
-            log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, error)
+            log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
             return
         self.log_metrics({"traces": count, "traces/seconds": time.perf_counter() - started})
 
@@ -194,6 +219,13 @@ class Tracker:
         for start in range(0, max(len(params), len(metrics)), BATCH_SIZE):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH_SIZE],
                                   metrics=metrics[start:start + BATCH_SIZE])
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message in one line; SQLAlchemy's preamble about how the error was raised is not the message."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("(raised as a result of")]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:

@@ -10,11 +10,14 @@
   do not race.
 - A SQLite store busy with another process ("database is locked": MLflow's SQLite sessions wait
   20 s on a lock, but SQLite gives up at once where two transactions would deadlock) is retried
-  with a growing, jittered pause; so is an insert that lost a race with another process (parallel
-  jobs logging the same dataset for the first time), a few times.
+  with a growing, jittered pause for up to LOCK_WAIT_S; so is an insert that lost a race with
+  another process (parallel jobs logging the same dataset for the first time), a few times.
+- A SQLite store that cannot work, as its path shows before anything runs (a folder, not a
+  database, read-only, in a folder that cannot be written), is a mistake in tracking.uri
+  (`store_problem`): the command-line check refuses it before anything is created.
 - Any other failure stops the run (TrackingError) when `tracking.required=true`; with `false` the
   run goes on without MLflow, says so once, and `python -m pipeline.sync <run folder>` uploads it
-  later.
+  later. Either way the user gets one line in our words (`describe_store_error`), not SQLAlchemy's.
 - `tracking.json` in the run folder records the run's MLflow run id, so a resumed run continues
   the same MLflow run (found by its `run_dir` tag when a crash came before that file was written).
 
@@ -35,14 +38,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.config import TrackingConfig
-from pipeline.errors import TrackingError
+from pipeline.errors import TrackingError, UserError
 from pipeline.files import read_json, write_json
-from pipeline.tracking import Tracker, artifact_root, params_for_mlflow
+from pipeline.redact import hide_credentials
+from pipeline.tracking import Tracker, artifact_root, first_line, params_for_mlflow, quiet_mlflow_logs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TRACKING_FILE = "tracking.json"
-LOCK_RETRIES = 10  # about 30 s of waiting on a busy SQLite file, in all
+LOCK_RETRIES = 10  # tries of a call that met a busy SQLite file (each try waits up to 20 s in SQLite itself) ...
+LOCK_WAIT_S = 60.0  # ... and no more tries once this long has passed: a lock that stays is an error, not a hang
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 RACE_RETRIES = 3  # a lost insert race is settled by one retry; a true duplicate fails as before
 MLFLOW_HTTP_RETRIES = "1"
 
@@ -61,6 +67,7 @@ class GuardedTracker(Tracker):
         if not self.enabled or self.client is not None or self.offline_reason:
             return
         _short_http_timeouts(self.timeout_s)
+        quiet_mlflow_logs()  # before the first store call: a failure is told in our words, not in MLflow's log
         self._guard(functools.partial(ask_health, self.uri, self.timeout_s))
         self._guard(functools.partial(create_sqlite_store, self.uri))
 
@@ -72,8 +79,17 @@ class GuardedTracker(Tracker):
             self.client = None
 
     def check_reachable(self) -> None:
-        """Fail now (within tracking.timeout_s) rather than after the model loads, when a server is down."""
-        if self.enabled and self.uri.startswith(("http://", "https://")):
+        """Fail now (within tracking.timeout_s) rather than after the model loads, when a server is down,
+        or when a SQLite store's path shows it cannot work (a UserError: a mistake in tracking.uri).
+        With tracking.required=false either goes on without MLflow from here."""
+        if not self.enabled or self.offline_reason:
+            return
+        problem = store_problem(self.uri)
+        if problem and self.required:
+            raise UserError(f"tracking.uri={self.display_uri!r}: {problem}")
+        if problem:
+            self._give_up(ValueError(problem))
+        elif self.uri.startswith(("http://", "https://")):
             self.connect()
 
     def start(self, run_name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> None:
@@ -156,26 +172,30 @@ class GuardedTracker(Tracker):
         """Run one call to the store: retried while SQLite is busy; a failure stops the run or goes offline."""
         if self.offline_reason:
             return None
+        started = time.monotonic()
         for attempt in itertools.count():
             try:
                 return call()
             except Exception as error:  # noqa: BLE001 - whatever the store raises, the run's fate is decided here
-                if (_is_busy(error) and attempt < LOCK_RETRIES) or (_is_race(error) and attempt < RACE_RETRIES):
+                waited = time.monotonic() - started
+                if (_is_busy(error) and attempt < LOCK_RETRIES and waited < LOCK_WAIT_S) or \
+                        (_is_race(error) and attempt < RACE_RETRIES):
                     time.sleep(min(5.0, 0.1 * 2 ** attempt) * random.uniform(0.5, 1.5))
                     continue
-                self._give_up(error)
+                self._give_up(error, waited)
                 return None
         raise AssertionError("unreachable")
 
-    def _give_up(self, error: Exception) -> None:
-        reason = f"MLflow tracking at {self.display_uri} failed: {_first_line(error)}"
+    def _give_up(self, error: Exception, waited: float = 0.0) -> None:
+        description, advice = describe_store_error(error, self.uri, waited)
+        description = hide_credentials(description)  # an error's text may quote the URI, password and all
+        reason = f"MLflow tracking at {self.display_uri} failed: {description}"
         self.offline_reason = reason  # whatever happens next, no more waiting on this store
         self._record()
-        if self.required:
-            raise TrackingError(f"{reason}. If the store is unreachable, start it or fix tracking.uri; or set "
-                                "tracking.required=false to run without it and upload later with "
-                                "python -m pipeline.sync <run folder>") from error
         where = self.run_dir if self.run_dir is not None else "<run folder>"
+        if self.required:
+            raise TrackingError(f"{reason}. {advice}; or set tracking.required=false to run without it and upload "
+                                f"later with python -m pipeline.sync {where}") from error
         log.warning("%s; going on without MLflow (tracking.required=false): upload later with "
                     "python -m pipeline.sync %s", reason, where)
 
@@ -193,13 +213,17 @@ def ask_health(uri: str, timeout_s: float) -> None:
     """A tracking server answers its /health address within timeout_s; other stores are opened by MLflow."""
     if not uri.startswith(("http://", "https://")):
         return
+    scheme, _, rest = uri.partition("://")
+    # urllib takes `user:password@` for part of the host name; /health asks for no credentials anyway
+    address = f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
+    path = rest.split("/", 1)[1] if "/" in rest else ""
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        urllib.request.urlopen(f"{address}/{path}".rstrip("/") + "/health", timeout=timeout_s).close()
     except urllib.error.HTTPError:
         return  # it answered (perhaps asking for credentials): it is there
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ConnectionError(f"no answer from {uri} within {timeout_s:g} s ({reason})") from None
+        raise ConnectionError(f"no answer from {hide_credentials(uri)} within {timeout_s:g} s ({reason})") from None
 
 
 def create_sqlite_store(uri: str) -> None:
@@ -227,6 +251,119 @@ def create_sqlite_store(uri: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def check_tracking_store(composed: Any) -> Optional[str]:
+    """The command-line check: why the first job's MLflow store cannot be written, as `tracking.uri=...: why`;
+    None when it can, or when tracking is off or not required (the run then goes on without MLflow).
+    `composed` is the job's composed config (a DictConfig), read before Hydra creates anything."""
+    tracking = getattr(composed, "tracking", None)
+    if tracking is None or not tracking.get("enabled", True) or not tracking.get("required", True):
+        return None
+    uri = str(tracking.get("uri", ""))
+    problem = store_problem(uri)
+    return f"tracking.uri={hide_credentials(uri)!r}: {problem}" if problem else None
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` URI (relative to the launch folder), else None; creates nothing."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path).absolute() if path and path != ":memory:" else None
+
+
+def store_problem(uri: str) -> Optional[str]:
+    """Why the SQLite store at `uri` cannot be written, as far as its path shows, and what to do; None
+    when it can (or when it is not a SQLite store: a server is asked at the start of the run)."""
+    path = sqlite_path(uri)
+    found = _path_problem(path) if path is not None else None
+    return f"{found[0]}: {found[1][0].lower()}{found[1][1:]}" if found else None
+
+
+def _path_problem(path: Path) -> Optional[tuple[str, str]]:
+    """(what is wrong, what to do) with the SQLite file at `path`, or None.
+
+    Read-only is asked of the operating system (`os.access`), which also answers for root on a
+    read-only file system or an immutable file; SQLite needs the folder writable too, for the
+    journal it writes beside the database. A lock is not looked for: it may be gone in a moment."""
+    if path.is_dir():
+        return f"{path} is a folder, not a SQLite file", "Name a file, such as sqlite:///runs/mlflow.db"
+    if path.exists():
+        try:
+            with path.open("rb") as file:
+                head = file.read(len(SQLITE_HEADER))
+        except OSError as error:
+            return f"cannot read the SQLite file {path} ({error.strerror})", "Make it readable or choose another store"
+        if head and head != SQLITE_HEADER:
+            return (f"{path} is not a SQLite database (it starts with {head[:8]!r})",
+                    "Point tracking.uri at an MLflow store, or at a new file")
+        if not os.access(path, os.W_OK):
+            return (f"the SQLite file {path} is read-only",
+                    "Make it writable, or point tracking.uri at a store you can write")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return (f"the folder of the SQLite file {path} is read-only (SQLite writes its journal there)",
+                    "Make it writable, or point tracking.uri at a store in a folder you can write")
+        return None
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create the SQLite file {path}: {existing} is a file, not a folder", "Choose another path"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"cannot create the SQLite file {path}: {existing} is read-only",
+                "Make it writable or choose another path")
+    return None
+
+
+# SQLite's own words for what went wrong -> ours, and what to do ({path}: the database file).
+SQLITE_FAILURES = (
+    ("readonly database", "the store is read-only ({path} or its folder cannot be written)",
+     "Make the file and its folder writable, or point tracking.uri at a store you can write"),
+    ("unable to open database file", "cannot open the SQLite file {path} (its folder is missing, read-only, or "
+     "in the way)", "Fix tracking.uri or the folder's permissions"),
+    ("file is not a database", "{path} is not a SQLite database",
+     "Point tracking.uri at an MLflow store, or at a new file"),
+    ("malformed", "the SQLite file {path} is damaged", "Restore it from a copy, or point tracking.uri at a new file"),
+    ("database or disk is full", "the disk holding {path} is full", "Free some space, then resume the run"),
+    ("disk I/O error", "the disk holding {path} failed a read or write", "Check the disk, then resume the run"),
+)
+
+
+def describe_store_error(error: BaseException, uri: str, waited: float = 0.0) -> tuple[str, str]:
+    """(what went wrong, what to do), each in a few words of ours, for an error a store call raised.
+
+    MLflow wraps SQLite's error in SQLAlchemy's, whose first line can be about "autoflush"; the
+    cause is found by its own words anywhere in the chain."""
+    text = " ".join(_chain_texts(error))
+    path = sqlite_path(uri)
+    if path is not None:
+        found = _path_problem(path)  # what the path shows now is the most precise account (read-only, ...)
+        if found:
+            return found
+        if _is_busy(error) or "database is locked" in text:
+            return (f"the SQLite file {path} stayed locked by another process for {waited:.0f} s",
+                    "Let that process finish (`fuser` names it), or point tracking.uri at another store, "
+                    "then resume the run")
+        for words, description, advice in SQLITE_FAILURES:
+            if words in text:
+                return description.format(path=path), advice
+    advice = ("If the server is unreachable, start it or fix tracking.uri" if uri.startswith(("http://", "https://"))
+              else "Fix the store or tracking.uri")
+    return first_line(error), advice
+
+
+def _chain_texts(error: BaseException) -> list[str]:
+    """The messages of an error and of everything it was raised from (SQLAlchemy keeps the driver's in .orig)."""
+    texts, seen, todo = [], set(), [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts.append(str(current))
+        todo += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return texts
+
+
 def _short_http_timeouts(timeout_s: float) -> None:
     """MLflow waits 120 s per request and retries 7 times by default (minutes); the user's own settings win."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout_s))))
@@ -244,11 +381,6 @@ def _is_race(error: Exception) -> bool:
     (MLflow's log_inputs looks the dataset up, then inserts it): tried again, the loser finds it."""
     text = str(error)
     return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(error).__name__
 
 
 def _read(run_dir: Path) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 it, a resumed sweep taking up its own runs again; the server stopped mid-run (the run fails within
 seconds, keeps its records, and a resume after the restart finishes the same MLflow run); a dead
 server refused quickly, or left behind with tracking.required=false and uploaded later by
-`python -m pipeline.sync`."""
+`python -m pipeline.sync`; a password in tracking.uri that reaches nothing but the server's door."""
 
 from __future__ import annotations
 
@@ -65,9 +65,10 @@ def test_a_run_and_a_resumed_sweep_are_recorded_on_the_server(server, tmp_path):
 
 
 def test_a_server_stopped_mid_run_fails_it_quickly_and_a_resume_finishes_the_same_run(server, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", f"tracking.uri={server.uri}", "dataset.limit=60",
-                                "runtime.batch_size=1"], cwd=tmp_path, env=pipeline_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    total = 120  # one record a batch: execute runs for many seconds, so the fault lands in it
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", f"tracking.uri={server.uri}",
+                                f"dataset.limit={total}", "runtime.batch_size=1"], cwd=tmp_path, env=pipeline_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     transcript = None
     while time.monotonic() < deadline and process.poll() is None:  # stop the server once records are coming
@@ -78,26 +79,27 @@ def test_a_server_stopped_mid_run_fails_it_quickly_and_a_resume_finishes_the_sam
         time.sleep(0.05)
     assert transcript is not None, process.communicate()[1]
     server.stop()
-    stopped = time.monotonic()
+    at_fault = len(transcript.read_bytes().splitlines())  # records written by the time the server was gone
     try:
-        _, stderr = process.communicate(timeout=120)
-        waited = time.monotonic() - stopped
+        _, stderr = process.communicate(timeout=240)
+        ended = time.time()
     finally:
         server.start()  # the same port and database, as after a restart
     run_dir = transcript.parent
     assert process.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"run failed: MLflow tracking at {server.uri} failed") and "Traceback" not in stderr, last
-    assert waited < 60, f"{waited:.0f} s after the server went away"  # execute's rest, then seconds, not minutes
+    assert 3 <= at_fault < total, f"the server went away while execute ran ({at_fault} of {total} records written)"
+    assert len(read_transcript(transcript)) == total  # execute finished its records; the next MLflow call failed
+    waited = ended - transcript.stat().st_mtime  # from execute's last record to the exit: the failed MLflow call
+    assert waited < 60, f"{waited:.0f} s after execute ended"  # seconds, not minutes of MLflow's retries
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
-    kept = len(read_transcript(transcript))
-    assert kept >= 3
 
     resumed = run_pipeline([f"resume={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     (run,) = runs_of(server, run_dir=str(run_dir))  # one MLflow run, begun before the fault, finished after
-    assert run.info.status == "FINISHED" and run.data.metrics["samples"] == 60
-    assert len(read_transcript(transcript)) == 60
+    assert run.info.status == "FINISHED" and run.data.metrics["samples"] == total
+    assert len(read_transcript(transcript)) == total
 
 
 def test_a_dead_server_is_an_error_in_seconds_or_is_left_for_sync(server, tmp_path):
@@ -124,3 +126,27 @@ def test_a_dead_server_is_an_error_in_seconds_or_is_left_for_sync(server, tmp_pa
     assert run.data.params["generation.max_new_tokens"] == "8" and run.data.params["plan.device"] == "cpu"
     assert "transcript.jsonl" in {a.path for a in server.client().list_artifacts(run.info.run_id)}
     assert json.loads((run_dir / "tracking.json").read_text())["state"] == "finished"
+
+
+def test_a_password_in_the_tracking_uri_reaches_no_output_file_or_mlflow_record(server, tmp_path):
+    """tracking.uri=http://user:SECRET@host: the run is recorded, and the password is nowhere but in
+    Hydra's own record of the command line (.hydra/, kept on the user's disk so that resume can
+    repeat it): not on stdout or stderr, not in the run folder's files, not in the server's
+    store or artifacts (params, tags, run name, uploaded files)."""
+    secret = "SECRET-pw-31415"
+    uri = f"http://alice:{secret}@127.0.0.1:{server.port}"
+    result = run_pipeline([f"tracking.uri={uri}", "dataset.limit=2", "hydra.run.dir=runs/pw"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout and secret not in result.stderr
+    assert "http://***@127.0.0.1" in result.stdout  # the summary names the store, masked
+    run_dir = tmp_path / "runs" / "pw"
+    typed = run_dir / ".hydra"
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != typed and secret.encode() in p.read_bytes()]
+    assert leaked == []
+    assert any(secret.encode() in p.read_bytes() for p in typed.iterdir())  # the filter above skips only that
+    on_server = [p for p in server.folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert on_server == []  # the store (params, tags, names), the artifacts, the server's log
+    (run,) = runs_of(server, run_dir=str(run_dir))
+    assert run.info.status == "FINISHED" and run.data.params["tracking.uri"].startswith("http://***@127.0.0.1")
+    artifacts = {a.path for a in server.client().list_artifacts(run.info.run_id)}
+    assert {"config.json", "run.log", "tracking.json"} <= artifacts

@@ -7,6 +7,7 @@ conversations, and the plan's refusals before any weight loads."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -38,6 +39,26 @@ class Slow:
             b: The second number.
         """
         time.sleep(3)
+        return a + b
+
+
+class Gated:
+    """An `add` that returns only once the test opens GATE (or after a minute): a loop that waited
+    for it would still be waiting when the run should have ended."""
+
+    GATE = threading.Event()
+    RETURNED: list[tuple[int, int]] = []
+
+    @staticmethod
+    def add(a: int, b: int) -> int:
+        """Add two integers, when allowed to.
+
+        Args:
+            a: The first number.
+            b: The second number.
+        """
+        Gated.GATE.wait(timeout=60)
+        Gated.RETURNED.append((a, b))
         return a + b
 
 
@@ -119,10 +140,14 @@ def test_when_the_round_trips_run_out_the_last_call_offers_no_tools(tmp_path, qu
 
 
 def test_a_tool_past_its_time_is_a_tool_error_and_the_run_goes_on(tmp_path, questions):
-    started = time.perf_counter()
-    records = run(tmp_path, questions, tools=[{"_target_": "test_tool_loop.Slow.add"}],
-                  tool_budget=ToolBudgetConfig(max_round_trips=1, seconds_per_turn=30, seconds_per_call=0.1))
-    assert time.perf_counter() - started < 30  # three calls of 3 s each were not waited for
+    Gated.GATE.clear()
+    Gated.RETURNED.clear()
+    try:
+        records = run(tmp_path, questions, tools=[{"_target_": "test_tool_loop.Gated.add"}],
+                      tool_budget=ToolBudgetConfig(max_round_trips=1, seconds_per_turn=30, seconds_per_call=0.1))
+        assert Gated.RETURNED == []  # the run ended while every call was still running: none was waited for
+    finally:
+        Gated.GATE.set()  # the abandoned calls return now
     call, late = steps(records, "q0")[:2]
     assert late["kind"] == "tool_error" and late["error"] == "add did not finish within 0.1 s"
     assert late["tool"]["arguments"] == call["tool"]["calls"][0]["arguments"] and late["tool"]["seconds"] < 1

@@ -129,6 +129,7 @@ def test_a_key_bound_to_a_tool_reaches_the_tool_and_nothing_else(tmp_path):
                            "generation.max_new_tokens=64", "hydra.run.dir=runs/keyed"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "tools     2 calls, 0 failed" in result.stdout  # the tool got the real key
+    assert "SECRET123" not in result.stdout and "SECRET123" not in result.stderr
     plan = json.loads((tmp_path / "runs" / "keyed" / "plan.json").read_text())
     assert "api_key" not in plan["tools"][0]["function"]["parameters"]["properties"]  # bound, not shown to the model
     typed = tmp_path / "runs" / "keyed" / ".hydra"  # Hydra's own copy of the command line, on the user's disk

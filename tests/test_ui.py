@@ -5,13 +5,13 @@ Fills a store with a small sweep (demo model), serves it with `mlflow ui` (what 
 a free loopback port and opens it in headless Chromium: Debian's /usr/bin/chromium driven by
 Playwright, never a downloaded browser. Skipped where either is missing (CI has no Chromium);
 `make test-ui` installs both and runs this test alone. Screenshots are kept in the test's tmp
-folder and, for people, in runs/ui-test/.
+folder (pytest keeps the last three runs' folders: /tmp/pytest-of-<user>/pytest-current/), never
+in the repository.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.ui, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]  # headless and a fresh profile come from Playwright
-HUMAN_COPY = Path(__file__).resolve().parents[1] / "runs" / "ui-test"
 WAIT_MS = 90_000  # the first page load compiles the UI's bundle on a busy machine
 
 
@@ -120,7 +119,5 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_and_traces(ui, tmp_path):
         page.screenshot(path=shots[-1])
         browser.close()
 
-    HUMAN_COPY.mkdir(parents=True, exist_ok=True)
     for shot in shots:
         assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
-        shutil.copy(shot, HUMAN_COPY / shot.name)
