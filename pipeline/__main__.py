@@ -32,6 +32,7 @@ from pipeline.console import run_summary
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
                              ToolFailure, TrackingError, UserError, describe_config_exception)
 from pipeline.objective import objective_value
+from pipeline.redact import mask_secrets_in_files
 from pipeline.precheck import check_jobs
 from pipeline.rescore import rescore
 from pipeline.resume import check_output_folder, enter_launch_folder, expand_command_line
@@ -49,6 +50,9 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    # Hydra has just copied the command line and config into the folder: no secret stays there
+    mask_secrets_in_files([run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+                          + ([Path(hydra_config.sweep.dir) / "multirun.yaml"] if in_sweep else []))
     try:
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)

@@ -1,4 +1,5 @@
-"""Keep secrets out of everything that leaves the process: MLflow params, tags, artifacts, config.json.
+"""Keep secrets out of everything that leaves the process: MLflow params, tags, artifacts, config.json,
+and Hydra's own copies of the command line and config in the run folder (`.hydra/`, `multirun.yaml`).
 
 Two kinds of secret are recognised: a value under a key named like a credential (`api_key`,
 `hf_token`, `password`, …) and the `user:password@` part of a URL. Generation settings that only
@@ -10,9 +11,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
+
+from pipeline.files import write_text_atomically
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|secret_key|password|passwd|credentials?|token)$", re.IGNORECASE)
@@ -79,3 +82,22 @@ def redacted_text(path: Path) -> str:
     except (yaml.YAMLError, json.JSONDecodeError):
         pass  # not parseable (e.g. cut short by a crash): mask what can be found in the text
     return hide_credentials(text)
+
+
+def mask_secrets_in_files(paths: Iterable[Path]) -> None:
+    """Rewrite each YAML file that holds a secret with it masked; files without one stay as they are.
+
+    Hydra copies the command line and the composed config into the run folder (`.hydra/`, a sweep's
+    `multirun.yaml`) before our code runs; this is called first thing in each job so that a password
+    in `tracking.uri` or a tool's `api_key` is not kept on disk. A resume that would replay a masked
+    value asks for it again (pipeline.resume)."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # not Hydra's YAML: nothing of ours to mask
+        masked = redact(data)
+        if masked != data:
+            write_text_atomically(path, yaml.safe_dump(masked, sort_keys=False, allow_unicode=True))

@@ -37,7 +37,7 @@ from pipeline.errors import UserError
 from pipeline.files import read_json
 from pipeline.inputs import differences, fingerprint, read_inputs
 from pipeline.records import ResolvedModel
-from pipeline.redact import redact
+from pipeline.redact import MASK, redact, redact_overrides
 from pipeline.run_state import in_use_message, is_locked, read_status
 from pipeline.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
 
@@ -91,7 +91,14 @@ def _merge(saved: list[str], now: list[str]) -> list[str]:
     """The saved overrides with those given now put over them (by key); resume= itself is not kept."""
     key = lambda override: override.split("=", 1)[0].lstrip("+~")  # noqa: E731
     replaced = {key(o) for o in now if "=" in o}
-    return [o for o in saved if not o.startswith("resume=") and key(o) not in replaced] + now
+    kept = [o for o in saved if not o.startswith("resume=") and key(o) not in replaced]
+    masked = [key(o) for o in kept if MASK in o and redact_overrides(o.replace(MASK, "x")) != o.replace(MASK, "x")]
+    if masked:  # the run folder keeps no secret (pipeline.redact): replaying the mask would use "***" as one
+        where = " (or keep the user and password in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)" \
+            if masked[0] == "tracking.uri" else ""
+        raise UserError(f"{masked[0]} held a secret when the run started, and the run folder keeps no secrets: "
+                        f"give it again with the resume: {masked[0]}=...{where}")
+    return kept + now
 
 
 def find_last(runs: Path = RUNS_DIR) -> Path:

@@ -129,10 +129,10 @@ def test_a_dead_server_is_an_error_in_seconds_or_is_left_for_sync(server, tmp_pa
 
 
 def test_a_password_in_the_tracking_uri_reaches_no_output_file_or_mlflow_record(server, tmp_path):
-    """tracking.uri=http://user:SECRET@host: the run is recorded, and the password is nowhere but in
-    Hydra's own record of the command line (.hydra/, kept on the user's disk so that resume can
-    repeat it): not on stdout or stderr, not in the run folder's files, not in the server's
-    store or artifacts (params, tags, run name, uploaded files)."""
+    """tracking.uri=http://user:SECRET@host: the run is recorded, and the password is nowhere: not on
+    stdout or stderr, not in the run folder's files (Hydra's own copies of the command line in .hydra/
+    included), not in the server's store or artifacts (params, tags, run name, uploaded files). A
+    resume, which replays the command line from .hydra/, asks for it again rather than using the mask."""
     secret = "SECRET-pw-31415"
     uri = f"http://alice:{secret}@127.0.0.1:{server.port}"
     result = run_pipeline([f"tracking.uri={uri}", "dataset.limit=2", "hydra.run.dir=runs/pw"], cwd=tmp_path)
@@ -140,10 +140,14 @@ def test_a_password_in_the_tracking_uri_reaches_no_output_file_or_mlflow_record(
     assert secret not in result.stdout and secret not in result.stderr
     assert "http://***@127.0.0.1" in result.stdout  # the summary names the store, masked
     run_dir = tmp_path / "runs" / "pw"
-    typed = run_dir / ".hydra"
-    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != typed and secret.encode() in p.read_bytes()]
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == []
-    assert any(secret.encode() in p.read_bytes() for p in typed.iterdir())  # the filter above skips only that
+    assert "http://***@127.0.0.1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    refused = run_pipeline(["resume=runs/pw"], cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "tracking.uri held a secret" in refused.stderr.strip().splitlines()[-1]
+    again = run_pipeline(["resume=runs/pw", f"tracking.uri={uri}"], cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stderr
     on_server = [p for p in server.folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert on_server == []  # the store (params, tags, names), the artifacts, the server's log
     (run,) = runs_of(server, run_dir=str(run_dir))
