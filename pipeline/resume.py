@@ -32,6 +32,7 @@ from pipeline.config import CONF_DIR, Config, flatten, to_config
 from pipeline.errors import UserError
 from pipeline.files import read_json
 from pipeline.redact import redact
+from pipeline.run_files import folder_problem, shown
 from pipeline.run_state import in_use_message, is_locked, read_status
 from pipeline.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
 
@@ -113,15 +114,15 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
     sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
-    folder = Path(str(composed.hydra.sweep.dir if sweep else composed.hydra.run.dir))
-    problem = _unwritable(folder, "hydra.sweep.dir" if sweep else "hydra.run.dir")
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    value = composed.hydra.sweep.dir if sweep else composed.hydra.run.dir
+    resuming = composed.get("resume") is not None
+    problem = folder_problem(value, key, sweep, resuming) or _unwritable(Path(str(value or "")), key)
     if problem or sweep:
-        return problem
+        return problem or (_job_folder_problem(composed) if sweep else None)
+    folder = Path(str(value))
     config = to_config(composed)
     if config.resume is None:
-        if (folder / "status.json").exists() or (folder / TRANSCRIPT_NAME).exists():
-            return (f"hydra.run.dir={folder}: that folder already holds a run: continue it with "
-                    f"python -m pipeline resume={folder}, or choose another folder")
         return None
     if is_locked(folder):
         return in_use_message(folder)
@@ -130,6 +131,17 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     except UserError as error:
         return str(error)
     return config_difference(folder, config)
+
+
+def _job_folder_problem(composed: DictConfig) -> Optional[str]:
+    """A sweep whose job folders would be the sweep folder itself (an empty hydra.sweep.subdir):
+    every job would write over the one before."""
+    subdir = str(OmegaConf.select(composed, "hydra.sweep.subdir", default="") or "")
+    if Path(subdir) != Path("."):
+        return None
+    return (f"{shown('hydra.sweep.subdir', subdir)}: each job's folder would be the sweep folder itself, so the "
+            "jobs would write over each other; leave hydra.sweep.subdir unset (the job number) or give each job "
+            "its own, e.g. 'hydra.sweep.subdir=job_${hydra.job.num}'")
 
 
 def _unwritable(folder: Path, key: str) -> Optional[str]:

@@ -26,6 +26,7 @@ from pipeline.records import LoadedRuntime, RuntimePlan, Summary
 from pipeline.redact import redact
 from pipeline.reuse import LOAD_FILE, LoadRecord, acquire
 from pipeline.resume import begin
+from pipeline.run_files import run_files
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.plan import plan_from_config
@@ -153,7 +154,8 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
         try:
             try:
                 tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
-                tracker.log_artifacts(run_dir)
+                for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
+                    tracker.log_artifact(path, subfolder)
             finally:
                 tracker.finish(mlflow_status)
         except TrackingError as error:
