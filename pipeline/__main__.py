@@ -31,6 +31,7 @@ from pipeline.config import CONF_DIR, register, to_config
 from pipeline.console import run_summary
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
                              ToolFailure, TrackingError, UserError, describe_config_exception)
+from pipeline import outside_jobs
 from pipeline.objective import objective_value
 from pipeline.precheck import check_jobs
 from pipeline.rescore import rescore
@@ -57,6 +58,9 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         start = rescore if config.pipeline.from_transcript else run  # re-score an earlier transcript, or run
         result = start(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
     except KeyboardInterrupt as interrupt:
+        if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
+            log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)
+            raise
         log.error("interrupted; the run folder keeps what was written: %s (continue with: python -m pipeline "
                   "resume=%s)", run_dir, run_dir)
         sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
@@ -124,7 +128,14 @@ def main() -> None:
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     register()
-    hydra_main()
+    # Hydra's own errors (creating the run folder, its launcher and sweeper) come here, not to its traceback
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except KeyboardInterrupt as interrupt:
+        sys.exit(outside_jobs.interrupted(interrupt))
+    except Exception as error:  # noqa: BLE001 - raised outside the jobs (they handle their own)
+        sys.exit(outside_jobs.failed(error))
 
 
 def _terminate(signum: int, frame: object) -> None:

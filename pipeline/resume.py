@@ -136,7 +136,10 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
 def _job_folder_problem(composed: DictConfig) -> Optional[str]:
     """A sweep whose job folders would be the sweep folder itself (an empty hydra.sweep.subdir):
     every job would write over the one before."""
-    subdir = str(OmegaConf.select(composed, "hydra.sweep.subdir", default="") or "")
+    try:
+        subdir = str(OmegaConf.select(composed, "hydra.sweep.subdir", default="") or "")
+    except Exception:  # noqa: BLE001 - it names the job (${hydra.job.num}), known only when each job starts
+        return None
     if Path(subdir) != Path("."):
         return None
     return (f"{shown('hydra.sweep.subdir', subdir)}: each job's folder would be the sweep folder itself, so the "

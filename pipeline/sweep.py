@@ -33,20 +33,30 @@ from pipeline.tracking_guard import GuardedTracker
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
+# The sweep this process launched, from on_multirun_start until its parent run is ended: Hydra calls
+# no callback when a sweep ends early (Ctrl-C, SIGTERM, its launcher failing), so the entry point
+# ends the parent through this (end_launched_sweep).
+_launched: Optional["SweepTracking"] = None
 
 
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.tracker: Optional[GuardedTracker] = None
         self.plots: Optional[PlotProcesses] = None
+        self.sweep_dir: Optional[Path] = None
+        self.launcher = ""  # the launcher's _target_: whether jobs run in this process
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the processes stay here
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _launched
         register()
-        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir = sweep_dir.absolute()
+        self.launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+        _launched = self
+        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         sweep_dir.mkdir(parents=True, exist_ok=True)
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
         overrides = list(config.hydra.overrides.task)
@@ -68,6 +78,7 @@ class SweepTracking(Callback):
         write_json(sweep_dir / SWEEP_FILE, info)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _launched
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir)
         failed = [job for job in jobs if job["state"] != "success"]
@@ -92,8 +103,30 @@ class SweepTracking(Callback):
             self.tracker.finish("FAILED" if failed else "FINISHED")
             print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.display_uri}); "
                   f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")
+        _launched = None
         if failed:
             sys.exit(EXIT_FAILURE)
+
+
+def launched_sweep() -> Optional[SweepTracking]:
+    """The sweep this process launched and has not ended yet (None: no sweep, or it ended)."""
+    return _launched
+
+
+def end_launched_sweep(status: str) -> Optional[Path]:
+    """End the parent run of the sweep this process launched as `status` (KILLED, FAILED); its folder.
+
+    For a sweep that stopped before its end: the jobs already ended their own runs."""
+    global _launched
+    sweep, _launched = _launched, None
+    if sweep is None:
+        return None
+    if sweep.tracker is not None and sweep.tracker.run_id:
+        try:
+            sweep.tracker.finish(status)
+        except Exception as error:  # noqa: BLE001 - the store is down: the sweep's own ending is the one to report
+            log.error("the sweep's MLflow parent run could not be ended %s: %s", status, error)
+    return sweep.sweep_dir
 
 
 def swept_keys(overrides: list[str], params: dict[str, Any]) -> list[str]:

@@ -1,0 +1,126 @@
+"""How a command ends when it stops outside its jobs: an interrupt, or an error raised by Hydra itself.
+
+Inside a job, pipeline.__main__.hydra_main and the runner handle everything. Around the jobs,
+Hydra creates the run folder (its mkdir and `.hydra/` copies), and for a sweep composes, launches
+and collects the jobs through its launcher and sweeper. An error there (a full disk when the run
+starts, a launcher setting that cannot work such as joblib with n_jobs=0), or Ctrl-C / SIGTERM in
+a sweep, would leave Hydra's traceback, a stray folder and the sweep's MLflow parent RUNNING. The
+entry point hands both here instead: one line, the sweep's parent run ended (KILLED, or FAILED),
+a folder that holds no results removed, and for an interrupted sweep a hint that resumes the
+whole sweep (not just the job that was running).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, StorageError, TrackingError, UserError,
+                             describe_config_exception)
+from pipeline.run_files import SWEEP_MARKERS
+from pipeline.run_state import SETUP_FILES, discard
+from pipeline.sweep import end_launched_sweep
+
+log = logging.getLogger(__name__)
+_run_folder: Optional[Path] = None  # the folder Hydra is creating for a single run (RunFolderRecord)
+
+
+class RunFolderRecord(Callback):
+    """Notes the single run's folder before Hydra creates it, so a failure there can take it away.
+
+    Hydra resolves `hydra.run.dir` (its `${now:}` is cached on the config) to the same path here
+    and when it creates the folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _run_folder
+        _run_folder = Path(str(config.hydra.run.dir)).absolute()
+
+
+def interrupted(interrupt: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM that reached the entry point: end the sweep's parent KILLED; the exit code.
+
+    A single run's job has said what it kept already; an interrupted sweep is continued as a
+    whole, its completed jobs skipped and the others run under the same parent."""
+    code = getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
+    sweep_dir = end_launched_sweep("KILLED")
+    if sweep_dir is not None:
+        if _holds_results(sweep_dir):
+            log.error("interrupted; the sweep folder keeps what was written: %s (continue the sweep with: "
+                      "python -m pipeline resume=%s)", sweep_dir, sweep_dir)
+        else:
+            _remove_sweep(sweep_dir)
+            log.error("interrupted before any job started; nothing was kept")
+    elif _run_folder is not None and not (_run_folder / "status.json").exists():
+        discard(_run_folder)  # stopped while Hydra set the folder up: nothing in it yet
+        log.error("interrupted before the run started; nothing was kept")
+    return code
+
+
+def failed(error: Exception) -> int:
+    """An error raised outside the jobs (by Hydra, its launcher or sweeper, or a sweep callback):
+    print one line, end the sweep's parent FAILED, take away a folder with no results; the exit code."""
+    sweep_dir = end_launched_sweep("FAILED")
+    folder = sweep_dir or _run_folder
+    started = sweep_dir is not None and _holds_results(sweep_dir)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        message = (f"run failed: the disk is full while creating {error.filename or folder}: nothing was kept; "
+                   "free some space, then run again")
+        code = EXIT_FAILURE
+    elif isinstance(error, UserError):
+        message, code = f"error: {error}", EXIT_USAGE
+    elif isinstance(error, (StorageError, TrackingError, OSError)):
+        message, code = f"run failed: {error}", EXIT_FAILURE
+    elif sweep_dir is not None and not started:
+        # Raised by the launcher or sweeper before any job began: their settings cannot work.
+        message = (f"config error: the sweep could not start: {describe_config_exception(error)} (check the "
+                   "launcher's and sweeper's settings: hydra/launcher=..., hydra.launcher.*, hydra/sweeper=...)")
+        code = EXIT_USAGE
+    else:
+        message, code = f"run failed: {type(error).__name__}: {describe_config_exception(error)}", EXIT_FAILURE
+    if sweep_dir is not None and not started:
+        _remove_sweep(sweep_dir)
+    elif sweep_dir is None and folder is not None and not (folder / "status.json").exists():
+        discard(folder)
+    elif sweep_dir is not None:
+        message += f" (the jobs that ran keep their folders in {sweep_dir})"
+    print(message, file=sys.stderr, flush=True)
+    return code
+
+
+def _job_folders(sweep_dir: Path) -> list[Path]:
+    return [path for path in sweep_dir.iterdir() if path.is_dir() and (path / ".hydra").is_dir()] \
+        if sweep_dir.is_dir() else []
+
+
+def _holds_results(sweep_dir: Path) -> bool:
+    """Whether any job of the sweep got as far as writing its status (a result, a failure to keep)."""
+    return any((job / "status.json").exists() for job in _job_folders(sweep_dir))
+
+
+def _remove_sweep(sweep_dir: Path) -> None:
+    """Take away a sweep folder whose jobs wrote nothing: its own files and the jobs' set-up files.
+    Anything else in it stays (and the folder with it)."""
+    for job in _job_folders(sweep_dir):
+        discard(job)
+    for name in (*SWEEP_MARKERS, "sweep_summary.json", *SETUP_FILES):
+        path = sweep_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        sweep_dir.rmdir()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", sweep_dir.parent.name):
+            sweep_dir.parent.rmdir()  # runs/multirun/<date>/, when this sweep was its only one
+            sweep_dir.parent.parent.rmdir()  # runs/multirun/
+            sweep_dir.parent.parent.parent.rmdir()  # runs/, when it holds nothing else
+    except OSError:
+        pass  # not empty: something else lives there
