@@ -12,6 +12,7 @@ and hands it to the runner (or, with pipeline.from_transcript, to pipeline.resco
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import math
 import os
@@ -73,11 +74,17 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     except Exception as error:  # a config error raised while converting lands here too
         if _is_config_error(error):
             message = describe_config_exception(error)
+        elif isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a write other than the transcript's
+            message = (f"the disk is full while writing {error.filename or run_dir}: what was written is kept; "
+                       f"free some space, then continue with: python -m pipeline resume={run_dir}")
         else:
             message = str(error) if isinstance(error, (LoadError, ToolFailure, StorageError, TrackingError)) \
                 else f"{type(error).__name__}: {error}"
-        with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
-            traceback.print_exc(file=log_file)
+        try:
+            with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
+                traceback.print_exc(file=log_file)
+        except OSError:  # a full disk: the log misses the traceback, the one line below still says what happened
+            pass
         return _fail(run_dir, f"run failed: {message} (traceback in {run_dir}/{hydra_config.job.name}.log)",
                      EXIT_FAILURE, in_sweep)
     if result.complete:

@@ -70,7 +70,12 @@ def failed(error: Exception) -> int:
     sweep_dir = end_launched_sweep("FAILED")
     folder = sweep_dir or _run_folder
     started = sweep_dir is not None and _holds_results(sweep_dir)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and folder is not None \
+            and (folder / "status.json").exists():
+        message = (f"run failed: the disk is full ({error.filename or folder}): what was written is kept; free "
+                   f"some space, then continue with: python -m pipeline resume={folder}")
+        code = EXIT_FAILURE
+    elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
         message = (f"run failed: the disk is full while creating {error.filename or folder}: nothing was kept; "
                    "free some space, then run again")
         code = EXIT_FAILURE

@@ -148,7 +148,7 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
     try:
         set_status(run_dir, state, reason)
-    except OSError as error:  # a full disk: status.json keeps "started"; the message still reaches the user
+    except OSError as error:  # not even written in place (see set_status); the message still reaches the user
         log.error("could not write %s: %s", run_dir / "status.json", error)
     if tracker.run_id:
         try:
@@ -163,6 +163,10 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
                 set_status(run_dir, "failed", str(error))
                 raise
             log.error("%s", error)  # the run's own failure is the one to report
+        except OSError as error:  # tracking.json on a full disk: the run's own ending is the one to report
+            if state == "success":
+                raise
+            log.error("could not record the MLflow run's end in %s: %s", run_dir, error)
 
 
 def _read_summary(run_dir: Path) -> Optional[Summary]:
