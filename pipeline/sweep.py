@@ -39,6 +39,16 @@ SWEEP_FILE = "sweep.json"
 _launched: Optional["SweepTracking"] = None
 
 
+class SweepNotStarted(BaseException):
+    """on_multirun_start failed (a full disk, an unreachable store). Hydra turns a callback's Exception
+    into a warning and launches the jobs all the same, so the error travels as this instead, to the
+    entry point (pipeline.outside_jobs reports `error`)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.tracker: Optional[GuardedTracker] = None
@@ -50,14 +60,20 @@ class SweepTracking(Callback):
         return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the processes stay here
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._start(config)
+        except Exception as error:
+            raise SweepNotStarted(error) from error
+
+    def _start(self, config: DictConfig) -> None:
         global _launched
         register()
         sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir = sweep_dir.absolute()
         self.launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
         _launched = self
-        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
         overrides = list(config.hydra.overrides.task)
         swept = swept_keys(overrides, params)
