@@ -47,6 +47,17 @@ log = logging.getLogger("pipeline")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """One job: returns its `pipeline.objective` (what a Hydra sweeper optimises), or exits with its code."""
+    if threading.current_thread() is not threading.main_thread():
+        return _job(cfg)
+    # In a joblib worker too, SIGTERM ends the job as in the launching process; an idle worker keeps its own
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _job(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _job(cfg: DictConfig) -> Optional[float]:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
@@ -124,6 +135,8 @@ def _is_config_error(error: Exception) -> bool:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with Ctrl-C ignored
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         sys.argv[1:] = expand_command_line(sys.argv[1:])
     except UserError as error:
@@ -149,7 +162,14 @@ def main() -> None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
+    outside_jobs.stop_workers(signum)  # a sweep's jobs in other processes end first
     raise Interrupted()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: as Python's own handler (KeyboardInterrupt), once a sweep's jobs in other processes ended."""
+    outside_jobs.stop_workers(signum)
+    raise KeyboardInterrupt
 
 
 def exit_without_teardown(code: object) -> None:

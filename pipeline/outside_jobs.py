@@ -13,10 +13,12 @@ whole sweep (not just the job that was running).
 from __future__ import annotations
 
 import errno
-import logging
+import os
 import re
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,12 +27,15 @@ from omegaconf import DictConfig
 
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, StorageError, TrackingError, UserError,
                              describe_config_exception)
+from pipeline.files import read_json
 from pipeline.run_files import SWEEP_MARKERS
-from pipeline.run_state import SETUP_FILES, discard
-from pipeline.sweep import end_launched_sweep
+from pipeline.run_state import SETUP_FILES, discard, read_status
+from pipeline.sweep import end_launched_sweep, launched_sweep
+from pipeline.tracking_guard import TRACKING_FILE
 
-log = logging.getLogger(__name__)
 _run_folder: Optional[Path] = None  # the folder Hydra is creating for a single run (RunFolderRecord)
+FORWARD_AFTER_S = 2.0  # Ctrl-C: a job in a worker still running after this did not get it, and gets SIGTERM
+WORKER_GRACE_S = 60.0  # the longest the launcher waits for its workers' jobs to end their runs
 
 
 class RunFolderRecord(Callback):
@@ -44,6 +49,67 @@ class RunFolderRecord(Callback):
         _run_folder = Path(str(config.hydra.run.dir)).absolute()
 
 
+def stop_workers(signum: int) -> None:
+    """Ctrl-C or SIGTERM in the process that launched a sweep whose jobs run in its child processes
+    (hydra/launcher=joblib): let each running job end its run before the launcher, on the interrupt
+    that follows, kills its workers (joblib does, at once). SIGTERM is passed on to them (`kill`
+    reached only this process); Ctrl-C from a terminal reached them already, so a job still running
+    after a moment gets SIGTERM then. Waits at most WORKER_GRACE_S."""
+    sweep = launched_sweep()
+    if sweep is None or sweep.sweep_dir is None:
+        return
+    children = _child_processes()
+    running = _running_jobs(sweep.sweep_dir, children)
+    if not running:
+        return
+    still = running
+    if signum == signal.SIGINT:
+        _wait_closed(running, FORWARD_AFTER_S)
+        still = _running_jobs(sweep.sweep_dir, children)
+    for pid in set(still.values()):  # only workers in a job: the launcher's abort ends the others
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    _wait_closed(running, WORKER_GRACE_S)
+
+
+def _child_processes() -> set[int]:
+    """The ids of this process's children (Linux /proc; none elsewhere)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name: state, ppid, ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            children.add(int(stat.parent.name))
+    return children
+
+
+def _running_jobs(sweep_dir: Path, children: set[int]) -> dict[Path, int]:
+    """Job folders whose run is going on in one of `children`, with its process id."""
+    jobs = {job: read_status(job) for job in _job_folders(sweep_dir)}
+    return {job: status["pid"] for job, status in jobs.items()
+            if status.get("state") == "started" and status.get("pid") in children}
+
+
+def _wait_closed(jobs: dict[Path, int], seconds: float) -> None:
+    """Until each job has left `started` and ended its MLflow run (tracking.json no longer `live`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(not _closed(job) for job in jobs):
+        time.sleep(0.05)
+
+
+def _closed(job: Path) -> bool:
+    if read_status(job).get("state") == "started":
+        return False
+    try:
+        return read_json(job / TRACKING_FILE).get("state") != "live" if (job / TRACKING_FILE).is_file() else True
+    except ValueError:  # being replaced right now
+        return False
+
+
 def interrupted(interrupt: KeyboardInterrupt) -> int:
     """Ctrl-C or SIGTERM that reached the entry point: end the sweep's parent KILLED; the exit code.
 
@@ -53,14 +119,14 @@ def interrupted(interrupt: KeyboardInterrupt) -> int:
     sweep_dir = end_launched_sweep("KILLED")
     if sweep_dir is not None:
         if _holds_results(sweep_dir):
-            log.error("interrupted; the sweep folder keeps what was written: %s (continue the sweep with: "
-                      "python -m pipeline resume=%s)", sweep_dir, sweep_dir)
+            _say(f"interrupted; the sweep folder keeps what was written: {sweep_dir} (continue the sweep with: "
+                 f"python -m pipeline resume={sweep_dir})")
         else:
             _remove_sweep(sweep_dir)
-            log.error("interrupted before any job started; nothing was kept")
+            _say("interrupted before any job started; nothing was kept")
     elif _run_folder is not None and not (_run_folder / "status.json").exists():
         discard(_run_folder)  # stopped while Hydra set the folder up: nothing in it yet
-        log.error("interrupted before the run started; nothing was kept")
+        _say("interrupted before the run started; nothing was kept")
     return code
 
 
@@ -96,8 +162,13 @@ def failed(error: Exception) -> int:
         discard(folder)
     elif sweep_dir is not None:
         message += f" (the jobs that ran keep their folders in {sweep_dir})"
-    print(message, file=sys.stderr, flush=True)
+    _say(message)
     return code
+
+
+def _say(line: str) -> None:
+    """The command's last line, on stderr (the launching process of a sweep has no job's logging set up)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _job_folders(sweep_dir: Path) -> list[Path]:
