@@ -34,7 +34,7 @@ from pipeline.sweep import end_launched_sweep, launched_sweep
 from pipeline.tracking_guard import TRACKING_FILE
 
 _run_folder: Optional[Path] = None  # the folder Hydra is creating for a single run (RunFolderRecord)
-FORWARD_AFTER_S = 2.0  # Ctrl-C: a job in a worker still running after this did not get it, and gets SIGTERM
+FORWARD_AFTER_S = 0.5  # Ctrl-C: a job in a worker still running after this did not get it, and gets SIGTERM
 WORKER_GRACE_S = 60.0  # the longest the launcher waits for its workers' jobs to end their runs
 
 
@@ -54,24 +54,27 @@ def stop_workers(signum: int) -> None:
     (hydra/launcher=joblib): let each running job end its run before the launcher, on the interrupt
     that follows, kills its workers (joblib does, at once). SIGTERM is passed on to them (`kill`
     reached only this process); Ctrl-C from a terminal reached them already, so a job still running
-    after a moment gets SIGTERM then. Waits at most WORKER_GRACE_S."""
+    after a moment gets SIGTERM then. Until this returns the launcher may start further jobs in
+    workers that came free: each gets SIGTERM too. Waits at most WORKER_GRACE_S."""
     sweep = launched_sweep()
-    if sweep is None or sweep.sweep_dir is None:
+    if sweep is None or sweep.sweep_dir is None or not _running_jobs(sweep.sweep_dir, _child_processes()):
         return
-    children = _child_processes()
-    running = _running_jobs(sweep.sweep_dir, children)
-    if not running:
-        return
-    still = running
+    deadline = time.monotonic() + WORKER_GRACE_S
     if signum == signal.SIGINT:
-        _wait_closed(running, FORWARD_AFTER_S)
-        still = _running_jobs(sweep.sweep_dir, children)
-    for pid in set(still.values()):  # only workers in a job: the launcher's abort ends the others
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    _wait_closed(running, WORKER_GRACE_S)
+        time.sleep(FORWARD_AFTER_S)
+    told: set[tuple[Path, int]] = set()
+    while time.monotonic() < deadline:
+        running = _running_jobs(sweep.sweep_dir, _child_processes())
+        for job, pid in running.items():
+            if (job, pid) not in told:
+                told.add((job, pid))
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        if not running and all(_closed(job) for job, _ in told):
+            return
+        time.sleep(0.05)
 
 
 def _child_processes() -> set[int]:
@@ -92,13 +95,6 @@ def _running_jobs(sweep_dir: Path, children: set[int]) -> dict[Path, int]:
     jobs = {job: read_status(job) for job in _job_folders(sweep_dir)}
     return {job: status["pid"] for job, status in jobs.items()
             if status.get("state") == "started" and status.get("pid") in children}
-
-
-def _wait_closed(jobs: dict[Path, int], seconds: float) -> None:
-    """Until each job has left `started` and ended its MLflow run (tracking.json no longer `live`)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(not _closed(job) for job in jobs):
-        time.sleep(0.05)
 
 
 def _closed(job: Path) -> bool:
