@@ -29,10 +29,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, register, to_config
+from pipeline import outside_jobs
 from pipeline.console import run_summary
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
                              ToolFailure, TrackingError, UserError, describe_config_exception)
-from pipeline import outside_jobs
 from pipeline.objective import objective_value
 from pipeline.precheck import check_jobs
 from pipeline.rescore import rescore
