@@ -131,9 +131,11 @@ def failed(error: Exception) -> int:
     print one line, end the sweep's parent FAILED, take away a folder with no results; the exit code."""
     sweep_dir = end_launched_sweep("FAILED")
     folder = sweep_dir or _run_folder
-    started = sweep_dir is not None and _holds_results(sweep_dir)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC and folder is not None \
-            and (folder / "status.json").exists():
+    if sweep_dir is not None:
+        kept = _holds_results(sweep_dir)
+    else:
+        kept = folder is not None and (folder / "status.json").exists()
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and kept:
         message = (f"run failed: the disk is full ({error.filename or folder}): what was written is kept; free "
                    f"some space, then continue with: python -m pipeline resume={folder}")
         code = EXIT_FAILURE
@@ -145,16 +147,18 @@ def failed(error: Exception) -> int:
         message, code = f"error: {error}", EXIT_USAGE
     elif isinstance(error, (StorageError, TrackingError, OSError)):
         message, code = f"run failed: {error}", EXIT_FAILURE
-    elif sweep_dir is not None and not started:
-        # Raised by the launcher or sweeper before any job began: their settings cannot work.
-        message = (f"config error: the sweep could not start: {describe_config_exception(error)} (check the "
-                   "launcher's and sweeper's settings: hydra/launcher=..., hydra.launcher.*, hydra/sweeper=...)")
+    elif not kept:
+        # Raised by Hydra (its launcher, sweeper, logging set-up) before any job began: its settings cannot work.
+        settings = ("the launcher's and sweeper's settings: hydra/launcher=..., hydra.launcher.*, hydra/sweeper=..."
+                    if sweep_dir is not None else "the hydra.* settings")
+        message = (f"config error: the {'sweep' if sweep_dir is not None else 'run'} could not start: "
+                   f"{describe_config_exception(error)} (check {settings})")
         code = EXIT_USAGE
     else:
         message, code = f"run failed: {type(error).__name__}: {describe_config_exception(error)}", EXIT_FAILURE
-    if sweep_dir is not None and not started:
+    if not kept and sweep_dir is not None:
         _remove_sweep(sweep_dir)
-    elif sweep_dir is None and folder is not None and not (folder / "status.json").exists():
+    elif not kept and folder is not None:
         discard(folder)
     elif sweep_dir is not None:
         message += f" (the jobs that ran keep their folders in {sweep_dir})"
