@@ -64,6 +64,7 @@ def test_a_disk_full_when_the_run_starts_says_so_in_one_line_and_leaves_nothing(
     assert result.returncode == 1, result.stderr
     line = one_line(result.stderr)
     assert line.startswith("run failed: the disk is full while creating") and "free some space" in line, line
+    assert [text for text in result.stderr.splitlines() if text.strip() and "mlflow.store.db" not in text] == [line]
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     runs = mlflow_client(tmp_path).search_runs(["1"]) if (tmp_path / "runs" / "mlflow.db").exists() else []
     assert [run.info.status for run in runs if run.info.status == "RUNNING"] == []

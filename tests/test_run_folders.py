@@ -113,3 +113,10 @@ def test_a_launcher_setting_that_cannot_work_leaves_no_sweep_folder_and_no_runni
     runs = mlflow_client(tmp_path).search_runs(["1"]) if (tmp_path / "runs" / "mlflow.db").exists() else []
     assert all(run.info.status == "FAILED" for run in runs), [run.info.status for run in runs]
     assert os.listdir(tmp_path / "runs") in ([], ["mlflow.db"])
+
+
+def test_a_hydra_setting_that_fails_before_the_run_starts_is_one_line_and_leaves_nothing(tmp_path):
+    result = run_pipeline(["hydra.job_logging.handlers.file.class=nowhere.Handler", *CHEAP], cwd=tmp_path)
+    assert_refused(result, "config error: the run could not start: Unable to configure handler 'file' (check the "
+                           "hydra.* settings)")
+    assert os.listdir(tmp_path) == []
