@@ -9,7 +9,9 @@ prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipe
 a table and plots of each metric against each swept key, the plots drawn by processes started with
 the sweep, pipeline.plot_process), logs them to the parent and ends the
 parent FINISHED, or FAILED when any job failed (and the command then exits 1). A resumed sweep
-(`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped.
+(`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped. A sweep
+that stops early (Ctrl-C, SIGTERM, its launcher failing) gets no callback from Hydra: the entry
+point ends its parent KILLED or FAILED (end_launched_sweep, from pipeline.outside_jobs).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ class SweepTracking(Callback):
         self.tracker: Optional[GuardedTracker] = None
         self.plots: Optional[PlotProcesses] = None
         self.sweep_dir: Optional[Path] = None
-        self.launcher = ""  # the launcher's _target_: whether jobs run in this process
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the processes stay here
@@ -70,7 +71,6 @@ class SweepTracking(Callback):
         register()
         sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir = sweep_dir.absolute()
-        self.launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
         _launched = self
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.plots = PlotProcesses()  # imports matplotlib while the jobs run
