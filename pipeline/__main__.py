@@ -6,7 +6,8 @@ composes the config and calls `hydra_main` once per job, which converts it to ty
 and hands it to the runner (or, with pipeline.from_transcript, to pipeline.rescore). Exit codes:
 0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM. `resume=<run folder>` or `resume=last` continues a run or a sweep
-(pipeline.resume).
+(pipeline.resume). What stops outside a job (Hydra's own errors: creating the run folder, its
+launcher and sweeper; Ctrl-C or SIGTERM in a sweep) ends in pipeline.outside_jobs.
 """
 
 from __future__ import annotations

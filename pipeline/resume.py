@@ -100,10 +100,11 @@ def find_last(runs: Path = RUNS_DIR) -> Path:
 def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) -> Optional[str]:
     """Before Hydra writes anything: None, or why the run's folder must not be written.
 
-    A folder that cannot be created (a file in the way, no permission); an existing run's folder
-    unless resuming it (Hydra would overwrite its .hydra/ record); a resumed folder in use, or
-    settings that would change what the model writes. A sweep's jobs check their own folders
-    (`begin`). `composed` is the config the command line's (first) job composes to, when the
+    A folder that is not the run's (sweep's) own: the launch folder or one above it, a folder
+    holding anything else, an existing run (sweep) unless resuming it (pipeline.run_files); a
+    sweep whose jobs would all write into the sweep folder; a folder that cannot be created (a
+    file in the way, no permission); a resumed folder in use, or settings that would change what
+    the model writes. A sweep's jobs check their own folders (`begin`). `composed` is the config the command line's (first) job composes to, when the
     caller has it (pipeline.precheck): then it is not composed again."""
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
