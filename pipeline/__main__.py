@@ -40,7 +40,7 @@ from pipeline.rescore import rescore
 from pipeline.resume import check_output_folder, expand_command_line
 from pipeline.run_state import discard, set_status
 from pipeline.runner import run
-from pipeline.sweep import SweepNotStarted, parent_run_id
+from pipeline.sweep import SweepCallbackError, parent_run_id
 
 log = logging.getLogger("pipeline")
 
@@ -155,7 +155,7 @@ def main() -> None:
         hydra_main()
     except KeyboardInterrupt as interrupt:
         sys.exit(outside_jobs.interrupted(interrupt))
-    except SweepNotStarted as stop:
+    except SweepCallbackError as stop:
         sys.exit(outside_jobs.failed(stop.error))
     except Exception as error:  # noqa: BLE001 - raised outside the jobs (they handle their own)
         sys.exit(outside_jobs.failed(error))

@@ -41,10 +41,11 @@ SWEEP_FILE = "sweep.json"
 _launched: Optional["SweepTracking"] = None
 
 
-class SweepNotStarted(BaseException):
-    """on_multirun_start failed (a full disk, an unreachable store). Hydra turns a callback's Exception
-    into a warning and launches the jobs all the same, so the error travels as this instead, to the
-    entry point (pipeline.outside_jobs reports `error`)."""
+class SweepCallbackError(BaseException):
+    """on_multirun_start or on_multirun_end failed (a full disk, an unreachable store). Hydra turns a
+    callback's Exception into a warning and goes on (launches the jobs; exits 0 with the parent run
+    RUNNING), so the error travels as this instead, to the entry point (pipeline.outside_jobs
+    reports `error`)."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
@@ -64,7 +65,7 @@ class SweepTracking(Callback):
         try:
             self._start(config)
         except Exception as error:
-            raise SweepNotStarted(error) from error
+            raise SweepCallbackError(error) from error
 
     def _start(self, config: DictConfig) -> None:
         global _launched
@@ -94,6 +95,12 @@ class SweepTracking(Callback):
         write_json(sweep_dir / SWEEP_FILE, info)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._end(config)
+        except Exception as error:
+            raise SweepCallbackError(error) from error
+
+    def _end(self, config: DictConfig) -> None:
         global _launched
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir)

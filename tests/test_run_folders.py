@@ -120,3 +120,20 @@ def test_a_hydra_setting_that_fails_before_the_run_starts_is_one_line_and_leaves
     assert_refused(result, "config error: the run could not start: Unable to configure handler 'file' (check the "
                            "hydra.* settings)")
     assert os.listdir(tmp_path) == []
+
+
+def test_an_error_at_a_sweeps_end_is_one_line_and_ends_its_parent_failed(tmp_path):
+    """Hydra only warns when a callback fails: the sweep's end (its summary, its parent run) must not
+    pass for a success. Here a folder stands where the summary is to be written."""
+    sweep = ["-m", "generation.seed=1,2", "pipeline.until=plan", "dataset.limit=1", "hydra.sweep.dir=runs/sweep"]
+    assert run_pipeline(sweep, cwd=tmp_path).returncode == 0
+    sweep_dir = tmp_path / "runs" / "sweep"
+    (sweep_dir / "sweep_summary.json").unlink()
+    (sweep_dir / "sweep_summary.json").mkdir()
+    result = run_pipeline([f"resume={sweep_dir}"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("run failed: [Errno 21] Is a directory") and str(sweep_dir) in last, last
+    (parent,) = mlflow_client(tmp_path).search_runs(["1"])
+    assert parent.info.status == "FAILED"
