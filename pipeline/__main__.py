@@ -6,12 +6,14 @@ composes the config and calls `hydra_main` once per job, which converts it to ty
 and hands it to the runner (or, with pipeline.from_transcript, to pipeline.rescore). Exit codes:
 0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM. `resume=<run folder>` or `resume=last` continues a run or a sweep
-(pipeline.resume).
+(pipeline.resume). What stops outside a job (Hydra's own errors: creating the run folder, its
+launcher and sweeper; Ctrl-C or SIGTERM in a sweep) ends in pipeline.outside_jobs.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import math
 import os
@@ -28,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline.config import CONF_DIR, register, to_config
+from pipeline import outside_jobs
 from pipeline.console import run_summary
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
                              ToolFailure, TrackingError, UserError, describe_config_exception)
@@ -38,7 +41,7 @@ from pipeline.rescore import rescore
 from pipeline.resume import check_output_folder, enter_launch_folder, expand_command_line
 from pipeline.run_state import discard, set_status
 from pipeline.runner import run
-from pipeline.sweep import parent_run_id
+from pipeline.sweep import SweepCallbackError, parent_run_id
 from pipeline.tracking_guard import check_tracking_store
 
 log = logging.getLogger("pipeline")
@@ -47,13 +50,24 @@ log = logging.getLogger("pipeline")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """One job: returns its `pipeline.objective` (what a Hydra sweeper optimises), or exits with its code."""
+    if threading.current_thread() is not threading.main_thread():
+        return _job(cfg)
+    # In a joblib worker too, SIGTERM ends the job as in the launching process; an idle worker keeps its own
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _job(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _job(cfg: DictConfig) -> Optional[float]:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
-    # Hydra has just copied the command line and config into the folder: no secret stays there
-    mask_secrets_in_files([run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-                          + ([Path(hydra_config.sweep.dir) / "multirun.yaml"] if in_sweep else []))
     try:
+        # Hydra has just copied the command line and config into the folder: no secret stays there
+        mask_secrets_in_files([run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+                              + ([Path(hydra_config.sweep.dir) / "multirun.yaml"] if in_sweep else []))
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
@@ -62,6 +76,9 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         start = rescore if config.pipeline.from_transcript else run  # re-score an earlier transcript, or run
         result = start(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
     except KeyboardInterrupt as interrupt:
+        if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
+            log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)
+            raise
         log.error("interrupted; the run folder keeps what was written: %s (continue with: python -m pipeline "
                   "resume=%s)", run_dir, run_dir)
         sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
@@ -70,15 +87,24 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             discard(run_dir)  # a mistake found before any record: leave nothing behind
             log.error("error: %s", error)
             sys.exit(EXIT_USAGE)
+        if not in_sweep and cfg.get("resume") is not None:  # a refused resume leaves the run as it found it
+            log.error("error: %s", error)
+            sys.exit(EXIT_USAGE)
         return _fail(run_dir, f"error: {error}", EXIT_USAGE, in_sweep)
     except Exception as error:  # a config error raised while converting lands here too
         if _is_config_error(error):
             message = describe_config_exception(error)
+        elif isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a write other than the transcript's
+            message = (f"the disk is full while writing {error.filename or run_dir}: what was written is kept; "
+                       f"free some space, then continue with: python -m pipeline resume={run_dir}")
         else:
             message = str(error) if isinstance(error, (LoadError, ToolFailure, StorageError, TrackingError)) \
                 else f"{type(error).__name__}: {error}"
-        with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
-            traceback.print_exc(file=log_file)
+        try:
+            with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
+                traceback.print_exc(file=log_file)
+        except OSError:  # a full disk: the log misses the traceback, the one line below still says what happened
+            pass
         return _fail(run_dir, f"run failed: {message} (traceback in {run_dir}/{hydra_config.job.name}.log)",
                      EXIT_FAILURE, in_sweep)
     if result.complete:
@@ -118,6 +144,8 @@ def _is_config_error(error: Exception) -> bool:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with Ctrl-C ignored
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         sys.argv[1:] = expand_command_line(sys.argv[1:])
     except UserError as error:
@@ -131,12 +159,28 @@ def main() -> None:
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     register()
-    hydra_main()
+    # Hydra's own errors (creating the run folder, its launcher and sweeper) come here, not to its traceback
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except KeyboardInterrupt as interrupt:
+        sys.exit(outside_jobs.interrupted(interrupt))
+    except SweepCallbackError as stop:
+        sys.exit(outside_jobs.failed(stop.error))
+    except Exception as error:  # noqa: BLE001 - raised outside the jobs (they handle their own)
+        sys.exit(outside_jobs.failed(error))
 
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
+    outside_jobs.stop_workers(signum)  # a sweep's jobs in other processes end first
     raise Interrupted()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: as Python's own handler (KeyboardInterrupt), once a sweep's jobs in other processes ended."""
+    outside_jobs.stop_workers(signum)
+    raise KeyboardInterrupt
 
 
 def exit_without_teardown(code: object) -> None:

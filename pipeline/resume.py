@@ -38,6 +38,7 @@ from pipeline.files import read_json
 from pipeline.inputs import differences, fingerprint, read_inputs
 from pipeline.records import ResolvedModel
 from pipeline.redact import MASK, redact, redact_overrides
+from pipeline.run_files import folder_problem, shown
 from pipeline.run_state import in_use_message, is_locked, read_status
 from pipeline.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
 
@@ -141,10 +142,11 @@ def enter_launch_folder(argv: list[str]) -> None:
 def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) -> Optional[str]:
     """Before Hydra writes anything: None, or why the run's folder must not be written.
 
-    A folder that cannot be created (a file in the way, no permission); an existing run's folder
-    unless resuming it (Hydra would overwrite its .hydra/ record); a resumed folder in use, or
-    settings that would change what the model writes. A sweep's jobs check their own folders
-    (`begin`). `composed` is the config the command line's (first) job composes to, when the
+    A folder that is not the run's (sweep's) own: the launch folder or one above it, a folder
+    holding anything else, an existing run (sweep) unless resuming it (pipeline.run_files); a
+    sweep whose jobs would all write into the sweep folder; a folder that cannot be created (a
+    file in the way, no permission); a resumed folder in use, or settings that would change what
+    the model writes. A sweep's jobs check their own folders (`begin`). `composed` is the config the command line's (first) job composes to, when the
     caller has it (pipeline.precheck): then it is not composed again."""
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
@@ -155,15 +157,15 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
     sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
-    folder = Path(str(composed.hydra.sweep.dir if sweep else composed.hydra.run.dir))
-    problem = _unwritable(folder, "hydra.sweep.dir" if sweep else "hydra.run.dir")
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    value = composed.hydra.sweep.dir if sweep else composed.hydra.run.dir
+    resuming = composed.get("resume") is not None
+    problem = folder_problem(value, key, sweep, resuming) or _unwritable(Path(str(value or "")), key)
     if problem or sweep:
-        return problem
+        return problem or (_job_folder_problem(composed) if sweep else None)
+    folder = Path(str(value))
     config = to_config(composed)
     if config.resume is None:
-        if (folder / "status.json").exists() or (folder / TRANSCRIPT_NAME).exists():
-            return (f"hydra.run.dir={folder}: that folder already holds a run: continue it with "
-                    f"python -m pipeline resume={folder}, or choose another folder")
         return None
     if is_locked(folder):
         return in_use_message(folder)
@@ -205,6 +207,20 @@ def inputs_difference(folder: Path, config: Config, model: ResolvedModel) -> Opt
         return None
     return (f"resume={folder}: the input files differ from the run's, so its records would not match: "
             + "; ".join(changed) + ". Restore them, or start a new run")
+
+
+def _job_folder_problem(composed: DictConfig) -> Optional[str]:
+    """A sweep whose job folders would be the sweep folder itself (an empty hydra.sweep.subdir):
+    every job would write over the one before."""
+    try:
+        subdir = str(OmegaConf.select(composed, "hydra.sweep.subdir", default="") or "")
+    except Exception:  # noqa: BLE001 - it names the job (${hydra.job.num}), known only when each job starts
+        return None
+    if Path(subdir) != Path("."):
+        return None
+    return (f"{shown('hydra.sweep.subdir', subdir)}: each job's folder would be the sweep folder itself, so the "
+            "jobs would write over each other; leave hydra.sweep.subdir unset (the job number) or give each job "
+            "its own, e.g. 'hydra.sweep.subdir=job_${hydra.job.num}'")
 
 
 def _unwritable(folder: Path, key: str) -> Optional[str]:

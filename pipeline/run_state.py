@@ -3,7 +3,8 @@
 A run holds an exclusive lock on its folder (flock on the folder itself, released by the kernel
 when the process ends, also by SIGKILL) for as long as it runs, so a second process, a resume of
 a folder in use included, is refused instead of writing into it. `status.json` says where the run
-stands: started, success, failed or interrupted, with the reason. A run refused before it
+stands: started, success, failed or interrupted, with the reason; it keeps room for its final
+state even when the disk fills during the run (see set_status). A run refused before it
 produced anything (a mistake in the config or the inputs) takes its folder away again.
 
 This module does not know what a run writes besides its status (the runner and the stages do).
@@ -12,7 +13,9 @@ This module does not know what a run writes besides its status (the runner and t
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -22,10 +25,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import UserError
-from pipeline.files import read_json, write_json
+from pipeline.files import read_json, write_text_atomically
 
 STATES = ("started", "success", "failed", "interrupted")
 STATUS_NAME = "status.json"
+# status.json is padded to this size, so that on a full disk its final state can still be written over
+# it in place (pipeline.files' atomic write needs room for a second copy).
+STATUS_SIZE = 4096
 # What a run writes before its first record; a folder holding only these held no results.
 SETUP_FILES = ("config.json", STATUS_NAME, "plan.json", "inputs.json", "tracking.json", "run.log", ".hydra")
 
@@ -62,9 +68,36 @@ def in_use_message(run_dir: Path) -> str:
 
 
 def set_status(run_dir: Path, state: str, reason: str = "") -> None:
+    """Write status.json atomically; on a full disk, over the file already there (it keeps its room)."""
     assert state in STATES, state
-    write_json(run_dir / STATUS_NAME, {"state": state, "reason": reason, "time": time.time(),
-                                       "pid": os.getpid(), "host": socket.gethostname()})
+    path = run_dir / STATUS_NAME
+    status = {"state": state, "reason": reason, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        write_text_atomically(path, _padded(status, STATUS_SIZE))
+    except OSError as error:
+        if error.errno != errno.ENOSPC or not path.is_file():
+            raise
+        _overwrite_in_place(path, status)
+
+
+def _padded(status: dict[str, Any], size: int) -> str:
+    """The status as JSON, spaces after it up to `size` bytes (JSON allows trailing whitespace)."""
+    text = json.dumps(status, indent=2)
+    return text + " " * max(0, size - 1 - len(text.encode("utf-8"))) + "\n"
+
+
+def _overwrite_in_place(path: Path, status: dict[str, Any]) -> None:
+    """The temporary copy an atomic write needs found no room: write over the existing file, within
+    the bytes it already has (no block to allocate), the reason shortened if it would not fit."""
+    size = path.stat().st_size
+    text = _padded(status, size)
+    while len(text.encode("utf-8")) > size and status["reason"]:
+        status["reason"] = status["reason"][:len(status["reason"]) - (len(text.encode("utf-8")) - size) - 2] + "…"
+        text = _padded(status, size)
+    with path.open("r+b") as file:
+        file.write(text.encode("utf-8"))
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pipeline.records import LoadedRuntime, RuntimePlan, Summary
 from pipeline.redact import redact
 from pipeline.reuse import LOAD_FILE, LoadRecord, acquire
 from pipeline.resume import begin, inputs_difference, settle
+from pipeline.run_files import run_files
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.plan import plan_from_config
@@ -170,13 +171,14 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
     try:
         set_status(run_dir, state, reason)
-    except OSError as error:  # a full disk: status.json keeps "started"; the message still reaches the user
+    except OSError as error:  # not even written in place (see set_status); the message still reaches the user
         log.error("could not write %s: %s", run_dir / "status.json", error)
     if tracker.run_id:
         try:
             try:
                 tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
-                tracker.log_artifacts(run_dir)
+                for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
+                    tracker.log_artifact(path, subfolder)
             finally:
                 tracker.finish(mlflow_status)
         except TrackingError as error:
@@ -184,6 +186,10 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
                 set_status(run_dir, "failed", str(error))
                 raise
             log.error("%s", error)  # the run's own failure is the one to report
+        except OSError as error:  # tracking.json on a full disk: the run's own ending is the one to report
+            if state == "success":
+                raise
+            log.error("could not record the MLflow run's end in %s: %s", run_dir, error)
 
 
 def _read_summary(run_dir: Path) -> Optional[Summary]:

@@ -9,7 +9,9 @@ prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipe
 a table and plots of each metric against each swept key, the plots drawn by processes started with
 the sweep, pipeline.plot_process), logs them to the parent and ends the
 parent FINISHED, or FAILED when any job failed (and the command then exits 1). A resumed sweep
-(`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped.
+(`resume=<sweep folder>`) takes up the same parent run; its completed jobs are skipped. A sweep
+that stops early (Ctrl-C, SIGTERM, its launcher failing) gets no callback from Hydra: the entry
+point ends its parent KILLED or FAILED (end_launched_sweep, from pipeline.outside_jobs).
 """
 
 from __future__ import annotations
@@ -33,21 +35,46 @@ from pipeline.tracking_guard import GuardedTracker
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
+# The sweep this process launched, from on_multirun_start until its parent run is ended: Hydra calls
+# no callback when a sweep ends early (Ctrl-C, SIGTERM, its launcher failing), so the entry point
+# ends the parent through this (end_launched_sweep).
+_launched: Optional["SweepTracking"] = None
+
+
+class SweepCallbackError(BaseException):
+    """on_multirun_start or on_multirun_end failed (a full disk, an unreachable store). Hydra turns a
+    callback's Exception into a warning and goes on (launches the jobs; exits 0 with the parent run
+    RUNNING), so the error travels as this instead, to the entry point (pipeline.outside_jobs
+    reports `error`)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.tracker: Optional[GuardedTracker] = None
         self.plots: Optional[PlotProcesses] = None
+        self.sweep_dir: Optional[Path] = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "plots": None}  # joblib pickles the callbacks for its workers; the processes stay here
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._start(config)
+        except Exception as error:
+            raise SweepCallbackError(error) from error
+
+    def _start(self, config: DictConfig) -> None:
+        global _launched
         register()
-        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir = sweep_dir.absolute()
+        _launched = self
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.plots = PlotProcesses()  # imports matplotlib while the jobs run
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
         overrides = list(config.hydra.overrides.task)
         swept = swept_keys(overrides, params)
@@ -68,6 +95,13 @@ class SweepTracking(Callback):
         write_json(sweep_dir / SWEEP_FILE, info)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._end(config)
+        except Exception as error:
+            raise SweepCallbackError(error) from error
+
+    def _end(self, config: DictConfig) -> None:
+        global _launched
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir)
         failed = [job for job in jobs if job["state"] != "success"]
@@ -92,8 +126,30 @@ class SweepTracking(Callback):
             self.tracker.finish("FAILED" if failed else "FINISHED")
             print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.display_uri}); "
                   f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")
+        _launched = None
         if failed:
             sys.exit(EXIT_FAILURE)
+
+
+def launched_sweep() -> Optional[SweepTracking]:
+    """The sweep this process launched and has not ended yet (None: no sweep, or it ended)."""
+    return _launched
+
+
+def end_launched_sweep(status: str) -> Optional[Path]:
+    """End the parent run of the sweep this process launched as `status` (KILLED, FAILED); its folder.
+
+    For a sweep that stopped before its end: the jobs already ended their own runs."""
+    global _launched
+    sweep, _launched = _launched, None
+    if sweep is None:
+        return None
+    if sweep.tracker is not None and sweep.tracker.run_id:
+        try:
+            sweep.tracker.finish(status)
+        except Exception as error:  # noqa: BLE001 - the store is down: the sweep's own ending is the one to report
+            log.error("the sweep's MLflow parent run could not be ended %s: %s", status, error)
+    return sweep.sweep_dir
 
 
 def swept_keys(overrides: list[str], params: dict[str, Any]) -> list[str]:

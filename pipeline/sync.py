@@ -23,6 +23,7 @@ from pipeline.config import TrackingConfig, flatten
 from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, TrackingError, UserError
 from pipeline.files import read_json
 from pipeline.records import Summary
+from pipeline.run_files import run_files
 from pipeline.run_state import in_use_message, is_locked, read_status
 from pipeline.tracking import PLAN_PARAMS
 from pipeline.tracking_guard import TRACKING_FILE, GuardedTracker
@@ -57,7 +58,8 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
         known = {key: value for key, value in summary.items() if key in Summary.__dataclass_fields__}
         tracker.log_metrics({**Summary(**known).metrics(),
                              **{f"stage/{stage}/seconds": s for stage, s in summary.get("stage_seconds", {}).items()}})
-    tracker.log_artifacts(run_dir)
+    for path, subfolder in run_files(run_dir):  # what the run wrote, as the live run uploads it
+        tracker.log_artifact(path, subfolder)
     tracker.finish(END_STATUS.get(state, "FAILED"))
     return tracker.run_id or ""
 

@@ -7,6 +7,7 @@ process imports once, then for each JSON request on stdin (`{"cwd", "argv", "log
 pipeline ARGV` would (same argv handling, same exit codes), SIGKILLs it `kill_after` seconds after
 the fork or as soon as a transcript under `cwd/runs/` holds `kill_at_records` lines, whichever
 comes first (if it is still running), and answers one JSON line: `{"killed", "exit", "seconds"}`.
+A request may name another `signal` to send (SIGINT, SIGTERM) and the transcripts to `watch`.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def run_child(request: dict) -> None:
         os._exit(code)
 
 
-def _lines(runs: Path) -> int:
-    return max((path.read_bytes().count(b"\n") for path in runs.glob("*/*/transcript.jsonl")), default=0)
+def _lines(cwd: Path, pattern: str) -> int:
+    return max((path.read_bytes().count(b"\n") for path in cwd.glob(pattern)), default=0)
 
 
 def serve() -> None:
@@ -60,14 +61,17 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             run_child(request)
-        transcripts = Path(request["cwd"], "runs")
+        # optional: "signal" (a name: SIGINT, SIGTERM) sent instead of SIGKILL, and "watch", the transcripts
+        # kill_at_records counts (a glob under cwd; a sweep's jobs: runs/multirun/*/*/<job>/transcript.jsonl)
+        signum = getattr(signal, request.get("signal", "SIGKILL"))
+        watch = request.get("watch", "runs/*/*/transcript.jsonl")
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
             if (request.get("kill_after") is not None and time.monotonic() - started >= request["kill_after"]) or \
-                    _lines(transcripts) >= request.get("kill_at_records", float("inf")):
-                os.kill(pid, signal.SIGKILL)
+                    _lines(Path(request["cwd"]), watch) >= request.get("kill_at_records", float("inf")):
+                os.kill(pid, signum)
                 _, status = os.waitpid(pid, 0)
                 break
             time.sleep(0.002)
