@@ -1,0 +1,1 @@
+"""Backends: the contract (base.py) and its implementations; see base.py."""
