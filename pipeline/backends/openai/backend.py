@@ -1,0 +1,405 @@
+"""The OpenAI-compatible server backend: any server that speaks /v1/chat/completions (vLLM, SGLang,
+llama.cpp's server, Ollama, LM Studio, `transformers serve`, OpenAI and Azure OpenAI themselves).
+
+Planning checks the server before anything is sent for generation (pipeline.backends.openai.client).
+Generation streams every request (time to first token is measured, not estimated) with at most
+`max_concurrency` in flight, retries what can succeed on retry with jittered exponential backoff
+that honours Retry-After, and turns a request that still fails into a Completion with `error`.
+The openai client's own retries are off: it would retry 409 and 429 without our jitter and cap,
+and this module must count attempts.
+
+Servers differ in small ways this module evens out:
+- stop strings: some include the matched stop string in the text (`transformers serve` does),
+  some ignore `stop`; the text is cut before the first stop string here, as the in-process backend
+  cuts it, and the finish reason is then "stop";
+- tool calls: servers that know the model's format return native `tool_calls`; where they return
+  the model's `<tool_call>` blocks as text (`transformers serve` with the tool demo model), the
+  calls are read from the text with pipeline.tool_calls, so the loop sees the same thing;
+- reasoning: `reasoning_content` (vLLM, DeepSeek) or `reasoning` (newer vLLM, Ollama) deltas go to
+  Completion.reasoning, never into the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import mimetypes
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import httpx
+
+from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
+from pipeline.backends.openai import client as server
+from pipeline.backends.openai.config import PREFIX, OpenAIConfig
+from pipeline.errors import UserError
+from pipeline.records import Message, ToolCall
+from pipeline.sampling import StreamSink
+from pipeline.tool_calls import OPEN, parse_tool_calls
+
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
+           "content_filter": "stop", "eos": "stop"}
+_NO_KEY = "no-key"  # the openai client insists on a key; servers without auth ignore this one
+
+
+class RetryableFailure(Exception):
+    """An attempt failed in a way that may succeed next time; carries the server's Retry-After."""
+
+    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FinalFailure(Exception):
+    """An attempt failed in a way that a retry would repeat (400, 404, 422 ...)."""
+
+
+class OpenAIBackend(Backend):
+    """A model behind an OpenAI-compatible server, named by the id the server lists in /models."""
+
+    name = "openai"
+
+    def __init__(self, config: OpenAIConfig, model: str) -> None:
+        self.config = config.validate()
+        if not isinstance(model, str) or not model.strip():
+            raise UserError("runtime.model must name the model the server serves (its id in GET /models)")
+        self.model = model
+        self.secrets = server.Secrets(config)
+        self._served: Optional[server.Served] = None
+        self._tokenize_works: Optional[bool] = None  # None: not tried yet
+        self.attempts = 0  # requests sent for generation, retries included (for tests and stats)
+
+    # --- identity and plan ------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(modalities=tuple(self.config.modalities), tools=True, per_request_seed=True,
+                            loglikelihood=False, streaming=True, thinking_switch=False)
+
+    def identity(self) -> Identity:
+        reported = dict(self._served.entry) if self._served else {}
+        return Identity(backend=self.name, model=self.model, endpoint=server.endpoint(self.config),
+                        reported=json.loads(self.secrets.wipe(json.dumps(reported, default=str))))
+
+    def plan(self, requests: Sequence[Request]) -> BackendPlan:
+        self._served = server.list_models(self.config, self.secrets, self.model)
+        context = self._served.context_length
+        counts, source, counted_with = self._count(requests)
+        config = self.config
+        options = [
+            BackendOption("base_url", server.endpoint(config), "where the server was reached (credentials masked)"),
+            BackendOption("model", self.model, "served by the server (GET /models)"),
+            BackendOption("api_key", f"${config.api_key_env}" if self.secrets.key else "none",
+                          f"from the environment variable {config.api_key_env}" if self.secrets.key
+                          else f"{config.api_key_env} is unset and the server did not ask for a key"),
+            BackendOption("token_limit_param", config.token_limit_param, "the request field the answer length goes in"),
+            BackendOption("max_concurrency", config.max_concurrency, "requests in flight at once"),
+            BackendOption("max_retries", config.max_retries, "extra attempts for connection errors, 408, 409, 429, 5xx"),
+            BackendOption("timeout_s", config.timeout_s, "per attempt, from sending to the last token"),
+            BackendOption("token_source", source, counted_with),
+        ]
+        if config.api_version:
+            options.append(BackendOption("api_version", config.api_version, "Azure style: api-version query, api-key header"))
+        if config.headers:
+            options.append(BackendOption("headers", sorted(config.headers), "extra headers sent (values not recorded)"))
+        checks = [f"{server.endpoint(config)}/models answered and serves {self.model!r}"]
+        warnings = []
+        if context is None:
+            warnings.append("the server does not report the model's context length: prompts that are too long "
+                            "fail as error records")
+        else:
+            checks.append(f"context length {context} tokens, as the server reports it")
+            too_long = sum(1 for request, count in zip(requests, counts) if count + request.max_new_tokens > context)
+            if too_long:
+                warnings.append(f"{too_long} of {len(requests)} requests need more than the context length of "
+                                f"{context} tokens ({source} counts, answer included)")
+        if source == "estimate":
+            warnings.append("prompt token counts are estimates (4 characters a token): the server has no /tokenize "
+                            f"and {PREFIX}.tokenizer names no local tokenizer")
+        return BackendPlan(identity=self.identity(), capabilities=self.capabilities, options=options,
+                           context_length=context, prompt_tokens=counts, token_source=source, checks=checks,
+                           warnings=warnings)
+
+    def _count(self, requests: Sequence[Request]) -> tuple[list[int], str, str]:
+        """Prompt tokens per request, and how they were counted (server, tokenizer or estimate)."""
+        if not requests:
+            return [], "server" if self._tokenize_works else "estimate", "no requests to count"
+        if self._tokenize_works is not False:
+            counts: list[int] = []
+            with server.http_client(self.config, self.secrets) as http:
+                for request in requests:
+                    count = server.tokenize(http, self.config, self.model, to_openai_messages(request.messages))
+                    if count is None:
+                        break
+                    counts.append(count)
+            self._tokenize_works = len(counts) == len(requests)
+            if self._tokenize_works:
+                return counts, "server", "the server's /tokenize endpoint, with its chat template"
+        if self.config.tokenizer:
+            return self._count_locally(requests), "tokenizer", f"the local tokenizer {self.config.tokenizer}"
+        return [_estimate(request.messages) for request in requests], "estimate", "4 characters a token"
+
+    def _count_locally(self, requests: Sequence[Request]) -> list[int]:
+        from pipeline.chat_template import ChatTemplate, TokenCounter
+
+        folder = Path(self.config.tokenizer).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{PREFIX}.tokenizer={self.config.tokenizer!r} is not a folder: name a local model "
+                            "folder with the served model's tokenizer, or null")
+        template, counter = ChatTemplate.from_folder(folder), TokenCounter.from_folder(folder)
+        counts = []
+        for request in requests:
+            if template is None:
+                text = "\n".join(message.content for message in request.messages)
+                counts.append(counter.count(text, add_special_tokens=True))
+            else:
+                text = template.render(list(request.messages), tools=request.tools or None)
+                counts.append(counter.count(text, add_special_tokens=False))
+        return counts
+
+    # --- connect, generate, close -----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Check the server still serves the model (it may have gone since the plan)."""
+        self._served = server.list_models(self.config, self.secrets, self.model)
+
+    def close(self) -> None:
+        self._served = None
+
+    def generate(self, requests: Sequence[Request], sink: Optional[StreamSink] = None) -> list[Completion]:
+        if not requests:
+            return []
+        return asyncio.run(self._generate_all(list(requests), sink))
+
+    async def _generate_all(self, requests: list[Request], sink: Optional[StreamSink]) -> list[Completion]:
+        import openai
+
+        config = self.config
+        http = httpx.AsyncClient(trust_env=False, timeout=config.timeout_s,
+                                 limits=httpx.Limits(max_connections=config.max_concurrency,
+                                                     max_keepalive_connections=config.max_concurrency))
+        common = dict(api_key=self.secrets.key or _NO_KEY, base_url=config.base_url, max_retries=0,
+                      timeout=config.timeout_s, default_headers=dict(config.headers), http_client=http)
+        if config.api_version:
+            client = openai.AsyncAzureOpenAI(api_version=config.api_version, **common)
+        else:
+            client = openai.AsyncOpenAI(**common)
+        gate = asyncio.Semaphore(config.max_concurrency)
+        try:
+            return list(await asyncio.gather(*(self._one(client, gate, row, request, sink)
+                                               for row, request in enumerate(requests))))
+        finally:
+            await client.close()
+
+    async def _one(self, client: Any, gate: asyncio.Semaphore, row: int, request: Request,
+                   sink: Optional[StreamSink]) -> Completion:
+        """One request to its completion: attempts, waits between them, and the error it ends with."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                async with gate:  # the bound holds attempts, not the waits between them
+                    self.attempts += 1
+                    completion = await asyncio.wait_for(self._attempt(client, row, request, sink),
+                                                        timeout=self.config.timeout_s)
+                break
+            except asyncio.TimeoutError:
+                failure: Exception = RetryableFailure(f"no complete answer within {PREFIX}.timeout_s="
+                                                      f"{self.config.timeout_s:g}s")
+            except (RetryableFailure, FinalFailure) as error:
+                failure = error
+            if isinstance(failure, FinalFailure) or attempt >= self.config.max_retries:
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                completion = Completion(finish_reason="error", latency_s=time.monotonic() - started,
+                                        error=self.secrets.wipe(f"{request.key + ': ' if request.key else ''}"
+                                                                f"{failure}{tries}"))
+                break
+            await asyncio.sleep(server.backoff_s(self.config, attempt, getattr(failure, "retry_after", None)))
+            attempt += 1
+        if sink is not None:
+            sink.on_complete(row, completion.text)
+        return completion
+
+    async def _attempt(self, client: Any, row: int, request: Request, sink: Optional[StreamSink]) -> Completion:
+        import openai
+
+        sent = time.monotonic()
+        first: Optional[float] = None
+        text, reasoning, calls, finish, usage = [], [], {}, None, None
+        streams_text = sink is not None and getattr(sink, "streams_text", True)
+        try:
+            stream = await client.chat.completions.create(**self._body(request))
+            async with stream:
+                async for chunk in stream:
+                    if getattr(chunk, "usage", None) is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices or ():
+                        delta = choice.delta
+                        piece = getattr(delta, "content", None) if delta is not None else None
+                        thought = _reasoning(delta)
+                        if piece or thought or (delta is not None and delta.tool_calls):
+                            first = first if first is not None else time.monotonic()
+                        if piece:
+                            text.append(piece)
+                            if streams_text:
+                                sink.on_text(row, piece)
+                        if thought:
+                            reasoning.append(thought)
+                        for call in (delta.tool_calls or ()) if delta is not None else ():
+                            _add_delta(calls, call)
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+        except openai.APIStatusError as error:
+            message = f"{error.status_code} {_reason(error)}"
+            if error.status_code in server.RETRYABLE_STATUS or error.status_code >= 500:
+                raise RetryableFailure(message, server.retry_after_s(error.response.headers)) from None
+            raise FinalFailure(message) from None
+        except (openai.APIConnectionError, httpx.TransportError) as error:
+            raise RetryableFailure(f"connection to the server failed: {_one_line(error) or type(error).__name__}") from None
+        except openai.APIError as error:  # an error event inside the stream
+            raise FinalFailure(f"the server reported an error: {_one_line(error)}") from None
+        done = time.monotonic()
+        return self._completion(request, "".join(text), "".join(reasoning), calls, finish, usage,
+                                ttft=(first if first is not None else done) - sent, latency=done - sent)
+
+    def _body(self, request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model, "messages": to_openai_messages(request.messages), "stream": True,
+            "stream_options": {"include_usage": True}, "temperature": request.temperature,
+            self.config.token_limit_param: request.max_new_tokens,
+        }
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.top_k is not None:
+            body["extra_body"] = {"top_k": request.top_k}  # vLLM, SGLang, llama.cpp; not in OpenAI's API
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.tools:
+            body["tools"] = list(request.tools)
+        return body
+
+    def _completion(self, request: Request, text: str, reasoning: str, calls: dict[int, dict], finish: Optional[str],
+                    usage: Any, ttft: float, latency: float) -> Completion:
+        finish_reason = _FINISH.get(finish or "stop", "stop")
+        cut = _cut_at_stop(text, request.stop)
+        if cut is not None:
+            text, finish_reason = cut, "stop"
+        tool_calls = [ToolCall(call["name"], _arguments(call["arguments"])) for _, call in sorted(calls.items())]
+        if request.tools and not tool_calls and OPEN in text:
+            parsed = parse_tool_calls(text)  # the model's own format, passed through as text by the server
+            if parsed.calls and not parsed.problems:
+                text, tool_calls = parsed.text, parsed.calls
+        if tool_calls:
+            finish_reason = "tool"
+        details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
+        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls,
+                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                          reasoning_tokens=getattr(details, "reasoning_tokens", 0) or 0,
+                          finish_reason=finish_reason, ttft_s=min(ttft, latency), latency_s=latency)
+
+
+# --- the wire format -------------------------------------------------------------------------------
+
+
+def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Our messages in the chat completions format; tool results are paired with the calls they answer.
+
+    Our records keep no call ids, so each assistant call gets `call_<message>_<call>` and the tool
+    messages after it take those ids in order, as the tool loop appends results in call order."""
+    out: list[dict[str, Any]] = []
+    pending: deque[str] = deque()
+    for index, message in enumerate(messages):
+        if message.role == "assistant" and message.tool_calls:
+            ids = [f"call_{index}_{j}" for j in range(len(message.tool_calls))]
+            pending.extend(ids)
+            out.append({"role": "assistant", "content": message.content or None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+                for call_id, call in zip(ids, message.tool_calls)]})
+        elif message.role == "tool":
+            entry = {"role": "tool", "content": message.content,
+                     "tool_call_id": pending.popleft() if pending else f"call_{index}"}
+            if message.name:
+                entry["name"] = message.name
+            out.append(entry)
+        elif message.media:
+            parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+            parts.extend(_media_part(part.kind, part.source) for part in message.media)
+            out.append({"role": message.role, "content": parts})
+        else:
+            out.append({"role": message.role, "content": message.content})
+    return out
+
+
+def _media_part(kind: str, source: str) -> dict[str, Any]:
+    if kind == "image":
+        url = source if source.startswith(("http://", "https://", "data:")) else _data_url(source)
+        return {"type": "image_url", "image_url": {"url": url}}
+    if kind == "audio":
+        path = Path(source)
+        return {"type": "input_audio", "input_audio": {"data": base64.b64encode(path.read_bytes()).decode(),
+                                                        "format": path.suffix.lstrip(".").lower() or "wav"}}
+    raise UserError(f"a media part of kind {kind!r} cannot be sent to an OpenAI-compatible server: image or audio")
+
+
+def _data_url(path: str) -> str:
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
+def _estimate(messages: Sequence[Message]) -> int:
+    """A rough prompt length: 4 characters a token, plus a few tokens a message for the template's markers."""
+    return sum(-(-len(message.content) // 4) + 4 for message in messages)
+
+
+def _reasoning(delta: Any) -> Optional[str]:
+    if delta is None:
+        return None
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(delta, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _add_delta(calls: dict[int, dict], delta: Any) -> None:
+    """Tool calls arrive in pieces: the name first, the arguments' JSON text in several deltas."""
+    call = calls.setdefault(getattr(delta, "index", None) or 0, {"name": "", "arguments": ""})
+    function = getattr(delta, "function", None)
+    if function is not None:
+        call["name"] += getattr(function, "name", None) or ""
+        call["arguments"] += getattr(function, "arguments", None) or ""
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"_unparsed": text}  # the loop reports it to the model as a bad call
+    return value if isinstance(value, dict) else {"_unparsed": text}
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> Optional[str]:
+    positions = [text.find(stop) for stop in stops if stop and stop in text]
+    return text[: min(positions)] if positions else None
+
+
+def _reason(error: Any) -> str:
+    """The server's own words for a refused request (OpenAI: error.message; FastAPI: detail)."""
+    body = getattr(error, "body", None)
+    detail = None
+    if isinstance(body, dict):
+        inner = body.get("error")
+        detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
+    return _one_line(detail or getattr(error, "message", "") or type(error).__name__)
+
+
+def _one_line(value: Any, limit: int = 200) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
