@@ -280,3 +280,40 @@ def test_streamed_tool_calls_and_reasoning_arrive_apart_from_the_answer():
     # what was sent: the per-request seed, the tools, usage asked for, a tool result paired with its call
     assert sent["seed"] == 7 and sent["tools"] == [add] and sent["stream_options"] == {"include_usage": True}
     assert sent["messages"][1]["tool_calls"][0]["id"] == sent["messages"][2]["tool_call_id"] == "call_1_0"
+
+
+def _text_stream(text: str) -> str:
+    return sse([{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "stub",
+                 "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]}])
+
+
+def test_tool_calls_a_server_passes_through_as_text_are_read_from_it_only_when_tools_were_offered():
+    said = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    routes = {("GET", "/v1/models"): lambda h, b: (200, json.dumps({"data": [{"id": "stub"}]})),
+              ("POST", CHAT): lambda h, b: (200, _text_stream(said), "text/event-stream")}
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    with StubServer(routes) as stub:
+        with_tools, without = backend(stub.base_url, "stub").generate([ask("1+2?", tools=[add]), ask("1+2?")])
+    assert (with_tools.tool_calls, with_tools.text, with_tools.finish_reason) == ([ToolCall("add", {"a": 1, "b": 2})], "", "tool")
+    assert (without.tool_calls, without.text, without.finish_reason) == ([], said, "stop")
+
+
+def test_azure_style_api_version_and_extra_headers_reach_the_server(monkeypatch):
+    monkeypatch.setenv("AZURE_KEY", SECRET)
+    # Azure lists base models in /models, not the deployment a request names
+    routes = {("GET", "/v1/models"): lambda h, b: (200, json.dumps({"data": [{"id": "gpt-4o"}]})),
+              ("POST", "/v1/deployments/my-gpt/chat/completions"): lambda h, b: (200, _text_stream("hi"), "text/event-stream")}
+    with StubServer(routes) as stub:
+        openai = backend(stub.base_url, "my-gpt", api_key_env="AZURE_KEY", api_version="2024-10-21",
+                         headers={"X-Tenant": "lab"}, token_limit_param="max_completion_tokens")
+        plan = openai.plan(SUMS[:1])
+        openai.load()
+        [completion] = openai.generate(SUMS[:1])
+    assert completion.text == "hi" and any("not in the server's model list" in w for w in plan.warnings)
+    assert [path.split("?")[0] for _, path, _, _ in stub.seen] == ["/v1/models", "/tokenize", "/v1/models",
+                                                                   "/v1/deployments/my-gpt/chat/completions"]
+    for _, path, headers, _ in stub.seen:  # plan, load and the request alike
+        assert "api-version=2024-10-21" in path and headers["api-key"] == SECRET and headers["x-tenant"] == "lab"
+    chat_body = stub.seen[-1][3]
+    assert json.loads(chat_body)["max_completion_tokens"] == 8 and "max_tokens" not in json.loads(chat_body)
+    assert {option.name: option.value for option in plan.options}["headers"] == ["X-Tenant"]  # names, never values

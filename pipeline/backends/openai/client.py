@@ -90,7 +90,10 @@ def http_client(config: OpenAIConfig, secrets: Secrets) -> httpx.Client:
 
 
 def list_models(config: OpenAIConfig, secrets: Secrets, model: str) -> Served:
-    """GET /models, checked: reachable, OpenAI-shaped, credentials accepted, `model` served."""
+    """GET /models, checked: reachable, OpenAI-shaped, credentials accepted, `model` served.
+
+    With an api_version (Azure style) `model` is a deployment name, which Azure's /models does not
+    list: a missing one is left to the plan's warnings and the first request."""
     where = endpoint(config)
     url = config.base_url.rstrip("/") + "/models"
     try:
@@ -121,6 +124,8 @@ def list_models(config: OpenAIConfig, secrets: Secrets, model: str) -> Served:
         raise UserError(f"the server at {where} is not OpenAI-compatible: GET /models answered {kind}, "
                         f"not a model list ({_excerpt(response, secrets)})")
     ids = [entry["id"] for entry in entries]
+    if model not in ids and config.api_version:
+        return Served(ids=ids, entry={})  # Azure lists base models, not deployments: the plan warns instead
     if model not in ids:
         served = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "") or "no model"
         raise UserError(f"runtime.model={model!r} is not served by {where}: it serves {served}")

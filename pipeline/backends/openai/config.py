@@ -27,7 +27,9 @@ class OpenAIConfig:
 
     base_url: str = "http://127.0.0.1:8000/v1"  # where /models and /chat/completions are served
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key; unset: no key sent
-    api_version: Optional[str] = None  # Azure OpenAI's api-version (sent as a query parameter, key as api-key)
+    # Azure OpenAI's api-version: sent as a query parameter, the key as api-key, and chat requests go to
+    # <base_url>/deployments/<runtime.model>/chat/completions (base_url https://NAME.openai.azure.com/openai)
+    api_version: Optional[str] = None
     headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers; values are never logged
     token_limit_param: str = "max_tokens"  # or max_completion_tokens, as the server wants
     timeout_s: float = 60.0  # per attempt: reaching /models, and one request from sending to its last token
