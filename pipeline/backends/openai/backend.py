@@ -102,11 +102,16 @@ class OpenAIBackend(Backend):
             BackendOption("token_source", source, counted_with),
         ]
         if config.api_version:
-            options.append(BackendOption("api_version", config.api_version, "Azure style: api-version query, api-key header"))
+            options.append(BackendOption("api_version", config.api_version, "Azure style: api-version query, api-key "
+                                         "header, requests to <base_url>/deployments/<model>/chat/completions"))
         if config.headers:
             options.append(BackendOption("headers", sorted(config.headers), "extra headers sent (values not recorded)"))
         checks = [f"{server.endpoint(config)}/models answered and serves {self.model!r}"]
         warnings = []
+        if self.model not in self._served.ids:  # only with api_version: an Azure deployment name
+            checks = [f"{server.endpoint(config)}/models answered"]
+            warnings.append(f"{self.model!r} is not in the server's model list (Azure lists base models, not "
+                            "deployments): a wrong deployment name shows in the first request's error")
         if context is None:
             warnings.append("the server does not report the model's context length: prompts that are too long "
                             "fail as error records")
