@@ -317,3 +317,28 @@ def test_azure_style_api_version_and_extra_headers_reach_the_server(monkeypatch)
     chat_body = stub.seen[-1][3]
     assert json.loads(chat_body)["max_completion_tokens"] == 8 and "max_tokens" not in json.loads(chat_body)
     assert {option.name: option.value for option in plan.options}["headers"] == ["X-Tenant"]  # names, never values
+
+
+@pytest.fixture(scope="module")
+def tool_served(tmp_path_factory):
+    server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):
+    from pipeline.demo_tools import add
+    from pipeline.tools import tool_schema
+
+    schema = tool_schema(add)
+    question = [Message("user", "What is 7311+7890?")]
+    openai = backend(tool_served.base_url, tool_served.model)
+    [call] = openai.generate([Request(question, 64, tools=[schema])])
+    assert (call.tool_calls, call.finish_reason, call.error) == ([ToolCall("add", {"a": 7311, "b": 7890})], "tool", None)
+    answered = question + [Message("assistant", call.text, tool_calls=tuple(call.tool_calls)),
+                           Message("tool", str(add(7311, 7890)), name="add")]
+    [answer] = openai.generate([Request(answered, 64, tools=[schema])])
+    assert (answer.text, answer.finish_reason, answer.tool_calls) == ("15201", "stop", [])
