@@ -342,3 +342,17 @@ def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):
                            Message("tool", str(add(7311, 7890)), name="add")]
     [answer] = openai.generate([Request(answered, 64, tools=[schema])])
     assert (answer.text, answer.finish_reason, answer.tool_calls) == ("15201", "stop", [])
+
+
+def test_generate_works_from_inside_a_running_event_loop():
+    import asyncio
+
+    routes = {("GET", "/v1/models"): lambda h, b: (200, json.dumps({"data": [{"id": "stub"}]})),
+              ("POST", CHAT): lambda h, b: (200, _text_stream("ok"), "text/event-stream")}
+
+    async def inside():  # as in a notebook, where a loop is already running
+        return backend(stub.base_url, "stub").generate([ask("hi")])
+
+    with StubServer(routes) as stub:
+        [completion] = asyncio.run(inside())
+    assert completion.text == "ok"

@@ -27,6 +27,7 @@ import json
 import mimetypes
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -177,7 +178,13 @@ class OpenAIBackend(Backend):
     def generate(self, requests: Sequence[Request], sink: Optional[StreamSink] = None) -> list[Completion]:
         if not requests:
             return []
-        return asyncio.run(self._generate_all(list(requests), sink))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: no event loop in this thread
+            return asyncio.run(self._generate_all(list(requests), sink))
+        # called from inside an event loop (a notebook): asyncio.run cannot nest, a worker thread can
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            return worker.submit(asyncio.run, self._generate_all(list(requests), sink)).result()
 
     async def _generate_all(self, requests: list[Request], sink: Optional[StreamSink]) -> list[Completion]:
         import openai
