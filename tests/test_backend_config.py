@@ -135,3 +135,28 @@ def run_main(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]
     with pytest.raises(SystemExit) as exited:
         main()
     return exited.value.code, capsys.readouterr().err
+
+
+def test_resolve_with_a_server_backend_reads_nothing_and_has_no_digest(tmp_path, monkeypatch):
+    """runtime.model is the served id: not an alias, a folder or a repo id looked up (none of them exists here)."""
+    from pipeline.stages import resolve as stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "locate", lambda *a: pytest.fail("a served model is not looked up on disk or in the hub"))
+    config = composed(["backend=openai", "backend.base_url=https://bob:s3cret@llm.example:8443/v1",
+                       "runtime.model=meta-llama/Llama-3.1-8B-Instruct"])
+    model = stage.resolve(config.runtime, config.backend)
+    assert (model.kind, model.reference, model.weights_digest, model.path) == (
+        "served", "meta-llama/Llama-3.1-8B-Instruct", None, "")
+    assert model.endpoint == "https://***@llm.example:8443/v1"
+    assert model.weight_files == [] and model.parameters == 0 and model.context_length == 0  # the plan asks the server
+    assert model.modalities == ["text"]
+
+
+def test_resolve_with_the_default_backend_still_reads_the_folder():
+    from pipeline.stages.resolve import resolve
+
+    config = composed(["runtime.model=demo"])
+    model = resolve(config.runtime, config.backend)
+    assert model.kind == "local-path" and model.weights_digest and model.endpoint is None
+    assert resolve(RuntimeConfig(model="demo")).weights_digest == model.weights_digest  # without a backend: as before
