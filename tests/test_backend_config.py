@@ -160,3 +160,67 @@ def test_resolve_with_the_default_backend_still_reads_the_folder():
     model = resolve(config.runtime, config.backend)
     assert model.kind == "local-path" and model.weights_digest and model.endpoint is None
     assert resolve(RuntimeConfig(model="demo")).weights_digest == model.weights_digest  # without a backend: as before
+
+
+SECRET_HEADERS = ["+backend.headers.Authorization='Bearer sk-live-SECRET1'", "+backend.headers.X-Api-Token=tok-SECRET2"]
+
+
+def test_header_values_and_url_credentials_stay_out_of_config_json_and_params():
+    config = composed(["backend=openai", "backend.base_url=https://bob:pw-SECRET3@llm.example/v1",
+                       "runtime.model=served-model"] + SECRET_HEADERS)
+    assert config.backend.openai().headers == {"Authorization": "Bearer sk-live-SECRET1", "X-Api-Token": "tok-SECRET2"}
+    stored = redact(config.to_dict())  # what config.json holds
+    assert stored["backend"]["headers"] == {"Authorization": MASK, "X-Api-Token": MASK}  # names kept, values not
+    assert stored["backend"]["base_url"] == "https://***@llm.example/v1"
+    params = params_for_mlflow(config_params(config))
+    assert "SECRET" not in json.dumps(stored) + json.dumps(params)
+    assert params["backend.name"] == "openai" and params["backend.api_key_env"] == "OPENAI_API_KEY"
+    assert params["backend.headers.Authorization"] == MASK and params["backend.headers.X-Api-Token"] == MASK
+    assert params["backend.base_url"] == "https://***@llm.example/v1"
+    assert params["backend.max_concurrency"] == "8" and params["backend.token_limit_param"] == "max_tokens"
+
+
+def test_params_of_the_default_backend_name_it_and_nothing_of_the_server():
+    params = params_for_mlflow(config_params(composed([])))
+    assert params["backend.name"] == "transformers"
+    assert [key for key in params if key.startswith("backend.")] == ["backend.name"]
+
+
+def test_params_of_a_server_without_headers_say_so():
+    params = params_for_mlflow(config_params(composed(SERVER)))
+    assert params["backend.headers"] == "{}" and params["backend.timeout_s"] == "60.0"
+
+
+@pytest.mark.parametrize("argv", [
+    ["+backend.headers.Authorization='Bearer sk-live-SECRET1'", "generation.seed=3"],
+    ["backend.headers='{Authorization: Bearer sk-live-SECRET1, X-Api-Token: tok-SECRET2}'", "backend=openai"],
+    ["backend=openai", "+backend.headers.X-Api-Token=tok-SECRET2", "-m"],
+])
+def test_header_values_with_spaces_are_masked_in_overrides(argv, tmp_path):
+    """The command line as run names and tags keep it (one text) and as Hydra's overrides.yaml keeps it
+    (a list): every word of a header's value is masked, the next override is kept."""
+    import yaml
+
+    from pipeline.redact import mask_secrets_in_files, redact_overrides
+
+    masked = redact_overrides(" ".join(argv))
+    assert "SECRET" not in masked and "Bearer" not in masked
+    assert masked.endswith(" " + argv[-1])
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(argv))
+    mask_secrets_in_files([overrides])
+    kept = yaml.safe_load(overrides.read_text())
+    assert "SECRET" not in str(kept) and kept[-1] == argv[-1]
+
+
+@pytest.mark.xfail(strict=True, reason="the runner passes config.backend to resolve once the stages are wired to "
+                                       "the chosen backend (pipeline/runner.py, after the backend move)")
+def test_until_resolve_with_a_server_prints_the_served_model_and_keeps_no_secret(tmp_path):
+    result = run_pipeline(SERVER + ["pipeline.until=resolve", "tracking=none"] + SECRET_HEADERS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout[result.stdout.index("{"):result.stdout.rindex("}") + 1])
+    assert (printed["kind"], printed["reference"], printed["weights_digest"]) == ("served", "served-model", None)
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert any(p.name == "config.json" for p in files)
+    assert not any("SECRET" in p.read_text(errors="replace") for p in files)
+    assert "SECRET" not in result.stdout + result.stderr
