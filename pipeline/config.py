@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UserError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the project's Hydra configs
@@ -34,6 +34,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention")
 OFFLOAD = ("auto", "cpu", "disk", "none")
 TRUNCATION = ("error", "left")
+BACKENDS = ("transformers", "openai")  # conf/backend/<name>.yaml
 SCORERS = ("exact_match", "contains", "regex", "numeric")
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -93,6 +94,82 @@ class RuntimeConfig:
         _check(self.compile in (True, False, "auto"), "runtime.compile", self.compile, "true, false or auto")
         _check(self.cache_implementation in (None, "dynamic", "static"), "runtime.cache_implementation",
                self.cache_implementation, "null, dynamic or static")
+
+
+@dataclass
+class BackendConfig:
+    """Which backend generates (`backend=transformers`, the default, or `backend=openai`), and its own settings.
+
+    The in-process model's settings stay under runtime.* (device, dtype, ...). The OpenAI-compatible
+    server's settings are the fields of pipeline.backends.openai.config.OpenAIConfig, listed here so
+    that OmegaConf checks their types; conf/backend/openai.yaml gives their defaults. A null here
+    (or an empty headers map) means "not set": with backend=transformers every one must stay unset
+    (setting one is a mistake, refused with one line), with backend=openai an unset one takes
+    OpenAIConfig's default."""
+
+    name: str = "transformers"  # transformers or openai
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None
+    api_version: Optional[str] = None
+    headers: Dict[str, str] = field(default_factory=dict)  # empty: none (so +backend.headers.NAME=... can add one)
+    token_limit_param: Optional[str] = None
+    timeout_s: Optional[float] = None
+    max_concurrency: Optional[int] = None
+    max_retries: Optional[int] = None
+    backoff_s: Optional[float] = None
+    max_backoff_s: Optional[float] = None
+    tokenizer: Optional[str] = None
+    modalities: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        _check_choice("backend.name", self.name, BACKENDS)
+        if self.name == "transformers":
+            for key, value in self.openai_settings().items():
+                if value is not None and value != {}:
+                    raise OtherBackendSetting(f"backend.{key}", "openai", "transformers", "add backend=openai")
+        else:
+            self.openai()  # validates: one line for the first setting outside what is allowed
+
+    def openai_settings(self) -> dict[str, Any]:
+        """The settings of backend=openai as given (null: not set)."""
+        return {key: getattr(self, key) for key in _OPENAI_KEYS}
+
+    def openai(self) -> Any:
+        """The validated pipeline.backends.openai.config.OpenAIConfig (unset settings at its defaults)."""
+        from pipeline.backends.openai.config import OpenAIConfig  # only backend=openai pays for the HTTP client
+
+        given = {key: value for key, value in self.openai_settings().items() if value is not None}
+        given["headers"] = dict(given["headers"])
+        if "modalities" in given:
+            given["modalities"] = tuple(given["modalities"])
+        return OpenAIConfig(**given).validate()
+
+    def settings(self) -> dict[str, Any]:
+        """The chosen backend's name and effective settings (what the run records): for transformers its
+        name only (its settings are under runtime.*), for openai every setting, defaults filled in."""
+        if self.name != "openai":
+            return {"name": self.name}
+        effective = asdict(self.openai())
+        effective["modalities"] = list(effective["modalities"])
+        return {"name": self.name, **effective}
+
+
+_OPENAI_KEYS = tuple(name for name in BackendConfig.__dataclass_fields__ if name != "name")
+
+# runtime.* settings only the in-process model reads, with the value that leaves the choice to the backend:
+# with backend=openai the server decides these, so setting one is a mistake (what would it change?)
+IN_PROCESS_RUNTIME = {"device": "auto", "dtype": "auto", "attn_implementation": "auto", "offload": "auto",
+                      "compile": "auto", "cache_implementation": None, "continuous_batching": False,
+                      "memory_limit": None, "memory_margin": 0.15, "max_batch_size": 64, "allow_download": False,
+                      "allow_pickle": False, "trust_remote_code": False}
+
+
+class OtherBackendSetting(ConfigError):
+    """A setting that only another backend reads: "backend.base_url is a setting of backend=openai, ..."."""
+
+    def __init__(self, key: str, owner: str, chosen: str, fix: str) -> None:
+        self.key, self.value, self.allowed = key, None, fix
+        UserError.__init__(self, f"{key} is a setting of backend={owner}, not backend={chosen}: {fix}")
 
 
 @dataclass
@@ -274,7 +351,24 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     execute: ExecuteConfig = field(default_factory=ExecuteConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
     resume: Optional[str] = None  # a run folder to continue (python -m pipeline resume=<folder> or resume=last)
+
+    def __post_init__(self) -> None:
+        if self.backend.name != "transformers":
+            self._check_runtime_for_server()
+
+    def _check_runtime_for_server(self) -> None:
+        """runtime.* settings of the in-process model are refused with a server backend, one line each."""
+        for key, free in IN_PROCESS_RUNTIME.items():
+            value = getattr(self.runtime, key)
+            if value != free:
+                raise OtherBackendSetting(f"runtime.{key}={_shown(value)}", "transformers", self.backend.name,
+                                          f"the server decides it; leave runtime.{key} at {_shown(free)}")
+        if self.runtime.batch_size == "auto":  # the largest batch that fits the local device's memory
+            raise OtherBackendSetting("runtime.batch_size=auto", "transformers", self.backend.name,
+                                      "give a number (requests handed to the server together; "
+                                      "backend.max_concurrency bounds those in flight)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -285,6 +379,11 @@ class Config:
         relevant["dataset"].pop("scorer")  # scoring reads what the model wrote; it changes none of it
         canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _shown(value: Any) -> str:
+    """A value as it is typed on the command line: null, true, auto."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _run_token() -> str:

@@ -77,9 +77,9 @@ class ResolvedModel:
     """What a model reference points at, read from its files without loading any weights."""
 
     reference: str  # as the user wrote it
-    kind: str  # local-path, models-dir, hf-cache or hf-download
+    kind: str  # local-path, models-dir, hf-cache, hf-download, or served (by a server backend: no local files)
     alias: Optional[str]  # the alias the reference went through, if any
-    path: str  # the local folder
+    path: str  # the local folder ("" for a served model)
     repo_id: Optional[str]  # for Hugging Face references
     revision: Optional[str]  # as asked (branch, tag or commit); None: main
     commit: Optional[str]  # the Hugging Face snapshot's commit
@@ -97,7 +97,8 @@ class ResolvedModel:
     parameters: int  # from the safetensors headers (estimated from file sizes for pickle weights)
     parameters_exact: bool
     weights_dtype: str  # the dtype most weights are stored in
-    weights_digest: str  # sha256 over the weight files' contents: same digest, same weights
+    weights_digest: Optional[str]  # sha256 over the weight files' contents: same digest, same weights; None: served
+    endpoint: Optional[str] = None  # a served model: the server's base URL, credentials masked
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """Keep secrets out of everything that leaves the process: MLflow params, tags, artifacts, config.json,
 and Hydra's own copies of the command line and config in the run folder (`.hydra/`, `multirun.yaml`).
 
-Two kinds of secret are recognised: a value under a key named like a credential (`api_key`,
-`hf_token`, `password`, …) and the `user:password@` part of a URL. Generation settings that only
-look similar (`max_new_tokens`, `eos_token`) are not secrets and stay readable.
+Three kinds of secret are recognised: a value under a key named like a credential (`api_key`,
+`hf_token`, `password`, …), every value of an HTTP `headers` map (`backend.headers.Authorization`,
+`X-Api-Token`: a header carries credentials whatever its name) and the `user:password@` part of a
+URL. Generation settings that only look similar (`max_new_tokens`, `eos_token`) are not secrets
+and stay readable; a header's name is kept, only its value is masked.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -18,6 +21,7 @@ import yaml
 from pipeline.files import write_text_atomically
 
 MASK = "***"
+HEADERS = "headers"  # a map of HTTP headers: each value is masked, the names stay
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|secret_key|password|passwd|credentials?|token)$", re.IGNORECASE)
 _TOKEN_NOT_SECRET = re.compile(r"^(eos|bos|pad|unk|sep|cls|mask|stop|start|end)_token$", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
@@ -28,8 +32,12 @@ _INLINE_PAIR = re.compile(r"""(?P<quote>['"]?)(?P<name>[A-Za-z_][\w.]*)(?P=quote
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether a (dotted, possibly `+`-prefixed) config key holds a credential."""
-    name = key.lstrip("+~").rsplit(".", 1)[-1]
+    """Whether a (dotted, possibly `+`-prefixed) config key holds a credential: a credential's name,
+    a header (`backend.headers.Authorization`), or a whole headers map (`backend.headers={...}`)."""
+    parts = key.lstrip("+~").split(".")
+    if any(part.lower() == HEADERS for part in parts):
+        return True
+    name = parts[-1]
     return bool(_SECRET_NAME.search(name)) and not _TOKEN_NOT_SECRET.match(name)
 
 
@@ -47,8 +55,34 @@ def redact_override(override: str) -> str:
 def redact_overrides(text: str) -> str:
     """A one-line value (a param, a tag, a run name) with its `key=value` words, the secret pairs
     written inside values, and URL credentials masked."""
-    masked = " ".join(redact_override(part) for part in text.split(" "))
-    return _INLINE_PAIR.sub(_mask_pair, masked)
+    words, masking = [], False
+    for part in text.split(" "):
+        if masking and not _starts_override(part):
+            continue  # a secret's value holds spaces ("Bearer sk-..."): its other words are the secret too
+        words.append(redact_override(part))
+        masking = words[-1] != part and words[-1].endswith("=" + MASK)
+    return _INLINE_PAIR.sub(_mask_pair, " ".join(words))
+
+
+def _starts_override(word: str) -> bool:
+    """Whether a word of a space-joined command line starts the next override (`generation.seed=3`,
+    `backend=openai`, `-m`), rather than continuing a value: its key begins with a top-level name."""
+    if word.startswith("-"):
+        return True
+    key = _OVERRIDE_KEY.match(word)
+    return bool(key) and key["top"] in _top_level_names()
+
+
+_OVERRIDE_KEY = re.compile(r"^[+~]{0,2}(?P<top>[A-Za-z_]\w*)(?:[.=@\[]|$)")
+
+
+@functools.lru_cache(maxsize=1)
+def _top_level_names() -> frozenset[str]:
+    """The config's sections and groups (runtime, backend, experiment, ...) and hydra."""
+    from pipeline.config import CONF_DIR, Config
+
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()} if CONF_DIR.is_dir() else set()
+    return frozenset(set(Config.__dataclass_fields__) | groups | {"hydra"})
 
 
 def _mask_pair(match: re.Match) -> str:
@@ -60,6 +94,8 @@ def _mask_pair(match: re.Match) -> str:
 
 def redact(value: Any, key: str = "") -> Any:
     """A copy of a JSON/YAML-like structure with secret values masked."""
+    if key.lower() == HEADERS and isinstance(value, dict):
+        return {name: MASK if header is not None else None for name, header in value.items()}
     if key and is_secret_key(key) and value is not None:
         return MASK
     if isinstance(value, dict):

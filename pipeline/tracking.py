@@ -233,7 +233,7 @@ def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
     result = {}
     for key, value in params.items():
         text = "null" if value is None else redact_overrides(str(value))
-        if is_secret_key(key):
+        if is_secret_key(key) and value not in (None, {}):  # an empty headers map hides nothing
             text = MASK
         result[_unique(mlflow_key(key), key, result)] = _cut(text, MAX_PARAM_LENGTH)
     return result
@@ -282,8 +282,13 @@ def file_digest(path: Path) -> str:
 
 
 def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[str, Any]:
-    """The composed config, plus what the plan decided (plan.*) and the effective generation settings."""
-    params = flatten(config.to_dict())
+    """The composed config, plus what the plan decided (plan.*) and the effective generation settings.
+
+    Of `backend`, its name and the chosen backend's own settings as it uses them (defaults filled in;
+    none of the other backend's unset ones); header values and URL credentials are masked on the way
+    to MLflow (params_for_mlflow)."""
+    params = {key: value for key, value in flatten(config.to_dict()).items() if not key.startswith("backend.")}
+    params.update(flatten(config.backend.settings(), "backend."))
     if plan is not None:
         params.update({f"plan.{key}": getattr(plan, key) for key in PLAN_PARAMS})
         params.update({f"effective.generation.{key}": value for key, value in plan.generation.items()})

@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.config import CONF_DIR
 from pipeline.precheck import check_command_line
 
-GROUPS = ["runtime", "generation", "session", "dataset", "tracking", "pipeline"]
+GROUPS = ["runtime", "generation", "session", "dataset", "tracking", "pipeline", "backend"]
 
 
 def options(group: str) -> list[str]:

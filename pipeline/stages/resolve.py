@@ -6,6 +6,10 @@ existing folder, a name under `runtime.models_dir`, or a Hugging Face repo id wi
 `runtime.allow_download=true`). A reference shaped like a path that does not exist is "path not
 found", never a repo lookup. The folder found is then read by `model_files` (config.json,
 safetensors headers; no tensor is loaded) and its weights digested. Loading is not done here.
+
+With a server backend (`backend=openai`) `runtime.model` is the id the server serves: nothing is
+looked up on disk or in the hub, and the model is of kind "served", with no digest and empty
+local fields; the plan asks the server about it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import ASSETS_DIR, RuntimeConfig
+from pipeline.config import ASSETS_DIR, BackendConfig, RuntimeConfig
 from pipeline.digest import weights_digest
 from pipeline.errors import UserError
 from pipeline.hub import download, find_cached, not_cached_message, parse_repo_reference
 from pipeline.model_files import read_model_folder
-from pipeline.records import ResolvedModel
+from pipeline.records import ModelShape, ResolvedModel
+from pipeline.redact import hide_credentials
 
 BUILTIN_ALIASES = {"demo": str(ASSETS_DIR / "demo_model")}  # works even without conf/ (the Python API)
 MAX_ALIAS_DEPTH = 8
@@ -37,7 +42,9 @@ class Location:
     commit: Optional[str] = None
 
 
-def resolve(runtime: RuntimeConfig) -> ResolvedModel:
+def resolve(runtime: RuntimeConfig, backend: Optional[BackendConfig] = None) -> ResolvedModel:
+    if backend is not None and backend.name != "transformers":
+        return served(runtime, backend)
     where = f"runtime.model={runtime.model!r}"
     location = locate(runtime)
     facts = read_model_folder(location.folder, where, runtime.allow_pickle, runtime.trust_remote_code)
@@ -65,6 +72,18 @@ def resolve(runtime: RuntimeConfig) -> ResolvedModel:
         weights_dtype=facts.weights_dtype,
         weights_digest=weights_digest(facts.weight_files),
     )
+
+
+def served(runtime: RuntimeConfig, backend: BackendConfig) -> ResolvedModel:
+    """The model a server serves under the id `runtime.model` (taken as written: no alias, no folder).
+    Whether the server serves it, and its context length, are the plan's to ask."""
+    settings = backend.openai()
+    return ResolvedModel(
+        reference=runtime.model, kind="served", alias=None, path="", repo_id=None, revision=None, commit=None,
+        architecture="", model_type="", modalities=list(settings.modalities), context_length=0,
+        shape=ModelShape(0, 0, 0, 0, 0, 0, 0), has_tokenizer_json=False, has_chat_template=False,
+        has_generation_config=False, weights_format="", weight_files=[], weight_bytes=0, parameters=0,
+        parameters_exact=False, weights_dtype="", weights_digest=None, endpoint=hide_credentials(settings.base_url))
 
 
 def locate(runtime: RuntimeConfig) -> Location:
