@@ -26,6 +26,7 @@ from pipeline.prompts import conversation
 from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink
 from pipeline.answering import Answering, Job, answer, tools_by_name
+from pipeline.backends.transformers import TransformersBackend
 from pipeline.stages.load import load
 from pipeline.stages.plan import plan as make_plan
 from pipeline.stages.plan import require_chat_template, tool_schemas
@@ -119,7 +120,8 @@ class RuntimeClient:
         if self._tools is None:
             self._tools = tools_by_name(load_tools(self.config.session.tools))
         job = Job(sample, 0, list(full))
-        answering = Answering(runtime, self.config, self._tools, records.extend, self.config.config_hash(), sink)
+        backend = TransformersBackend.from_runtime(runtime, self.config.session)
+        answering = Answering(backend, self.config, self._tools, records.extend, self.config.config_hash(), sink)
         (final,) = answer(answering, [job])
         if final.status == "error":
             raise UserError(f"{final.error}; clear the conversation (/clear) or shorten it")

@@ -107,3 +107,10 @@ def terminal_chat(args: list[str], cwd: Path):
     finally:
         process.kill()
         os.close(controller)
+
+
+def in_process(runtime, config: Config):
+    """The transformers backend over a model already loaded (pipeline.stages.load.load), as execute takes it."""
+    from pipeline.backends.transformers import TransformersBackend
+
+    return TransformersBackend.from_runtime(runtime, config.session)

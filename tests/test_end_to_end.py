@@ -141,15 +141,15 @@ def test_a_run_that_fails_midway_is_failed_in_mlflow_and_keeps_its_partial_trans
     # The real entry point, with generation made to fail on the second batch.
     script = textwrap.dedent("""
         import sys
-        import pipeline.answering as answering
-        real = answering.generate_batch
+        import pipeline.backends.transformers.backend as backend
+        real = backend.generate_batch
         calls = []
-        def flaky(runtime, batch, config, sink=None):
+        def flaky(runtime, batch, *args):
             calls.append(len(batch))
             if len(calls) == 2:
                 raise RuntimeError("the accelerator fell over")
-            return real(runtime, batch, config, sink)
-        answering.generate_batch = flaky
+            return real(runtime, batch, *args)
+        backend.generate_batch = flaky
         from pipeline.__main__ import main
         sys.argv = ["pipeline", "runtime.batch_size=4", "dataset.limit=10"]
         main()

@@ -105,7 +105,8 @@ class FakeBackend(Backend):
         try:
             reply = self._reply(request)
         except Exception as error:  # a script that fails is a request that fails
-            return Completion(prompt_tokens=prompt_tokens, finish_reason="error", error=f"{type(error).__name__}: {error}")
+            return Completion(prompt_tokens=prompt_tokens, finish_reason="error",
+                              error=f"{type(error).__name__}: {error}")
         if reply.error is not None:
             return Completion(prompt_tokens=prompt_tokens, finish_reason="error", error=reply.error)
         text, finish = reply.text, "stop"
@@ -114,7 +115,7 @@ class FakeBackend(Backend):
             text = text[:cut]
         words = tokens(text)
         if len(words) > request.max_new_tokens:
-            text, finish = "".join(words[:request.max_new_tokens]), "length"
+            text, finish = "".join(words[:request.max_new_tokens]).rstrip(), "length"
         calls = list(reply.tool_calls) if request.tools and finish != "length" else []
         if calls:
             finish = "tool"
