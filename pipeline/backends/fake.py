@@ -38,7 +38,8 @@ class Reply:
     error: Optional[str] = None  # the request fails with this message
 
 
-Script = Union[Sequence[Union[str, Reply]], Callable[[Request], Union[str, Reply]]]
+# a list of replies, or a function of the request (returning None leaves that request to the fake's own answer)
+Script = Union[Sequence[Union[str, Reply]], Callable[[Request], Union[str, Reply, None]]]
 
 
 def tokens(text: str) -> list[str]:
@@ -127,15 +128,18 @@ class FakeBackend(Backend):
                           finish_reason=finish, ttft_s=ttft, latency_s=max(ttft, time.perf_counter() - started))
 
     def _reply(self, request: Request) -> Reply:
-        if self._script is None:
-            last = request.messages[-1].content if request.messages else ""
-            reply: Union[str, Reply] = f"you said: {last}"
-            if request.temperature > 0:
-                draw = random.Random(request.seed)  # the request's own stream: its batch does not matter
-                reply = " ".join(draw.choice(WORDS) for _ in range(request.max_new_tokens))
-        elif callable(self._script):
+        reply: Union[str, Reply, None] = None
+        if callable(self._script):
             reply = self._script(request)
-        else:
-            assert self._replies is not None
+        elif self._replies is not None:
             reply = next(self._replies, Reply(error="the script has no more replies"))
+        if reply is None:  # no script, or one that leaves this request to the fake's own answer
+            return self._reply_unscripted(request)
         return Reply(reply) if isinstance(reply, str) else reply
+
+    @staticmethod
+    def _reply_unscripted(request: Request) -> Reply:
+        if request.temperature > 0:
+            draw = random.Random(request.seed)  # the request's own stream: its batch does not matter
+            return Reply(" ".join(draw.choice(WORDS) for _ in range(request.max_new_tokens)))
+        return Reply(f"you said: {request.messages[-1].content if request.messages else ''}")
