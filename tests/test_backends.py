@@ -28,7 +28,8 @@ TOOL_MODEL = ASSETS_DIR / "tool_model"
 QUESTION = "What is 4821+3907?"
 SUM = "8728"
 SHORT = "1+2?"
-LONG = "What is " + " + ".join(["1"] * 200) + "?"  # over a 256-token context: the tool model has a token a character, the fake a word
+# over a 256-token context: the tool model has a token a character, the fake a word
+LONG = "What is " + " + ".join(["1"] * 200) + "?"
 
 
 @dataclass
