@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from pipeline.chat_template import ChatTemplate
+from pipeline.backends.transformers.chat_template import ChatTemplate
 from pipeline.config import CONF_DIR, Config, register, to_config
 from pipeline.errors import UserError
 from pipeline.prompts import conversation
 from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink
 from pipeline.answering import Answering, Job, answer, tools_by_name
-from pipeline.backends.transformers import TransformersBackend
-from pipeline.stages.load import load
+from pipeline.backends.transformers.backend import TransformersBackend
+from pipeline.backends.transformers.load import load
 from pipeline.stages.plan import plan as make_plan
 from pipeline.stages.plan import require_chat_template, tool_schemas
 from pipeline.stages.resolve import resolve

@@ -24,10 +24,10 @@ from pipeline.files import read_json, write_json
 from pipeline.inputs import INPUTS_FILE, fingerprint
 from pipeline.peak_memory import peak_memory, reset_peak_memory
 from pipeline.backends.base import Backend
-from pipeline.backends.transformers import TransformersBackend
+from pipeline.backends.transformers.backend import TransformersBackend
 from pipeline.records import RuntimePlan, Summary
 from pipeline.redact import redact
-from pipeline.reuse import LOAD_FILE
+from pipeline.backends.transformers.reuse import LOAD_FILE
 from pipeline.resume import begin, inputs_difference, settle
 from pipeline.run_files import run_files
 from pipeline.run_state import locked, set_status

@@ -60,7 +60,7 @@ def fake_subject():
 
 @pytest.fixture(scope="module")
 def transformers_subject(tmp_path_factory):
-    from pipeline.backends.transformers import TransformersBackend
+    from pipeline.backends.transformers.backend import TransformersBackend
     from pipeline.stages.plan import plan_from_config
     from pipeline.stages.resolve import resolve
 
@@ -186,7 +186,9 @@ def test_seeded_sampling_is_the_same_whatever_the_batch(subject):
 
 
 def test_a_failed_request_is_an_error_completion_and_the_others_are_answered(subject):
-    good, bad = generate(subject, ask(), ask(LONG))
-    assert not good.failed and good.text
+    sink = Recorder()
+    good, bad, other = generate(subject, ask(), ask(LONG), ask(SHORT), sink=sink)
+    assert not good.failed and good.text and not other.failed
     assert bad.failed and bad.finish_reason == "error" and bad.error and "\n" not in bad.error
     assert not bad.text and not bad.tool_calls
+    assert sink.complete == {0: good.text, 2: other.text}  # rows keep their place in the batch

@@ -12,7 +12,7 @@ import pytest
 from conftest import in_process
 from pipeline.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, SessionConfig
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load, load_tokenizer
+from pipeline.backends.transformers.load import load, load_tokenizer
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptWriter, read_transcript

@@ -17,7 +17,7 @@ from pipeline.records import TranscriptRecord
 from pipeline.resume import begin, config_difference, settle
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load
+from pipeline.backends.transformers.load import load
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptCorrupt, TranscriptWriter, read_transcript

@@ -11,9 +11,9 @@ import pytest
 from conftest import in_process, make_config, write_jsonl
 from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.errors import LoadError, UserError
-from pipeline.generate import _completion
+from pipeline.backends.transformers.generate import _completion
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load, load_tokenizer
+from pipeline.backends.transformers.load import load, load_tokenizer
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import percentile, summarize

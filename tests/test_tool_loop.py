@@ -17,7 +17,7 @@ from pipeline.config import ASSETS_DIR, ExecuteConfig, GenerationConfig, Session
 from pipeline.errors import ToolFailure, UserError
 from pipeline.prompts import read_history
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load
+from pipeline.backends.transformers.load import load
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptWriter, read_transcript

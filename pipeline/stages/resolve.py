@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.config import ASSETS_DIR, RuntimeConfig
-from pipeline.digest import weights_digest
+from pipeline.backends.transformers.digest import weights_digest
 from pipeline.errors import UserError
-from pipeline.hub import download, find_cached, not_cached_message, parse_repo_reference
-from pipeline.model_files import read_model_folder
+from pipeline.backends.transformers.hub import download, find_cached, not_cached_message, parse_repo_reference
+from pipeline.backends.transformers.model_files import read_model_folder
 from pipeline.records import ResolvedModel
 
 BUILTIN_ALIASES = {"demo": str(ASSETS_DIR / "demo_model")}  # works even without conf/ (the Python API)

@@ -2,8 +2,8 @@
 
 Its plan is the run's RuntimePlan (pipeline.stages.plan): device, dtype, attention, offload,
 compile, KV cache and continuous batching become its options, each with the plan's reason. It
-loads through pipeline.reuse (a sweep's jobs share one load) and pipeline.stages.load, and
-generates through pipeline.generate: each request's messages and tools are rendered with the
+loads through pipeline.backends.transformers.reuse (a sweep's jobs share one load) and pipeline.backends.transformers.load, and
+generates through pipeline.backends.transformers.generate: each request's messages and tools are rendered with the
 model's chat template (pipeline.prompts.render, the session's template arguments and prefill
 included), encoded, batched with the request's own seed, and the answer's tool calls are read
 with pipeline.tool_calls. A request whose prompt does not fit the context (and may not be cut)
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
-from pipeline.chat_template import ChatTemplate, TokenCounter
+from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import SessionConfig
-from pipeline.generate import generate_batch
+from pipeline.backends.transformers.generate import generate_batch
 from pipeline.prompts import adds_special_tokens, render
 from pipeline.records import LoadedRuntime, RuntimePlan
-from pipeline.reuse import LoadRecord, acquire
+from pipeline.backends.transformers.reuse import LoadRecord, acquire
 from pipeline.sampling import StreamSink
 from pipeline.tool_calls import parse_tool_calls
 
@@ -65,7 +65,7 @@ class TransformersBackend(Backend):
 
     @classmethod
     def from_runtime(cls, runtime: LoadedRuntime, session: SessionConfig) -> "TransformersBackend":
-        """A backend over a model already in memory (pipeline.stages.load.load)."""
+        """A backend over a model already in memory (pipeline.backends.transformers.load.load)."""
         backend = cls(runtime.plan, session, runtime.chat_template)
         backend.runtime = runtime
         return backend
@@ -107,7 +107,7 @@ class TransformersBackend(Backend):
     def load(self) -> None:
         if self.runtime is None:
             if self.run_dir is None:
-                from pipeline.stages.load import load
+                from pipeline.backends.transformers.load import load
 
                 self.runtime = load(self.runtime_plan, self.chat_template, self.trust_remote_code)
             else:
@@ -115,7 +115,7 @@ class TransformersBackend(Backend):
                                                          self.run_dir, self.reuse)
 
     def close(self) -> None:
-        """Lets go of this backend's hold; a model kept for the next job of a sweep stays (pipeline.reuse)."""
+        """Lets go of this backend's hold; a model kept for the next job of a sweep stays (pipeline.backends.transformers.reuse)."""
         self.runtime = None
         self._encoded = {}
 
@@ -138,8 +138,9 @@ class TransformersBackend(Backend):
         for indexes in groups.values():
             rows = [self._prompt(requests[i]) for i in indexes]
             settings = self._settings(requests[indexes[0]])
+            whole = indexes == list(range(len(requests)))  # else the sink is told rows as numbered in `requests`
             counts, outputs = generate_batch(runtime, rows, settings, adds_special_tokens(self.session),
-                                             _RowSink(sink, indexes) if sink is not None and len(groups) > 1 else sink)
+                                             sink if sink is None or whole else _RowSink(sink, indexes))
             for i, tokens, output in zip(indexes, counts, outputs):
                 completions[i] = self._completion(requests[i], tokens, output)
         return [c for c in completions if c is not None]
@@ -210,7 +211,8 @@ class TransformersBackend(Backend):
 
 
 class _RowSink:
-    """A sink for one group of a batch split by settings: its rows are numbered as in the whole batch."""
+    """A sink for part of a batch (split by settings, or without the requests refused): its rows are
+    numbered as in the whole batch."""
 
     def __init__(self, sink: StreamSink, rows: list[int]) -> None:
         self.sink, self.rows = sink, rows

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
 
 from pipeline.records import LoadedRuntime
-from pipeline.sampling import GenerationObserver, PerRowSampler, StreamSink
+from pipeline.backends.transformers.sampling import GenerationObserver, PerRowSampler
+from pipeline.sampling import StreamSink
 
 STATIC_PAD = 16  # with a static cache, prompts are padded to a multiple of this: fewer shapes to compile
 
