@@ -110,7 +110,7 @@ def terminal_chat(args: list[str], cwd: Path):
 
 
 def in_process(runtime, config: Config):
-    """The transformers backend over a model already loaded (pipeline.backends.transformers.load.load), as execute takes it."""
+    """The transformers backend over a model loaded by pipeline.backends.transformers.load, as execute takes it."""
     from pipeline.backends.transformers.backend import TransformersBackend
 
     return TransformersBackend.from_runtime(runtime, config.session)

@@ -1,4 +1,5 @@
-"""pipeline.backends.transformers.chat_template against transformers: same prompt text, same token counts, no heavy imports."""
+"""pipeline.backends.transformers.chat_template against transformers: same prompt text, same token counts, no
+heavy imports."""
 
 from __future__ import annotations
 

@@ -112,7 +112,8 @@ def test_a_sweep_makes_a_parent_run_with_one_child_per_job(tmp_path):
     assert accuracy[0.0] >= GREEDY_FLOOR
     assert accuracy[0.0] - accuracy[1.5] >= 0.1, accuracy  # the swept value visibly changes the outcome
     assert parent.data.metrics["best_accuracy"] == max(accuracy.values())
-    # the model loaded once: the later jobs reused it (pipeline.backends.transformers.reuse), as their records and MLflow tags say
+    # the model loaded once: the later jobs reused it (pipeline.backends.transformers.reuse), as their records
+    # and MLflow tags say
     loads = [json.loads((sweep_dir / str(job) / "load.json").read_text()) for job in range(3)]
     assert [entry["reused"] for entry in loads] == [False, True, True]
     assert {entry["reused_from"] for entry in loads[1:]} == {str(sweep_dir / "0")}

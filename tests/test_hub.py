@@ -365,7 +365,8 @@ def test_download_from_an_endpoint_that_never_answers_gives_up_after_the_timeout
 
 def test_download_failures_in_a_fresh_process_with_the_environment_set_before_import(tmp_path):
     """The real situation: huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT when it is imported."""
-    code = ("import sys; from pipeline.backends.transformers.hub import download; from pipeline.errors import UserError\n"
+    code = ("import sys; from pipeline.backends.transformers.hub import download\n"
+            "from pipeline.errors import UserError\n"
             "try:\n    download('org/tiny', cache_dir=sys.argv[1], timeout_s=2)\n"
             "except UserError as e:\n    print(e)\n")
     env = {k: v for k, v in os.environ.items() if k not in ENV}

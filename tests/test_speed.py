@@ -129,7 +129,8 @@ def test_parallel_jobs_on_several_gpus_each_get_their_own(monkeypatch):
     device, why = plan_stage.choose_device(RuntimeConfig(device="auto"))
     assert device == "cuda:2" and "job 6 of a parallel sweep" in why
     assert plan_stage.choose_device(RuntimeConfig(device="cuda:0"))[0] == "cuda:0"  # explicit is kept
-    monkeypatch.setattr("pipeline.backends.transformers.placement.parallel_job_num", lambda: None)  # single run, or in order
+    # a single run, or jobs in order
+    monkeypatch.setattr("pipeline.backends.transformers.placement.parallel_job_num", lambda: None)
     assert plan_stage.choose_device(RuntimeConfig(device="auto"))[0] == "cuda"
     monkeypatch.setattr(plan_stage, "accelerators", lambda: (True, False, 1))
     monkeypatch.setattr("pipeline.backends.transformers.placement.parallel_job_num", lambda: 3)

@@ -2,8 +2,8 @@
 
 Its plan is the run's RuntimePlan (pipeline.stages.plan): device, dtype, attention, offload,
 compile, KV cache and continuous batching become its options, each with the plan's reason. It
-loads through pipeline.backends.transformers.reuse (a sweep's jobs share one load) and pipeline.backends.transformers.load, and
-generates through pipeline.backends.transformers.generate: each request's messages and tools are rendered with the
+loads through reuse.py (a sweep's jobs share one load) and load.py, and generates through
+generate.py (all three beside this module): each request's messages and tools are rendered with the
 model's chat template (pipeline.prompts.render, the session's template arguments and prefill
 included), encoded, batched with the request's own seed, and the answer's tool calls are read
 with pipeline.tool_calls. A request whose prompt does not fit the context (and may not be cut)
@@ -115,7 +115,7 @@ class TransformersBackend(Backend):
                                                          self.run_dir, self.reuse)
 
     def close(self) -> None:
-        """Lets go of this backend's hold; a model kept for the next job of a sweep stays (pipeline.backends.transformers.reuse)."""
+        """Lets go of this backend's hold; a model kept for the next job of a sweep stays (see reuse.py)."""
         self.runtime = None
         self._encoded = {}
 
