@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
 
 from pipeline.backends.base import Backend, Completion, Request
 from pipeline.config import Config
 from pipeline.errors import RequestFailure, ToolFailure, UserError
-from pipeline.generation_settings import effective_generation
 from pipeline.prompts import as_dict
 from pipeline.records import Message, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink, sample_seed
@@ -92,8 +91,11 @@ class Answering:
 
     @cached_property
     def generation(self) -> dict[str, Any]:
-        """The run's effective generation settings: the plan's, when the backend was built from one."""
-        return self.backend.generation or effective_generation(self.config.generation, {}, set()).values
+        """The run's effective generation settings: the plan's, when the backend was built from one;
+        else the config's own, a null left null (the backend's default: a server's, say)."""
+        if self.backend.generation:
+            return self.backend.generation
+        return {**asdict(self.config.generation), "do_sample": not self.config.generation.greedy}
 
 
 def tools_by_name(tools: list[Tool]) -> dict[str, Tool]:

@@ -75,6 +75,8 @@ def test_requests_carry_the_runs_settings_and_each_answer_its_own_seed(tmp_path)
     requests = [r for batch in backend.batches for r in batch]
     assert len(requests) == 4
     assert {(r.temperature, r.top_p, r.max_new_tokens, tuple(r.stop)) for r in requests} == {(0.7, 0.9, 5, (".",))}
+    # a backend not built from a plan gets the config's nulls as nulls: its own defaults apply, not transformers'
+    assert {(r.top_k, r.min_p, r.repetition_penalty) for r in requests} == {(None, None, None)}
     expected = {sample_seed(11, f"s{i}", k) for i in range(2) for k in range(2)}
     assert {r.seed for r in requests} == expected and len(expected) == 4
     greedy = FakeBackend()
