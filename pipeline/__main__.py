@@ -33,7 +33,7 @@ from pipeline.config import CONF_DIR, register, to_config
 from pipeline import outside_jobs
 from pipeline.console import run_summary
 from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
-                             ToolFailure, TrackingError, UserError, describe_config_exception)
+                             RequestFailure, ToolFailure, TrackingError, UserError, describe_config_exception)
 from pipeline.objective import objective_value
 from pipeline.redact import mask_secrets_in_files
 from pipeline.precheck import check_jobs
@@ -98,8 +98,8 @@ def _job(cfg: DictConfig) -> Optional[float]:
             message = (f"the disk is full while writing {error.filename or run_dir}: what was written is kept; "
                        f"free some space, then continue with: python -m pipeline resume={run_dir}")
         else:
-            message = str(error) if isinstance(error, (LoadError, ToolFailure, StorageError, TrackingError)) \
-                else f"{type(error).__name__}: {error}"
+            failures = (LoadError, ToolFailure, RequestFailure, StorageError, TrackingError)
+            message = str(error) if isinstance(error, failures) else f"{type(error).__name__}: {error}"
         try:
             with (run_dir / f"{hydra_config.job.name}.log").open("a", encoding="utf-8") as log_file:
                 traceback.print_exc(file=log_file)

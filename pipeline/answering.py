@@ -1,10 +1,13 @@
 """Answering: from a conversation to the model's final answer, with tool round trips in between.
 
-Jobs are answered together, a round at a time: render each prompt (with the tools' schemas while
-the answer's tool budget lasts), refuse the ones that outgrow the context (an error record, or a
-UserError with execute.fail_fast), generate in batches of similar prompt length (pipeline.generate),
-then, where the model asked for tools (pipeline.tool_calls), write that step, run the calls
-(pipeline.tools) and add their results to the conversation; generate again for those jobs only. A
+Jobs are answered together, a round at a time: make each job's backend Request (the conversation,
+the tools' schemas while the answer's tool budget lasts, the run's generation settings, the job's
+own seed), count its prompt tokens through the backend, refuse the ones that outgrow the context
+(an error record, or a UserError with execute.fail_fast), generate in batches of similar prompt
+length (the backend's `generate`), then, where the model asked for tools (the completion's
+tool calls), write that step, run the calls (pipeline.tools) and add their results to the
+conversation; generate again for those jobs only. A request the backend could not answer becomes
+an error record (with execute.fail_fast=true it stops the run: RequestFailure). A
 tool that fails, times out or does not exist, and a call that cannot be parsed, become tool_error
 records that the model is told about (with execute.fail_fast=true the first one stops the run
 instead: ToolFailure). When an answer's budget (`session.tool_budget`: round trips,
@@ -12,25 +15,26 @@ seconds) is spent, its next generation is offered no tools, which asks for the f
 `session.skip_summarization` the tools' result is the answer and no model turn follows it.
 
 Each step becomes a TranscriptRecord handed to `Answering.emit` batch by batch: the execute stage
-writes them to the transcript, the Python client collects them. No files are touched here.
+writes them to the transcript, the Python client collects them. No files are touched here, and
+nothing here knows which backend answers (pipeline.backends.base is all it sees).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
 
+from pipeline.backends.base import Backend, Completion, Request
 from pipeline.config import Config
-from pipeline.errors import ToolFailure, UserError
-from pipeline.generate import generate_batch
-from pipeline.prompts import adds_special_tokens, as_dict, render
-from pipeline.records import LoadedRuntime, Message, Sample, TranscriptRecord
-from pipeline.sampling import StreamSink
+from pipeline.errors import RequestFailure, ToolFailure, UserError
+from pipeline.prompts import as_dict
+from pipeline.records import Message, Sample, TranscriptRecord
+from pipeline.sampling import StreamSink, sample_seed
 from pipeline.scoring import Scorer, build_scorer
-from pipeline.tool_calls import ParsedAnswer, parse_tool_calls
+from pipeline.tool_calls import ParsedAnswer
 from pipeline.tools import Tool, ToolOutcome, call_tool
 
 log = logging.getLogger(__name__)
@@ -41,14 +45,13 @@ PROGRESS_EVERY_S = 5.0  # a progress line at most this often
 class Job:
     """One answer to produce: a sample (or one turn of it), which of its num_samples, the conversation so far.
 
-    Tool rounds append their steps to `messages`; `prompt` is the rendering of the generation in progress."""
+    Tool rounds append their steps to `messages`; `request` is the generation in progress."""
 
     sample: Sample
     sample_index: int
     messages: list[Message]
     turn: Optional[int] = None  # the turn of a scripted conversation
-    prompt: str = ""
-    prompt_ids: list[int] = field(default_factory=list)  # `prompt` encoded, for batching by length and generating
+    request: Optional[Request] = None
     offered: list[str] = field(default_factory=list)  # the tools offered in the generation in progress
     step: int = 0  # records written for this answer so far
     round_trips: int = 0  # generate -> tools cycles so far
@@ -71,9 +74,9 @@ class Job:
 
 @dataclass
 class Answering:
-    """What the answer loop works with besides the jobs: the model, the settings, the tools, where records go."""
+    """What the answer loop works with besides the jobs: the backend, the settings, the tools, where records go."""
 
-    runtime: LoadedRuntime
+    backend: Backend
     config: Config
     tools: dict[str, Tool]
     emit: Callable[[list[TranscriptRecord]], None]  # takes each batch's records (the transcript writer's write_batch)
@@ -85,6 +88,14 @@ class Answering:
     @cached_property
     def score(self) -> Scorer:
         return build_scorer(self.config.dataset.scorer)
+
+    @cached_property
+    def generation(self) -> dict[str, Any]:
+        """The run's effective generation settings: the plan's, when the backend was built from one;
+        else the config's own, a null left null (the backend's default: a server's, say)."""
+        if self.backend.generation:
+            return self.backend.generation
+        return {**asdict(self.config.generation), "do_sample": not self.config.generation.greedy}
 
 
 def tools_by_name(tools: list[Tool]) -> dict[str, Tool]:
@@ -98,11 +109,11 @@ def answer(context: Answering, jobs: list[Job]) -> list[TranscriptRecord]:
     while pending:
         for job in pending:
             _prepare(context, job)
-        lengths = prompt_lengths(context.runtime, pending, context.config)
-        for job in _over_context(context.runtime, pending, lengths, context.config):
+        lengths = prompt_lengths(context.backend, pending)
+        for job in _over_context(context, pending, lengths):
             message = (f"{_describe(job)}: {lengths[id(job)]} prompt tokens + generation.max_new_tokens="
-                       f"{context.runtime.plan.max_new_tokens} does not fit the model's context of "
-                       f"{context.runtime.plan.context_length} tokens")
+                       f"{context.generation['max_new_tokens']} does not fit the model's context of "
+                       f"{context.backend.context_length} tokens")
             if job.turn is not None:
                 message += "; the conversation ends here"
             if context.config.execute.fail_fast:
@@ -112,9 +123,7 @@ def answer(context: Answering, jobs: list[Job]) -> list[TranscriptRecord]:
                                       finish_reason="error", score=None if job.reference is None else 0.0)
             context.emit([finals[id(job)]])
             pending.remove(job)
-        together = max(1, len(pending)) if context.runtime.plan.backend_options.get("continuous_batching") else \
-            context.runtime.plan.batch_size  # continuous batching schedules all of them itself
-        pending = _generate_round(context, length_buckets(pending, lengths, together), finals)
+        pending = _generate_round(context, length_buckets(pending, lengths, context.backend.batch_size), finals)
     return [finals[id(job)] for job in jobs]
 
 
@@ -124,7 +133,7 @@ def _describe(job: Job) -> str:
 
 
 def _prepare(context: Answering, job: Job) -> None:
-    """Decide which tools this generation is offered (none once the budget is spent) and render its prompt."""
+    """Decide which tools this generation is offered (none once the budget is spent) and make its request."""
     budget = context.config.session.tool_budget
     if context.tools and job.budget_spent is None:
         if job.round_trips >= budget.max_round_trips:
@@ -132,27 +141,45 @@ def _prepare(context: Answering, job: Job) -> None:
         elif job.spent_s >= budget.seconds_per_turn:
             job.budget_spent = "seconds"
     job.offered = list(context.tools) if job.budget_spent is None else []
-    schemas = [context.tools[name].schema for name in job.offered]
-    job.prompt = render(context.runtime.chat_template, job.messages, context.config.session, schemas or None)
-    job.prompt_ids = []  # encoded again for this rendering (prompt_lengths)
+    settings = context.generation
+    sampling = bool(settings["do_sample"])
+    job.request = Request(
+        messages=list(job.messages), max_new_tokens=settings["max_new_tokens"],
+        temperature=settings["temperature"] if sampling else 0.0, top_p=settings["top_p"], top_k=settings["top_k"],
+        min_p=settings["min_p"], repetition_penalty=settings["repetition_penalty"], stop=list(settings["stop"]),
+        # each answer (and each step of it after a tool round) has its own seed: its batch does not matter
+        seed=sample_seed(settings["seed"], job.seed_key, job.sample_index) if sampling else None,
+        tools=[context.tools[name].schema for name in job.offered], key=f"{job.record_id}/{job.sample_index}")
 
 
 def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[int, TranscriptRecord]) -> list[Job]:
     """One generation for each job, batch by batch; returns the jobs that called tools and go on."""
-    runtime, config = context.runtime, context.config
+    config = context.config
     going_on: list[Job] = []
     for batch in batches:
         started_at = time.time()  # wall clock, for traces; latencies stay on the monotonic clock
-        prompt_tokens, completions = generate_batch(runtime, batch, config, context.sink)
+        completions = context.backend.generate([_request(job) for job in batch], context.sink)
         records: list[TranscriptRecord] = []
-        for job, tokens, completion in zip(batch, prompt_tokens, completions):
+        for job, completion in zip(batch, completions):
             job.spent_s += completion.latency_s
             text = config.session.prefill + completion.text
             measured: dict[str, Any] = dict(
-                prompt_tokens=tokens, completion_tokens=completion.tokens, finish_reason=completion.finish_reason,
-                ttft_s=round(completion.ttft_s, 6), latency_s=round(completion.latency_s, 6),
-                truncated=completion.truncated, tools=list(job.offered), started_at=round(started_at, 6))
-            parsed = parse_tool_calls(text) if job.offered else None
+                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                finish_reason=_finish_reason(completion), ttft_s=round(completion.ttft_s, 6),
+                latency_s=round(completion.latency_s, 6), truncated=completion.truncated, tools=list(job.offered),
+                started_at=round(started_at, 6))
+            if completion.failed:
+                message = f"{_describe(job)}: the {context.backend.name} backend could not answer: {completion.error}"
+                if config.execute.fail_fast:
+                    context.emit(records)  # the batch's answers so far are kept
+                    raise RequestFailure(message + " (execute.fail_fast=true)")
+                log.warning(message)
+                finals[id(job)] = _record(context, job, "answer", response="", status="error", error=message,
+                                          score=None if job.reference is None else 0.0,
+                                          **{**measured, "finish_reason": "error"})
+                records.append(finals[id(job)])
+                continue
+            parsed = _parsed(completion) if job.offered else None
             if parsed is not None and parsed.wants_tools:
                 where = _describe(job)
                 steps = _tool_round(context, job, text, parsed, measured)
@@ -176,6 +203,23 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
             log.info("execute: batch %d done", context.batch)
             context.last_report = time.perf_counter()
     return going_on
+
+
+def _request(job: Job) -> Request:
+    assert job.request is not None, "_prepare makes every pending job's request"
+    return job.request
+
+
+def _finish_reason(completion: Completion) -> str:
+    """The transcript's finish reason: "tool" there means no model ran (a tool's result), so a
+    generation that ended by calling tools records how the model stopped: at its end of turn."""
+    return "stop" if completion.finish_reason == "tool" else completion.finish_reason
+
+
+def _parsed(completion: Completion) -> ParsedAnswer:
+    """The completion's tool calls as the tool loop takes them."""
+    text = completion.text if completion.message_text is None else completion.message_text
+    return ParsedAnswer(text, list(completion.tool_calls), list(completion.tool_problems))
 
 
 def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
@@ -239,23 +283,18 @@ def _record(context: Answering, job: Job, kind: str, **fields: Any) -> Transcrip
     return TranscriptRecord(**values)
 
 
-def prompt_lengths(runtime: LoadedRuntime, jobs: list[Job], config: Config) -> dict[int, int]:
-    """id(job) -> tokens of its prompt as generate will encode it; keeps the tokens on the job, so
-    generate does not encode the prompt again (that was 4% of the demo's execute time on a CPU)."""
-    if not jobs:
-        return {}
-    encoded = runtime.tokenizer([job.prompt for job in jobs], add_special_tokens=adds_special_tokens(config.session))
-    for job, ids in zip(jobs, encoded["input_ids"]):
-        job.prompt_ids = ids
-    return {id(job): len(job.prompt_ids) for job in jobs}
+def prompt_lengths(backend: Backend, jobs: list[Job]) -> dict[int, int]:
+    """id(job) -> tokens of its request's prompt as the backend will send it."""
+    counts = backend.count_tokens([_request(job) for job in jobs]) if jobs else []
+    return {id(job): count for job, count in zip(jobs, counts)}
 
 
-def _over_context(runtime: LoadedRuntime, jobs: list[Job], lengths: dict[int, int], config: Config) -> list[Job]:
+def _over_context(context: Answering, jobs: list[Job], lengths: dict[int, int]) -> list[Job]:
     """The jobs whose prompt leaves no room for max_new_tokens (none when prompts may be cut from the left)."""
-    plan = runtime.plan
-    if not plan.context_length or config.session.truncation == "left":
+    limit = context.backend.context_length
+    if not limit or context.config.session.truncation == "left":
         return []
-    return [job for job in jobs if lengths[id(job)] > plan.context_length - plan.max_new_tokens]
+    return [job for job in jobs if lengths[id(job)] > limit - context.generation["max_new_tokens"]]
 
 
 def length_buckets(jobs: list[Job], lengths: dict[int, int], batch_size: int) -> list[list[Job]]:

@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from pipeline.chat_template import ChatTemplate
+from pipeline.backends.transformers.chat_template import ChatTemplate
 from pipeline.config import CONF_DIR, Config, register, to_config
 from pipeline.errors import UserError
 from pipeline.prompts import conversation
 from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample, TranscriptRecord
 from pipeline.sampling import StreamSink
 from pipeline.answering import Answering, Job, answer, tools_by_name
-from pipeline.stages.load import load
+from pipeline.backends.transformers.backend import TransformersBackend
+from pipeline.backends.transformers.load import load
 from pipeline.stages.plan import plan as make_plan
 from pipeline.stages.plan import require_chat_template, tool_schemas
 from pipeline.stages.resolve import resolve
@@ -72,7 +73,7 @@ class RuntimeClient:
 
     def resolve(self) -> ResolvedModel:
         if self._resolved is None:
-            self._resolved = resolve(self.config.runtime)
+            self._resolved = resolve(self.config.runtime, self.config.backend)
         return self._resolved
 
     def plan(self) -> RuntimePlan:
@@ -119,7 +120,8 @@ class RuntimeClient:
         if self._tools is None:
             self._tools = tools_by_name(load_tools(self.config.session.tools))
         job = Job(sample, 0, list(full))
-        answering = Answering(runtime, self.config, self._tools, records.extend, self.config.config_hash(), sink)
+        backend = TransformersBackend.from_runtime(runtime, self.config.session)
+        answering = Answering(backend, self.config, self._tools, records.extend, self.config.config_hash(), sink)
         (final,) = answer(answering, [job])
         if final.status == "error":
             raise UserError(f"{final.error}; clear the conversation (/clear) or shorten it")

@@ -33,6 +33,10 @@ class ToolFailure(Exception):
     """A tool call failed and execute.fail_fast=true asked to stop there (a failure of the run, not a mistake)."""
 
 
+class RequestFailure(Exception):
+    """A request the backend could not answer, and execute.fail_fast=true asked to stop there (a failure)."""
+
+
 class StorageError(Exception):
     """A run-folder write failed (a full disk): what was written before is kept (a failure, not a mistake)."""
 

@@ -4,7 +4,7 @@ A run's settings are compared on resume (pipeline.resume.config_difference), but
 only name files: the same `dataset.path` can hold other prompts by then, the same model folder
 other weights. When a run starts, `fingerprint` records each such file's content digest, with
 its path as typed and as found, in `inputs.json` in the run folder: the dataset file, the
-`session.history` file, the model's weights digest (pipeline.digest) and a digest of the
+`session.history` file, the model's weights digest (pipeline.backends.transformers.digest) and a digest of the
 model's small files that shape prompts and decoding (tokenizer, chat template, config,
 generation config). A resume computes the same and `differences` names what changed; the resume
 is then refused, since the kept records would not match the ones generated now.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.config import Config
-from pipeline.digest import file_sha256
+from pipeline.backends.transformers.digest import file_sha256
 from pipeline.files import read_json
 from pipeline.records import ResolvedModel
 

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.digest import weights_digest
+from pipeline.backends.transformers.digest import weights_digest
 from pipeline.errors import EXIT_USAGE, UserError
-from pipeline.hub import cached_models
-from pipeline.memory import gib
-from pipeline.model_files import read_model_folder
+from pipeline.backends.transformers.hub import cached_models
+from pipeline.backends.transformers.memory import gib
+from pipeline.backends.transformers.model_files import read_model_folder
 
 
 @dataclass

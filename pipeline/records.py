@@ -159,7 +159,7 @@ class LoadedRuntime:
     plan: RuntimePlan
     tokenizer: Any
     model: Any
-    chat_template: Any = None  # a pipeline.chat_template.ChatTemplate, or None for plain-text sessions
+    chat_template: Any = None  # a ChatTemplate (pipeline.backends.transformers.chat_template); None: plain text
 
 
 @dataclass

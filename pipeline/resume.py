@@ -193,7 +193,7 @@ def _inputs_problem(folder: Path, config: Config) -> Optional[str]:
     from pipeline.stages.resolve import resolve  # reads the model folder's files, loads nothing
 
     try:
-        model = resolve(config.runtime)
+        model = resolve(config.runtime, config.backend)
     except UserError as error:
         return f"resume={folder}: {error}"
     return inputs_difference(folder, config, model)

@@ -23,9 +23,11 @@ from pipeline.errors import Interrupted, TrackingError, UserError
 from pipeline.files import read_json, write_json
 from pipeline.inputs import INPUTS_FILE, fingerprint
 from pipeline.peak_memory import peak_memory, reset_peak_memory
-from pipeline.records import LoadedRuntime, RuntimePlan, Summary
+from pipeline.backends.base import Backend
+from pipeline.backends.transformers.backend import TransformersBackend
+from pipeline.records import RuntimePlan, Summary
 from pipeline.redact import redact
-from pipeline.reuse import LOAD_FILE, LoadRecord, acquire
+from pipeline.backends.transformers.reuse import LOAD_FILE
 from pipeline.resume import begin, inputs_difference, settle
 from pipeline.run_files import run_files
 from pipeline.run_state import locked, set_status
@@ -86,7 +88,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
     until = config.pipeline.until
     try:
         tracker.check_reachable()  # a dead tracking server is an error within seconds, before anything loads
-        resolved = timed("resolve", resolve, config.runtime)
+        resolved = timed("resolve", resolve, config.runtime, config.backend)
         if until == "resolve":
             print(json.dumps(asdict(resolved), indent=2))
             set_status(run_dir, "success")
@@ -116,18 +118,22 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         tracker.log_dataset(config.dataset, len(samples))
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
-        runtime, loaded = timed("load", _load, result.plan, template, config.runtime.trust_remote_code, run_dir,
-                                config.runtime.reuse)
+        backend = TransformersBackend(result.plan, config.session, template, config.runtime.trust_remote_code, run_dir,
+                                      config.runtime.reuse)
+        timed("load", _load, backend, result.plan.device)
+        loaded = backend.load_record
+        assert loaded is not None, "a backend given a run folder records its load"
         write_json(run_dir / LOAD_FILE, loaded.to_dict())
         tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
             with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
                 try:
-                    timed("execute", execute, runtime, samples, config, writer, config.config_hash(), progress,
+                    timed("execute", execute, backend, samples, config, writer, config.config_hash(), progress,
                           previous.done, previous.next_batch)
                 finally:
                     progress.close()
+                    backend.close()
         if until == "summarize":
             records = read_transcript(run_dir / TRANSCRIPT_NAME)
             result.summary = timed("summarize", summarize, records, seconds, config.dataset.scorer.label,
@@ -158,13 +164,12 @@ def _ending(error: BaseException) -> tuple[str, str, str]:
     return "failed", "FAILED", f"{type(error).__name__}: {error}"
 
 
-def _load(plan: RuntimePlan, template: Any, trust_remote_code: bool, run_dir: Path,
-          reuse: bool) -> tuple[LoadedRuntime, LoadRecord]:
-    """The load stage: the model (kept from an earlier job, or loaded), with the device's peak memory
-    counted from here. On a GPU the reset is the run's first use of torch, so its import is timed
-    here, with the load that needs it (the plan reads the GPUs without torch)."""
-    reset_peak_memory(plan.device)
-    return acquire(plan, template, trust_remote_code, run_dir, reuse)
+def _load(backend: Backend, device: str) -> None:
+    """The load stage: the backend's model (kept from an earlier job, or loaded), with the device's
+    peak memory counted from here. On a GPU the reset is the run's first use of torch, so its import
+    is timed here, with the load that needs it (the plan reads the GPUs without torch)."""
+    reset_peak_memory(device)
+    backend.load()
 
 
 def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:

@@ -173,7 +173,7 @@ def compose_config(overrides: list[str]):
 
 def plan_and_load(overrides: list[str]):
     """Our resolve, plan and load stages for these overrides: (config, runtime, samples)."""
-    from pipeline.stages.load import load
+    from pipeline.backends.transformers.load import load
     from pipeline.stages.plan import plan_from_config
     from pipeline.stages.resolve import resolve
 
@@ -205,7 +205,8 @@ def hand_written_loop(runtime, prompts: list[str], batch_size: int, max_new_toke
 
 
 def our_execute(runtime, samples, config, folder: Path) -> tuple[int, float]:
-    """Our execute stage as the runner calls it: (completion tokens, seconds)."""
+    """Our execute stage as the runner calls it (through the transformers backend): (completion tokens, seconds)."""
+    from pipeline.backends.transformers.backend import TransformersBackend
     from pipeline.stages.execute import execute
     from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
 
@@ -213,7 +214,8 @@ def our_execute(runtime, samples, config, folder: Path) -> tuple[int, float]:
     path.unlink(missing_ok=True)
     started = time.perf_counter()
     with TranscriptWriter(path) as writer:
-        execute(runtime, samples, config, writer, config.config_hash())
+        execute(TransformersBackend.from_runtime(runtime, config.session), samples, config, writer,
+                config.config_hash())
     seconds = time.perf_counter() - started
     return sum(r["completion_tokens"] for r in read_transcript(path)), seconds
 

@@ -107,3 +107,10 @@ def terminal_chat(args: list[str], cwd: Path):
     finally:
         process.kill()
         os.close(controller)
+
+
+def in_process(runtime, config: Config):
+    """The transformers backend over a model loaded by pipeline.backends.transformers.load, as execute takes it."""
+    from pipeline.backends.transformers.backend import TransformersBackend
+
+    return TransformersBackend.from_runtime(runtime, config.session)

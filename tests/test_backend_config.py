@@ -213,8 +213,6 @@ def test_header_values_with_spaces_are_masked_in_overrides(argv, tmp_path):
     assert "SECRET" not in str(kept) and kept[-1] == argv[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="the runner passes config.backend to resolve once the stages are wired to "
-                                       "the chosen backend (pipeline/runner.py, after the backend move)")
 def test_until_resolve_with_a_server_prints_the_served_model_and_keeps_no_secret(tmp_path):
     result = run_pipeline(SERVER + ["pipeline.until=resolve", "tracking=none"] + SECRET_HEADERS, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,5 @@
-"""pipeline.chat_template against transformers: same prompt text, same token counts, no heavy imports."""
+"""pipeline.backends.transformers.chat_template against transformers: same prompt text, same token counts, no
+heavy imports."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.chat_template import ChatTemplate, TokenCounter
+from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import ASSETS_DIR
 from pipeline.errors import UserError
 
@@ -139,7 +140,7 @@ def llama3_model(tmp_path_factory) -> Path:
 
 @lru_cache(maxsize=None)
 def transformers_tokenizer(folder: Path):
-    """The tokenizer as pipeline.stages.load.load_tokenizer reads it."""
+    """The tokenizer as pipeline.backends.transformers.load.load_tokenizer reads it."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -422,7 +423,7 @@ def test_rendering_and_counting_import_neither_torch_nor_transformers():
     code = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from pipeline.chat_template import ChatTemplate, TokenCounter
+        from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
         folder = Path({str(DEMO_MODEL)!r})
         text = ChatTemplate.from_folder(folder).render([{{"role": "user", "content": "What is 2+2?"}}])
         count = TokenCounter.from_folder(folder).count(text, add_special_tokens=False)

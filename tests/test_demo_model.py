@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import in_process
 from pipeline.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, SessionConfig
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load, load_tokenizer
+from pipeline.backends.transformers.load import load, load_tokenizer
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptWriter, read_transcript
@@ -69,7 +70,7 @@ def accuracy(tmp_path: Path, generation: GenerationConfig, session: SessionConfi
     path = tmp_path / "transcript.jsonl"
     path.unlink(missing_ok=True)
     with TranscriptWriter(path) as writer:
-        execute(runtime, samples, config, writer, config.config_hash())
+        execute(in_process(runtime, config), samples, config, writer, config.config_hash())
     records = read_transcript(path)
     return sum(r["score"] for r in records) / len(records)
 

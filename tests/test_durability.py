@@ -10,14 +10,14 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import make_config, write_jsonl
+from conftest import in_process, make_config, write_jsonl
 from pipeline.config import ASSETS_DIR, GenerationConfig, SessionConfig
 from pipeline.errors import StorageError, UserError
 from pipeline.records import TranscriptRecord
 from pipeline.resume import begin, config_difference, settle
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load
+from pipeline.backends.transformers.load import load
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptCorrupt, TranscriptWriter, read_transcript
@@ -134,7 +134,8 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
 
     def run_into(folder, done=None, first_batch=0):
         with TranscriptWriter(folder / "transcript.jsonl") as writer:
-            written = execute(runtime, samples, config, writer, config.config_hash(), None, done, first_batch)
+            written = execute(in_process(runtime, config), samples, config, writer, config.config_hash(), None, done,
+                              first_batch)
         return read_transcript(folder / "transcript.jsonl"), written
 
     (tmp_path / "whole").mkdir()

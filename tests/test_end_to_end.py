@@ -112,7 +112,8 @@ def test_a_sweep_makes_a_parent_run_with_one_child_per_job(tmp_path):
     assert accuracy[0.0] >= GREEDY_FLOOR
     assert accuracy[0.0] - accuracy[1.5] >= 0.1, accuracy  # the swept value visibly changes the outcome
     assert parent.data.metrics["best_accuracy"] == max(accuracy.values())
-    # the model loaded once: the later jobs reused it (pipeline.reuse), as their records and MLflow tags say
+    # the model loaded once: the later jobs reused it (pipeline.backends.transformers.reuse), as their records
+    # and MLflow tags say
     loads = [json.loads((sweep_dir / str(job) / "load.json").read_text()) for job in range(3)]
     assert [entry["reused"] for entry in loads] == [False, True, True]
     assert {entry["reused_from"] for entry in loads[1:]} == {str(sweep_dir / "0")}
@@ -141,15 +142,15 @@ def test_a_run_that_fails_midway_is_failed_in_mlflow_and_keeps_its_partial_trans
     # The real entry point, with generation made to fail on the second batch.
     script = textwrap.dedent("""
         import sys
-        import pipeline.answering as answering
-        real = answering.generate_batch
+        import pipeline.backends.transformers.backend as backend
+        real = backend.generate_batch
         calls = []
-        def flaky(runtime, batch, config, sink=None):
+        def flaky(runtime, batch, *args):
             calls.append(len(batch))
             if len(calls) == 2:
                 raise RuntimeError("the accelerator fell over")
-            return real(runtime, batch, config, sink)
-        answering.generate_batch = flaky
+            return real(runtime, batch, *args)
+        backend.generate_batch = flaky
         from pipeline.__main__ import main
         sys.argv = ["pipeline", "runtime.batch_size=4", "dataset.limit=10"]
         main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import DEMO_DATASET, make_config
-from pipeline import reuse
+from pipeline.backends.transformers import reuse
 from pipeline.config import ASSETS_DIR, GenerationConfig, TrackingConfig
 from pipeline.runner import run
 from pipeline.stages.plan import plan_from_config

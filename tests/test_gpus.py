@@ -1,4 +1,5 @@
-"""pipeline.gpus against a fake NVML: what it reads, CUDA_VISIBLE_DEVICES, and when the plan must ask torch instead."""
+"""pipeline.backends.transformers.gpus against a fake NVML: what it reads, CUDA_VISIBLE_DEVICES, and when the plan
+must ask torch instead."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 import pipeline.stages.plan as plan_stage
-from pipeline import gpus
+from pipeline.backends.transformers import gpus
 from pipeline.config import RuntimeConfig
-from pipeline.memory import free_memory
+from pipeline.backends.transformers.memory import free_memory
 
 GiB = 2**30
 H100 = {"name": "NVIDIA H100 80GB HBM3", "total": 80 * GiB, "capability": (9, 0)}
@@ -18,7 +19,7 @@ V100 = {"name": "Tesla V100-SXM2-16GB", "total": 16 * GiB, "capability": (7, 0)}
 
 
 class FakeNvml:
-    """Answers the NVML calls pipeline.gpus makes, through the same ctypes pointers, for a list of GPUs."""
+    """Answers the NVML calls gpus.py makes, through the same ctypes pointers, for a list of GPUs."""
 
     def __init__(self, devices: list[dict], driver: int = 12040, failing: str = ""):
         self.devices, self.driver = devices, driver

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_config, write_jsonl
 from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.errors import UserError
-from pipeline.memory import need
+from pipeline.backends.transformers.memory import need
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from tiny_model import build_tiny_model

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import RuntimeConfig
-from pipeline.digest import file_sha256
+from pipeline.backends.transformers.digest import file_sha256
 from pipeline.errors import UserError
 from pipeline.stages.resolve import looks_like_path, resolve
 from tiny_model import build_tiny_model

@@ -11,13 +11,13 @@ from dataclasses import replace
 import pytest
 
 from conftest import make_config
-from pipeline import reuse
+from pipeline.backends.transformers import reuse
 from pipeline.background import BackgroundEmitter
-from pipeline.backend_options import COMPILE_MIN_DECODE_STEPS, choose_backend_options
+from pipeline.backends.transformers.backend_options import COMPILE_MIN_DECODE_STEPS, choose_backend_options
 from pipeline.config import GenerationConfig, PipelineConfig, RuntimeConfig, TrackingConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.objective import objective_value
-from pipeline.placement import spread_device
+from pipeline.backends.transformers.placement import spread_device
 from pipeline.records import Summary
 from pipeline.runner import run
 from pipeline.stages import plan as plan_stage
@@ -125,14 +125,15 @@ def test_bad_backend_option_values_name_the_key():
 def test_parallel_jobs_on_several_gpus_each_get_their_own(monkeypatch):
     assert [spread_device(job, 4) for job in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
     monkeypatch.setattr(plan_stage, "accelerators", lambda: (True, False, 4))
-    monkeypatch.setattr("pipeline.placement.parallel_job_num", lambda: 6)
+    monkeypatch.setattr("pipeline.backends.transformers.placement.parallel_job_num", lambda: 6)
     device, why = plan_stage.choose_device(RuntimeConfig(device="auto"))
     assert device == "cuda:2" and "job 6 of a parallel sweep" in why
     assert plan_stage.choose_device(RuntimeConfig(device="cuda:0"))[0] == "cuda:0"  # explicit is kept
-    monkeypatch.setattr("pipeline.placement.parallel_job_num", lambda: None)  # single run, or in order
+    # a single run, or jobs in order
+    monkeypatch.setattr("pipeline.backends.transformers.placement.parallel_job_num", lambda: None)
     assert plan_stage.choose_device(RuntimeConfig(device="auto"))[0] == "cuda"
     monkeypatch.setattr(plan_stage, "accelerators", lambda: (True, False, 1))
-    monkeypatch.setattr("pipeline.placement.parallel_job_num", lambda: 3)
+    monkeypatch.setattr("pipeline.backends.transformers.placement.parallel_job_num", lambda: 3)
     assert plan_stage.choose_device(RuntimeConfig(device="auto"))[0] == "cuda"  # SLURM gave the job one device
 
 
@@ -200,7 +201,7 @@ def test_prompts_encoded_once_are_padded_as_the_tokenizer_pads_them(multiple):
     from transformers import AutoTokenizer
 
     from pipeline.config import ASSETS_DIR
-    from pipeline.generate import left_padded
+    from pipeline.backends.transformers.generate import left_padded
 
     tokenizer = AutoTokenizer.from_pretrained(ASSETS_DIR / "demo_model")
     tokenizer.padding_side = "left"
@@ -219,7 +220,7 @@ def test_the_default_launcher_counts_as_sequential_and_joblib_as_parallel():
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, register
-    from pipeline.placement import SEQUENTIAL_LAUNCHERS
+    from pipeline.backends.transformers.placement import SEQUENTIAL_LAUNCHERS
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

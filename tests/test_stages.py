@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_config, write_jsonl
+from conftest import in_process, make_config, write_jsonl
 from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.errors import LoadError, UserError
-from pipeline.generate import _completion
+from pipeline.backends.transformers.generate import _completion
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load, load_tokenizer
+from pipeline.backends.transformers.load import load, load_tokenizer
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import percentile, summarize
@@ -34,7 +34,8 @@ def run_execute(tmp_path, tiny_model, dataset, expected: int | None = None, sink
     runtime = load(result, template)
     path = tmp_path / f"transcript-{len(list(tmp_path.glob('transcript-*')))}.jsonl"
     with TranscriptWriter(path) as writer:
-        assert execute(runtime, samples, config, writer, config.config_hash(), sink) == (expected or len(samples))
+        written = execute(in_process(runtime, config), samples, config, writer, config.config_hash(), sink)
+        assert written == (expected or len(samples))
     return read_transcript(path)
 
 
@@ -72,7 +73,7 @@ def test_a_sampled_output_does_not_depend_on_batch_size_or_order(tmp_path, tiny_
         runtime = load(result, template)
         path = tmp_path / f"t-{batch_size}-{dataset.name}.jsonl"
         with TranscriptWriter(path) as writer:
-            execute(runtime, samples, config, writer, config.config_hash())
+            execute(in_process(runtime, config), samples, config, writer, config.config_hash())
         return {r["sample_id"]: r["response"] for r in read_transcript(path)}
 
     reversed_dataset = write_jsonl(tmp_path / "reversed.jsonl", list(reversed(
@@ -126,7 +127,7 @@ def test_a_stream_sink_sees_the_text_as_it_is_generated(tmp_path, tiny_model, sm
     runtime = load(result, template)
     sink = Collect()
     with TranscriptWriter(tmp_path / "streamed.jsonl") as writer:
-        execute(runtime, samples, config, writer, config.config_hash(), sink=sink)
+        execute(in_process(runtime, config), samples, config, writer, config.config_hash(), sink=sink)
     records = read_transcript(tmp_path / "streamed.jsonl")
     assert set(sink.complete) == set(range(5))
     for row, record in enumerate(records):
@@ -192,7 +193,7 @@ def test_weights_offloaded_to_disk_generate_the_same_as_in_memory(tmp_path, tiny
     runtime = load(result, template, offload_folder=tmp_path / "offload")
     assert "disk" in set(runtime.model.hf_device_map.values())
     with TranscriptWriter(tmp_path / "offloaded.jsonl") as writer:
-        execute(runtime, samples, config, writer, config.config_hash())
+        execute(in_process(runtime, config), samples, config, writer, config.config_hash())
     offloaded = read_transcript(tmp_path / "offloaded.jsonl")
     assert [r["response"] for r in offloaded] == [r["response"] for r in baseline]
 
@@ -238,7 +239,7 @@ def test_each_turn_sees_the_history_so_far_and_is_its_own_record(tmp_path, tiny_
     config, samples, template, result = planned(tiny_model, dataset, session=SessionConfig(autosave=True))
     runtime = load(result, template)
     with TranscriptWriter(tmp_path / "transcript.jsonl") as writer:
-        assert execute(runtime, samples, config, writer, config.config_hash()) == 5
+        assert execute(in_process(runtime, config), samples, config, writer, config.config_hash()) == 5
     records = {r["sample_id"]: r for r in read_transcript(tmp_path / "transcript.jsonl")}
     assert set(records) == {"solo", "c1#0", "c1#1", "c1#2", "c2#0"}
     assert (records["c1#1"]["conversation_id"], records["c1#1"]["turn"]) == ("c1", 1)
@@ -275,7 +276,7 @@ def test_a_turn_that_outgrows_the_context_is_an_error_record_and_the_rest_goes_o
     assert any("may outgrow the context" in w for w in result.warnings)
     runtime = load(result, template)
     with TranscriptWriter(tmp_path / "t.jsonl") as writer:
-        execute(runtime, samples, config, writer, config.config_hash())
+        execute(in_process(runtime, config), samples, config, writer, config.config_hash())
     records = {r["sample_id"]: r for r in read_transcript(tmp_path / "t.jsonl")}
     assert {"long#0", "short#0", "short#1"} <= set(records)
     failed = [r for r in records.values() if r["status"] == "error"]
@@ -284,4 +285,4 @@ def test_a_turn_that_outgrows_the_context_is_an_error_record_and_the_rest_goes_o
     assert max(r["turn"] for r in records.values() if r["conversation_id"] == "long") == failed[0]["turn"]
     config.execute.fail_fast = True
     with TranscriptWriter(tmp_path / "t2.jsonl") as writer, pytest.raises(UserError, match="execute.fail_fast=true"):
-        execute(runtime, samples, config, writer, config.config_hash())
+        execute(in_process(runtime, config), samples, config, writer, config.config_hash())

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from conftest import make_config, write_jsonl
+from conftest import in_process, make_config, write_jsonl
 from pipeline.config import ASSETS_DIR, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
 from pipeline.errors import ToolFailure, UserError
 from pipeline.prompts import read_history
 from pipeline.stages.execute import execute
-from pipeline.stages.load import load
+from pipeline.backends.transformers.load import load
 from pipeline.stages.plan import plan_from_config
 from pipeline.stages.resolve import resolve
 from pipeline.transcript import TranscriptWriter, read_transcript
@@ -103,7 +103,7 @@ def run(tmp_path, dataset, tools=(ADD,), max_new_tokens=64, **session) -> list[d
     runtime = load(plan, template)
     path = tmp_path / f"t{len(list(tmp_path.glob('t*.jsonl')))}.jsonl"
     with TranscriptWriter(path) as writer:
-        execute(runtime, samples, config, writer, config.config_hash())
+        execute(in_process(runtime, config), samples, config, writer, config.config_hash())
     return read_transcript(path)
 
 
@@ -182,7 +182,7 @@ def test_fail_fast_stops_at_the_first_tool_error_and_keeps_what_was_written(tmp_
                          generation=GenerationConfig(max_new_tokens=64), execute=ExecuteConfig(fail_fast=True))
     plan, samples, template = plan_from_config(config, resolve(config.runtime))
     with TranscriptWriter(tmp_path / "t.jsonl") as writer, pytest.raises(ToolFailure) as failure:
-        execute(load(plan, template), samples, config, writer, config.config_hash())
+        execute(in_process(load(plan, template), config), samples, config, writer, config.config_hash())
     assert str(failure.value).endswith(": add failed: RuntimeError: the adding machine is broken "
                                        "(execute.fail_fast=true stops at the first tool error)")
     kept = read_transcript(tmp_path / "t.jsonl")

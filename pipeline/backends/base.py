@@ -87,6 +87,8 @@ class Request:
     seed: Optional[int] = None  # this request's own seed (honoured where capabilities.per_request_seed)
     tools: list[dict[str, Any]] = field(default_factory=list)  # JSON schemas of the tools offered
     key: str = ""  # the record it answers (sample id, turn, index): for logs and errors
+    min_p: Optional[float] = None  # None: the backend's default (a server may not know it)
+    repetition_penalty: Optional[float] = None  # None or 1.0: none
 
 
 @dataclass
@@ -104,6 +106,10 @@ class Completion:
     latency_s: float = 0.0  # request sent -> last token
     truncated: bool = False  # the prompt was cut from the left to fit the context
     error: Optional[str] = None  # one line: why the request failed
+    # what the conversation keeps of the answer when it called tools, if not `text` (the in-process
+    # backend's text carries the calls' markup; the assistant message carries them as tool_calls)
+    message_text: Optional[str] = None
+    tool_problems: list[str] = field(default_factory=list)  # calls asked for that could not be read, in words
 
     @property
     def failed(self) -> bool:
@@ -118,6 +124,13 @@ class Backend(ABC):
     checks every backend the same way)."""
 
     name: str = ""
+    capabilities: Capabilities = Capabilities()
+    # how many requests one `generate` call should get at most (the caller batches by prompt length)
+    batch_size: int = 1
+    context_length: Optional[int] = None  # tokens, prompt and answer together; None: unknown
+    # the run's effective generation settings (pipeline.generation_settings), when the backend was
+    # built from a plan: requests are made from them; None: the config's own values
+    generation: Optional[dict[str, Any]] = None
 
     @abstractmethod
     def plan(self, requests: Sequence[Request]) -> BackendPlan:
@@ -130,6 +143,11 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[Request], sink: Optional[StreamSink] = None) -> list[Completion]:
         """One completion per request, in order; a failed request is a Completion with `error`."""
+
+    def count_tokens(self, requests: Sequence[Request]) -> list[int]:
+        """Prompt tokens of each request as `generate` will send it (for batching by length and the
+        context check). This default is an estimate, about four characters a token."""
+        return [max(1, sum(len(m.content) for m in request.messages) // 4) for request in requests]
 
     def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
         """The log-likelihood of each continuation after `context` (only with capabilities.loglikelihood)."""

@@ -2,8 +2,9 @@
 
 Each sample becomes a conversation (session history, system prompt, its messages), answered
 `generation.num_samples` times when several completions per prompt are asked for (pass@k), by
-pipeline.answering (tool round trips included) and pipeline.generate (batches of similar prompt
-length, per-sample seeded sampling, per-sample timing). A batch's records are written and fsynced
+pipeline.answering (tool round trips included) through the run's backend (pipeline.backends:
+batches of similar prompt length, per-sample seeds, per-sample timing); this stage knows only the
+backend contract, not which model or server answers. A batch's records are written and fsynced
 as soon as the batch completes (on a worker thread, while the next batch generates); the order of
 the transcript is the same on every run. Scripted conversations run a turn at a time across all
 of them, each turn answered after the history so far; with session.autosave each conversation is
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.answering import Answering, Job, answer, tools_by_name
+from pipeline.backends.base import Backend
 from pipeline.background import BackgroundEmitter
 from pipeline.config import Config
 from pipeline.files import write_json
 from pipeline.prompts import as_dict, conversation, from_dict
-from pipeline.records import LoadedRuntime, Message, Sample
+from pipeline.records import Message, Sample
 from pipeline.sampling import StreamSink
 from pipeline.tools import load_tools
 from pipeline.transcript import TranscriptWriter
@@ -31,14 +33,16 @@ log = logging.getLogger(__name__)
 Done = dict[tuple[str, int], dict[str, Any]]  # a resumed run's final answer records by (record id, sample index)
 
 
-def execute(runtime: LoadedRuntime, samples: list[Sample], config: Config, writer: TranscriptWriter,
+def execute(backend: Backend, samples: list[Sample], config: Config, writer: TranscriptWriter,
             config_hash: str, sink: Optional[StreamSink] = None, done: Optional[Done] = None,
             first_batch: int = 0) -> int:
-    """Answer all single-prompt samples, then the scripted conversations; returns records written."""
+    """Answer all single-prompt samples, then the scripted conversations; returns records written.
+
+    `backend` is loaded (its `load` was called); closing it is the caller's."""
     done = done or {}
     k = config.generation.num_samples
     with BackgroundEmitter(writer.write_batch) as emit:  # a batch is written while the next one generates
-        context = Answering(runtime, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink,
+        context = Answering(backend, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink,
                             batch=first_batch)
         answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)
                          if (s.id, i) not in done])

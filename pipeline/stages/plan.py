@@ -3,7 +3,7 @@
 Input is what resolve found and the prompts' token counts (pipeline.prompts counts them with the
 light tokenizer: no transformers, no torch on a CPU-only machine). Every decision is recorded with
 its reason; every failed check raises a UserError naming the setting to change, so a run that
-cannot work stops before any weight loads. The memory arithmetic lives in pipeline.memory.
+cannot work stops before any weight loads. The memory arithmetic lives in pipeline.backends.transformers.memory.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from pipeline.backend_options import choose_backend_options
-from pipeline.chat_template import ChatTemplate, TokenCounter
+from pipeline.backends.transformers.backend_options import choose_backend_options
+from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.dataset import load_samples
 from pipeline.errors import UserError
 from pipeline.generation_settings import command_line_keys, effective_generation
-from pipeline.gpus import device_gpu, visible_gpus
-from pipeline.memory import Need, free_memory, free_ram, gib, need
-from pipeline.model_files import read_generation_config
-from pipeline.placement import parallel_job_device
+from pipeline.backends.transformers.gpus import device_gpu, visible_gpus
+from pipeline.backends.transformers.memory import Need, free_memory, free_ram, gib, need
+from pipeline.backends.transformers.model_files import read_generation_config
+from pipeline.backends.transformers.placement import parallel_job_device
 from pipeline.prompts import count_prompt_tokens
 from pipeline.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
 from pipeline.scoring import check_scorer, sample_references

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pipeline.backends.transformers.digest import weights_digest
+from pipeline.backends.transformers.hub import download, find_cached, not_cached_message, parse_repo_reference
+from pipeline.backends.transformers.model_files import read_model_folder
 from pipeline.config import ASSETS_DIR, BackendConfig, RuntimeConfig
-from pipeline.digest import weights_digest
 from pipeline.errors import UserError
-from pipeline.hub import download, find_cached, not_cached_message, parse_repo_reference
-from pipeline.model_files import read_model_folder
 from pipeline.records import ModelShape, ResolvedModel
 from pipeline.redact import hide_credentials
 

@@ -149,7 +149,7 @@ class OpenAIBackend(Backend):
         return [_estimate(request.messages) for request in requests], "estimate", "4 characters a token"
 
     def _count_locally(self, requests: Sequence[Request]) -> list[int]:
-        from pipeline.chat_template import ChatTemplate, TokenCounter
+        from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 
         folder = Path(self.config.tokenizer).expanduser()
         if not folder.is_dir():

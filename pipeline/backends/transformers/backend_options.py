@@ -8,7 +8,7 @@ the run decodes enough steps (batches x max_new_tokens) to repay it. Continuous 
 would change results: sampling (its single random stream breaks per-sample seeds), stop strings
 and tools (it has no stopping criteria or tool loop). Every choice comes with its reason.
 
-It decides only; pipeline.generate applies the options.
+It decides only; pipeline.backends.transformers.generate applies the options.
 """
 
 from __future__ import annotations

@@ -15,23 +15,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
 
-from pipeline.config import Config
-from pipeline.prompts import adds_special_tokens
 from pipeline.records import LoadedRuntime
-from pipeline.sampling import GenerationObserver, PerRowSampler, StreamSink, sample_seed
+from pipeline.backends.transformers.sampling import GenerationObserver, PerRowSampler
+from pipeline.sampling import StreamSink
 
 STATIC_PAD = 16  # with a static cache, prompts are padded to a multiple of this: fewer shapes to compile
 
 
 class Prompted(Protocol):
-    """What a generation needs to know of its request (pipeline.answering.Job has these)."""
+    """What a generation needs to know of one prompt (the transformers backend's encoded requests)."""
 
     prompt: str
     prompt_ids: list[int]  # the prompt's tokens as encoded for the batching, when known (else empty)
-    sample_index: int
-
-    @property
-    def seed_key(self) -> str: ...
+    seed: Optional[int]  # this row's own sampling seed (pipeline.sampling.sample_seed); None when greedy
 
 
 @dataclass
@@ -44,22 +40,23 @@ class Completion:
     truncated: bool = False  # its prompt was cut from the left to fit the context
 
 
-def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Config,
+def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: dict[str, Any], special: bool,
                    sink: Optional[StreamSink] = None) -> tuple[list[int], list[Completion]]:
-    """Generate for one batch of jobs: (prompt token counts, completions)."""
+    """Generate for one batch of prompts with one set of generation `settings` (the plan's
+    `generation` shape); `special`: the tokenizer adds its special tokens. Returns (prompt token
+    counts, completions)."""
     import torch
 
     tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
-    settings = plan.generation
     started = time.perf_counter()
-    prompts, special = [job.prompt for job in batch], adds_special_tokens(config.session)
+    prompts = [job.prompt for job in batch]
     known = [job.prompt_ids for job in batch]
     if not all(known):  # a caller that did not encode the prompts for batching
         known = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     cut = [False] * len(batch)
     limit: dict[str, Any] = {}
     if plan.truncation == "left" and plan.context_length:
-        budget = plan.context_length - plan.max_new_tokens
+        budget = plan.context_length - settings["max_new_tokens"]
         cut = [len(ids) > budget for ids in known]
         limit = {"truncation": True, "max_length": budget}
     options = plan.backend_options
@@ -69,7 +66,7 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
     else:
         ids = known
     if options.get("continuous_batching"):
-        return _continuous(runtime, ids, cut, started, sink)
+        return _continuous(runtime, ids, cut, settings, started, sink)
     encoded = left_padded(ids, tokenizer.pad_token_id, STATIC_PAD if static else 1, plan.device)
     prompt_tokens = [len(row) for row in ids]
     prompt_length = encoded["input_ids"].shape[1]
@@ -77,7 +74,7 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], config: Co
     observer = GenerationObserver(prompt_length, started, tokenizer, sink)
     processors: list[Any] = [observer]
     if settings["do_sample"]:
-        seeds = [sample_seed(settings["seed"], job.seed_key, job.sample_index) for job in batch]
+        seeds = [job.seed if job.seed is not None else settings["seed"] for job in batch]
         processors.append(PerRowSampler(seeds, settings["temperature"], settings["top_k"], settings["top_p"],
                                         settings["min_p"], plan.device))
     generate_options: dict[str, Any] = {
@@ -134,14 +131,14 @@ def _cache_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     return {"cache_implementation": "static", "compile_config": compile_config}
 
 
-def _continuous(runtime: LoadedRuntime, prompt_ids: list[list[int]], cut: list[bool], started: float,
-                sink: Optional[StreamSink]) -> tuple[list[int], list[Completion]]:
+def _continuous(runtime: LoadedRuntime, prompt_ids: list[list[int]], cut: list[bool], settings: dict[str, Any],
+                started: float, sink: Optional[StreamSink]) -> tuple[list[int], list[Completion]]:
     """The batch through transformers' continuous batching (greedy; the plan refused anything else).
 
     Text is not streamed token by token here: a sink gets each answer whole."""
     from transformers import GenerationConfig
 
-    tokenizer, model, settings = runtime.tokenizer, runtime.model, runtime.plan.generation
+    tokenizer, model = runtime.tokenizer, runtime.model
     stop_ids = _stop_token_ids(model, tokenizer)
     config = GenerationConfig(max_new_tokens=settings["max_new_tokens"], do_sample=False,
                               eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id)

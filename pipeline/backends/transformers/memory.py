@@ -4,7 +4,7 @@ The estimate has three parts: the weights (parameters x bytes of the planned dty
 (2 x layers x kv_heads x head_dim x dtype bytes per token, for batch x (longest prompt +
 max_new_tokens) tokens) and the prefill's transient tensors plus the logits. It is an upper
 bound for standard attention; models with sliding-window or linear attention need less.
-Free memory: /proc/meminfo and the cgroup limit on CPU, NVML (pipeline.gpus) or else torch's
+Free memory: /proc/meminfo and the cgroup limit on CPU, NVML (pipeline.backends.transformers.gpus) or else torch's
 CUDA driver call on NVIDIA GPUs, Metal's recommended budget on MPS. This module decides nothing;
 the plan stage does.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.gpus import device_gpu
+from pipeline.backends.transformers.gpus import device_gpu
 from pipeline.records import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

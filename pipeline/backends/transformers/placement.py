@@ -3,7 +3,7 @@
 With `runtime.device=auto`, a job started by a parallel launcher (joblib, submitit) on a machine
 that shows it N > 1 CUDA devices takes `cuda:<job number mod N>`, so N jobs run side by side, one
 per device, instead of all landing on cuda:0. Jobs of the default launcher run one after another
-and all use the first device (which also lets them share one loaded model: pipeline.reuse). A
+and all use the first device (which also lets them share one loaded model: pipeline.backends.transformers.reuse). A
 scheduler that hands each job its own GPU (SLURM through CUDA_VISIBLE_DEVICES) leaves a job one
 device, so nothing changes there. An explicit `runtime.device=cuda:K` is always kept.
 

@@ -4,7 +4,7 @@ The plan stage counts prompt tokens before any weight loads and must stay fast; 
 transformers alone costs seconds, jinja2 and tokenizers tens of milliseconds. `ChatTemplate`
 renders the template the way transformers 5's `apply_chat_template(..., tokenize=False)` does
 (same template lookup, same sandboxed jinja environment, same variables); `TokenCounter` counts
-tokens the way the tokenizer from `pipeline.stages.load.load_tokenizer` does, straight from
+tokens the way the tokenizer from `pipeline.backends.transformers.load.load_tokenizer` does, straight from
 `tokenizer.json` with the `tokenizers` library. Execute renders with the same `ChatTemplate`, so
 plan and execute see the same prompt text by construction.
 

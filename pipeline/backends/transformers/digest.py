@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.files import write_json
-from pipeline.hub import blob_sha256
+from pipeline.backends.transformers.hub import blob_sha256
 
 CACHE_FILE = "file-digests.json"
 

@@ -10,7 +10,7 @@ When the key changes the old runtime is dropped and its memory freed (CUDA's cac
 before the new model loads. `runtime.reuse=false` turns it off; weights offloaded to disk are
 never kept (their folder belongs to the run that wrote them).
 
-It does not load anything itself (pipeline.stages.load does) and keeps nothing across processes.
+It does not load anything itself (pipeline.backends.transformers.load does) and keeps nothing across processes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.records import LoadedRuntime, RuntimePlan
-from pipeline.stages.load import load
+from pipeline.backends.transformers.load import load
 
 LOAD_FILE = "load.json"
 
