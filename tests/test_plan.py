@@ -204,3 +204,36 @@ def test_a_refused_prompt_is_named_even_when_a_conversation_is_longer(tmp_path, 
     config = make_config(tiny_model, dataset)
     with pytest.raises(UserError, match=r"^sample 'long': prompt of \d+ tokens"):
         plan_from_config(config, resolve(config.runtime))
+
+
+def test_on_the_cpu_a_bfloat16_checkpoint_stays_bfloat16_only_where_the_cpu_computes_it_natively():
+    from pipeline.stages.plan import choose_dtype
+
+    auto = RuntimeConfig(dtype="auto")
+    kept, why = choose_dtype(auto, "cpu", "bfloat16", cpu_flags={"avx2", "avx512_bf16"})
+    assert kept == "bfloat16" and "avx512_bf16" in why and "not widened" in why
+    assert choose_dtype(auto, "cpu", "bfloat16", cpu_flags={"amx_bf16", "amx_tile"})[0] == "bfloat16"
+    widened, why = choose_dtype(auto, "cpu", "bfloat16", cpu_flags={"avx2", "avx512f"})
+    assert widened == "float32" and "no native bfloat16" in why
+    assert choose_dtype(auto, "cpu", "float32", cpu_flags={"avx512_bf16"})[0] == "float32"  # fp32 stays fp32
+    assert choose_dtype(auto, "cpu", "float16", cpu_flags={"avx512_bf16"})[0] == "float32"
+    assert choose_dtype(RuntimeConfig(dtype="bfloat16"), "cpu", "float32", cpu_flags=set())[0] == "bfloat16"
+
+
+def test_the_plan_keeps_a_bfloat16_checkpoint_on_a_cpu_with_native_bfloat16(tiny_model, small_dataset, tmp_path,
+                                                                            monkeypatch):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from pipeline.stages import plan as plan_stage
+
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(tiny_model, bf16)
+    LlamaForCausalLM.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(bf16)
+    runtime = RuntimeConfig(model=str(bf16), device="cpu", batch_size=2)
+    monkeypatch.setattr(plan_stage, "_cpu_flags", lambda: {"avx2", "amx_bf16"})  # a Sapphire Rapids-like CPU
+    assert planned(bf16, small_dataset, runtime=runtime).dtype == "bfloat16"
+    monkeypatch.setattr(plan_stage, "_cpu_flags", lambda: {"avx2"})
+    widened = planned(bf16, small_dataset, runtime=runtime)
+    assert widened.dtype == "float32" and "checkpoint is bfloat16" in widened.reasons["dtype"]
+    assert planned(tiny_model, small_dataset).dtype == "float32"  # a float32 checkpoint stays float32

@@ -83,7 +83,7 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
 
     device, reasons["device"] = choose_device(runtime)
-    dtype, reasons["dtype"] = choose_dtype(runtime, device)
+    dtype, reasons["dtype"] = choose_dtype(runtime, device, model.weights_dtype)
     attention, reasons["attn_implementation"] = choose_attention(runtime, device, dtype)
     completions = len(samples) * config.generation.num_samples
     estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, max_new,
@@ -320,7 +320,10 @@ def choose_device(runtime: RuntimeConfig) -> tuple[str, str]:
     return runtime.device, f"runtime.device={runtime.device}"
 
 
-def choose_dtype(runtime: RuntimeConfig, device: str) -> tuple[str, str]:
+def choose_dtype(runtime: RuntimeConfig, device: str, weights_dtype: str = "",
+                 cpu_flags: Optional[set[str]] = None) -> tuple[str, str]:
+    """The dtype to load in, and why. `cpu_flags` are the CPU's feature flags (read from /proc/cpuinfo
+    when not given)."""
     if runtime.dtype != "auto":
         if runtime.dtype == "bfloat16" and device == "mps":
             raise UserError("runtime.dtype='bfloat16' is not supported on mps; use float16 or float32")
@@ -338,7 +341,29 @@ def choose_dtype(runtime: RuntimeConfig, device: str) -> tuple[str, str]:
         return "float16", "auto: this GPU lacks bfloat16, so float16"
     if device == "mps":
         return "float16", "auto: float16 on Apple MPS"
-    return "float32", "auto: float32 on the CPU (half precision is slow there); set runtime.dtype to change it"
+    if weights_dtype != "bfloat16":
+        return "float32", "auto: float32 on the CPU (half precision is slow there); set runtime.dtype to change it"
+    native = sorted(NATIVE_BF16_FLAGS & (cpu_flags if cpu_flags is not None else _cpu_flags()))
+    if native:
+        return "bfloat16", (f"auto: the checkpoint is bfloat16 and this CPU computes in bfloat16 natively "
+                            f"({', '.join(native)}): kept, not widened to float32 (about twice the decode speed)")
+    return "float32", ("auto: the checkpoint is bfloat16, but this CPU has no native bfloat16 (no avx512_bf16 or "
+                       "AMX), where it is slow: widened to float32; set runtime.dtype to change it")
+
+
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs that compute bfloat16 natively
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def choose_attention(runtime: RuntimeConfig, device: str, dtype: str) -> tuple[str, str]:
