@@ -18,6 +18,14 @@ execute, on the demo model and on a random-weight Llama of about 100M parameters
       continuous_batching=true).
 Reported as completion tokens/s and the ratio (b)/(a) (the issue's target: at least 0.95).
 
+server: `transformers serve` over the demo model on a free loopback port (cpu), the demo prompts as
+chat requests (greedy, the default max_new_tokens, streamed with usage in the last chunk), at the
+same concurrency (8) on both sides, after one warm-up pass each, passes taken in turn:
+  (a) a plain asyncio loop: openai.AsyncOpenAI and a semaphore of 8;
+  (b) our OpenAIBackend.generate (retries, stop strings, tool calls, TTFT and latency per request).
+Reported as completion tokens/s (the server's usage) and the ratio (b)/(a) (the issue's target: at
+least 0.95). The server is stopped afterwards.
+
 sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
 tracked in MLflow under a scratch folder), with model reuse (the default) and with
 runtime.reuse=false, against the issue's target: wall time at most 1.3 x (one load + the eight
@@ -49,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 PLAN_TARGET_S = 2.0
 EXECUTE_TARGET_RATIO = 0.95
 SWEEP_TARGET_RATIO = 1.3
+SERVER_TARGET_RATIO = 0.95
+SERVER_CONCURRENCY = 8
 TRANSFORMERS_PLANNER = """
 import json
 from transformers import AutoTokenizer
@@ -270,6 +280,88 @@ def bench_execute(label: str, model: str, base: list[str], limit: int, batch_siz
     return result
 
 
+# ---- server: the OpenAI-compatible backend against a plain asyncio loop ---------------------------------------
+
+def server_requests(limit: int) -> tuple[list, float, int]:
+    """The first `limit` demo prompts as chat requests, with the default generation settings (greedy)."""
+    from pipeline.backends.base import Request
+    from pipeline.config import ASSETS_DIR
+    from pipeline.records import Message
+
+    generation = compose_config(["tracking=none"]).generation
+    lines = (ASSETS_DIR / "datasets" / "addition.jsonl").read_text().splitlines()[:limit]
+    requests = [Request([Message("user", json.loads(line)["prompt"])], max_new_tokens=generation.max_new_tokens,
+                        temperature=generation.temperature, key=json.loads(line)["id"]) for line in lines]
+    return requests, generation.temperature, generation.max_new_tokens
+
+
+def plain_asyncio_loop(base_url: str, model: str, requests: list, concurrency: int) -> tuple[int, float]:
+    """The loop a user writes by hand: openai.AsyncOpenAI, a semaphore of `concurrency`, the same streamed
+    requests as ours (usage in the last chunk): (completion tokens, seconds)."""
+    import asyncio
+
+    import openai
+
+    async def run_all() -> int:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(request) -> int:
+            async with gate:
+                stream = await client.chat.completions.create(
+                    model=model, messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                    max_tokens=request.max_new_tokens, temperature=request.temperature, stream=True,
+                    stream_options={"include_usage": True})
+                tokens = 0
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                return tokens
+
+        try:
+            return sum(await asyncio.gather(*(one(request) for request in requests)))
+        finally:
+            await client.close()
+
+    started = time.perf_counter()
+    tokens = asyncio.run(run_all())
+    return tokens, time.perf_counter() - started
+
+
+def our_backend(backend, requests: list) -> tuple[int, float]:
+    """OpenAIBackend.generate as the execute stage calls it: (completion tokens, seconds); a failed request
+    is an error here, not a figure (the two sides must do the same work)."""
+    started = time.perf_counter()
+    completions = backend.generate(requests)
+    seconds = time.perf_counter() - started
+    failed = [completion.error for completion in completions if completion.failed]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(requests)} requests failed, the first: {failed[0]}")
+    return sum(completion.completion_tokens for completion in completions), seconds
+
+
+def bench_server(limit: int, concurrency: int, repeats: int, scratch: Path) -> dict:
+    """`transformers serve` over the demo model on a free loopback port, (a) and (b) interleaved, then stopped."""
+    from pipeline.backends.openai import OpenAIBackend, OpenAIConfig
+    from pipeline.backends.openai.local_server import TransformersServe
+    from pipeline.config import ASSETS_DIR
+
+    requests, temperature, max_new = server_requests(limit)
+    started = time.perf_counter()
+    with TransformersServe(ASSETS_DIR / "demo_model", scratch / "serve.log") as served:
+        startup = time.perf_counter() - started
+        backend = OpenAIBackend(OpenAIConfig(base_url=served.base_url, max_concurrency=concurrency), served.model)
+        backend.load()  # the plan's and load's check of /models, outside the timing as in a run
+        plain, ours = interleaved([lambda: plain_asyncio_loop(served.base_url, served.model, requests, concurrency),
+                                   lambda: our_backend(backend, requests)], repeats)
+        result = {"server": "transformers serve (cpu)", "model": "demo", "prompts": len(requests),
+                  "max_new_tokens": max_new, "temperature": temperature, "concurrency": concurrency,
+                  "streaming": True, "server_startup_s": startup, "plain_asyncio": plain, "ours": ours,
+                  "ratio_ours_to_plain": ours["tokens_per_second"] / plain["tokens_per_second"],
+                  "target_ratio": SERVER_TARGET_RATIO, "base_url": served.base_url, "model_id": served.model}
+    return result
+
+
 # ---- sweep: eight jobs with and without model reuse -------------------------------------------------------------
 
 def bench_sweep(jobs: int, limit: int, base: list[str], tracking: bool, scratch: Path, repeats: int) -> dict:
@@ -340,6 +432,18 @@ def print_report(results: dict) -> None:
                 continue
             print(f"  (c) ours, {best['settings']} (batch {best['batch_size']}) {best['tokens_per_second']:9.1f} "
                   f"tokens/s   ratio to (a) {best['ratio_to_plain']:.3f} (first pass {best['warmup_s']:.2f} s)")
+    server = results.get("server")
+    if server and server.get("skipped"):
+        print(f"\nserver: skipped: {server['skipped']}")
+    elif server:
+        print(f"\nserver: {server['server']} over the {server['model']} model, {server['prompts']} prompts x up to "
+              f"{server['max_new_tokens']} tokens, greedy, streamed, concurrency {server['concurrency']} "
+              f"(server start {server['server_startup_s']:.1f} s)")
+        print(f"  (a) plain asyncio loop (AsyncOpenAI + semaphore) {server['plain_asyncio']['tokens_per_second']:9.1f} "
+              f"tokens/s")
+        print(f"  (b) our OpenAIBackend.generate               {server['ours']['tokens_per_second']:9.1f} tokens/s   "
+              f"ratio (b)/(a) {server['ratio_ours_to_plain']:.3f} (target >= {SERVER_TARGET_RATIO}: "
+              f"{'met' if server['ratio_ours_to_plain'] >= SERVER_TARGET_RATIO else 'MISSED'})")
     sweep = results.get("sweep")
     if sweep:
         print(f"\nsweep: {sweep['reuse']['jobs']} generation-only jobs on the demo model "
@@ -372,6 +476,10 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
         for index, best in enumerate(figures["best"]):
             if "error" not in best:
                 metrics[f"{label}/best{index}_tokens_per_second"] = best["tokens_per_second"]
+    if results.get("server") and not results["server"].get("skipped"):
+        for name in ("plain_asyncio", "ours"):
+            metrics[f"server/{name}_tokens_per_second"] = results["server"][name]["tokens_per_second"]
+        metrics["server/ratio_ours_to_plain"] = results["server"]["ratio_ours_to_plain"]
     if results.get("sweep"):
         for name in ("reuse", "no_reuse"):
             metrics[f"sweep/{name}_wall_s"] = results["sweep"][name]["wall_s"]
@@ -390,7 +498,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="runtime.dtype for the execute benchmarks (default auto)")
     parser.add_argument("--tracking", choices=("on", "off"), default="on",
                         help="log the figures to MLflow and track the sweep jobs (default on)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "sweep"), help="parts to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep"), help="parts to leave out")
     parser.add_argument("--traces", action="store_true", help="also measure MLflow trace logging (2 x repeats demo runs)")
     parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 5, 1 with --quick)")
     args = parser.parse_args()
@@ -430,6 +538,13 @@ def main() -> int:
             results["execute"].append(bench_execute("random-llama-large" if not quick else "random-llama-small",
                                                     str(large), base, 16 if quick else 200 if cuda else 64, 16,
                                                     repeats, best, scratch))
+            save()
+        if "server" not in args.skip:
+            from pipeline.backends.openai.local_server import serving_extra_missing
+
+            missing = serving_extra_missing()  # a figure we cannot take is said, not a failure of the bench
+            results["server"] = {"skipped": missing} if missing else bench_server(
+                16 if quick else 200, SERVER_CONCURRENCY, repeats, scratch)
             save()
         if "sweep" not in args.skip:
             results["sweep"] = bench_sweep(2 if quick else 8, 4 if quick else 200, base, tracking and not quick, scratch,
