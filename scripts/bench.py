@@ -22,9 +22,15 @@ server: `transformers serve` over the demo model on a free loopback port (cpu), 
 chat requests (greedy, the default max_new_tokens, streamed with usage in the last chunk), at the
 same concurrency (8) on both sides, after one warm-up pass each, passes taken in turn:
   (a) a plain asyncio loop: openai.AsyncOpenAI and a semaphore of 8;
-  (b) our OpenAIBackend.generate (retries, stop strings, tool calls, TTFT and latency per request).
+  (b) our OpenAIBackend.generate (retries, stop strings, tool calls, TTFT and latency per request);
+  (a') loop (a) not streamed: what streaming costs on this server (ours streams for time to first token).
 Reported as completion tokens/s (the server's usage) and the ratio (b)/(a) (the issue's target: at
-least 0.95). The server is stopped afterwards.
+least 0.95). With --lm-eval PYTHON (a venv with lm_eval[api]; it is not a dependency of ours), also
+  (c) lm-evaluation-harness's `local-chat-completions` (not streamed, num_concurrent=8) over the same
+      prompts as a local task (a YAML over a JSONL, offline), its passes taken in turn with (b)'s: the
+      seconds of its generation phase and of its whole command, the ratios of ours to each, and how
+      many of its answers equal ours.
+The server is stopped afterwards.
 
 sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
 tracked in MLflow under a scratch folder), with model reuse (the default) and with
@@ -295,9 +301,10 @@ def server_requests(limit: int) -> tuple[list, float, int]:
     return requests, generation.temperature, generation.max_new_tokens
 
 
-def plain_asyncio_loop(base_url: str, model: str, requests: list, concurrency: int) -> tuple[int, float]:
+def plain_asyncio_loop(base_url: str, model: str, requests: list, concurrency: int,
+                       stream: bool = True) -> tuple[int, float]:
     """The loop a user writes by hand: openai.AsyncOpenAI, a semaphore of `concurrency`, the same streamed
-    requests as ours (usage in the last chunk): (completion tokens, seconds)."""
+    requests as ours (usage in the last chunk), or not streamed: (completion tokens, seconds)."""
     import asyncio
 
     import openai
@@ -308,12 +315,13 @@ def plain_asyncio_loop(base_url: str, model: str, requests: list, concurrency: i
 
         async def one(request) -> int:
             async with gate:
-                stream = await client.chat.completions.create(
-                    model=model, messages=[{"role": m.role, "content": m.content} for m in request.messages],
-                    max_tokens=request.max_new_tokens, temperature=request.temperature, stream=True,
-                    stream_options={"include_usage": True})
+                body = dict(model=model, messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                            max_tokens=request.max_new_tokens, temperature=request.temperature)
+                if not stream:
+                    return (await client.chat.completions.create(**body)).usage.completion_tokens
+                chunks = await client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
                 tokens = 0
-                async for chunk in stream:
+                async for chunk in chunks:
                     if chunk.usage is not None:
                         tokens = chunk.usage.completion_tokens
                 return tokens
@@ -452,12 +460,17 @@ def bench_server(limit: int, concurrency: int, repeats: int, scratch: Path, lm_e
         startup = time.perf_counter() - started
         backend = OpenAIBackend(OpenAIConfig(base_url=served.base_url, max_concurrency=concurrency), served.model)
         backend.load()  # the plan's and load's check of /models, outside the timing as in a run
-        plain, ours = interleaved([lambda: plain_asyncio_loop(served.base_url, served.model, requests, concurrency),
-                                   lambda: our_backend(backend, requests)], repeats)
+        plain, ours, unstreamed = interleaved([
+            lambda: plain_asyncio_loop(served.base_url, served.model, requests, concurrency),
+            lambda: our_backend(backend, requests),
+            lambda: plain_asyncio_loop(served.base_url, served.model, requests, concurrency, stream=False)], repeats)
         result = {"server": "transformers serve (cpu)", "model": "demo", "prompts": len(requests),
                   "max_new_tokens": max_new, "temperature": temperature, "concurrency": concurrency,
                   "streaming": True, "server_startup_s": startup, "plain_asyncio": plain, "ours": ours,
                   "ratio_ours_to_plain": ours["tokens_per_second"] / plain["tokens_per_second"],
+                  # what streaming costs on this server: ours must stream (time to first token), lm-eval does not
+                  "plain_asyncio_unstreamed": unstreamed,
+                  "ratio_streamed_to_unstreamed": plain["tokens_per_second"] / unstreamed["tokens_per_second"],
                   "target_ratio": SERVER_TARGET_RATIO, "base_url": served.base_url, "model_id": served.model}
         if lm_eval:
             try:
@@ -550,6 +563,8 @@ def print_report(results: dict) -> None:
         print(f"  (b) our OpenAIBackend.generate               {server['ours']['tokens_per_second']:9.1f} tokens/s   "
               f"ratio (b)/(a) {server['ratio_ours_to_plain']:.3f} (target >= {SERVER_TARGET_RATIO}: "
               f"{'met' if server['ratio_ours_to_plain'] >= SERVER_TARGET_RATIO else 'MISSED'})")
+        print(f"  (a') the same loop, not streamed             {server['plain_asyncio_unstreamed']['tokens_per_second']:9.1f} "
+              f"tokens/s   (streaming costs: (a)/(a') {server['ratio_streamed_to_unstreamed']:.3f})")
         lm_eval = server.get("lm_eval")
         if lm_eval and "error" in lm_eval:
             print(f"  (c) lm-eval local-chat-completions: failed: {lm_eval['error']}")
