@@ -679,7 +679,7 @@ def main() -> int:
 
             missing = serving_extra_missing()  # a figure we cannot take is said, not a failure of the bench
             results["server"] = {"skipped": missing} if missing else bench_server(
-                16 if quick else 200, SERVER_CONCURRENCY, repeats, scratch, args.lm_eval)
+                8 if quick else 200, SERVER_CONCURRENCY, repeats, scratch, args.lm_eval)
             save()
         if "sweep" not in args.skip:
             results["sweep"] = bench_sweep(2 if quick else 8, 4 if quick else 200, base, tracking and not quick, scratch,
