@@ -18,6 +18,20 @@ execute, on the demo model and on a random-weight Llama of about 100M parameters
       continuous_batching=true).
 Reported as completion tokens/s and the ratio (b)/(a) (the issue's target: at least 0.95).
 
+server: `transformers serve` over the demo model on a free loopback port (cpu), the demo prompts as
+chat requests (greedy, the default max_new_tokens, streamed with usage in the last chunk), at the
+same concurrency (8) on both sides, after one warm-up pass each, passes taken in turn:
+  (a) a plain asyncio loop: openai.AsyncOpenAI and a semaphore of 8;
+  (b) our OpenAIBackend.generate (retries, stop strings, tool calls, TTFT and latency per request);
+  (a') loop (a) not streamed: what streaming costs on this server (ours streams for time to first token).
+Reported as completion tokens/s (the server's usage) and the ratio (b)/(a) (the issue's target: at
+least 0.95). With --lm-eval PYTHON (a venv with lm_eval[api]; it is not a dependency of ours), also
+  (c) lm-evaluation-harness's `local-chat-completions` (not streamed, num_concurrent=8) over the same
+      prompts as a local task (a YAML over a JSONL, offline), its passes taken in turn with (b)'s: the
+      seconds of its generation phase and of its whole command, the ratios of ours to each, and how
+      many of its answers equal ours.
+The server is stopped afterwards.
+
 sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
 tracked in MLflow under a scratch folder), with model reuse (the default) and with
 runtime.reuse=false, against the issue's target: wall time at most 1.3 x (one load + the eight
@@ -49,6 +63,8 @@ sys.path.insert(0, str(ROOT))
 PLAN_TARGET_S = 2.0
 EXECUTE_TARGET_RATIO = 0.95
 SWEEP_TARGET_RATIO = 1.3
+SERVER_TARGET_RATIO = 0.95
+SERVER_CONCURRENCY = 8
 TRANSFORMERS_PLANNER = """
 import json
 from transformers import AutoTokenizer
@@ -272,6 +288,201 @@ def bench_execute(label: str, model: str, base: list[str], limit: int, batch_siz
     return result
 
 
+# ---- server: the OpenAI-compatible backend against a plain asyncio loop ---------------------------------------
+
+def server_requests(limit: int) -> tuple[list, float, int]:
+    """The first `limit` demo prompts as chat requests, with the default generation settings (greedy)."""
+    from pipeline.backends.base import Request
+    from pipeline.config import ASSETS_DIR
+    from pipeline.records import Message
+
+    generation = compose_config(["tracking=none"]).generation
+    lines = (ASSETS_DIR / "datasets" / "addition.jsonl").read_text().splitlines()[:limit]
+    requests = [Request([Message("user", json.loads(line)["prompt"])], max_new_tokens=generation.max_new_tokens,
+                        temperature=generation.temperature, key=json.loads(line)["id"]) for line in lines]
+    return requests, generation.temperature, generation.max_new_tokens
+
+
+def plain_asyncio_loop(base_url: str, model: str, requests: list, concurrency: int,
+                       stream: bool = True) -> tuple[int, float]:
+    """The loop a user writes by hand: openai.AsyncOpenAI, a semaphore of `concurrency`, the same streamed
+    requests as ours (usage in the last chunk), or not streamed: (completion tokens, seconds)."""
+    import asyncio
+
+    import openai
+
+    async def run_all() -> int:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(request) -> int:
+            async with gate:
+                body = dict(model=model, messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                            max_tokens=request.max_new_tokens, temperature=request.temperature)
+                if not stream:
+                    return (await client.chat.completions.create(**body)).usage.completion_tokens
+                chunks = await client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
+                tokens = 0
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                return tokens
+
+        try:
+            return sum(await asyncio.gather(*(one(request) for request in requests)))
+        finally:
+            await client.close()
+
+    started = time.perf_counter()
+    tokens = asyncio.run(run_all())
+    return tokens, time.perf_counter() - started
+
+
+def our_backend(backend, requests: list) -> tuple[int, float]:
+    """OpenAIBackend.generate as the execute stage calls it: (completion tokens, seconds); a failed request
+    is an error here, not a figure (the two sides must do the same work)."""
+    started = time.perf_counter()
+    completions = backend.generate(requests)
+    seconds = time.perf_counter() - started
+    failed = [completion.error for completion in completions if completion.failed]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(requests)} requests failed, the first: {failed[0]}")
+    return sum(completion.completion_tokens for completion in completions), seconds
+
+
+# lm-evaluation-harness's CLI, run by its own interpreter, with the time of its generation phase taken around
+# generate_until (the rest of its wall time is importing itself and building the task)
+LM_EVAL_DRIVER = """
+import json, sys, time
+from lm_eval.__main__ import cli_evaluate
+from lm_eval.models.openai_completions import LocalChatCompletion
+spent = []
+generate_until = LocalChatCompletion.generate_until
+def timed(self, *args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return generate_until(self, *args, **kwargs)
+    finally:
+        spent.append(time.perf_counter() - started)
+LocalChatCompletion.generate_until = timed
+sys.argv = ["lm_eval", *sys.argv[1:]]
+try:
+    cli_evaluate()
+finally:
+    print("LM_EVAL_GENERATE_S=" + json.dumps(spent))
+"""
+# A task over the same prompts: chat messages (--apply_chat_template), greedy, the same answer length. The stop
+# string is the demo model's end token, which ends its answers anyway: lm-eval's default stop (two newlines) is not
+# in the demo tokenizer's vocabulary and `transformers serve` answers such a stop string with a 500.
+LM_EVAL_TASK = """task: bench_demo_addition
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{reference}}}}"
+generation_kwargs:
+  until: ["{eos}"]
+  max_gen_toks: {max_new}
+  temperature: 0
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def lm_eval_pass(python: str, served, requests: list, max_new: int, concurrency: int, folder: Path) -> dict:
+    """One `lm_eval --model local-chat-completions` over `requests` against the served model: its wall time,
+    the seconds of its generation phase and its answers in request order."""
+    from pipeline.config import ASSETS_DIR
+
+    folder.mkdir(parents=True)
+    eos = json.loads((ASSETS_DIR / "demo_model" / "tokenizer_config.json").read_text())["eos_token"]
+    data = folder / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"id": r.key, "prompt": r.messages[-1].content, "reference": ""}) + "\n"
+                            for r in requests))
+    (folder / "task").mkdir()
+    (folder / "task" / "bench_demo_addition.yaml").write_text(LM_EVAL_TASK.format(data=data, eos=eos, max_new=max_new))
+    model_args = ",".join([f"model={served.model}", f"base_url={served.base_url}/chat/completions",
+                           f"num_concurrent={concurrency}", "max_retries=1", "tokenized_requests=False",
+                           f"eos_string={eos}"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    started = time.perf_counter()
+    finished = subprocess.run([python, "-c", LM_EVAL_DRIVER, "--model", "local-chat-completions",
+                               "--model_args", model_args, "--tasks", "bench_demo_addition", "--include_path",
+                               str(folder / "task"), "--apply_chat_template", "--output_path", str(folder / "out"),
+                               "--log_samples"], cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - started
+    marker = [line for line in finished.stdout.splitlines() if line.startswith("LM_EVAL_GENERATE_S=")]
+    samples = sorted((folder / "out").glob("*/samples_*.jsonl"))
+    if finished.returncode != 0 or not marker or not samples:
+        raise RuntimeError(f"lm_eval exited {finished.returncode}: " + " ".join((finished.stderr or finished.stdout)
+                                                                               .strip().splitlines()[-3:])[-600:])
+    answers = {json.loads(line)["doc"]["id"]: json.loads(line)["resps"][0][0]
+               for line in samples[-1].read_text().splitlines() if line.strip()}
+    return {"wall_s": wall, "generate_s": sum(json.loads(marker[-1].split("=", 1)[1])),
+            "answers": [answers.get(r.key) for r in requests]}
+
+
+def bench_lm_eval(python: str, served, backend, requests: list, max_new: int, concurrency: int, repeats: int,
+                  scratch: Path) -> dict:
+    """lm-eval's passes taken in turn with ours (the server is warm by now): its generation phase and its
+    whole command against our generate over the same requests."""
+    runs, ours = [], []
+    for index in range(repeats):
+        runs.append(lm_eval_pass(python, served, requests, max_new, concurrency, scratch / f"lm-eval-{index}"))
+        ours.append(our_backend(backend, requests))
+    texts = [completion.text for completion in backend.generate(requests)]
+    generate_s = statistics.median(run["generate_s"] for run in runs)
+    wall_s = statistics.median(run["wall_s"] for run in runs)
+    ours_s = statistics.median(seconds for _, seconds in ours)
+    return {"python": python, "model": "local-chat-completions", "streaming": False, "concurrency": concurrency,
+            "generate_s": [run["generate_s"] for run in runs], "wall_s": [run["wall_s"] for run in runs],
+            "ours_s": [seconds for _, seconds in ours], "ours_tokens": ours[0][0],
+            "median_generate_s": generate_s, "median_wall_s": wall_s, "median_ours_s": ours_s,
+            "same_answers": sum(a == b for a, b in zip(runs[0]["answers"], texts)), "prompts": len(requests),
+            # > 1: ours is faster; the quotient of seconds for the same requests is that of tokens/s inverted
+            "ratio_ours_to_lm_eval_generate": generate_s / ours_s, "ratio_ours_to_lm_eval_wall": wall_s / ours_s}
+
+
+def bench_server(limit: int, concurrency: int, repeats: int, scratch: Path, lm_eval: Optional[str] = None) -> dict:
+    """`transformers serve` over the demo model on a free loopback port, (a) and (b) interleaved, then stopped."""
+    from pipeline.backends.openai import OpenAIBackend, OpenAIConfig
+    from pipeline.backends.openai.local_server import TransformersServe
+    from pipeline.config import ASSETS_DIR
+
+    requests, temperature, max_new = server_requests(limit)
+    started = time.perf_counter()
+    with TransformersServe(ASSETS_DIR / "demo_model", scratch / "serve.log") as served:
+        startup = time.perf_counter() - started
+        backend = OpenAIBackend(OpenAIConfig(base_url=served.base_url, max_concurrency=concurrency), served.model)
+        backend.load()  # the plan's and load's check of /models, outside the timing as in a run
+        plain, ours, unstreamed = interleaved([
+            lambda: plain_asyncio_loop(served.base_url, served.model, requests, concurrency),
+            lambda: our_backend(backend, requests),
+            lambda: plain_asyncio_loop(served.base_url, served.model, requests, concurrency, stream=False)], repeats)
+        result = {"server": "transformers serve (cpu)", "model": "demo", "prompts": len(requests),
+                  "max_new_tokens": max_new, "temperature": temperature, "concurrency": concurrency,
+                  "streaming": True, "server_startup_s": startup, "plain_asyncio": plain, "ours": ours,
+                  "ratio_ours_to_plain": ours["tokens_per_second"] / plain["tokens_per_second"],
+                  # what streaming costs on this server: ours must stream (time to first token), lm-eval does not
+                  "plain_asyncio_unstreamed": unstreamed,
+                  "ratio_streamed_to_unstreamed": plain["tokens_per_second"] / unstreamed["tokens_per_second"],
+                  "target_ratio": SERVER_TARGET_RATIO, "base_url": served.base_url, "model_id": served.model}
+        if lm_eval:
+            try:
+                result["lm_eval"] = bench_lm_eval(lm_eval, served, backend, requests, max_new, concurrency,
+                                                  repeats, scratch)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:  # said in the figures, not fatal
+                result["lm_eval"] = {"python": lm_eval, "error": f"{type(error).__name__}: {error}"[:800]}
+    return result
+
+
 # ---- sweep: eight jobs with and without model reuse -------------------------------------------------------------
 
 def bench_sweep(jobs: int, limit: int, base: list[str], tracking: bool, scratch: Path, repeats: int) -> dict:
@@ -342,6 +553,30 @@ def print_report(results: dict) -> None:
                 continue
             print(f"  (c) ours, {best['settings']} (batch {best['batch_size']}) {best['tokens_per_second']:9.1f} "
                   f"tokens/s   ratio to (a) {best['ratio_to_plain']:.3f} (first pass {best['warmup_s']:.2f} s)")
+    server = results.get("server")
+    if server and server.get("skipped"):
+        print(f"\nserver: skipped: {server['skipped']}")
+    elif server:
+        print(f"\nserver: {server['server']} over the {server['model']} model, {server['prompts']} prompts x up to "
+              f"{server['max_new_tokens']} tokens, greedy, streamed, concurrency {server['concurrency']} "
+              f"(server start {server['server_startup_s']:.1f} s)")
+        print(f"  (a) plain asyncio loop (AsyncOpenAI + semaphore) {server['plain_asyncio']['tokens_per_second']:9.1f} "
+              f"tokens/s")
+        print(f"  (b) our OpenAIBackend.generate               {server['ours']['tokens_per_second']:9.1f} tokens/s   "
+              f"ratio (b)/(a) {server['ratio_ours_to_plain']:.3f} (target >= {SERVER_TARGET_RATIO}: "
+              f"{'met' if server['ratio_ours_to_plain'] >= SERVER_TARGET_RATIO else 'MISSED'})")
+        print(f"  (a') the same loop, not streamed             {server['plain_asyncio_unstreamed']['tokens_per_second']:9.1f} "
+              f"tokens/s   (streaming costs: (a)/(a') {server['ratio_streamed_to_unstreamed']:.3f})")
+        lm_eval = server.get("lm_eval")
+        if lm_eval and "error" in lm_eval:
+            print(f"  (c) lm-eval local-chat-completions: failed: {lm_eval['error']}")
+        elif lm_eval:
+            print(f"  (c) lm-eval local-chat-completions (not streamed), median of {len(lm_eval['wall_s'])}: "
+                  f"generation {lm_eval['median_generate_s']:.2f} s, whole command {lm_eval['median_wall_s']:.2f} s; "
+                  f"ours {lm_eval['median_ours_s']:.2f} s over the same requests")
+            print(f"      ratio ours/lm-eval (tokens/s) {lm_eval['ratio_ours_to_lm_eval_generate']:.2f} on generation, "
+                  f"{lm_eval['ratio_ours_to_lm_eval_wall']:.2f} on its whole command; same answers "
+                  f"{lm_eval['same_answers']}/{lm_eval['prompts']}")
     sweep = results.get("sweep")
     if sweep:
         print(f"\nsweep: {sweep['reuse']['jobs']} generation-only jobs on the demo model "
@@ -374,6 +609,12 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
         for index, best in enumerate(figures["best"]):
             if "error" not in best:
                 metrics[f"{label}/best{index}_tokens_per_second"] = best["tokens_per_second"]
+    if results.get("server") and not results["server"].get("skipped"):
+        for name in ("plain_asyncio", "ours"):
+            metrics[f"server/{name}_tokens_per_second"] = results["server"][name]["tokens_per_second"]
+        metrics["server/ratio_ours_to_plain"] = results["server"]["ratio_ours_to_plain"]
+        if "ratio_ours_to_lm_eval_generate" in results["server"].get("lm_eval", {}):
+            metrics["server/ratio_ours_to_lm_eval_generate"] = results["server"]["lm_eval"]["ratio_ours_to_lm_eval_generate"]
     if results.get("sweep"):
         for name in ("reuse", "no_reuse"):
             metrics[f"sweep/{name}_wall_s"] = results["sweep"][name]["wall_s"]
@@ -392,8 +633,10 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="runtime.dtype for the execute benchmarks (default auto)")
     parser.add_argument("--tracking", choices=("on", "off"), default="on",
                         help="log the figures to MLflow and track the sweep jobs (default on)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "sweep"), help="parts to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep"), help="parts to leave out")
     parser.add_argument("--traces", action="store_true", help="also measure MLflow trace logging (2 x repeats demo runs)")
+    parser.add_argument("--lm-eval", metavar="PYTHON", help="the interpreter of a venv with lm_eval[api] installed: "
+                        "also run lm-evaluation-harness's local-chat-completions on the server part's server and data")
     parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 5, 1 with --quick)")
     args = parser.parse_args()
     quick, tracking = args.quick, args.tracking == "on"
@@ -432,6 +675,13 @@ def main() -> int:
             results["execute"].append(bench_execute("random-llama-large" if not quick else "random-llama-small",
                                                     str(large), base, 16 if quick else 200 if cuda else 64, 16,
                                                     repeats, best, scratch))
+            save()
+        if "server" not in args.skip:
+            from pipeline.backends.openai.local_server import serving_extra_missing
+
+            missing = serving_extra_missing()  # a figure we cannot take is said, not a failure of the bench
+            results["server"] = {"skipped": missing} if missing else bench_server(
+                8 if quick else 200, SERVER_CONCURRENCY, repeats, scratch, args.lm_eval)
             save()
         if "sweep" not in args.skip:
             results["sweep"] = bench_sweep(2 if quick else 8, 4 if quick else 200, base, tracking and not quick, scratch,

@@ -1,7 +1,8 @@
 """Servers for the OpenAI-compatible backend's tests, all on free loopback ports and without network:
 
 - `TransformersServe`: a real `transformers serve` (transformers' `serving` extra) over a local
-  model folder, started with HF_HUB_OFFLINE=1. It lists the folder's absolute path as the model id.
+  model folder, started with HF_HUB_OFFLINE=1 (pipeline.backends.openai.local_server, which
+  scripts/bench.py uses too). It lists the folder's absolute path as the model id.
 - `FaultProxy`: a stdlib proxy in front of a real server that answers chosen chat requests itself
   (429 with Retry-After, 500, 400), delays them (a server too slow for the timeout), and counts the
   chat requests it sees and how many were in flight at once.
@@ -13,75 +14,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable, Optional
 
+from pipeline.backends.openai.local_server import TransformersServe, free_port, serving_extra_missing  # noqa: F401
+
 CHAT = "/v1/chat/completions"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serving_extra_missing() -> Optional[str]:
-    """Why `transformers serve` cannot run here, or None when it can."""
-    try:
-        import fastapi  # noqa: F401
-        import openai  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as error:
-        return f"transformers' serving extra is not installed ({error.name}): pip install 'transformers[serving]'"
-    return None
-
-
-class TransformersServe:
-    """`transformers serve MODEL --host 127.0.0.1 --port P --device cpu`, offline, until stopped."""
-
-    def __init__(self, model: Path, log: Path) -> None:
-        self.model = str(Path(model).resolve())  # the id /v1/models lists
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = log
-        script = Path(sys.executable).parent / "transformers"
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "transformers.cli.transformers"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [*command, "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
-                 "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def wait(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited ({self.process.returncode}):\n{self.log.read_text()[-2000:]}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"transformers serve did not answer /health in {timeout}s:\n{self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class _Server(ThreadingHTTPServer):
