@@ -80,6 +80,12 @@ class OpenAIBackend(Backend):
         return Capabilities(modalities=tuple(self.config.modalities), tools=True, per_request_seed=True,
                             loglikelihood=False, streaming=True, thinking_switch=False)
 
+    @property
+    def batch_size(self) -> int:  # type: ignore[override]
+        """Requests per `generate` call: as many as may be in flight, so each batch's records are written as it
+        completes and a kill loses at most the requests in flight."""
+        return self.config.max_concurrency
+
     def identity(self) -> Identity:
         reported = dict(self._served.entry) if self._served else {}
         return Identity(backend=self.name, model=self.model, endpoint=server.endpoint(self.config),
