@@ -22,7 +22,7 @@ from pipeline.backends.base import BackendPlan, Request
 from pipeline.config import Config, SessionConfig
 from pipeline.dataset import load_samples
 from pipeline.errors import UserError
-from pipeline.generation_settings import LIBRARY, command_line_keys, effective_generation
+from pipeline.generation_settings import LIBRARY, NEUTRAL, command_line_keys, effective_generation
 from pipeline.prompts import conversation
 from pipeline.records import Message, MemoryEstimate, ResolvedModel, RuntimePlan, Sample
 from pipeline.scoring import check_scorer, sample_references
@@ -31,6 +31,7 @@ from pipeline.tools import load_tools
 SERVER = "server"  # RuntimePlan.device of a served model: no device of ours holds it
 SERVER_DECIDES = "server-decides"  # dtype and attention: the server's own choice, not reported over the API
 SERVER_DEFAULT = "the server's default"  # a generation setting left null: not sent, the server's value applies
+UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backends.openai does not send
 
 
 def plan_served(config: Config, model: ResolvedModel, backend: Any,
@@ -119,6 +120,13 @@ def _generation(config: Config, overrides: Iterable[str]) -> dict[str, Any]:
     for key, source in effective.sources.items():
         if source == LIBRARY:
             values[key], sources[key] = None, SERVER_DEFAULT
+        elif key in NEUTRAL and values[key] == NEUTRAL[key]:  # top_k=0 filters nothing; servers may refuse the field
+            values[key], sources[key] = None, f"{source}: {effective.values[key]} filters nothing, so it is not sent"
+    for key in UNSENT:
+        if values[key] is not None and values[key] != 1.0:  # repetition_penalty 1.0 is no penalty
+            raise UserError(f"generation.{key}={values[key]}: the chat completions API has no such field, so the server "
+                            f"would never see it; leave it null with backend=openai")
+        values[key], sources[key] = None, SERVER_DEFAULT if values[key] is None else sources[key]
     return {"values": values, "sources": sources, "warnings": effective.warnings}
 
 
