@@ -77,6 +77,8 @@ def test_the_demo_task_through_the_server_scores_as_in_process_and_the_key_is_no
     options = {o["name"]: o for o in plan["backend_plan"]["options"]}
     assert options["api_key"]["value"] == "$OPENAI_API_KEY" and options["token_source"]["value"] == "estimate"
     assert not (mine / "load.json").exists()  # nothing loaded here
+    inputs = json.loads((mine / "inputs.json").read_text())  # what a resume checks: the id and URL, no local files
+    assert inputs["runtime.model"] == {"as typed": served.model, "path": "", "endpoint": served.base_url}
 
     (run,) = mlflow_client(remote).search_runs(["1"])
     assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == summary["accuracy"]
