@@ -159,3 +159,18 @@ def test_a_seed_sweep_runs_each_job_through_the_server(tmp_path, served):
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     assert {c.data.params["generation.seed"] for c in children} == {"1", "2"}
     assert all(c.data.params["backend.name"] == "openai" for c in children)
+
+
+@pytest.mark.parametrize("setting, said", [
+    ("session.prefill=The", "session.prefill='The': the chat completions API has no way to start the answer"),
+    ("session.chat_template=false", "session.chat_template=false: a server always applies its own chat template"),
+    ("session.truncation=left", "session.truncation=left: a server cannot cut prompts from the left"),
+    ("generation.min_p=0.05", "generation.min_p=0.05: the chat completions API has no such field"),
+])
+def test_a_setting_only_an_in_process_prompt_can_honour_is_one_line_before_the_server_is_asked(tmp_path, setting, said):
+    # port 9 (discard) is never asked: the refusal comes first
+    result = run_pipeline(["backend=openai", "backend.base_url=http://127.0.0.1:9/v1", "runtime.model=m", setting],
+                          cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert said in error_line(result)
+    assert not (tmp_path / "runs").exists()
