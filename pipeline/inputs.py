@@ -35,6 +35,9 @@ def fingerprint(config: Config, model: ResolvedModel) -> dict[str, dict[str, Any
     inputs = {"dataset.path": _file(config.dataset.path)}
     if config.session.history:
         inputs["session.history"] = _file(config.session.history)
+    if model.kind == "served":  # no files of ours: the server's model is named by its id and base URL
+        inputs["runtime.model"] = {"as typed": config.runtime.model, "path": "", "endpoint": model.endpoint}
+        return inputs
     inputs["runtime.model"] = {"as typed": config.runtime.model, "path": model.path,
                                "weights_digest": model.weights_digest,
                                "files_digest": model_files_digest(Path(model.path))}

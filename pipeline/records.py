@@ -147,6 +147,9 @@ class RuntimePlan:
     warnings: list[str] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)  # the JSON schemas of the tools offered to the model
     backend_options: dict[str, Any] = field(default_factory=dict)  # compile, cache_implementation, continuous_batching
+    # a server backend's own plan (pipeline.backends.base.BackendPlan as a dict: identity with the masked
+    # base URL, what the server reports, options with reasons, token source); {} for the in-process model
+    backend_plan: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,6 +33,7 @@ from pipeline.run_files import run_files
 from pipeline.run_state import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.plan import plan_from_config
+from pipeline.stages.plan_served import SERVER, plan_served, served_tags
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import summarize
 from pipeline.tracking import Tracker, config_params, run_tags
@@ -93,7 +94,16 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             print(json.dumps(asdict(resolved), indent=2))
             set_status(run_dir, "success")
             return result
-        result.plan, samples, template = timed("plan", plan_from_config, config, resolved, overrides)
+        if config.backend.name == "openai":
+            from pipeline.backends.openai import OpenAIBackend  # only a served run pays for the HTTP client
+
+            backend: Backend = OpenAIBackend(config.backend.openai(), resolved.reference)
+            result.plan, samples = timed("plan", plan_served, config, resolved, backend, overrides)
+            backend.generation = result.plan.generation  # requests are made from what the plan recorded
+        else:
+            result.plan, samples, template = timed("plan", plan_from_config, config, resolved, overrides)
+            backend = TransformersBackend(result.plan, config.session, template, config.runtime.trust_remote_code,
+                                          run_dir, config.runtime.reuse)
         inputs = fingerprint(config, resolved)
         if resuming:
             problem = inputs_difference(run_dir, config, resolved)
@@ -111,20 +121,19 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             return result
 
         tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
-            "weights_digest": resolved.weights_digest, "device": result.plan.device, "model.kind": resolved.kind,
-            "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides)}))
+            "weights_digest": resolved.weights_digest or "", "device": result.plan.device, "model.kind": resolved.kind,
+            "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides),
+            **served_tags(result.plan)}))
         result.tracker = tracker
         tracker.log_params(config_params(config, result.plan))
         tracker.log_dataset(config.dataset, len(samples))
         tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
-        backend = TransformersBackend(result.plan, config.session, template, config.runtime.trust_remote_code, run_dir,
-                                      config.runtime.reuse)
-        timed("load", _load, backend, result.plan.device)
-        loaded = backend.load_record
-        assert loaded is not None, "a backend given a run folder records its load"
-        write_json(run_dir / LOAD_FILE, loaded.to_dict())
-        tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
+        timed("load", _load, backend, result.plan.device)  # for a server: connect (it still serves the model)
+        loaded = getattr(backend, "load_record", None)  # the in-process model's: loaded, or kept from an earlier job
+        if loaded is not None:
+            write_json(run_dir / LOAD_FILE, loaded.to_dict())
+            tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
             with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
@@ -137,7 +146,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         if until == "summarize":
             records = read_transcript(run_dir / TRANSCRIPT_NAME)
             result.summary = timed("summarize", summarize, records, seconds, config.dataset.scorer.label,
-                                   peak_memory(result.plan.device))
+                                   _peak_memory(result.plan.device))
             result.summary.stage_seconds = dict(seconds)  # now including summarize itself
             write_json(run_dir / "summary.json", result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())
@@ -170,6 +179,12 @@ def _load(backend: Backend, device: str) -> None:
     is timed here, with the load that needs it (the plan reads the GPUs without torch)."""
     reset_peak_memory(device)
     backend.load()
+
+
+def _peak_memory(device: str) -> tuple[Optional[int], str]:
+    """The run's peak memory; none for a served model: the server's memory is not ours to measure, and this
+    process's RSS (an HTTP client) would pass for the model's."""
+    return (None, "") if device == SERVER else peak_memory(device)
 
 
 def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:

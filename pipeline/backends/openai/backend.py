@@ -71,6 +71,7 @@ class OpenAIBackend(Backend):
         self.secrets = server.Secrets(config)
         self._served: Optional[server.Served] = None
         self._tokenize_works: Optional[bool] = None  # None: not tried yet
+        self._local: Optional[tuple[Any, Any]] = None  # backend.tokenizer's chat template and token counter, once read
         self.attempts = 0  # requests sent for generation, retries included (for tests and stats)
 
     # --- identity and plan ------------------------------------------------------------------------
@@ -79,6 +80,12 @@ class OpenAIBackend(Backend):
     def capabilities(self) -> Capabilities:
         return Capabilities(modalities=tuple(self.config.modalities), tools=True, per_request_seed=True,
                             loglikelihood=False, streaming=True, thinking_switch=False)
+
+    @property
+    def batch_size(self) -> int:  # type: ignore[override]
+        """Requests per `generate` call: as many as may be in flight, so each batch's records are written as it
+        completes and a kill loses at most the requests in flight."""
+        return self.config.max_concurrency
 
     def identity(self) -> Identity:
         reported = dict(self._served.entry) if self._served else {}
@@ -148,14 +155,24 @@ class OpenAIBackend(Backend):
             return self._count_locally(requests), "tokenizer", f"the local tokenizer {self.config.tokenizer}"
         return [_estimate(request.messages) for request in requests], "estimate", "4 characters a token"
 
-    def _count_locally(self, requests: Sequence[Request]) -> list[int]:
-        from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+    def count_tokens(self, requests: Sequence[Request]) -> list[int]:
+        """The local tokenizer's counts when one is named, else the plan's estimate. Execute calls this every
+        round only to batch by length (the server's usage gives the real counts), so the server's /tokenize,
+        one round trip per request, is asked in the plan only."""
+        if self.config.tokenizer:
+            return self._count_locally(requests)
+        return [_estimate(request.messages) for request in requests]
 
-        folder = Path(self.config.tokenizer).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"{PREFIX}.tokenizer={self.config.tokenizer!r} is not a folder: name a local model "
-                            "folder with the served model's tokenizer, or null")
-        template, counter = ChatTemplate.from_folder(folder), TokenCounter.from_folder(folder)
+    def _count_locally(self, requests: Sequence[Request]) -> list[int]:
+        if self._local is None:
+            from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+
+            folder = Path(self.config.tokenizer).expanduser()
+            if not folder.is_dir():
+                raise UserError(f"{PREFIX}.tokenizer={self.config.tokenizer!r} is not a folder: name a local model "
+                                "folder with the served model's tokenizer, or null")
+            self._local = ChatTemplate.from_folder(folder), TokenCounter.from_folder(folder)
+        template, counter = self._local
         counts = []
         for request in requests:
             if template is None:
@@ -231,7 +248,7 @@ class OpenAIBackend(Backend):
                 break
             await asyncio.sleep(server.backoff_s(self.config, attempt, getattr(failure, "retry_after", None)))
             attempt += 1
-        if sink is not None:
+        if sink is not None and not completion.failed:  # as in-process: a failed row is not an answer to show
             sink.on_complete(row, completion.text)
         return completion
 
