@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import shutil
 import signal
 import sys
 import time
@@ -186,17 +184,4 @@ def _remove_sweep(sweep_dir: Path) -> None:
     Anything else in it stays (and the folder with it)."""
     for job in _job_folders(sweep_dir):
         discard(job)
-    for name in (*SWEEP_MARKERS, "sweep_summary.json", *SETUP_FILES):
-        path = sweep_dir / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    try:
-        sweep_dir.rmdir()
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", sweep_dir.parent.name):
-            sweep_dir.parent.rmdir()  # runs/multirun/<date>/, when this sweep was its only one
-            sweep_dir.parent.parent.rmdir()  # runs/multirun/
-            sweep_dir.parent.parent.parent.rmdir()  # runs/, when it holds nothing else
-    except OSError:
-        pass  # not empty: something else lives there
+    discard(sweep_dir, (*SWEEP_MARKERS, "sweep_summary.json", *SETUP_FILES))

@@ -22,7 +22,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pipeline.errors import UserError
 from pipeline.files import read_json, write_text_atomically
@@ -108,12 +108,13 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def discard(run_dir: Path) -> None:
+def discard(run_dir: Path, names: Iterable[str] = SETUP_FILES) -> None:
     """Remove what a refused run wrote, and the folder when nothing else is in it.
 
-    Only this pipeline's own set-up files go; anything else in the folder (a user's own files in a
-    chosen hydra.run.dir, any record) stays, and so does the folder then."""
-    for name in SETUP_FILES:
+    Only this pipeline's own files go (`names`: a run's set-up files by default); anything else in
+    the folder (a user's own files in a chosen hydra.run.dir, any record) stays, and so does the
+    folder then. The date, `multirun` and `runs` folders above it go too when it leaves them empty."""
+    for name in names:
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -121,8 +122,9 @@ def discard(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
     try:
         run_dir.rmdir()
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):
-            run_dir.parent.rmdir()  # runs/<date>/, when this run was its only one
-            run_dir.parent.parent.rmdir()  # and runs/ itself, when it held nothing else
+        parent = run_dir.parent
+        while re.fullmatch(r"\d{4}-\d{2}-\d{2}", parent.name) or parent.name in ("multirun", "runs"):
+            parent.rmdir()
+            parent = parent.parent
     except OSError:
         pass  # not empty: something else lives there

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -20,6 +23,7 @@ from tiny_model import build_tiny_model  # noqa: E402
 from pipeline.config import ASSETS_DIR, Config, DatasetConfig, RuntimeConfig, register  # noqa: E402
 
 DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
+DEMO_MODEL = ASSETS_DIR / "demo_model"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +57,20 @@ def make_config(model: Path, dataset: Path, **sections) -> Config:
     for name, value in sections.items():
         setattr(config, name, value)
     return config
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under `root` by its sha256: what a test compares to show nothing was written or changed."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def model_copy(tmp: Path, change: Callable[[Path], None]) -> Path:
+    """A copy of the demo model folder under `tmp`, changed by `change` (a broken model for a test)."""
+    folder = tmp / "model"
+    shutil.copytree(DEMO_MODEL, folder)
+    change(folder)
+    return folder
 
 
 def pipeline_env() -> dict[str, str]:

@@ -10,34 +10,20 @@ its argv), which keeps 40 cases within seconds; the last test runs a few through
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conftest import run_pipeline, write_jsonl
+from conftest import model_copy, run_pipeline, snapshot, write_jsonl
 from pipeline.config import ASSETS_DIR, to_config
 from pipeline.redact import redact
 from pipeline.run_state import locked
 
 DEMO_MODEL = ASSETS_DIR / "demo_model"
 OK = ["tracking=none", "dataset.limit=3", "pipeline.until=plan"]  # a valid run that stops before loading
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def model_copy(tmp: Path, change: Callable[[Path], None]) -> Path:
-    folder = tmp / "model"
-    shutil.copytree(DEMO_MODEL, folder)
-    change(folder)
-    return folder
 
 
 def fake_run(tmp: Path, overrides: list[str], transcript: str = "") -> Path:

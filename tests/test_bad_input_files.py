@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import importlib.util
 import json
 import lzma
@@ -30,7 +29,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import run_pipeline, write_jsonl
+from conftest import model_copy, run_pipeline, snapshot, write_jsonl
 from pipeline.config import ASSETS_DIR, DatasetConfig
 from pipeline.dataset import load_samples
 
@@ -40,18 +39,6 @@ SMALL = ["dataset.limit=2", "generation.max_new_tokens=2"]
 LIBRARY_WORDS = ("Traceback", "ListConfig", "DictConfig", "UnicodeDecodeError", "search path", "Could not find",
                  "could not be converted", "is not a subclass", "Optional", "sentencepiece or tiktoken")
 GOOD_LINE = '{"id": "a", "prompt": "What is 1+1?", "reference": "2"}\n'
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def model_copy(tmp: Path, change: Callable[[Path], None]) -> Path:
-    folder = tmp / "model"
-    shutil.copytree(DEMO_MODEL, folder)
-    change(folder)
-    return folder
 
 
 def edit_config(**changes) -> Callable[[Path], None]:
