@@ -22,7 +22,7 @@ from pipeline.console import ProgressSink
 from pipeline.errors import Interrupted, TrackingError, UserError
 from pipeline.files import read_json, write_json
 from pipeline.inputs import INPUTS_FILE, fingerprint
-from pipeline.peak_memory import peak_memory, reset_peak_memory
+from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
 from pipeline.backends.base import Backend
 from pipeline.backends.transformers.backend import TransformersBackend
 from pipeline.records import RuntimePlan, Summary

@@ -169,7 +169,7 @@ def test_torch_cuda_version_is_read_without_importing_torch(tmp_path, monkeypatc
 @pytest.fixture
 def cuda_torch_build(monkeypatch):
     """Pretend the installed torch is a CUDA build (no +cpu shortcut); `torch` itself is set per test."""
-    monkeypatch.setattr(plan_stage.metadata, "version", lambda name: "2.13.0+cu128")
+    monkeypatch.setattr(gpus.metadata, "version", lambda name: "2.13.0+cu128")
 
 
 def test_the_plan_takes_nvml_figures_without_torch(nvml, cuda_torch_build, monkeypatch):

@@ -49,8 +49,12 @@ def run(runner: ForkRunner, cwd: Path, argv: list[str], signal: str | None = Non
 
 
 def last_line(output: str) -> str:
+    """The command's last line of its own: a warning that joblib's separate resource-tracker process
+    prints about the workers it lost (`...warnings.warn(`) may land after it, and is not ours."""
     assert "Traceback" not in output, output
-    return [line for line in output.splitlines() if line.strip()][-1]
+    lines = [line for line in output.splitlines() if line.strip()]
+    ours = [line for line in lines if "warn" not in line.lower() and "resource_tracker" not in line]
+    return ours[-1]
 
 
 def state(folder: Path) -> str:

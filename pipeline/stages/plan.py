@@ -9,8 +9,6 @@ cannot work stops before any weight loads. The memory arithmetic lives in pipeli
 from __future__ import annotations
 
 import importlib.util
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -20,7 +18,7 @@ from pipeline.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.dataset import load_samples
 from pipeline.errors import UserError
 from pipeline.generation_settings import command_line_keys, effective_generation
-from pipeline.backends.transformers.gpus import device_gpu, visible_gpus
+from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
 from pipeline.backends.transformers.memory import Need, free_memory, free_ram, gib, need
 from pipeline.backends.transformers.model_files import read_generation_config
 from pipeline.backends.transformers.placement import parallel_job_device
@@ -280,24 +278,6 @@ def device_key(device: str) -> Any:
     return device
 
 
-def accelerators() -> tuple[bool, bool, int]:
-    """(CUDA available, MPS available, CUDA device count), without importing torch for a CPU-only build or NVML."""
-    try:
-        cpu_only_build = "+cpu" in metadata.version("torch") and sys.platform != "darwin"
-    except metadata.PackageNotFoundError:
-        cpu_only_build = False
-    if cpu_only_build:
-        return False, False, 0
-    gpus = visible_gpus()  # NVML answers as CUDA would, without the seconds a CUDA torch import takes
-    if gpus is not None:
-        return bool(gpus), False, len(gpus)
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    return cuda, mps, torch.cuda.device_count() if cuda else 0
-
-
 def choose_device(runtime: RuntimeConfig) -> tuple[str, str]:
     if runtime.device == "cpu":
         return "cpu", "runtime.device=cpu"
@@ -334,9 +314,7 @@ def choose_dtype(runtime: RuntimeConfig, device: str, weights_dtype: str = "",
             named = f"{gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}, from NVML)"
             return (("bfloat16", f"auto: {named} supports bfloat16 (the range of float32 at half the memory)")
                     if gpu.bf16 else ("float16", f"auto: {named} lacks bfloat16, so float16"))
-        import torch
-
-        if torch.cuda.is_bf16_supported():
+        if cuda_bf16_supported():
             return "bfloat16", "auto: this GPU supports bfloat16 (the range of float32 at half the memory)"
         return "float16", "auto: this GPU lacks bfloat16, so float16"
     if device == "mps":

@@ -20,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import sys
+from importlib import metadata
 import os
 import re
 from dataclasses import dataclass, replace
@@ -171,3 +173,28 @@ def _describe(nvml: Any, index: int, handle: ctypes.c_void_p) -> Gpu:
     _check(nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.pointer(major), ctypes.pointer(minor)))
     return Gpu(index=index, name=name.value.decode(), uuid=uuid.value.decode(), total_bytes=memory.total,
                free_bytes=memory.free, capability=(major.value, minor.value))
+
+
+def accelerators() -> tuple[bool, bool, int]:
+    """(CUDA available, MPS available, CUDA device count), without importing torch for a CPU-only build or NVML."""
+    try:
+        cpu_only_build = "+cpu" in metadata.version("torch") and sys.platform != "darwin"
+    except metadata.PackageNotFoundError:
+        cpu_only_build = False
+    if cpu_only_build:
+        return False, False, 0
+    gpus = visible_gpus()  # NVML answers as CUDA would, without the seconds a CUDA torch import takes
+    if gpus is not None:
+        return bool(gpus), False, len(gpus)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return cuda, mps, torch.cuda.device_count() if cuda else 0
+
+
+def cuda_bf16_supported() -> bool:
+    """torch's answer, for when NVML could not tell (the import takes seconds on a CUDA build)."""
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
