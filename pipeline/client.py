@@ -55,6 +55,10 @@ class RuntimeClient:
     """resolve, plan, describe_plan, load, prompt, prompt_parts and session over one config."""
 
     def __init__(self, config: Config) -> None:
+        if config.backend.name != "transformers":  # not wired yet: say so rather than fail later in library words
+            raise UserError(f"backend={config.backend.name}: the Python API and python -m pipeline.chat run the "
+                            "model in this process only, for now; run a served model with python -m pipeline "
+                            f"backend={config.backend.name} ...")
         self.config = config
         self._resolved: Optional[ResolvedModel] = None
         self._plan: Optional[RuntimePlan] = None

@@ -95,3 +95,8 @@ def test_the_terminal_chat_streams_answers_and_obeys_slash_commands(tmp_path):
     assert json.loads((tmp_path / "saved.json").read_text())[-1] == {"role": "assistant", "content": "42"}
     assert json.loads((run_dir / "conversation.json").read_text()) == [
         {"role": "system", "content": "Answer with the number only."}]
+
+
+def test_the_python_api_says_plainly_that_a_served_model_is_not_supported_yet():
+    with pytest.raises(UserError, match=r"^backend=openai: the Python API and python -m pipeline.chat run the model in"):
+        RuntimeClient.from_overrides(["backend=openai", "runtime.model=served"])
