@@ -89,6 +89,30 @@ def run_pipeline(args: list[str], cwd: Path, timeout: float = 300, module: str =
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`python -m pipeline ARGV` in this process (for mistakes refused before anything runs): (exit code, stderr)."""
+    from pipeline.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
+    monkeypatch.delenv("PIPELINE_RUN_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """`transformers serve` over the demo model on a free loopback port, shared by the server tests."""
+    from openai_server import TransformersServe
+
+    server = TransformersServe(DEMO_MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
 def mlflow_client(cwd: Path):
     from mlflow.tracking import MlflowClient
 

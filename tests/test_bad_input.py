@@ -11,13 +11,12 @@ its argv), which keeps 40 cases within seconds; the last test runs a few through
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conftest import model_copy, run_pipeline, snapshot, write_jsonl
+from conftest import model_copy, run_main, run_pipeline, snapshot, write_jsonl
 from pipeline.config import ASSETS_DIR, to_config
 from pipeline.redact import redact
 from pipeline.run_state import locked
@@ -134,16 +133,6 @@ def _truncate(folder: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
-
-
-def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from pipeline.__main__ import main
-
-    monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
-    monkeypatch.delenv("PIPELINE_RUN_TOKEN", raising=False)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("setup, code, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])

@@ -23,13 +23,12 @@ import json
 import lzma
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conftest import model_copy, run_pipeline, snapshot, write_jsonl
+from conftest import model_copy, run_main, run_pipeline, snapshot, write_jsonl
 from pipeline.config import ASSETS_DIR, DatasetConfig
 from pipeline.dataset import load_samples
 
@@ -137,16 +136,6 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("+ on a key that exists", lambda t: ["+generation.temperature=1"],
      r"\+generation\.temperature: the key exists, so drop the \+: generation\.temperature=\.\.\.$"),
 ]
-
-
-def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from pipeline.__main__ import main
-
-    monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
-    monkeypatch.delenv("PIPELINE_RUN_TOKEN", raising=False)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err
 
 
 def assert_one_line_in_our_words(stderr: str, pattern: str) -> None:

@@ -28,16 +28,6 @@ SECRET = "sk-test-4f1b9c2e77"
 pytestmark = pytest.mark.skipif(serving_extra_missing() is not None, reason=str(serving_extra_missing()))
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    server = TransformersServe(DEMO, tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        server.wait()
-        yield server
-    finally:
-        server.stop()
-
-
 def backend(base_url: str, model: str, **settings):
     from pipeline.backends.openai import OpenAIBackend, OpenAIConfig
 

@@ -27,16 +27,6 @@ SECRET = "sk-e2e-7d41aa90c3b5"  # the key, in OPENAI_API_KEY only
 LIMIT = 20
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    server = TransformersServe(DEMO, tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        server.wait()
-        yield server
-    finally:
-        server.stop()
-
-
 def through(server: TransformersServe, *more: str) -> list[str]:
     return ["backend=openai", f"backend.base_url={server.base_url}", f"runtime.model={server.model}", *more]
 
