@@ -2,8 +2,8 @@
 
 `MlflowServer(folder)` runs `mlflow server --backend-store-uri sqlite:///<folder>/mlflow.db` on a
 free port of 127.0.0.1, waits until it answers `/health`, and stops it (`stop()`, or leaving the
-`with` block). `start()` again brings it back on the same port and database, as a restarted
-server would. The `mlflow_server` fixture gives one per test.
+`with` block; `stop(crash=True)` kills it at once). `start()` again brings it back on the same port
+and database, as a restarted server would. The `mlflow_server` fixture gives one per test.
 """
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server did not answer within {STARTUP_TIMEOUT_S} s: {self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """End the server: gracefully, or at once as a crashed one (`crash`), its workers too."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        os.killpg(self.process.pid, signal.SIGKILL if crash else signal.SIGTERM)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -118,7 +118,9 @@ def test_sigterm_during_execute_keeps_whole_batches_and_resume_finishes_the_same
         (first,) = client.search_runs(["1"])
         assert first.info.status == "KILLED"
 
-        command = re.search(r"continue with: python -m pipeline (.*)\)$", output.strip().splitlines()[-1]).group(1)
+        hint = re.search(r"continue with: python -m pipeline (.*)\)$", output.strip().splitlines()[-1])
+        assert hint, output
+        command = hint.group(1)
         code, output = run(forker, tmp_path, shlex.split(command))
         assert code == 0, output
     finally:

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import mimetypes
+import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,21 @@ from pipeline.tool_calls import OPEN, parse_tool_calls
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
            "content_filter": "stop", "eos": "stop"}
 _NO_KEY = "no-key"  # the openai client insists on a key; servers without auth ignore this one
+
+
+class _signals_held:
+    """Hold SIGINT and SIGTERM for a few lines that must not be cut in half; they land right after."""
+
+    _HELD = {signal.SIGINT, signal.SIGTERM}
+
+    def __enter__(self) -> None:
+        self._active = threading.current_thread() is threading.main_thread()
+        if self._active:
+            self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._HELD)
+
+    def __exit__(self, *_: Any) -> None:
+        if self._active:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
 
 
 class RetryableFailure(Exception):
@@ -70,6 +88,7 @@ class OpenAIBackend(Backend):
         self.model = model
         self.secrets = server.Secrets(config)
         self._served: Optional[server.Served] = None
+        self._loop: Optional[asyncio.Runner] = None  # one event loop from the first batch to close()
         self._tokenize_works: Optional[bool] = None  # None: not tried yet
         self._local: Optional[tuple[Any, Any]] = None  # backend.tokenizer's chat template and token counter, once read
         self.attempts = 0  # requests sent for generation, retries included (for tests and stats)
@@ -190,7 +209,12 @@ class OpenAIBackend(Backend):
         self._served = server.list_models(self.config, self.secrets, self.model)
 
     def close(self) -> None:
+        """Cancel what an interrupt left in flight (each request's stream is closed) and end the loop."""
         self._served = None
+        if self._loop is not None:
+            with _signals_held():
+                self._loop.close()
+            self._loop = None
 
     def generate(self, requests: Sequence[Request], sink: Optional[StreamSink] = None) -> list[Completion]:
         if not requests:
@@ -198,10 +222,24 @@ class OpenAIBackend(Backend):
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # the usual case: no event loop in this thread
-            return asyncio.run(self._generate_all(list(requests), sink))
+            return self._run(self._generate_all(list(requests), sink))
         # called from inside an event loop (a notebook): asyncio.run cannot nest, a worker thread can
         with ThreadPoolExecutor(max_workers=1) as worker:
             return worker.submit(asyncio.run, self._generate_all(list(requests), sink)).result()
+
+    def _run(self, batch: Any) -> list[Completion]:
+        """Run one batch on this backend's loop. Ctrl-C or SIGTERM may land anywhere in here: the loop
+        is built with them held (a loop interrupted half-built fails again when collected), a batch that
+        never started is closed quietly, and one that did is cancelled by close()."""
+        try:
+            if self._loop is None:
+                with _signals_held():
+                    self._loop = asyncio.Runner()
+                    self._loop.get_loop()
+            return self._loop.run(batch)
+        finally:
+            if inspect.getcoroutinestate(batch) == inspect.CORO_CREATED:
+                batch.close()
 
     async def _generate_all(self, requests: list[Request], sink: Optional[StreamSink]) -> list[Completion]:
         import openai
