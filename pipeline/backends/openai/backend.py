@@ -14,7 +14,7 @@ Servers differ in small ways this module evens out:
   cuts it, and the finish reason is then "stop";
 - tool calls: servers that know the model's format return native `tool_calls`; where they return
   the model's `<tool_call>` blocks as text (`transformers serve` with the tool demo model), the
-  calls are read from the text with pipeline.tool_calls, so the loop sees the same thing;
+  calls are read from the text with pipeline.core.tool_calls, so the loop sees the same thing;
 - reasoning: `reasoning_content` (vLLM, DeepSeek) or `reasoning` (newer vLLM, Ollama) deltas go to
   Completion.reasoning, never into the answer.
 """
@@ -39,10 +39,10 @@ import httpx
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
-from pipeline.errors import UserError
-from pipeline.records import Message, ToolCall
-from pipeline.sampling import StreamSink
-from pipeline.tool_calls import OPEN, parse_tool_calls
+from pipeline.core.errors import UserError
+from pipeline.core.records import Message, ToolCall
+from pipeline.core.streaming import StreamSink
+from pipeline.core.tool_calls import OPEN, parse_tool_calls
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
            "content_filter": "stop", "eos": "stop"}

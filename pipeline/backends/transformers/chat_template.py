@@ -23,7 +23,7 @@ Where this can differ from transformers (the tests pin the rest):
 - Not supported: tools given as Python functions (give JSON schemas), `continue_final_message`,
   `fast_tokenizer_files` in tokenizer_config.json, the Mistral regex patch, remote code.
 
-Does not decide whether a session uses the template (that is pipeline.prompts), and does not
+Does not decide whether a session uses the template (that is pipeline.data.prompts), and does not
 load weights or build input tensors.
 """
 
@@ -37,8 +37,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pipeline.errors import UserError
-from pipeline.text_files import read_json, read_text
+from pipeline.core.errors import UserError
+from pipeline.core.text_files import read_json, read_text
 
 TEMPLATE_FILE = "chat_template.jinja"
 TEMPLATE_DIR = "additional_chat_templates"

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.errors import LoadError, UserError
-from pipeline.records import LoadedRuntime, ResolvedModel, RuntimePlan
+from pipeline.core.errors import LoadError, UserError
+from pipeline.core.records import LoadedRuntime, ResolvedModel, RuntimePlan
 
 log = logging.getLogger(__name__)
 
