@@ -37,6 +37,8 @@ OFFLOAD = ("auto", "cpu", "disk", "none")
 TRUNCATION = ("error", "left")
 BACKENDS = ("transformers", "openai")  # conf/backend/<name>.yaml
 SCORERS = ("exact_match", "contains", "regex", "numeric")
+DATASET_KINDS = ("generate", "multiple_choice", "perplexity")
+FEWSHOT_STYLES = ("inline", "turns")
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -259,8 +261,16 @@ class ScorerConfig:
     rel_tol: float = 0.0  # ... or <= rel_tol x |reference|; both 0: the numbers must be equal
     _target_: Optional[str] = None  # your own function(response, reference) -> float | bool | None, dotted path
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments bound to the _target_ function
+    extract: Optional[str] = None  # before scoring: last_number, or a regex whose first group is the answer
 
     def __post_init__(self) -> None:
+        if self.extract is not None and self.extract != "last_number":
+            try:
+                groups = re.compile(self.extract).groups
+            except re.error as error:
+                raise ConfigError("dataset.scorer.extract", self.extract, f"last_number or a valid regular expression ({error})")
+            _check(groups >= 1, "dataset.scorer.extract", self.extract,
+                   "last_number or a regular expression with a group, e.g. '#### (\\S+)'")
         if self._target_ is not None:
             _check(bool(re.fullmatch(r"[\w.]+\.\w+", self._target_)), "dataset.scorer._target_", self._target_,
                    "a dotted path to a function, such as mypackage.scorers.judge")
@@ -287,17 +297,66 @@ class ScorerConfig:
 
 
 @dataclass
-class DatasetConfig:
-    """Where the samples come from: a JSONL file of {id, prompt | messages, reference?}, and how answers are scored."""
+class FieldsConfig:
+    """Which field of a record holds each part of a sample (a dotted path reaches into an object: choices.text)."""
 
-    name: str = "addition"
-    path: str = "${asset:datasets/addition.jsonl}"
-    limit: Optional[int] = None  # keep only the first N samples
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    id: str = "id"  # absent from a record: its row number
+    prompt: str = "prompt"  # the prompt, or a multiple-choice question's context
+    reference: str = "reference"
+    choices: str = "choices"  # multiple choice: a list of strings, or {text: [...], label: [...]}
+    answer: str = "answer"  # multiple choice: the right choice's index, label (A, B, ...) or text
 
     def __post_init__(self) -> None:
-        _check(bool(self.path.strip()), "dataset.path", self.path, "a path to a .jsonl file")
+        for key in ("id", "prompt", "reference", "choices", "answer"):
+            _check(bool(getattr(self, key).strip()), f"dataset.fields.{key}", getattr(self, key), "a field name")
+
+
+@dataclass
+class TemplateConfig:
+    """Jinja templates over a record's fields; null: the mapped field as it is."""
+
+    prompt: Optional[str] = None  # e.g. "Question: {{ question }}\nAnswer:"
+    reference: Optional[str] = None  # e.g. "{{ answer.split('####')[-1] | trim }}"
+
+
+@dataclass
+class FewshotConfig:
+    """Worked examples put before each prompt, drawn for each sample from its id and the seed."""
+
+    k: int = 0  # examples per sample; 0: none
+    split: Optional[str] = None  # the split they come from (Hub datasets: e.g. train); null: the dataset's own records
+    path: Optional[str] = None  # or another file (read with the same fields and templates)
+    seed: int = 1234
+    style: str = "inline"  # inline: one prompt, examples first; turns: earlier user/assistant turns (chat)
+    delimiter: str = "\n\n"  # between examples, inline
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 0, "dataset.fewshot.k", self.k, "an integer >= 0")
+        _check_choice("dataset.fewshot.style", self.style, FEWSHOT_STYLES)
+
+
+@dataclass
+class DatasetConfig:
+    """Where the samples come from (a JSONL, JSON, CSV or Parquet file, or a Hugging Face dataset in the local
+    cache), how records map onto samples, and how answers are scored (pipeline.data)."""
+
+    name: str = "addition"
+    path: str = "${asset:datasets/addition.jsonl}"  # a file, or a Hub dataset id: org/name[@revision]
+    limit: Optional[int] = None  # keep only the first N samples
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    kind: str = "generate"  # generate (the model writes an answer), multiple_choice (log-likelihood), perplexity
+    split: Optional[str] = None  # Hub datasets and JSON files of splits: which split; null: the only one
+    subset: Optional[str] = None  # Hub datasets: the configuration (e.g. main for gsm8k)
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+    target_delimiter: str = " "  # multiple choice: between the context and each choice
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path.strip()), "dataset.path", self.path,
+               "a .jsonl, .json, .csv or .parquet file, or a Hub dataset id")
         _check(self.limit is None or self.limit >= 1, "dataset.limit", self.limit, "null or an integer >= 1")
+        _check_choice("dataset.kind", self.kind, DATASET_KINDS)
 
 
 @dataclass

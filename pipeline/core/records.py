@@ -57,6 +57,8 @@ class Sample:
     messages: tuple[Message, ...]
     reference: Optional[str] = None
     turns: tuple[Turn, ...] = ()
+    choices: tuple[str, ...] = ()  # dataset.kind=multiple_choice: the continuations scored after the prompt
+    answer: Optional[int] = None  # ... and the index of the right one
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Read a dataset JSONL file into Samples, refusing bad lines with `file:line` and the reason.
+"""Read a dataset into Samples, refusing bad records with `file:line` (or the split and row) and the reason.
 
-The file may be gzip, bzip2 or xz-compressed (recognised by its first bytes, see pipeline.core.text_files).
+The records come from pipeline.data.sources (JSONL, JSON, CSV, Parquet, a Hub dataset in the local
+cache), are mapped by pipeline.data.mapping (dataset.kind, fields, templates) and get their few-shot
+examples from pipeline.data.fewshot. A file may be gzip, bzip2 or xz-compressed (pipeline.core.text_files).
 
-Each line is a JSON object with an `id` (string or integer; the line number when absent),
+Today's JSONL format, read when the mapping is left at its defaults: each line is a JSON object with an `id` (string or integer; the line number when absent),
 either a `prompt` (a string, sent as one user message) or `messages` (a list of
 `{"role", "content"}`, where content is a string or a list of parts: `{"type": "text", "text"}`,
 `{"type": "image" | "audio", "path" | "url": ...}`), and an optional `reference` answer; or a
@@ -14,46 +16,74 @@ the model can take image or audio parts is the plan's business; nothing here tou
 
 from __future__ import annotations
 
-import json
-from contextlib import closing
-from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.core.config import DatasetConfig
 from pipeline.core.errors import UserError
 from pipeline.core.records import MediaPart, Message, Sample, Turn
-from pipeline.core.text_files import read_lines
+from pipeline.data.fewshot import draw, with_examples
+from pipeline.data.mapping import Mapper
 from pipeline.data.prompts import from_dict, is_message
+from pipeline.data.sources import read_records
 
 ROLES = ("system", "user", "assistant", "tool")
 MEDIA_KINDS = ("image", "audio")
 
 
-def load_samples(config: DatasetConfig) -> list[Sample]:
-    path = Path(config.path).expanduser()
-    samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    # read_lines names the file and line of any byte that is not UTF-8, and reads gzip/bzip2/xz files
-    with closing(read_lines(path, f"dataset.path={config.path!r}",
-                            "a .jsonl file of {id, prompt | messages, reference}")) as lines:
-        for line_number, line in lines:
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{where}: not valid JSON: {error.msg} (column {error.colno})") from None
-            sample = _to_sample(record, where, line_number)
-            if sample.id in seen:
-                raise UserError(f"{where}: duplicate id {sample.id!r} (first on line {seen[sample.id]})")
-            seen[sample.id] = line_number
-            samples.append(sample)
-            if config.limit is not None and len(samples) >= config.limit:
-                break
+def load_samples(config: DatasetConfig, allow_download: bool = False) -> list[Sample]:
+    """The dataset's samples (the first dataset.limit), mapped (pipeline.data.mapping) and with their
+    few-shot examples (pipeline.data.fewshot); a UserError naming the record for any mistake."""
+    mapper = Mapper(config, _to_sample)
+    samples = _mapped(config.path, config.split, config.subset, allow_download, mapper, config.limit, "dataset.path")
     if not samples:
-        raise UserError(f"dataset.path={config.path!r}: the file has no samples")
+        what = f"split {config.split!r} of " if config.split else ""
+        raise UserError(f"dataset.path={config.path!r}: {what}the {'dataset' if config.split else 'file'} has no samples")
+    if config.fewshot.k:
+        samples = _with_fewshot(config, samples, mapper, allow_download)
     return samples
+
+
+def _mapped(path: str, split: Optional[str], subset: Optional[str], allow_download: bool, mapper: Mapper,
+            limit: Optional[int], key: str) -> list[Sample]:
+    samples: list[Sample] = []
+    seen: dict[str, str] = {}
+    records = read_records(path, split, subset, allow_download, key)
+    try:
+        for raw in records:
+            sample = mapper.sample(raw)
+            if sample.id in seen:
+                first = seen[sample.id]
+                raise UserError(f"{raw.where}: duplicate id {sample.id!r} (first {'on line ' if first.isdigit() else 'at '}"
+                                f"{first})")
+            seen[sample.id] = str(raw.number) if ":" in raw.where else raw.where
+            samples.append(sample)
+            if limit is not None and len(samples) >= limit:
+                break
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    return samples
+
+
+def _with_fewshot(config: DatasetConfig, samples: list[Sample], mapper: Mapper, allow_download: bool) -> list[Sample]:
+    fewshot = config.fewshot
+    if fewshot.path is not None and fewshot.split is not None:
+        raise UserError("dataset.fewshot: give fewshot.path (another file) or fewshot.split (another split), not both")
+    if fewshot.path is not None:
+        pool = _mapped(fewshot.path, None, None, allow_download, mapper, None, "dataset.fewshot.path")
+    elif fewshot.split is not None:
+        pool = _mapped(config.path, fewshot.split, config.subset, allow_download, mapper, None, "dataset.fewshot.split")
+    else:  # the dataset's own records, all of them: a sample's examples must not depend on dataset.limit
+        pool = samples if config.limit is None else _mapped(config.path, config.split, config.subset, allow_download,
+                                                            mapper, None, "dataset.path")
+    same_source = fewshot.path is None and (fewshot.split is None or fewshot.split == config.split)
+    shots = [mapper.shot(sample) for sample in pool]
+    for shot in shots:
+        if not shot.answer.strip():
+            raise UserError(f"dataset.fewshot: example {shot.id!r} has no reference to show as its answer; "
+                            "map dataset.fields.reference or set dataset.template.reference")
+    return [with_examples(s, draw(fewshot.seed, s.id, shots, fewshot.k, same_source), config) for s in samples]
 
 
 def _to_sample(record: Any, where: str, line_number: int) -> Sample:

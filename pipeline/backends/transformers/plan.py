@@ -36,7 +36,7 @@ def plan_from_config(config: Config, model: ResolvedModel,
     """The plan stage as the runner runs it: read the samples, count their tokens, plan.
 
     Returns the samples and chat template too, so execute uses exactly what was planned."""
-    samples = load_samples(config.dataset)
+    samples = load_samples(config.dataset, config.runtime.allow_download)
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     require_chat_template(model, config.session)
     folder = Path(model.path)
