@@ -131,14 +131,14 @@ def test_mapping_mistakes_name_the_record(tmp_path, record, settings, message):
 def test_fewshot_examples_depend_on_the_sample_only(tmp_path):
     rows = [{"key": f"k{i}", "q": f"Q{i}", "a": str(i)} for i in range(12)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    fewshot = FewshotConfig(k=3, seed=7)
+    fewshot = FewshotConfig(k=6, seed=7)
     full = {s.id: s for s in load_samples(DatasetConfig(path=str(path), fewshot=fewshot, **MAPPED))}
     limited = load_samples(DatasetConfig(path=str(path), fewshot=fewshot, limit=4, **MAPPED))
     assert all(full[s.id] == s for s in limited)  # dataset.limit (and so the batch) does not change them
     prompt = full["k5"].messages[0].content
-    assert prompt.endswith("\n\nQ5") and prompt.count("\n\n") == 3
+    assert prompt.endswith("\n\nQ5") and prompt.count("\n\n") == 6
     assert not any(f"Q{i} {i}" in full[f"k{i}"].messages[0].content for i in range(12))  # never itself
-    other_seed = load_samples(DatasetConfig(path=str(path), fewshot=FewshotConfig(k=3, seed=8), **MAPPED))
+    other_seed = load_samples(DatasetConfig(path=str(path), fewshot=FewshotConfig(k=6, seed=8), **MAPPED))
     assert [s.messages for s in other_seed] != [full[s.id].messages for s in other_seed]
 
 
