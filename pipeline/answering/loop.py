@@ -35,6 +35,7 @@ from pipeline.core.records import Message, Sample, TranscriptRecord
 from pipeline.core.streaming import StreamSink, sample_seed
 from pipeline.core.tool_calls import ParsedAnswer
 from pipeline.data.prompts import as_dict
+from pipeline.scoring.extract import score_response
 from pipeline.scoring.scorers import Scorer, build_scorer
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                 else:
                     going_on.append(job)
             else:
-                finals[id(job)] = _record(context, job, "answer", response=text,
-                                          score=context.score(text, job.reference),
+                finals[id(job)] = _record(context, job, "answer", response=text, **_scored(context, text, job),
                                           tool_budget_spent=job.budget_spent, **measured)
                 records.append(finals[id(job)])
         context.emit(records)
@@ -257,9 +257,15 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
     job.round_trips += 1
     if context.config.session.skip_summarization and results and all(results) and not parsed.problems:
         response = "\n".join(results)
-        records.append(_record(context, job, "answer", response=response, score=context.score(response, job.reference),
+        records.append(_record(context, job, "answer", response=response, **_scored(context, response, job),
                                finish_reason="tool", tools=list(job.offered)))
     return records
+
+
+def _scored(context: Answering, response: str, job: Job) -> dict[str, Any]:
+    """The answer's score, and what dataset.scorer.extract took from it to score."""
+    score, extracted = score_response(context.score, context.config.dataset.scorer.extract, response, job.reference)
+    return {"score": score, "extracted": extracted}
 
 
 def _tool_record(context: Answering, job: Job, ok: bool, text: str,

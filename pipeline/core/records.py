@@ -195,6 +195,10 @@ class TranscriptRecord:
     status: str = "ok"  # ok, or error: the sample could not be completed (see error)
     error: Optional[str] = None
     started_at: Optional[float] = None  # unix seconds when its batch started (a tool step: when the tool ran)
+    extracted: Optional[str] = None  # dataset.scorer.extract: what was taken from the response and scored
+    # dataset.kind=multiple_choice: {loglikelihoods, is_greedy, tokens, chars, bytes, prediction, answer};
+    # perplexity: {loglikelihood, tokens, words, bytes}
+    loglikelihood: Optional[dict[str, Any]] = None
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from pipeline.core.files import read_json, write_json
 from pipeline.core.redact import redact
 from pipeline.core.transcript import TRANSCRIPT_NAME, read_transcript
 from pipeline.run.runner import RunResult, close_run, set_status
+from pipeline.scoring.extract import score_response
 from pipeline.scoring.scorers import Scorer, check_scorer
 from pipeline.stages.summarize import summarize
 from pipeline.tracking.runs import PLAN_PARAMS, Tracker, run_tags
@@ -79,7 +80,7 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
         result.tracker = tracker
         tracker.log_params(_params(new_config, plan))
         started = time.perf_counter()
-        rescored = [rescore_record(record, scorer) for record in records]
+        rescored = [rescore_record(record, scorer, scorer_config.extract) for record in records]
         with jsonlines.open(run_dir / TRANSCRIPT_NAME, "w", compact=True) as writer:
             writer.write_all(rescored)
         changed = sum(a.get("score") != b.get("score") for a, b in zip(records, rescored))
@@ -132,11 +133,13 @@ def merged_scorer(source_config: dict[str, Any], composed: ScorerConfig, overrid
     return ScorerConfig(**merged)
 
 
-def rescore_record(record: dict[str, Any], scorer: Scorer) -> dict[str, Any]:
-    """The record with its answer scored again; tool steps and answers that could not be completed stay as they were."""
-    if record.get("kind", "answer") != "answer" or record.get("status", "ok") != "ok":
+def rescore_record(record: dict[str, Any], scorer: Scorer, extract: Optional[str] = None) -> dict[str, Any]:
+    """The record with its answer scored again (after dataset.scorer.extract); tool steps, answers that could not
+    be completed, and log-likelihood records (scored by their numbers, not their text) stay as they were."""
+    if record.get("kind", "answer") != "answer" or record.get("status", "ok") != "ok" or record.get("loglikelihood"):
         return record
-    return {**record, "score": scorer(record["response"], record.get("reference"))}
+    score, extracted = score_response(scorer, extract, record["response"], record.get("reference"))
+    return {**record, "score": score, "extracted": extracted}
 
 
 def _scorer_label(config: dict[str, Any]) -> str:
