@@ -116,6 +116,49 @@ class Completion:
         return self.error is not None
 
 
+@dataclass
+class ChoicesRequest:
+    """Continuations to score after one context: a multiple-choice question and its choices.
+
+    The context is `messages` rendered as a prompt is (through the chat template, or the contents
+    joined); each continuation is scored as the text that follows it, tokens split at the boundary
+    as lm-eval splits them (the whole string encoded; the context's trailing spaces go to the continuation)."""
+
+    messages: list[Message]
+    continuations: list[str]
+    key: str = ""
+
+
+@dataclass
+class Continuation:
+    """One continuation's log-likelihood (natural log, summed over its tokens)."""
+
+    loglikelihood: float
+    is_greedy: bool  # every one of its tokens is the model's likeliest at its place
+    tokens: int
+    merged: bool = False  # its first token merged with the context's last: scored from the common prefix
+
+
+@dataclass
+class ChoicesResult:
+    continuations: list[Continuation] = field(default_factory=list)
+    context_tokens: int = 0
+    latency_s: float = 0.0
+    truncated: bool = False  # the context was cut from the left to fit the model's context
+    error: Optional[str] = None
+
+
+@dataclass
+class RollingResult:
+    """A text's log-likelihood, each token predicted once (the first after the model's start token)."""
+
+    loglikelihood: float = 0.0
+    tokens: int = 0
+    windows: int = 0
+    latency_s: float = 0.0
+    error: Optional[str] = None
+
+
 class Backend(ABC):
     """A model to generate with: planned, then loaded (or connected), used, closed.
 
@@ -149,8 +192,13 @@ class Backend(ABC):
         context check). This default is an estimate, about four characters a token."""
         return [max(1, sum(len(m.content) for m in request.messages) // 4) for request in requests]
 
-    def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
-        """The log-likelihood of each continuation after `context` (only with capabilities.loglikelihood)."""
+    def loglikelihoods(self, requests: Sequence["ChoicesRequest"]) -> list["ChoicesResult"]:
+        """Each request's continuations scored after its context (only with capabilities.loglikelihood);
+        a request that fails comes back with `error` set."""
+        raise NotImplementedError(f"the {self.name} backend has no log-likelihoods")
+
+    def rolling_loglikelihoods(self, texts: Sequence[str]) -> list["RollingResult"]:
+        """Each text's whole log-likelihood, in windows at the model's context (only with capabilities.loglikelihood)."""
         raise NotImplementedError(f"the {self.name} backend has no log-likelihoods")
 
     def close(self) -> None:

@@ -235,6 +235,9 @@ class Summary:
     ttft_p95_s: float = 0.0
     peak_memory_bytes: Optional[int] = None  # see peak_memory_kind
     peak_memory_kind: str = ""  # cuda_max_allocated (GPU) or process_peak_rss (the whole process, CPU runs)
+    # scored by log-likelihood (pipeline.scoring.choices): acc, acc_norm, acc_bytes with _ci_low/_ci_high, or
+    # word_perplexity, byte_perplexity, bits_per_byte
+    likelihood: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,4 +264,5 @@ class Summary:
         optional = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,
                     "accuracy_ci_high": self.accuracy_ci_high, "peak_memory_bytes": self.peak_memory_bytes}
         metrics.update({key: float(value) for key, value in optional.items() if value is not None})
+        metrics.update({key: float(value) for key, value in self.likelihood.items() if value is not None})
         return metrics

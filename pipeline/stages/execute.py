@@ -1,4 +1,5 @@
-"""Execute stage: every sample's answer, batch by batch, into the transcript.
+"""Execute stage: every sample's answer (or, for dataset.kind multiple_choice and perplexity, its
+log-likelihoods: pipeline.answering.likelihood), batch by batch, into the transcript.
 
 Each sample becomes a conversation (session history, system prompt, its messages), answered
 `generation.num_samples` times when several completions per prompt are asked for (pass@k), by
@@ -18,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.answering.likelihood import pending, score_choices, score_documents
 from pipeline.answering.loop import Answering, Job, answer, tools_by_name
 from pipeline.answering.tools import load_tools
 from pipeline.backends.base import Backend
@@ -40,17 +42,28 @@ def execute(backend: Backend, samples: list[Sample], config: Config, writer: Tra
 
     `backend` is loaded (its `load` was called); closing it is the caller's."""
     done = done or {}
-    k = config.generation.num_samples
     with BackgroundEmitter(writer.write_batch) as emit:  # a batch is written while the next one generates
-        context = Answering(backend, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink,
-                            batch=first_batch)
-        answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)
-                         if (s.id, i) not in done])
-        _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations", done)
+        if config.dataset.kind != "generate":  # scored by log-likelihood: nothing is generated
+            score = score_choices if config.dataset.kind == "multiple_choice" else score_documents
+            batches = score(backend, pending(samples, done), config, emit, config_hash, first_batch, sink)
+        else:
+            batches = _generate(backend, samples, config, emit, config_hash, sink, done, first_batch, writer)
     # what a resume kept and what it generated: the one way to see, from outside, that kept work was not redone
     log.info("execute: %d records written in %d batches; %d answer(s) kept from before", writer.written,
-             context.batch - first_batch, len(done))
+             batches - first_batch, len(done))
     return writer.written
+
+
+def _generate(backend: Backend, samples: list[Sample], config: Config, emit: Any, config_hash: str,
+              sink: Optional[StreamSink], done: Done, first_batch: int, writer: TranscriptWriter) -> int:
+    """Generated answers: single prompts, then scripted conversations; returns the next batch number."""
+    k = config.generation.num_samples
+    context = Answering(backend, config, tools_by_name(load_tools(config.session.tools)), emit, config_hash, sink,
+                        batch=first_batch)
+    answer(context, [Job(s, i, conversation(s, config.session)) for s in samples if not s.turns for i in range(k)
+                     if (s.id, i) not in done])
+    _converse(context, [s for s in samples if s.turns], writer.path.parent / "conversations", done)
+    return context.batch
 
 
 def _converse(context: Answering, talks: list[Sample], autosave_dir: Path, done: Done) -> None:

@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Any, Optional
 
 from pipeline.core.records import Summary
+from pipeline.scoring.choices import likelihood_metrics
 from pipeline.scoring.intervals import k_values, mean_interval, pass_at_k
 
 
@@ -70,6 +71,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
         ttft_p95_s=percentile(ttfts, 95),
         peak_memory_bytes=peak_memory[0],
         peak_memory_kind=peak_memory[1],
+        likelihood=likelihood_metrics(records),
     )
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
+from pipeline.backends.base import (Backend, BackendOption, BackendPlan, Capabilities, ChoicesRequest, ChoicesResult,
+                                    Completion, Identity, Request, RollingResult)
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.backends.transformers.generate import generate_batch
 from pipeline.backends.transformers.reuse import LoadRecord, acquire
@@ -58,7 +59,8 @@ class TransformersBackend(Backend):
         self.trust_remote_code = trust_remote_code
         self.run_dir = run_dir
         self.reuse = reuse
-        self.capabilities = Capabilities(modalities=("text",), tools=True, per_request_seed=True, streaming=True)
+        self.capabilities = Capabilities(modalities=("text",), tools=True, per_request_seed=True, streaming=True,
+                                         loglikelihood=True)
         self.runtime: Optional[LoadedRuntime] = None
         self.load_record: Optional[LoadRecord] = None  # how load() got the model (load.json)
         self._encoded: dict[int, tuple[Request, _Prompt]] = {}  # id(request) -> what count_tokens encoded
@@ -144,6 +146,37 @@ class TransformersBackend(Backend):
             for i, tokens, output in zip(indexes, counts, outputs):
                 completions[i] = self._completion(requests[i], tokens, output)
         return [c for c in completions if c is not None]
+
+    def loglikelihoods(self, requests: Sequence[ChoicesRequest]) -> list[ChoicesResult]:
+        """Each context run once, its KV cache shared by its choices (loglikelihood.py)."""
+        from pipeline.backends.transformers.loglikelihood import score_choices, split_pair
+
+        runtime = self._loaded()
+        special = adds_special_tokens(self.session)
+        known: dict[str, list[int]] = {}
+
+        def encode(text: str) -> list[int]:  # a context is encoded once for all its choices
+            if text not in known:
+                known[text] = runtime.tokenizer(text, add_special_tokens=special)["input_ids"]
+            return known[text]
+
+        pairs = []
+        for request in requests:
+            known.clear()
+            context = render(self.chat_template, request.messages, self.session)
+            pairs.append([split_pair(encode, context, continuation) for continuation in request.continuations])
+        pad = runtime.tokenizer.pad_token_id if runtime.tokenizer.pad_token_id is not None else 0
+        return score_choices(runtime.model, pairs, pad, self.context_length)
+
+    def rolling_loglikelihoods(self, texts: Sequence[str]) -> list[RollingResult]:
+        from pipeline.backends.transformers.loglikelihood import score_rolling
+
+        runtime = self._loaded()
+        tokenizer = runtime.tokenizer
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        limit = self.context_length or 2048
+        return [score_rolling(runtime.model, tokenizer(text, add_special_tokens=False)["input_ids"], prefix, limit)
+                for text in texts]
 
     # --- inside ------------------------------------------------------------------------------------
 

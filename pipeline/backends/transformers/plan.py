@@ -45,7 +45,11 @@ def plan_from_config(config: Config, model: ResolvedModel,
     counter = TokenCounter.from_folder(folder)
     tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens,
                                  schemas or None)
+    if config.dataset.kind == "perplexity" and model.context_length:  # read in windows of the context: any length fits
+        tokens = {key: min(count, model.context_length - config.generation.max_new_tokens) for key, count in tokens.items()}
     planned = plan(model, config, samples, tokens, overrides)
+    if config.dataset.kind == "perplexity":
+        planned.checks.append(f"documents are scored in rolling windows of {model.context_length or 2048} tokens")
     planned.checks.append(f"scorer {scorer.label} is ready for every reference in the dataset")
     if schemas:
         planned.tools = schemas
