@@ -32,7 +32,9 @@ MISSING = "missing"
 
 def fingerprint(config: Config, model: ResolvedModel) -> dict[str, dict[str, Any]]:
     """What this run reads, by the setting that names it: {"as typed", "path", "sha256"} (or the model's digests)."""
-    inputs = {"dataset.path": _file(config.dataset.path)}
+    inputs = {"dataset.path": _dataset(config.dataset.path)}
+    if config.dataset.fewshot.path:
+        inputs["dataset.fewshot.path"] = _dataset(config.dataset.fewshot.path)
     if config.session.history:
         inputs["session.history"] = _file(config.session.history)
     if model.kind == "served":  # no files of ours: the server's model is named by its id and base URL
@@ -42,6 +44,20 @@ def fingerprint(config: Config, model: ResolvedModel) -> dict[str, dict[str, Any
                                "weights_digest": model.weights_digest,
                                "files_digest": model_files_digest(Path(model.path))}
     return inputs
+
+
+def _dataset(typed: str) -> dict[str, Any]:
+    """A dataset file's fingerprint, or a Hub dataset's: its cached snapshot, named by commit."""
+    from pipeline.data.sources import source_kind
+
+    if source_kind(typed) != "hub":
+        return _file(typed)
+    from pipeline.backends.transformers.hub import parse_repo_reference
+    from pipeline.data.hub import find_dataset
+
+    repo_id, revision = parse_repo_reference(typed.strip()) or (typed, None)
+    folder = find_dataset(repo_id, revision)
+    return {"as typed": typed, "path": str(folder or ""), "sha256": f"commit:{folder.name}" if folder else MISSING}
 
 
 def _file(typed: str) -> dict[str, Any]:
