@@ -175,7 +175,8 @@ class TransformersBackend(Backend):
         tokenizer = runtime.tokenizer
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         limit = self.context_length or 2048
-        return [score_rolling(runtime.model, tokenizer(text, add_special_tokens=False)["input_ids"], prefix, limit)
+        return [score_rolling(runtime.model, tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"],
+                              prefix, limit)
                 for text in texts]
 
     # --- inside ------------------------------------------------------------------------------------
