@@ -57,9 +57,9 @@ def test_multiple_choice_run_and_resume_in_the_middle(tmp_path):
     assert json.loads((folder / "summary.json").read_text())["likelihood"]["acc"] == accuracy
 
 
-def test_multiple_choice_through_a_server_is_refused_in_one_line(tmp_path):
-    result = run_pipeline(["+experiment=multiple_choice", "tracking=none", "backend=openai",
+def test_perplexity_through_a_server_is_refused_in_one_line(tmp_path):
+    result = run_pipeline(["+experiment=perplexity", "tracking=none", "backend=openai",
                            "backend.base_url=http://127.0.0.1:9/v1"], tmp_path)
     assert result.returncode == 2
-    assert "dataset.kind=multiple_choice scores by log-likelihood, which backend=openai does not give yet" in result.stderr
+    assert "dataset.kind=perplexity scores by log-likelihood, which backend=openai does not give yet" in result.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*/transcript.jsonl"))

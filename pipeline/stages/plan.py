@@ -19,7 +19,7 @@ from pipeline.core.records import ResolvedModel, RuntimePlan, Sample
 def plan(config: Config, resolved: ResolvedModel, run_dir: Path,
          overrides: Iterable[str]) -> tuple[RuntimePlan, list[Sample], Backend]:
     """The run's plan, its samples, and the backend that will carry the plan out (not yet loaded)."""
-    if config.dataset.kind != "generate" and config.backend.name != "transformers":
+    if config.dataset.kind == "perplexity" and config.backend.name != "transformers":
         raise UserError(f"dataset.kind={config.dataset.kind} scores by log-likelihood, which backend="
                         f"{config.backend.name} does not give yet; use backend=transformers")
     if config.backend.name == "openai":

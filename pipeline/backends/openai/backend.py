@@ -36,7 +36,8 @@ from typing import Any, Optional, Sequence
 
 import httpx
 
-from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
+from pipeline.backends.base import (Backend, BackendOption, BackendPlan, Capabilities, ChoicesRequest, ChoicesResult,
+                                    Completion, Identity, Request)
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
 from pipeline.core.errors import UserError
@@ -92,6 +93,40 @@ class OpenAIBackend(Backend):
         self._tokenize_works: Optional[bool] = None  # None: not tried yet
         self._local: Optional[tuple[Any, Any]] = None  # backend.tokenizer's chat template and token counter, once read
         self.attempts = 0  # requests sent for generation, retries included (for tests and stats)
+
+    # --- log-likelihoods (dataset.kind=multiple_choice; pipeline.backends.openai.loglikelihood) ----------
+
+    def check_prompt_logprobs(self) -> str:
+        """One probe request: a UserError unless the server returns the prompt's log-probabilities."""
+        from pipeline.backends.openai.loglikelihood import probe
+
+        problem = probe(self.config, self.secrets, self.model)
+        if problem is not None:
+            raise UserError(f"dataset.kind=multiple_choice needs the prompt's log-probabilities, and the server at "
+                            f"{server.endpoint(self.config)} does not return them ({problem}); use a server that "
+                            "does (vLLM, llama.cpp's server) or backend=transformers")
+        return (f"{server.endpoint(self.config)}/completions returns the prompt's log-probabilities "
+                "(echo and logprobs, probed once)")
+
+    def loglikelihoods(self, requests: Sequence[ChoicesRequest]) -> list[ChoicesResult]:
+        """Each choice as one /completions request that echoes context + choice (raw text: no chat template)."""
+        from pipeline.backends.openai.loglikelihood import score_all
+
+        started = time.perf_counter()
+        contexts = ["\n\n".join(m.content for m in request.messages) for request in requests]
+        jobs = [(context, text) for context, request in zip(contexts, requests) for text in request.continuations]
+        scored = iter(score_all(self.config, self.secrets, self.model, jobs))
+        results = []
+        for request in requests:
+            result = ChoicesResult(latency_s=time.perf_counter() - started)
+            for _ in request.continuations:
+                one = next(scored)
+                if isinstance(one, str):
+                    result.error = result.error or one
+                else:
+                    result.continuations.append(one)
+            results.append(result)
+        return results
 
     # --- identity and plan ------------------------------------------------------------------------
 

@@ -39,7 +39,12 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any,
     """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer."""
     samples = load_samples(config.dataset, config.runtime.allow_download)
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
-    _check_session(config.session)
+    if config.dataset.kind == "multiple_choice":
+        if config.session.chat_template:  # /completions takes raw text; the server's chat template is not applied
+            raise UserError("dataset.kind=multiple_choice with backend=openai scores raw text through /completions; "
+                            "set session.chat_template=false")
+    else:
+        _check_session(config.session)
     modalities = backend.capabilities.modalities
     for sample in samples:
         for message in sample.messages:
@@ -58,6 +63,8 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any,
     max_new = config.generation.max_new_tokens
     context = served.context_length or 0
     checks = list(served.checks) + [f"scorer {scorer.label} is ready for every reference in the dataset"]
+    if config.dataset.kind == "multiple_choice":
+        checks.append(backend.check_prompt_logprobs())
     warnings = list(served.warnings) + generation["warnings"]
     if context and max_new >= context:
         raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the served model's "
