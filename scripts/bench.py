@@ -32,6 +32,10 @@ least 0.95). With --lm-eval PYTHON (a venv with lm_eval[api]; it is not a depend
       many of its answers equal ours.
 The server is stopped afterwards.
 
+choices: dataset.kind=multiple_choice against lm-evaluation-harness's `--model hf` on the same job (a ~100M
+random Llama, --choices-questions questions of ~200 tokens, 4 choices): wall times, the largest per-choice
+log-likelihood difference and both accuracies (scripts/bench_choices.py; lm-eval from --lm-eval or this interpreter).
+
 sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
 tracked in MLflow under a scratch folder), with model reuse (the default) and with
 runtime.reuse=false, against the issue's target: wall time at most 1.3 x (one load + the eight
@@ -527,6 +531,13 @@ def sweep_once(jobs: int, limit: int, base: list[str], tracking: bool, cwd: Path
 # ---- report ----------------------------------------------------------------------------------------------------
 
 def print_report(results: dict) -> None:
+    choices = results.get("choices")
+    if choices and "error" in choices:
+        print(f"multiple choice vs lm-eval: failed: {choices['error']}")
+    elif choices:
+        from bench_choices import print_choices
+
+        print_choices(choices)
     plan = results["plan"]
     if plan.get("skipped"):
         print("plan: skipped (--skip plan)")
@@ -633,7 +644,10 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="runtime.dtype for the execute benchmarks (default auto)")
     parser.add_argument("--tracking", choices=("on", "off"), default="on",
                         help="log the figures to MLflow and track the sweep jobs (default on)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep"), help="parts to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep", "choices"),
+                        help="parts to leave out")
+    parser.add_argument("--choices-questions", type=int, default=200,
+                        help="questions of the multiple-choice part against lm-eval (4 choices each; default 200)")
     parser.add_argument("--traces", action="store_true", help="also measure MLflow trace logging (2 x repeats demo runs)")
     parser.add_argument("--lm-eval", metavar="PYTHON", help="the interpreter of a venv with lm_eval[api] installed: "
                         "also run lm-evaluation-harness's local-chat-completions on the server part's server and data")
@@ -682,6 +696,17 @@ def main() -> int:
             missing = serving_extra_missing()  # a figure we cannot take is said, not a failure of the bench
             results["server"] = {"skipped": missing} if missing else bench_server(
                 8 if quick else 200, SERVER_CONCURRENCY, repeats, scratch, args.lm_eval)
+            save()
+        if "choices" not in args.skip:
+            from bench_choices import bench_choices
+
+            try:  # lm-eval's own interpreter (--lm-eval), or this one
+                results["choices"] = bench_choices(scratch / "choices", 4 if quick else args.choices_questions,
+                                                   "cuda" if cuda else "cpu", 16, args.lm_eval,
+                                                   build_large_model(scratch / "choices-model", 192, 2, 768) if quick
+                                                   else None)
+            except Exception as error:  # a figure we cannot take is said, not a failure of the bench
+                results["choices"] = {"error": f"{type(error).__name__}: {error}"[:800]}
             save()
         if "sweep" not in args.skip:
             results["sweep"] = bench_sweep(2 if quick else 8, 4 if quick else 200, base, tracking and not quick, scratch,

@@ -168,3 +168,27 @@ def test_multiple_choice_records(tmp_path):
     with pytest.raises(UserError, match=r"bad.jsonl:1 \(id '1'\): field 'answer' \(dataset.fields.answer\) = 'C' names "
                                         "none of the 2 choices"):
         load_samples(DatasetConfig(path=str(bad), kind="multiple_choice", fields=FieldsConfig(prompt="question")))
+
+
+def test_fewshot_prompts_are_the_same_whatever_the_batch_size(tmp_path, tiny_model):
+    from dataclasses import replace
+
+    from conftest import make_config
+
+    from pipeline.core.config import GenerationConfig, TrackingConfig
+    from pipeline.run.runner import run
+
+    rows = [{"key": f"k{i}", "q": f"Q{i}?", "a": str(i)} for i in range(7)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    prompts = []
+    for batch_size in (1, 3):
+        config = make_config(tiny_model, path, tracking=TrackingConfig(enabled=False),
+                             generation=GenerationConfig(max_new_tokens=2))
+        config.dataset = DatasetConfig(path=str(path), fewshot=FewshotConfig(k=2, style="turns"), **MAPPED)
+        config.runtime = replace(config.runtime, batch_size=batch_size)
+        run_dir = tmp_path / f"run-{batch_size}"
+        run(config, run_dir)
+        records = [json.loads(line) for line in (run_dir / "transcript.jsonl").read_text().splitlines()]
+        prompts.append({r["sample_id"]: r["messages"] for r in records})
+    assert prompts[0] == prompts[1] and len(prompts[0]) == 7
+    assert all(len(messages) == 5 for messages in prompts[0].values())  # two examples as turns, then the question
