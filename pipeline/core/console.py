@@ -19,6 +19,7 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
         f"samples   {summary.num_samples}" + (f" ({summary.num_errors} could not be completed: status error in "
                                               "the transcript)" if summary.num_errors else ""),
         f"accuracy  {score_text(summary)}",
+        *([likelihood_text(summary.likelihood)] if summary.likelihood else []),
         *(["pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
           if summary.pass_at_k else []),
         *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
@@ -38,6 +39,15 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
     else:
         lines.append("mlflow    off (tracking=none)")
     return "\n".join(lines)
+
+
+def likelihood_text(metrics: dict[str, float]) -> str:
+    """`choices   acc 0.900 [0.596, 0.982], acc_norm ..., acc_bytes ...` or `perplexity word ..., byte ..., bits/byte ...`."""
+    if "acc" in metrics:
+        return "choices   " + ", ".join(f"{name} {metrics[name]:.3f} [{metrics[name + '_ci_low']:.3f}, "
+                                        f"{metrics[name + '_ci_high']:.3f}]" for name in ("acc", "acc_norm", "acc_bytes"))
+    return (f"perplexity word {metrics['word_perplexity']:.3g}, byte {metrics['byte_perplexity']:.3g}, "
+            f"bits per byte {metrics['bits_per_byte']:.3f}")
 
 
 def score_text(summary: Summary) -> str:
