@@ -24,7 +24,6 @@ from pipeline.core.errors import StorageError, UserError
 from pipeline.core.files import write_text_atomically
 from pipeline.core.records import TranscriptRecord
 
-TRANSCRIPT_NAME = "transcript.jsonl"
 log = logging.getLogger(__name__)
 
 

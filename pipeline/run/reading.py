@@ -17,11 +17,12 @@ from typing import Any, Optional
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
-from pipeline.core.transcript import TRANSCRIPT_NAME, read_transcript
+from pipeline.core.folder_names import CONFIG_FILE, MULTIRUN_FILE, PLAN_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
+from pipeline.core.transcript import read_transcript
 from pipeline.tracking.sweep import collect_jobs
 
-RUN_FILES = ("config.json", "status.json", "summary.json", TRANSCRIPT_NAME)
-SWEEP_MARKER = "multirun.yaml"  # Hydra writes it into every sweep folder
+RUN_FILES = (CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE)
+SWEEP_MARKER = MULTIRUN_FILE  # Hydra writes it into every sweep folder
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RunFolder:
 
     def answers(self) -> Optional[dict[tuple[str, int], dict[str, Any]]]:
         """(sample_id, sample_index) -> the answer record; None without a transcript."""
-        path = self.path / TRANSCRIPT_NAME
+        path = self.path / TRANSCRIPT_FILE
         if not path.is_file():
             return None
         return {(r["sample_id"], r.get("sample_index", 0)): r for r in read_transcript(path)
@@ -81,7 +82,7 @@ def read_run(folder: Path) -> RunFolder:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise UserError(f"{path}: not readable JSON ({error})") from None
 
-    return RunFolder(folder, load("config.json"), load("plan.json"), load("summary.json"), load("status.json"))
+    return RunFolder(folder, load(CONFIG_FILE), load(PLAN_FILE), load(SUMMARY_FILE), load(STATUS_FILE))
 
 
 def _label(runs: list[RunFolder]) -> None:
