@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.core.config import TrackingConfig
-from pipeline.core.errors import TrackingError, UserError
+from pipeline.core.errors import TrackingError, UserError, first_line
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import TRACKING_FILE
 from pipeline.core.redact import hide_credentials
-from pipeline.tracking.runs import Tracker, artifact_root, first_line, params_for_mlflow, quiet_mlflow_logs
+from pipeline.tracking.runs import Tracker, artifact_root, params_for_mlflow, quiet_mlflow_logs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
