@@ -32,3 +32,32 @@ def test_mapping_mistake_is_one_line_and_creates_nothing(tmp_path):
         in result.stderr
     assert "Traceback" not in result.stderr and len([l for l in result.stderr.splitlines() if "error" in l]) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_hub_dataset_from_the_cache_with_fewshot_from_its_train_split(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from hf_cache import add_snapshot
+
+    def parquet(rows):
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        return buffer.getvalue()
+
+    sums = [{"a": a, "b": b, "total": str(a + b)} for a, b in ((86, 87), (45, 15), (78, 99), (12, 30))]
+    add_snapshot(tmp_path / "hub", "someone/sums", "c" * 40, {
+        "data/train-00000-of-00001.parquet": parquet(sums[3:]), "data/test-00000-of-00001.parquet": parquet(sums[:3])},
+        refs=("main",), kind="datasets")
+    result = run_pipeline(["dataset.path=someone/sums", "dataset.split=test", "dataset.fields.reference=total",
+                           "dataset.template.prompt='What is {{a}}+{{b}}?'", "dataset.fewshot.k=1",
+                           "dataset.fewshot.split=train", "dataset.fewshot.style=turns", *COMMON], tmp_path,
+                          env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "ds")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = only_run_dir(tmp_path)
+    records = [json.loads(line) for line in (folder / "transcript.jsonl").read_text().splitlines()]
+    assert [[m["content"] for m in r["messages"]] for r in records] == [
+        ["What is 12+30?", "42", f"What is {s['a']}+{s['b']}?"] for s in sums[:3]]
+    inputs = json.loads((folder / "inputs.json").read_text())
+    assert inputs["dataset.path"]["sha256"] == "commit:" + "c" * 40
