@@ -50,8 +50,9 @@ def test_multiple_choice_run_and_resume_in_the_middle(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "4 answer(s) kept from before" in again.stderr
     assert transcript.read_text().startswith(kept)
-    resumed = {r["sample_id"]: r["loglikelihood"]["loglikelihoods"] for r in _records(folder)}
-    assert len(resumed) == 10
+    after = _records(folder)
+    resumed = {r["sample_id"]: r["loglikelihood"]["loglikelihoods"] for r in after}
+    assert len(after) == len(resumed) == 10  # the 4 kept were not scored again
     for record in records:
         assert resumed[record["sample_id"]] == pytest.approx(record["loglikelihood"]["loglikelihoods"], abs=1e-5)
     assert json.loads((folder / "summary.json").read_text())["likelihood"]["acc"] == accuracy
