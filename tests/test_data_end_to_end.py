@@ -52,7 +52,8 @@ def test_hub_dataset_from_the_cache_with_fewshot_from_its_train_split(tmp_path):
         refs=("main",), kind="datasets")
     result = run_pipeline(["dataset.path=someone/sums", "dataset.split=test", "dataset.fields.reference=total",
                            "dataset.template.prompt='What is {{a}}+{{b}}?'", "dataset.fewshot.k=1",
-                           "dataset.fewshot.split=train", "dataset.fewshot.style=turns", *COMMON], tmp_path,
+                           "dataset.fewshot.split=train", "dataset.fewshot.style=turns", "dataset.limit=3",
+                           "generation.max_new_tokens=4"], tmp_path,  # tracked in MLflow: the dataset logged by commit
                           env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "ds")})
     assert result.returncode == 0, result.stderr[-2000:]
     folder = only_run_dir(tmp_path)
@@ -61,3 +62,9 @@ def test_hub_dataset_from_the_cache_with_fewshot_from_its_train_split(tmp_path):
         ["What is 12+30?", "42", f"What is {s['a']}+{s['b']}?"] for s in sums[:3]]
     inputs = json.loads((folder / "inputs.json").read_text())
     assert inputs["dataset.path"]["sha256"] == "commit:" + "c" * 40
+    from conftest import mlflow_client
+
+    client = mlflow_client(tmp_path)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
+    (logged,) = tracked.inputs.dataset_inputs
+    assert logged.dataset.digest == "c" * 32 and logged.dataset.source_type == "hugging_face"

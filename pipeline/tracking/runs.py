@@ -141,10 +141,23 @@ class Tracker:
             return
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        path = Path(config.path).expanduser().resolve()
-        dataset = Dataset(name=config.name, digest=file_digest(path), source_type="local",
-                          source=json.dumps({"uri": str(path)}),
-                          profile=json.dumps({"samples": samples, "limit": config.limit}))
+        from pipeline.data.sources import source_kind
+
+        profile = json.dumps({"samples": samples, "limit": config.limit, "split": config.split,
+                              "subset": config.subset})
+        if source_kind(config.path) == "hub":  # named by its cached snapshot's commit (pipeline.data.hub)
+            from pipeline.backends.transformers.hub import parse_repo_reference
+            from pipeline.data.hub import find_dataset
+
+            repo_id, revision = parse_repo_reference(config.path.strip()) or (config.path, None)
+            folder = find_dataset(repo_id, revision)
+            dataset = Dataset(name=config.name, digest=(folder.name if folder else "unknown")[:32],
+                              source_type="hugging_face", source=json.dumps({"path": repo_id, "revision": revision}),
+                              profile=profile)
+        else:
+            path = Path(config.path).expanduser().resolve()
+            dataset = Dataset(name=config.name, digest=file_digest(path), source_type="local",
+                              source=json.dumps({"uri": str(path)}), profile=profile)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
             InputTag("mlflow.data.context", "eval"), InputTag("samples", str(samples))])])
 
