@@ -98,8 +98,11 @@ def _shared(model: Any, rows: list[tuple[int, list[int], list[tuple[int, list[in
         ids[row, width - len(context):] = torch.tensor(context)
         mask[row, width - len(context):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # only the last position's logits are needed: a real vocabulary's logits for every context token cost more
+    # than the layers on a small model
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in _parameters(model) else {}
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                use_cache=True)
+                use_cache=True, **keep)
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # scores every choice's first token
     owners = [row for row, (_, _, choices) in enumerate(rows) for _ in choices]
     conts = [cont for _, _, choices in rows for _, cont in choices]
@@ -134,11 +137,15 @@ def _shared(model: Any, rows: list[tuple[int, list[int], list[tuple[int, list[in
             r += 1
 
 
-def _cache_argument(model: Any) -> str:
-    """The forward argument that takes a KV cache: cache in recent transformers, past_key_values before."""
+def _parameters(model: Any) -> Any:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return inspect.signature(model.forward).parameters
+
+
+def _cache_argument(model: Any) -> str:
+    """The forward argument that takes a KV cache: cache in recent transformers, past_key_values before."""
+    return "cache" if "cache" in _parameters(model) else "past_key_values"
 
 
 def score_from_scratch(model: Any, context: list[int], continuation: list[int], limit: Optional[int] = None) -> Continuation:
