@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core.config import CONF_DIR, Config, flatten, to_config
+from pipeline.core.config import Config, flatten, to_config
+from pipeline.core.config_search import initialize_configs
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
 from pipeline.core.records import ResolvedModel
@@ -74,9 +75,11 @@ def expand_command_line(argv: list[str]) -> list[str]:
     now = [arg for arg in argv if not arg.startswith("resume=")]
     if (folder / "multirun.yaml").is_file():
         flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
+        flags += _saved_config_dir(folder / "multirun.yaml", now)
         return flags + _merge(_saved(folder / "multirun.yaml"), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
     if (folder / ".hydra" / "hydra.yaml").is_file():
-        return _merge(_saved(folder / ".hydra" / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+        return _saved_config_dir(folder / ".hydra" / "hydra.yaml", now) \
+            + _merge(_saved(folder / ".hydra" / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -86,6 +89,15 @@ def _saved(hydra_file: Path) -> list[str]:
     overrides = OmegaConf.load(hydra_file).hydra.overrides
     own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
     return own + list(overrides.task)
+
+
+def _saved_config_dir(hydra_file: Path, now: list[str]) -> list[str]:
+    """`--config-dir=<folder>` when the run was started with one (Hydra records it among its config
+    sources) and none is given now: a user's own experiment is found again."""
+    if any(arg in ("-cd", "--config-dir") or arg.startswith(("-cd=", "--config-dir=")) for arg in now):
+        return []
+    sources = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.config_sources") or []
+    return [f"--config-dir={source.path}" for source in sources if source.get("provider") == "command-line"][:1]
 
 
 def _merge(saved: list[str], now: list[str]) -> list[str]:
@@ -154,7 +166,7 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if composed is None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
         single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_configs(args.config_dir):
             composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
     sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
