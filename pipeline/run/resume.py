@@ -72,14 +72,15 @@ def expand_command_line(argv: list[str]) -> list[str]:
         raise UserError(f"resume={value}: no such run folder ({folder.resolve()}); give a folder under runs/ "
                         "(the `run dir` a run printed), or resume=last")
     folder = folder.resolve()
-    now = [arg for arg in argv if not arg.startswith("resume=")]
+    flags, now = _split_flags([arg for arg in argv if not arg.startswith("resume=")])
     if (folder / "multirun.yaml").is_file():
-        flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
-        flags += _saved_config_dir(folder / "multirun.yaml", now)
+        flags = (["-m"] if not {"-m", "--multirun"} & set(flags) else []) + flags
+        flags += _saved_config_dir(folder / "multirun.yaml", flags)
         return flags + _merge(_saved(folder / "multirun.yaml"), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
     if (folder / ".hydra" / "hydra.yaml").is_file():
-        return _saved_config_dir(folder / ".hydra" / "hydra.yaml", now) \
-            + _merge(_saved(folder / ".hydra" / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+        flags += _saved_config_dir(folder / ".hydra" / "hydra.yaml", flags)
+        return (flags + _merge(_saved(folder / ".hydra" / "hydra.yaml"), now)
+                + [f"hydra.run.dir={folder}", f"resume={folder}"])
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -91,10 +92,30 @@ def _saved(hydra_file: Path) -> list[str]:
     return own + list(overrides.task)
 
 
-def _saved_config_dir(hydra_file: Path, now: list[str]) -> list[str]:
+_VALUED_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p",
+                 "--package")
+
+
+def _split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values), and the overrides: the expanded command line puts the flags
+    first, as Hydra's parser takes the overrides only as one run of words."""
+    flags, overrides = [], []
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-"):
+            overrides.append(word)
+            continue
+        flags.append(word)
+        if word in _VALUED_FLAGS:
+            value = next(words, None)
+            flags += [] if value is None else [value]
+    return flags, overrides
+
+
+def _saved_config_dir(hydra_file: Path, flags: list[str]) -> list[str]:
     """`--config-dir=<folder>` when the run was started with one (Hydra records it among its config
     sources) and none is given now: a user's own experiment is found again."""
-    if any(arg in ("-cd", "--config-dir") or arg.startswith(("-cd=", "--config-dir=")) for arg in now):
+    if any(arg in ("-cd", "--config-dir") or arg.startswith(("-cd=", "--config-dir=")) for arg in flags):
         return []
     sources = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.config_sources") or []
     return [f"--config-dir={source.path}" for source in sources if source.get("provider") == "command-line"][:1]
