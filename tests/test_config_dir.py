@@ -3,7 +3,8 @@
 A user's repository holds its experiments and datasets (`DIR/experiment/mine.yaml` is
 `+experiment=mine`); the command-line check (pipeline.cli.precheck) composes over the same search
 path as the run, so a user's option is checked (and a mistake in it refused in one line, with
-nothing created) rather than refused as unknown; a resume finds the user's folder again.
+nothing created) rather than refused as unknown; a user's own primary config (`--config-name`)
+can build on the project's; a resume finds the user's folder and config name again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def user_repo(root: Path, max_new_tokens: int = 7) -> Path:
         "# @package _global_\n"
         f"generation:\n  max_new_tokens: {max_new_tokens}\n"
         "dataset:\n  name: mine\n  path: data/mine.jsonl\n")
+    # a primary config of their own, over the project's: --config-name lab
+    (root / "configs" / "lab.yaml").write_text("defaults:\n  - config\n  - _self_\ngeneration:\n  max_new_tokens: 9\n")
     return root / "configs"
 
 
@@ -35,6 +38,9 @@ def test_the_check_composes_a_users_experiment_from_their_folder(tmp_path):
     assert checked.problem is None
     assert checked.first_job.generation.max_new_tokens == 7
     assert checked.first_job.dataset.path == "data/mine.jsonl"
+    lab = check_jobs(["--config-dir", str(configs), "--config-name", "lab", "tracking=none"])
+    assert lab.problem is None and lab.first_job.generation.max_new_tokens == 9
+    assert lab.first_job.hydra.run.dir.startswith("runs/")  # the project's settings come with it
     # without the folder, the option does not exist
     assert "experiment=mine: no such option" in check_jobs(["+experiment=mine"]).problem
 
@@ -65,15 +71,17 @@ def test_a_resume_finds_the_users_folder_again(tmp_path):
     folder = tmp_path / "runs" / "2026-01-01" / "10-00-00_abcdef"
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "hydra.yaml").write_text(
-        "hydra:\n  overrides:\n    hydra: []\n    task:\n    - +experiment=mine\n"
+        "hydra:\n  overrides:\n    hydra: []\n    task:\n    - +experiment=mine\n  job:\n    config_name: lab\n"
         "  runtime:\n    config_sources:\n    - {path: /work/x/conf, schema: file, provider: main}\n"
         "    - {path: /home/me/configs, schema: file, provider: command-line}\n"
         "    - {path: '', schema: structured, provider: schema}\n")
     assert expand_command_line([f"resume={folder}"]) == [
-        "--config-dir=/home/me/configs", "+experiment=mine", f"hydra.run.dir={folder}", f"resume={folder}"]
-    # a folder given with the resume is the one used
-    assert expand_command_line(["--config-dir", "/elsewhere", f"resume={folder}"]) == [
-        "--config-dir", "/elsewhere", "+experiment=mine", f"hydra.run.dir={folder}", f"resume={folder}"]
+        "--config-dir=/home/me/configs", "--config-name=lab", "+experiment=mine", f"hydra.run.dir={folder}",
+        f"resume={folder}"]
+    # a folder given with the resume is the one used; Hydra's flags go before the overrides (its parser wants them so)
+    assert expand_command_line(["generation.seed=3", "--config-dir", "/elsewhere", f"resume={folder}"]) == [
+        "--config-dir", "/elsewhere", "--config-name=lab", "+experiment=mine", "generation.seed=3",
+        f"hydra.run.dir={folder}", f"resume={folder}"]
 
 
 def test_a_users_experiment_through_the_real_command_line(tmp_path):

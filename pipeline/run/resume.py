@@ -75,10 +75,10 @@ def expand_command_line(argv: list[str]) -> list[str]:
     flags, now = _split_flags([arg for arg in argv if not arg.startswith("resume=")])
     if (folder / "multirun.yaml").is_file():
         flags = (["-m"] if not {"-m", "--multirun"} & set(flags) else []) + flags
-        flags += _saved_config_dir(folder / "multirun.yaml", flags)
+        flags += _saved_flags(folder / "multirun.yaml", flags)
         return flags + _merge(_saved(folder / "multirun.yaml"), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
     if (folder / ".hydra" / "hydra.yaml").is_file():
-        flags += _saved_config_dir(folder / ".hydra" / "hydra.yaml", flags)
+        flags += _saved_flags(folder / ".hydra" / "hydra.yaml", flags)
         return (flags + _merge(_saved(folder / ".hydra" / "hydra.yaml"), now)
                 + [f"hydra.run.dir={folder}", f"resume={folder}"])
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
@@ -112,13 +112,21 @@ def _split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def _saved_config_dir(hydra_file: Path, flags: list[str]) -> list[str]:
-    """`--config-dir=<folder>` when the run was started with one (Hydra records it among its config
-    sources) and none is given now: a user's own experiment is found again."""
-    if any(arg in ("-cd", "--config-dir") or arg.startswith(("-cd=", "--config-dir=")) for arg in flags):
-        return []
-    sources = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.config_sources") or []
-    return [f"--config-dir={source.path}" for source in sources if source.get("provider") == "command-line"][:1]
+def _saved_flags(hydra_file: Path, flags: list[str]) -> list[str]:
+    """`--config-dir=<folder>` and `--config-name=<name>` when the run was started with them (Hydra
+    records them among its config sources and as the job's config name) and they are not given now:
+    a user's own configs are found again."""
+    given = lambda short, long: any(arg in (short, long) or arg.startswith((f"{short}=", f"{long}="))  # noqa: E731
+                                    for arg in flags)
+    hydra = OmegaConf.load(hydra_file).hydra
+    saved = []
+    if not given("-cd", "--config-dir"):
+        sources = OmegaConf.select(hydra, "runtime.config_sources") or []
+        saved += [f"--config-dir={source.path}" for source in sources if source.get("provider") == "command-line"][:1]
+    name = OmegaConf.select(hydra, "job.config_name")
+    if name and name != "config" and not given("-cn", "--config-name"):
+        saved.append(f"--config-name={name}")
+    return saved
 
 
 def _merge(saved: list[str], now: list[str]) -> list[str]:
