@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,7 @@ from conftest import DEMO_DATASET, mlflow_client, only_run_dir, pipeline_env, sn
 from pipeline.core.transcript import read_transcript
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__",
-                                    ".pytest_cache", "tests", "docs", "scripts")
+SOURCE = ("pyproject.toml", "setup.py", "README.md", "conf", "pipeline", "hydra_plugins")  # what the build reads
 PIP = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}  # no network, no questions
 
 
@@ -47,22 +46,31 @@ def check(command: list, cwd: Path, timeout: float = 120, env: dict | None = Non
     return result
 
 
+def packages(venv: Path) -> Path:
+    """The virtual environment's site-packages."""
+    [folder] = (venv / "lib").glob("python3.*/site-packages")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed: its folder."""
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    source.mkdir()
+    for name in SOURCE:  # a clean copy: no build/ left from an earlier build, no runs/, no .venv
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
     check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
            "-w", tmp / "dist", source], cwd=tmp, env={**os.environ, **PIP})
     [wheel] = (tmp / "dist").glob("llm_pipeline-*.whl")
     venv = tmp / "venv"
     check([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp)
     python = venv / "bin" / "python"
-    site = Path(check([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp)
-                .stdout.strip())
-    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (site / "shared_packages.pth").write_text("".join(f"{path}\n" for path in ours))
+    ours = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    (packages(venv) / "shared_packages.pth").write_text("".join(f"{path}\n" for path in dict.fromkeys(ours)))
     # --ignore-installed: the shared packages may hold the project's editable install; it is left alone
     check([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "--no-compile",
            "--quiet", wheel], cwd=tmp)
@@ -71,11 +79,10 @@ def installed(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_the_installed_command_runs_the_demo_from_an_empty_folder(installed, tmp_path):
-    site = Path(check([installed / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                      cwd=tmp_path).stdout.strip())
-    package = snapshot(site / "pipeline")
+    site_packages = packages(installed)
+    package = snapshot(site_packages / "pipeline")
     assert "conf/config.yaml" in package and "assets/demo_model/model.safetensors" in package
-    assert (site / "hydra_plugins" / "pipeline_launcher" / "__init__.py").is_file()
+    assert (site_packages / "hydra_plugins" / "pipeline_launcher" / "__init__.py").is_file()
 
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -89,8 +96,9 @@ def test_the_installed_command_runs_the_demo_from_an_empty_folder(installed, tmp
     demo = [json.loads(line)["id"] for line in DEMO_DATASET.read_text().splitlines()[:5]]
     assert sorted(r["sample_id"] for r in records) == sorted(demo)
     assert all(r["status"] == "ok" and r["response"] for r in records)
-    [run] = mlflow_client(folder).search_runs([mlflow_client(folder).get_experiment_by_name("pipeline").experiment_id])
+    client = mlflow_client(folder)
+    [run] = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["samples"] == 5
     # the run read the installed package's configs and assets, and wrote nothing there
-    assert str(site / "pipeline" / "assets" / "demo_model") in (run_dir / "config.json").read_text()
-    assert {k: v for k, v in snapshot(site / "pipeline").items() if "__pycache__" not in k} == package
+    assert str(site_packages / "pipeline" / "assets" / "demo_model") in (run_dir / "config.json").read_text()
+    assert {k: v for k, v in snapshot(site_packages / "pipeline").items() if "__pycache__" not in k} == package
