@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_DATASET, mlflow_client, only_run_dir, pipeline_env, snapshot
 
-from pipeline.core.transcript import read_transcript
+from pipeline.core.transcript import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ("pyproject.toml", "setup.py", "README.md", "conf", "pipeline", "hydra_plugins")  # what the build reads
@@ -92,10 +92,10 @@ def test_the_installed_command_runs_the_demo_from_an_empty_folder(installed, tmp
     assert f"run dir   {run_dir.relative_to(folder)}" in result.stdout
     assert f"(sqlite:///{folder / 'runs' / 'mlflow.db'})" in result.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["runs"]
-    records = read_transcript(run_dir / "transcript.jsonl")
+    records = read_records(run_dir / "transcript.jsonl")
     demo = [json.loads(line)["id"] for line in DEMO_DATASET.read_text().splitlines()[:5]]
-    assert sorted(r["sample_id"] for r in records) == sorted(demo)
-    assert all(r["status"] == "ok" and r["response"] for r in records)
+    assert sorted(r.sample_id for r in records) == sorted(demo)
+    assert all(r.status == "ok" and r.response for r in records)
     client = mlflow_client(folder)
     [run] = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["samples"] == 5
