@@ -51,7 +51,8 @@ def score_choices(backend: Backend, samples: list[Sample], config: Config, emit:
                     raise RequestFailure(message + " (execute.fail_fast=true)")
                 log.warning(message)
                 records.append(TranscriptRecord(**base, response="", reference=sample.reference, score=0.0,
-                                                prompt_tokens=result.context_tokens, completion_tokens=0, finish_reason="error",
+                                                prompt_tokens=result.context_tokens, completion_tokens=0, ttft_s=0.0,
+                                                finish_reason="error",
                                                 latency_s=round(result.latency_s, 6), status="error", error=message))
                 continue
             lls = [c.loglikelihood for c in result.continuations]
@@ -59,8 +60,9 @@ def score_choices(backend: Backend, samples: list[Sample], config: Config, emit:
             records.append(TranscriptRecord(
                 **base, response=sample.choices[chosen["acc"]], reference=sample.reference,
                 score=float(chosen["acc"] == sample.answer), prompt_tokens=result.context_tokens,
-                completion_tokens=sum(c.tokens for c in result.continuations), finish_reason="stop",
-                latency_s=round(result.latency_s, 6), truncated=result.truncated,
+                completion_tokens=0, finish_reason="stop", truncated=result.truncated,
+                # nothing is generated: the whole batch is prefill, so its speed shows as prefill tokens/s
+                ttft_s=round(result.latency_s, 6), latency_s=round(result.latency_s, 6),
                 loglikelihood={"loglikelihoods": lls, "is_greedy": [c.is_greedy for c in result.continuations],
                                "tokens": [c.tokens for c in result.continuations],
                                "chars": [len(c) for c in sample.choices],
@@ -88,6 +90,7 @@ def score_documents(backend: Backend, samples: list[Sample], config: Config, emi
             raise RequestFailure(f"sample {sample.id!r}: the {backend.name} backend could not score it: {result.error}")
         emit([TranscriptRecord(**base, response="", reference=None, score=None, prompt_tokens=result.tokens,
                                completion_tokens=0, finish_reason="stop", latency_s=round(result.latency_s, 6),
+                               ttft_s=round(result.latency_s, 6),
                                loglikelihood={"loglikelihood": result.loglikelihood, "tokens": result.tokens,
                                               "windows": result.windows, **document_counts(text)})])
         if sink is not None and hasattr(sink, "on_complete"):
@@ -97,7 +100,8 @@ def score_documents(backend: Backend, samples: list[Sample], config: Config, emi
 
 
 def _base(sample: Sample, messages: list, batch: int, config_hash: str, started_at: float) -> dict[str, Any]:
-    return dict(sample_id=sample.id, sample_index=0, messages=[as_dict(m) for m in messages], ttft_s=0.0, batch=batch, config_hash=config_hash, started_at=round(started_at, 6))
+    return dict(sample_id=sample.id, sample_index=0, messages=[as_dict(m) for m in messages], batch=batch,
+                config_hash=config_hash, started_at=round(started_at, 6))
 
 
 def pending(samples: list[Sample], done: Optional[dict]) -> list[Sample]:
