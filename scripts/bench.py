@@ -227,10 +227,11 @@ def hand_written_loop(runtime, prompts: list[str], batch_size: int, max_new_toke
 def our_execute(runtime, samples, config, folder: Path) -> tuple[int, float]:
     """Our execute stage as the runner calls it (through the transformers backend): (completion tokens, seconds)."""
     from pipeline.backends.transformers.backend import TransformersBackend
-    from pipeline.core.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
+    from pipeline.core.folder_names import TRANSCRIPT_FILE
+    from pipeline.core.transcript import TranscriptWriter, read_transcript
     from pipeline.stages.execute import execute
 
-    path = folder / TRANSCRIPT_NAME
+    path = folder / TRANSCRIPT_FILE
     path.unlink(missing_ok=True)
     started = time.perf_counter()
     with TranscriptWriter(path) as writer:
