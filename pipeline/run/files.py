@@ -15,8 +15,9 @@ from typing import Optional
 
 # Every file a run (pipeline.run.runner, pipeline.run.rescore, pipeline.cli.chat, tracking) writes at the top of
 # its folder; `*.log` is Hydra's job log (`<hydra.job.name>.log`). Anything else there is not ours.
-RUN_FILE_NAMES = ("config.json", "plan.json", "load.json", "transcript.jsonl", "summary.json", "status.json",
-                  "tracking.json", "source.json", "conversation.json")
+SCORES_NAME = "scores.jsonl"  # the score stage's journal: each answer's score as it is made (pipeline.stages.score)
+RUN_FILE_NAMES = ("config.json", "plan.json", "load.json", "transcript.jsonl", SCORES_NAME, "summary.json",
+                  "status.json", "tracking.json", "source.json", "conversation.json")
 HYDRA_FILE_NAMES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # Hydra's record of the run, in .hydra/
 RUN_MARKERS = ("status.json", "transcript.jsonl", ".hydra/hydra.yaml")  # a folder with one of these holds a run
 SWEEP_MARKERS = ("multirun.yaml", "sweep.json")  # a folder with one of these holds a sweep
