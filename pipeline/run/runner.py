@@ -162,8 +162,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             rescore.seed(rescoring, run_dir)
             source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, run_name, parent_run_id,
                                                    overrides)
-        else:
-            settle(run_dir, previous)
+        else:  # nothing to settle: an answer's unfinished tool steps cannot outlive the execute stage
             _start(run_dir, config)
             tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id,
                           tags=run_tags(config, run_dir, {"overrides": " ".join(overrides)}))
