@@ -100,6 +100,10 @@ def test_the_stage_keeps_what_its_journal_holds_and_resumes_after_a_crash(tmp_pa
     judge.CALLS.clear()
     assert score(run_dir, config) == 0 and judge.CALLS == []
     assert read_transcript(run_dir / "transcript.jsonl")[0]["score"] == 0.25
+    # ... but only for the answer it was made for: an entry that saw another text is not this answer's score
+    entries[1]["extracted"] = "something else"
+    write_jsonl(run_dir / "scores.jsonl", entries)
+    assert score(run_dir, config) == 1 and judge.CALLS == ["r1"]
 
 
 def test_from_transcript_starts_at_the_score_stage_so_until_must_be_score_or_later():

@@ -181,7 +181,7 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if config.pipeline.from_transcript:  # its config is its source's: pipeline.run.rescore checks it
         return None
     return config_difference(folder, config) or records_difference(folder, config, records) \
-        or (None if executed(folder) else _inputs_problem(folder, config))  # no model or input is read again
+        or (None if executed(folder, records) else _inputs_problem(folder, config))  # none is read again
 
 
 def records_difference(folder: Path, config: Config, records: list[dict[str, Any]]) -> Optional[str]:
@@ -286,14 +286,17 @@ def begin(run_dir: Path, config: Config) -> Previous:
     kept = [r for r in records if _key(r) in answered]
     return Previous(done={_key(r): r for r in kept if r.get("kind", "answer") == "answer"},
                     next_batch=max((r.get("batch", -1) for r in kept), default=-1) + 1,
-                    kept=kept, dropped=len(records) - len(kept), executed=executed(run_dir))
+                    kept=kept, dropped=len(records) - len(kept), executed=executed(run_dir, records))
 
 
-def executed(folder: Path) -> bool:
+def executed(folder: Path, records: Optional[list[dict[str, Any]]] = None) -> bool:
     """Whether the run in `folder` finished its execute stage: its score stage began (the journal is
-    there; it is created once execute has finished), or it ended with success at or after execute."""
+    there, created once execute had finished, and every answer it scored is in the transcript), or
+    it ended with success at or after execute. `records`: the transcript's, when already read."""
     if (folder / SCORES_NAME).is_file():
-        return True
+        answers = {_key(r) for r in (scan(folder / TRANSCRIPT_NAME)[0] if records is None else records)
+                   if r.get("kind", "answer") == "answer"}
+        return {_key(entry) for entry in scan(folder / SCORES_NAME)[0]} <= answers
     return read_status(folder).get("state") == "success" and \
         STAGES.index(ran_until(folder)) >= STAGES.index("execute")
 

@@ -66,7 +66,10 @@ def score(run_dir: Path, config: ScorerConfig) -> int:
     transcript; returns how many answers were scored now (0 when a resume found them all scored)."""
     transcript, journal = run_dir / TRANSCRIPT_NAME, run_dir / SCORES_NAME
     records = read_transcript(transcript)
-    scores = {key(entry): entry for entry in read_transcript(journal)}  # a torn last line is scored again
+    journaled = {key(entry): entry for entry in read_transcript(journal)}  # a torn last line is scored again
+    # an entry counts for the answer it was made for (the text the scorer saw), never for another one
+    scores = {key(r): journaled[key(r)] for r in records if is_answer(r) and key(r) in journaled
+              and journaled[key(r)].get("extracted") == _seen(r)}
     missing = [record for record in records if is_answer(record) and key(record) not in scores]
     scorer = build_scorer(config) if missing else None
     with TranscriptWriter(journal) as writer:  # created even with nothing to score: execute had finished
@@ -85,8 +88,13 @@ def score(run_dir: Path, config: ScorerConfig) -> int:
     if merged != records:
         rewrite_transcript(transcript, merged)
     log.info("score: %d answer(s) scored with %s; %d kept from before", len(missing),
-             scorer.label if scorer else config._target_ or config.name, len(scores) - len(missing))
+             scorer.label if scorer else config.label, len(scores) - len(missing))
     return len(missing)
+
+
+def _seen(record: dict[str, Any]) -> Optional[str]:
+    """What `score_record` records as `extracted` for this answer."""
+    return scored_text(record) if record.get("status", "ok") == "ok" else None
 
 
 def _with_score(record: dict[str, Any], entry: Optional[dict[str, Any]]) -> dict[str, Any]:
