@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli.job_configs import TemplateConfigLoader
 from pipeline.core.config import CONF_DIR, register, to_config
-from pipeline.core.errors import describe_config_exception
+from pipeline.core.errors import describe_config_exception, first_line
 
 
 @dataclass
@@ -52,7 +52,7 @@ def check_jobs(argv: list[str]) -> CommandLineCheck:
         try:
             parser.parse_override(raw)
         except (OverrideParseException, HydraException) as error:
-            return CommandLineCheck(f"{raw}: cannot read this override ({_first_line(str(error))}); write "
+            return CommandLineCheck(f"{raw}: cannot read this override ({first_line(error)}); write "
                                     "key=value, and quote a value holding brackets, commas or spaces: 'key=\"[a, b\"'")
     try:
         overrides = parser.parse_overrides(args.overrides)
@@ -115,10 +115,6 @@ def _saved_sweep_overrides(cfg, parser: OverridesParser) -> Iterable[list[str]]:
                 yield [f"{override.get_key_element()}={value}"]
         elif not override.is_sweep_override():
             yield [f"{key}={spec}"]
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
 def _values(override) -> Optional[list[str]]:

@@ -28,8 +28,9 @@ from typing import Any, Optional
 from pipeline.core.config import STAGES, Config, ScorerConfig, flatten
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import redact
-from pipeline.core.transcript import TRANSCRIPT_NAME, read_transcript, rewrite_transcript
+from pipeline.core.transcript import read_transcript, rewrite_transcript
 from pipeline.run.resume import HASHED_SECTIONS, ran_until
 from pipeline.run.status import read_status, set_status
 from pipeline.scoring.scorers import check_scorer
@@ -39,7 +40,6 @@ from pipeline.tracking.runs import PLAN_PARAMS, Tracker, run_tags
 log = logging.getLogger(__name__)
 # settings that may be given with pipeline.from_transcript: none of them changes the transcript
 APPLICABLE = ("dataset.scorer", "tracking", "pipeline.", "hydra.", "resume")
-SOURCE_FILE = "source.json"
 
 
 @dataclasses.dataclass
@@ -73,9 +73,9 @@ def prepare(config: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> R
         if not key.startswith(APPLICABLE):
             raise UserError(f"{override}: pipeline.from_transcript re-scores an existing transcript, which this "
                             "setting cannot change; only dataset.scorer.*, tracking.* and pipeline.* apply")
-    source_config = read_json(source / "config.json") if (source / "config.json").is_file() else config.to_dict()
+    source_config = read_json(source / CONFIG_FILE) if (source / CONFIG_FILE).is_file() else config.to_dict()
     scorer_config = merged_scorer(source_config, config.dataset.scorer, overrides)
-    records = read_transcript(source / TRANSCRIPT_NAME)
+    records = read_transcript(source / TRANSCRIPT_FILE)
     check_scorer(scorer_config, [(r.get("sample_id", "?"), r.get("reference")) for r in records if is_answer(r)])
     new_config = json.loads(json.dumps(redact({
         **source_config, "dataset": {**source_config.get("dataset", {}), "scorer": dataclasses.asdict(scorer_config)},
@@ -83,8 +83,8 @@ def prepare(config: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> R
         "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source),
                      "until": config.pipeline.until}}), default=str))
     prepared = Rescore(source, scorer_config, new_config,
-                       read_json(source / "plan.json") if (source / "plan.json").is_file() else {}, source_config,
-                       read_json(source / "summary.json") if (source / "summary.json").is_file() else {})
+                       read_json(source / PLAN_FILE) if (source / PLAN_FILE).is_file() else {}, source_config,
+                       read_json(source / SUMMARY_FILE) if (source / SUMMARY_FILE).is_file() else {})
     if config.resume is not None:
         prepared.complete = _resumed(prepared, run_dir, config.pipeline.until)
     state = read_status(source).get("state")
@@ -95,9 +95,9 @@ def prepare(config: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> R
 
 def _resumed(prepared: Rescore, run_dir: Path, until: str) -> bool:
     """Whether the re-scoring run in `run_dir` had completed; a UserError when it re-scored something else."""
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         return False  # stopped before it wrote anything: it starts again
-    stored = read_json(run_dir / "config.json")
+    stored = read_json(run_dir / CONFIG_FILE)
     keys = [f"{section}." for section in HASHED_SECTIONS] + ["pipeline.from_transcript"]
     old, new = flatten(stored), flatten(prepared.config)
     differ = [key for key in sorted(set(old) | set(new))
@@ -110,21 +110,21 @@ def _resumed(prepared: Rescore, run_dir: Path, until: str) -> bool:
 
 def seed(prepared: Rescore, run_dir: Path) -> None:
     """Write the run's config, plan and (unless a resume finds it there) its transcript: the source's answers."""
-    write_json(run_dir / "config.json", prepared.config)
+    write_json(run_dir / CONFIG_FILE, prepared.config)
     set_status(run_dir, "started")
     if prepared.plan:
-        write_json(run_dir / "plan.json", prepared.plan)
-    if not (run_dir / TRANSCRIPT_NAME).is_file():  # a resume keeps it: the score stage's journal goes with it
-        rewrite_transcript(run_dir / TRANSCRIPT_NAME, [
+        write_json(run_dir / PLAN_FILE, prepared.plan)
+    if not (run_dir / TRANSCRIPT_FILE).is_file():  # a resume keeps it: the score stage's journal goes with it
+        rewrite_transcript(run_dir / TRANSCRIPT_FILE, [
             {**r, "score": None, "extracted": None} if is_answer(r) else r
-            for r in read_transcript(prepared.source / TRANSCRIPT_NAME)])
+            for r in read_transcript(prepared.source / TRANSCRIPT_FILE)])
 
 
 def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir: Path, run_name: Optional[str],
                    parent_run_id: Optional[str], overrides: tuple[str, ...]) -> Optional[str]:
     """Open the run's MLflow run, tagged with its source; returns the source's MLflow run id (None if not found)."""
     source_run_id = find_run_id(tracker, prepared.source)
-    records = read_transcript(run_dir / TRANSCRIPT_NAME)
+    records = read_transcript(run_dir / TRANSCRIPT_FILE)
     tags = run_tags(config, run_dir, {
         "run_type": "rescore", "source_run_dir": str(prepared.source), "source_run_id": source_run_id or "",
         "overrides": " ".join(overrides), "device": prepared.plan.get("device", ""),
@@ -142,8 +142,8 @@ def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir:
 def record_source(prepared: Rescore, run_dir: Path, source_run_id: Optional[str], scorer_label: str) -> int:
     """source.json, once the answers are scored; returns how many scores differ from the source's."""
     before = {(r["sample_id"], r.get("sample_index", 0)): r.get("score")
-              for r in read_transcript(prepared.source / TRANSCRIPT_NAME) if is_answer(r)}
-    after = [r for r in read_transcript(run_dir / TRANSCRIPT_NAME) if is_answer(r)]
+              for r in read_transcript(prepared.source / TRANSCRIPT_FILE) if is_answer(r)}
+    after = [r for r in read_transcript(run_dir / TRANSCRIPT_FILE) if is_answer(r)]
     changed = sum(before.get((r["sample_id"], r.get("sample_index", 0))) != r.get("score") for r in after)
     write_json(run_dir / SOURCE_FILE, {
         "run_dir": str(prepared.source), "mlflow_run_id": source_run_id,
@@ -159,11 +159,11 @@ def source_folder(value: Optional[str]) -> Path:
     folder = Path(str(value)).expanduser().resolve()
     if folder.is_file():  # a transcript.jsonl given for its folder, say
         raise UserError(f"pipeline.from_transcript={value}: {folder} is a file, expected a run folder "
-                        f"(the folder that holds {TRANSCRIPT_NAME})")
+                        f"(the folder that holds {TRANSCRIPT_FILE})")
     if not folder.is_dir():
         raise UserError(f"pipeline.from_transcript={value}: no such folder")
-    if not (folder / TRANSCRIPT_NAME).is_file():
-        raise UserError(f"pipeline.from_transcript={value}: the folder has no {TRANSCRIPT_NAME}; give a run folder "
+    if not (folder / TRANSCRIPT_FILE).is_file():
+        raise UserError(f"pipeline.from_transcript={value}: the folder has no {TRANSCRIPT_FILE}; give a run folder "
                         "whose execute stage ran (runs/<date>/<time>_<token> or a sweep's job folder)")
     return folder
 

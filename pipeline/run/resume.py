@@ -39,10 +39,18 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.config import CONF_DIR, STAGES, Config, flatten, to_config
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    HYDRA_FOLDER,
+    MULTIRUN_FILE,
+    SCORES_FILE,
+    SWEEP_SUMMARY_FILE,
+    TRANSCRIPT_FILE,
+)
 from pipeline.core.records import ResolvedModel
 from pipeline.core.redact import MASK, redact, redact_overrides
-from pipeline.core.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
-from pipeline.run.files import SCORES_NAME, folder_problem, shown
+from pipeline.core.transcript import rewrite_transcript, scan
+from pipeline.run.files import folder_problem, shown
 from pipeline.run.inputs import differences, fingerprint, read_inputs
 from pipeline.run.status import in_use_message, is_locked, read_status
 
@@ -77,11 +85,11 @@ def expand_command_line(argv: list[str]) -> list[str]:
                         "(the `run dir` a run printed), or resume=last")
     folder = folder.resolve()
     now = [arg for arg in argv if not arg.startswith("resume=")]
-    if (folder / "multirun.yaml").is_file():
+    if (folder / MULTIRUN_FILE).is_file():
         flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
-        return flags + _merge(_saved(folder / "multirun.yaml"), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
-    if (folder / ".hydra" / "hydra.yaml").is_file():
-        return _merge(_saved(folder / ".hydra" / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+        return flags + _merge(_saved(folder / MULTIRUN_FILE), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
+    if (folder / HYDRA_FOLDER / "hydra.yaml").is_file():
+        return _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -123,10 +131,10 @@ def find_last(runs: Path = RUNS_DIR) -> Path:
 def _unfinished(folder: Path) -> bool:
     """Whether resuming `folder` would do anything: a run not ended with success, or a sweep with such a job
     (or one that never reached its end, where jobs may not have started yet)."""
-    if not (folder / "multirun.yaml").is_file():
+    if not (folder / MULTIRUN_FILE).is_file():
         return read_status(folder).get("state") != "success"
     jobs = [p.parent.parent for p in folder.glob("*/.hydra/hydra.yaml")]
-    return not (folder / "sweep_summary.json").is_file() or any(_unfinished(job) for job in jobs)
+    return not (folder / SWEEP_SUMMARY_FILE).is_file() or any(_unfinished(job) for job in jobs)
 
 
 def enter_launch_folder(argv: list[str]) -> None:
@@ -138,7 +146,7 @@ def enter_launch_folder(argv: list[str]) -> None:
     if not given:
         return
     folder = Path(given[-1])
-    saved = folder / "multirun.yaml" if (folder / "multirun.yaml").is_file() else folder / ".hydra" / "hydra.yaml"
+    saved = folder / MULTIRUN_FILE if (folder / MULTIRUN_FILE).is_file() else folder / HYDRA_FOLDER / "hydra.yaml"
     launched = OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.cwd") if saved.is_file() else None
     if launched and Path(launched).is_dir():
         os.chdir(launched)
@@ -175,7 +183,7 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if is_locked(folder):
         return in_use_message(folder)
     try:
-        records, _ = scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
+        records, _ = scan(folder / TRANSCRIPT_FILE)  # corruption is reported before anything is written
     except UserError as error:
         return str(error)
     if config.pipeline.from_transcript:  # its config is its source's: pipeline.run.rescore checks it
@@ -189,7 +197,7 @@ def records_difference(folder: Path, config: Config, records: list[dict[str, Any
     hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
     if not hashes:
         return None
-    return (f"{folder / TRANSCRIPT_NAME} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
+    return (f"{folder / TRANSCRIPT_FILE} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
             f"not {config.config_hash()}): start a new run rather than resuming this one")
 
 
@@ -244,7 +252,7 @@ def _unwritable(folder: Path, key: str) -> Optional[str]:
 
 def config_difference(folder: Path, config: Config) -> Optional[str]:
     """Why `config` cannot continue the run in `folder`, naming each setting that differs; None if it can."""
-    path = folder / "config.json"
+    path = folder / CONFIG_FILE
     if not path.is_file():
         return None  # stopped before it wrote its config: nothing to compare, nothing generated
     stored = read_json(path)
@@ -267,7 +275,7 @@ def begin(run_dir: Path, config: Config) -> Previous:
     Writes nothing: a resume can still be refused after this (its input files are compared once the
     model is resolved); `settle` then puts the transcript in the shape `Previous` describes."""
     status = read_status(run_dir)
-    transcript = run_dir / TRANSCRIPT_NAME
+    transcript = run_dir / TRANSCRIPT_FILE
     if config.resume is None:
         if status or transcript.exists():
             raise UserError(f"{run_dir} already holds a run ({status.get('state', 'a transcript')}): continue it "
@@ -293,24 +301,24 @@ def executed(folder: Path, records: Optional[list[dict[str, Any]]] = None) -> bo
     """Whether the run in `folder` finished its execute stage: its score stage began (the journal is
     there, created once execute had finished, and every answer it scored is in the transcript), or
     it ended with success at or after execute. `records`: the transcript's, when already read."""
-    if (folder / SCORES_NAME).is_file():
-        answers = {_key(r) for r in (scan(folder / TRANSCRIPT_NAME)[0] if records is None else records)
+    if (folder / SCORES_FILE).is_file():
+        answers = {_key(r) for r in (scan(folder / TRANSCRIPT_FILE)[0] if records is None else records)
                    if r.get("kind", "answer") == "answer"}
-        return {_key(entry) for entry in scan(folder / SCORES_NAME)[0]} <= answers
+        return {_key(entry) for entry in scan(folder / SCORES_FILE)[0]} <= answers
     return read_status(folder).get("state") == "success" and \
         STAGES.index(ran_until(folder)) >= STAGES.index("execute")
 
 
 def ran_until(folder: Path) -> str:
     """The pipeline.until of the run's last start (config.json; summarize for folders from before it was kept)."""
-    path = folder / "config.json"
+    path = folder / CONFIG_FILE
     until = (read_json(path).get("pipeline") or {}).get("until") if path.is_file() else None
     return until if until in STAGES else "summarize"
 
 
 def settle(run_dir: Path, previous: Previous) -> None:
     """Once a resume is accepted: drop the tool steps of unfinished answers (generated again), and say what is kept."""
-    transcript = run_dir / TRANSCRIPT_NAME
+    transcript = run_dir / TRANSCRIPT_FILE
     if previous.dropped:
         log.info("resume: dropping %d tool step(s) of answers left unfinished", previous.dropped)
         rewrite_transcript(transcript, previous.kept)

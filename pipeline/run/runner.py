@@ -23,17 +23,25 @@ from typing import Any, Callable, Optional, TypeVar
 from pipeline.backends.base import Backend
 from pipeline.backends.openai.plan import SERVER, served_tags
 from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
-from pipeline.backends.transformers.reuse import LOAD_FILE
 from pipeline.core.config import Config
 from pipeline.core.console import ProgressSink
 from pipeline.core.errors import Interrupted, TrackingError, UserError
 from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    INPUTS_FILE,
+    LOAD_FILE,
+    PLAN_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    TRANSCRIPT_FILE,
+)
 from pipeline.core.records import RuntimePlan, Summary
 from pipeline.core.redact import redact
-from pipeline.core.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
-from pipeline.run.files import run_files
+from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.run import rescore
-from pipeline.run.inputs import INPUTS_FILE, fingerprint
+from pipeline.run.files import run_files
+from pipeline.run.inputs import fingerprint
 from pipeline.run.resume import Previous, begin, inputs_difference, settle
 from pipeline.run.status import locked, set_status
 from pipeline.stages.execute import execute
@@ -105,7 +113,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             resuming = False  # accepted: from here on, the run's state is this run's
         if not (run_dir / INPUTS_FILE).is_file():  # a resume keeps what the run first read
             write_json(run_dir / INPUTS_FILE, inputs)
-        write_json(run_dir / "plan.json", result.plan.to_dict())
+        write_json(run_dir / PLAN_FILE, result.plan.to_dict())
         if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
             set_status(run_dir, "success")
@@ -127,7 +135,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
-            with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
+            with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
                 try:
                     timed("execute", execute, backend, samples, config, writer, config.config_hash(), progress,
                           previous.done, previous.next_batch)
@@ -168,7 +176,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
                           tags=run_tags(config, run_dir, {"overrides": " ".join(overrides)}))
             tracker.log_params(config_params(config))
             log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",
-                     run_dir / TRANSCRIPT_NAME)
+                     run_dir / TRANSCRIPT_FILE)
         result.tracker = tracker
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
             close_run(run_dir, tracker, "success", "FINISHED", "")
@@ -204,16 +212,16 @@ def _timer(seconds: dict[str, float], tracker: Tracker) -> Callable[..., Any]:
 def _summarize(run_dir: Path, seconds: dict[str, float], scorer: str, peak: tuple[Optional[int], str],
                tracker: Tracker, timed: Callable[..., Any]) -> Summary:
     """The summarize stage over the scored transcript: summary.json and the run's MLflow metrics."""
-    records = read_transcript(run_dir / TRANSCRIPT_NAME)
+    records = read_transcript(run_dir / TRANSCRIPT_FILE)
     summary = timed("summarize", summarize, records, seconds, scorer, peak)
     summary.stage_seconds = dict(seconds)  # now including summarize itself
-    write_json(run_dir / "summary.json", summary.to_dict())
+    write_json(run_dir / SUMMARY_FILE, summary.to_dict())
     tracker.log_metrics(summary.metrics())
     return summary
 
 
 def _start(run_dir: Path, config: Config) -> None:
-    write_json(run_dir / "config.json", redact(config.to_dict()))
+    write_json(run_dir / CONFIG_FILE, redact(config.to_dict()))
     set_status(run_dir, "started")
 
 
@@ -246,11 +254,11 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     try:
         set_status(run_dir, state, reason)
     except OSError as error:  # not even written in place (see set_status); the message still reaches the user
-        log.error("could not write %s: %s", run_dir / "status.json", error)
+        log.error("could not write %s: %s", run_dir / STATUS_FILE, error)
     if tracker.run_id:
         try:
             try:
-                tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
+                tracker.log_traces(run_dir / TRANSCRIPT_FILE)  # after execute, whatever its outcome: it pays nothing
                 for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
                     tracker.log_artifact(path, subfolder)
             finally:
@@ -267,5 +275,5 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
 
 
 def _read_summary(run_dir: Path) -> Optional[Summary]:
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_FILE
     return Summary(**read_json(path)) if path.is_file() else None

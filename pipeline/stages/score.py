@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.core.config import ScorerConfig
-from pipeline.core.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript, rewrite_transcript
-from pipeline.run.files import SCORES_NAME
+from pipeline.core.folder_names import SCORES_FILE, TRANSCRIPT_FILE
+from pipeline.core.transcript import TranscriptWriter, read_transcript, rewrite_transcript
 from pipeline.scoring.scorers import Scorer, build_scorer
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def key(record: dict[str, Any]) -> Key:
 def score(run_dir: Path, config: ScorerConfig) -> int:
     """The stage: score the transcript's answers the journal lacks, then put every score into the
     transcript; returns how many answers were scored now (0 when a resume found them all scored)."""
-    transcript, journal = run_dir / TRANSCRIPT_NAME, run_dir / SCORES_NAME
+    transcript, journal = run_dir / TRANSCRIPT_FILE, run_dir / SCORES_FILE
     records = read_transcript(transcript)
     journaled = {key(entry): entry for entry in read_transcript(journal)}  # a torn last line is scored again
     # an entry counts for the answer it was made for (the text the scorer saw), never for another one

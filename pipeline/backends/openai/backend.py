@@ -39,7 +39,7 @@ import httpx
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, one_line
 from pipeline.core.records import Message, ToolCall
 from pipeline.core.streaming import StreamSink
 from pipeline.core.tool_calls import OPEN, parse_tool_calls
@@ -325,9 +325,9 @@ class OpenAIBackend(Backend):
                 raise RetryableFailure(message, server.retry_after_s(error.response.headers)) from None
             raise FinalFailure(message) from None
         except (openai.APIConnectionError, httpx.TransportError) as error:
-            raise RetryableFailure(f"connection to the server failed: {_one_line(error) or type(error).__name__}") from None
+            raise RetryableFailure(f"connection to the server failed: {one_line(error, 200) or type(error).__name__}") from None
         except openai.APIError as error:  # an error event inside the stream
-            raise FinalFailure(f"the server reported an error: {_one_line(error)}") from None
+            raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
         done = time.monotonic()
         return self._completion(request, "".join(text), "".join(reasoning), calls, finish, usage,
                                 ttft=(first if first is not None else done) - sent, latency=done - sent)
@@ -464,9 +464,6 @@ def _reason(error: Any) -> str:
     if isinstance(body, dict):
         inner = body.get("error")
         detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
-    return _one_line(detail or getattr(error, "message", "") or type(error).__name__)
+    return one_line(detail or getattr(error, "message", "") or type(error).__name__, 200)
 
 
-def _one_line(value: Any, limit: int = 200) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit] + "..."
