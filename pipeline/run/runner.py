@@ -32,6 +32,7 @@ from pipeline.core.folder_names import (
     INPUTS_FILE,
     LOAD_FILE,
     PLAN_FILE,
+    STAGES_FILE,
     STATUS_FILE,
     SUMMARY_FILE,
     TRANSCRIPT_FILE,
@@ -142,6 +143,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
                 finally:
                     progress.close()
                     backend.close()
+            write_json(run_dir / STAGES_FILE, seconds)  # what a later start at the score stage cannot time itself
         if until in ("score", "summarize"):
             timed("score", score, run_dir, config.dataset.scorer)
         if until == "summarize":
@@ -160,7 +162,11 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
     """score -> summarize over answers that are all there already: a resumed run's (`previous`, accepted
     by begin: its execute stage had finished), or another run's (`rescoring`). No model is resolved or loaded."""
     result = RunResult(run_dir)
-    seconds: dict[str, float] = dict(rescoring.stage_seconds) if rescoring else {}
+    # the stages that made the answers ran before: their seconds (for tokens per second) are the source's, or
+    # what this run's execute left in stages.json
+    earlier = rescoring.stage_seconds if rescoring else read_json(run_dir / STAGES_FILE) \
+        if (run_dir / STAGES_FILE).is_file() else {}
+    seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
     timed = _timer(seconds, tracker)
     scorer = rescoring.scorer if rescoring else config.dataset.scorer
