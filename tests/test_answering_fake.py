@@ -22,6 +22,7 @@ from pipeline.core.records import Message, Sample, ToolCall, Turn
 from pipeline.core.streaming import sample_seed
 from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.stages.execute import execute
+from pipeline.stages.score import score_records
 
 ADD = {"_target_": "pipeline.answering.demo_tools.add"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,9 @@ def run(tmp_path: Path, backend: FakeBackend, samples: list[Sample], **sections)
     path = tmp_path / f"t{len(list(tmp_path.glob('t*.jsonl')))}.jsonl"
     with TranscriptWriter(path) as writer:
         execute(backend, samples, config, writer, config.config_hash())
-    return read_transcript(path)
+    written = read_transcript(path)
+    assert all(r["score"] is None for r in written)  # execute writes answers only: the score stage scores them
+    return score_records(written, config.dataset.scorer)
 
 
 def calculator(request: Request):

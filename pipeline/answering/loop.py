@@ -15,8 +15,9 @@ seconds) is spent, its next generation is offered no tools, which asks for the f
 `session.skip_summarization` the tools' result is the answer and no model turn follows it.
 
 Each step becomes a TranscriptRecord handed to `Answering.emit` batch by batch: the execute stage
-writes them to the transcript, the Python client collects them. No files are touched here, and
-nothing here knows which backend answers (pipeline.backends.base is all it sees).
+writes them to the transcript, the Python client collects them. No files are touched here,
+nothing here knows which backend answers (pipeline.backends.base is all it sees), and nothing
+is scored here (answers leave with score null: pipeline.stages.score scores them).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from pipeline.core.records import Message, Sample, TranscriptRecord
 from pipeline.core.streaming import StreamSink, sample_seed
 from pipeline.core.tool_calls import ParsedAnswer
 from pipeline.data.prompts import as_dict
-from pipeline.scoring.scorers import Scorer, build_scorer
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0  # a progress line at most this often
@@ -86,10 +86,6 @@ class Answering:
     last_report: float = field(default_factory=time.perf_counter)
 
     @cached_property
-    def score(self) -> Scorer:
-        return build_scorer(self.config.dataset.scorer)
-
-    @cached_property
     def generation(self) -> dict[str, Any]:
         """The run's effective generation settings: the plan's, when the backend was built from one;
         else the config's own, a null left null (the backend's default: a server's, say)."""
@@ -120,7 +116,7 @@ def answer(context: Answering, jobs: list[Job]) -> list[TranscriptRecord]:
                 raise UserError(message + " (execute.fail_fast=true)")
             log.warning(message)
             finals[id(job)] = _record(context, job, "answer", response="", status="error", error=message,
-                                      finish_reason="error", score=None if job.reference is None else 0.0)
+                                      finish_reason="error")
             context.emit([finals[id(job)]])
             pending.remove(job)
         pending = _generate_round(context, length_buckets(pending, lengths, context.backend.batch_size), finals)
@@ -175,7 +171,6 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                     raise RequestFailure(message + " (execute.fail_fast=true)")
                 log.warning(message)
                 finals[id(job)] = _record(context, job, "answer", response="", status="error", error=message,
-                                          score=None if job.reference is None else 0.0,
                                           **{**measured, "finish_reason": "error"})
                 records.append(finals[id(job)])
                 continue
@@ -194,7 +189,6 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                     going_on.append(job)
             else:
                 finals[id(job)] = _record(context, job, "answer", response=text,
-                                          score=context.score(text, job.reference),
                                           tool_budget_spent=job.budget_spent, **measured)
                 records.append(finals[id(job)])
         context.emit(records)
@@ -257,8 +251,8 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
     job.round_trips += 1
     if context.config.session.skip_summarization and results and all(results) and not parsed.problems:
         response = "\n".join(results)
-        records.append(_record(context, job, "answer", response=response, score=context.score(response, job.reference),
-                               finish_reason="tool", tools=list(job.offered)))
+        records.append(_record(context, job, "answer", response=response, finish_reason="tool",
+                               tools=list(job.offered)))
     return records
 
 
