@@ -214,7 +214,7 @@ def test_a_500_is_retried_and_a_400_is_not(served):
         recovered, refused, fine = openai.generate(SUMS[:3])
     assert recovered.error is None and recovered.text == "173"
     assert (refused.finish_reason, refused.text) == ("error", "")
-    assert refused.error == "What is 45+15?: 400 unsupported parameter"
+    assert refused.error == "What is 45+15?: 400 unsupported parameter" and not refused.unavailable
     assert fine.error is None and fine.text == "186"  # the run goes on after a failed request
     assert openai.attempts == 4 and len(proxy.chat_times) == 4  # 500 + retry, 400 alone, the third
 
@@ -227,7 +227,18 @@ def test_a_server_too_slow_for_the_timeout_becomes_an_error_after_the_retries(se
         elapsed = time.monotonic() - started
     assert completion.finish_reason == "error"
     assert completion.error == "What is 86+87?: no complete answer within backend.timeout_s=0.5s after 2 attempts"
+    assert not completion.unavailable  # slow is not gone: an error record, and the run goes on
     assert openai.attempts == 2 and len(proxy.chat_times) == 2 and elapsed < 2.5
+
+
+def test_a_server_that_no_longer_accepts_connections_is_unavailable_after_the_retries_not_a_request_error():
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: as a server killed after the plan
+    openai = backend(url, "m", max_retries=2, backoff_s=0.01)
+    completions = openai.generate(SUMS[:2])
+    assert all(c.unavailable and c.finish_reason == "error" for c in completions)
+    assert completions[0].error == (f"the server at {url} stopped answering: connection to the server failed: "
+                                    "connection refused after 3 attempts")
+    assert openai.attempts == 6
 
 
 def test_retries_stop_at_max_retries_for_a_server_that_keeps_failing(served):

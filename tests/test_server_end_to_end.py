@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import mlflow_client, only_run_dir, run_pipeline
+from conftest import mlflow_client, only_run_dir, pipeline_env, run_pipeline
 from openai_server import TransformersServe, free_port, serving_extra_missing
 
 from pipeline.core.config import ASSETS_DIR
@@ -31,10 +34,10 @@ def through(server: TransformersServe, *more: str) -> list[str]:
     return ["backend=openai", f"backend.base_url={server.base_url}", f"runtime.model={server.model}", *more]
 
 
-def error_line(result) -> str:
+def error_line(result, prefix: str = "error") -> str:
     """The run's one error line (stage timings may come before it), with no traceback anywhere."""
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1, result.stderr
     return errors[0]
 
@@ -165,3 +168,55 @@ def test_a_setting_only_an_in_process_prompt_can_honour_is_one_line_before_the_s
     assert result.returncode == 2, result.stderr
     assert said in error_line(result)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_server_killed_mid_run_fails_the_run_in_one_line_and_resume_finishes_it_once_it_is_back(tmp_path):
+    # a server that stopped accepting connections is not a sample's failure: without this, every later request
+    # was retried, became an error record, and the run "succeeded" with a transcript of errors no resume redoes
+    limit = 16
+    server = TransformersServe(DEMO, tmp_path / "serve.log")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    args = through(server, f"dataset.limit={limit}", "backend.max_concurrency=2", "backend.max_retries=2",
+                   "backend.backoff_s=0.05")
+    try:
+        server.wait()
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not _records_written(cwd) >= 4 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.process.kill()  # SIGKILL: no goodbye to the requests in flight
+        server.process.wait()
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 1, err
+        line = error_line(subprocess.CompletedProcess([], 1, out, err), prefix="run failed")
+        run_dir = only_run_dir(cwd)
+        assert line.startswith(f"run failed: the server at {server.base_url} stopped answering: connection to the "
+                               "server failed: "), line
+        assert "connection refused after 3 attempts" in line and line.endswith(f"continue with: python -m pipeline resume={run_dir}")
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "failed" and server.base_url in status["reason"]
+        kept = read_transcript(run_dir / "transcript.jsonl")
+        assert 4 <= len(kept) < limit and all(r["status"] == "ok" for r in kept), [r["error"] for r in kept]
+        client = mlflow_client(cwd)
+        (first,) = client.search_runs(["1"])
+        assert first.info.status == "FAILED"
+
+        server = TransformersServe(DEMO, tmp_path / "serve.log", port=server.port)  # the same URL, back again
+        server.wait()
+        resumed = run_pipeline([f"resume={run_dir}"], cwd=cwd)
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        server.stop()
+    records = read_transcript(run_dir / "transcript.jsonl")
+    assert records[:len(kept)] == kept
+    assert len({r["sample_id"] for r in records}) == len(records) == limit
+    assert all(r["status"] == "ok" for r in records)
+    (again,) = client.search_runs(["1"])
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
+
+
+def _records_written(cwd) -> int:
+    found = list(cwd.glob("runs/*/*/transcript.jsonl"))
+    return len(found[0].read_text().splitlines()) if found else 0

@@ -4,7 +4,9 @@ llama.cpp's server, Ollama, LM Studio, `transformers serve`, OpenAI and Azure Op
 Planning checks the server before anything is sent for generation (pipeline.backends.openai.client).
 Generation streams every request (time to first token is measured, not estimated) with at most
 `max_concurrency` in flight, retries what can succeed on retry with jittered exponential backoff
-that honours Retry-After, and turns a request that still fails into a Completion with `error`.
+that honours Retry-After, and turns a request that still fails into a Completion with `error`; one
+that still could not reach the server at all (refused, reset, dropped mid-answer) is marked
+`unavailable`, which stops the run rather than filling its transcript with errors.
 The openai client's own retries are off: it would retry 409 and 429 without our jitter and cap,
 and this module must count attempts.
 
@@ -67,9 +69,10 @@ class _signals_held:
 class RetryableFailure(Exception):
     """An attempt failed in a way that may succeed next time; carries the server's Retry-After."""
 
-    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+    def __init__(self, message: str, retry_after: Optional[float] = None, connection: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.connection = connection  # no answer at all (refused, reset, dropped): the server may be gone
 
 
 class FinalFailure(Exception):
@@ -280,9 +283,11 @@ class OpenAIBackend(Backend):
                 failure = error
             if isinstance(failure, FinalFailure) or attempt >= self.config.max_retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
+                gone = getattr(failure, "connection", False)  # not this request's fault: the server is not there
+                said = (f"the server at {server.endpoint(self.config)} stopped answering: {failure}{tries}" if gone
+                        else f"{request.key + ': ' if request.key else ''}{failure}{tries}")
                 completion = Completion(finish_reason="error", latency_s=time.monotonic() - started,
-                                        error=self.secrets.wipe(f"{request.key + ': ' if request.key else ''}"
-                                                                f"{failure}{tries}"))
+                                        error=self.secrets.wipe(said), unavailable=gone)
                 break
             await asyncio.sleep(server.backoff_s(self.config, attempt, getattr(failure, "retry_after", None)))
             attempt += 1
@@ -324,8 +329,11 @@ class OpenAIBackend(Backend):
             if error.status_code in server.RETRYABLE_STATUS or error.status_code >= 500:
                 raise RetryableFailure(message, server.retry_after_s(error.response.headers)) from None
             raise FinalFailure(message) from None
+        except (openai.APITimeoutError, httpx.TimeoutException):  # a slow server, not a gone one
+            raise RetryableFailure(f"no complete answer within {PREFIX}.timeout_s={self.config.timeout_s:g}s") from None
         except (openai.APIConnectionError, httpx.TransportError) as error:
-            raise RetryableFailure(f"connection to the server failed: {_one_line(error) or type(error).__name__}") from None
+            raise RetryableFailure(f"connection to the server failed: {_connection_reason(error)}",
+                                   connection=True) from None
         except openai.APIError as error:  # an error event inside the stream
             raise FinalFailure(f"the server reported an error: {_one_line(error)}") from None
         done = time.monotonic()
@@ -465,6 +473,21 @@ def _reason(error: Any) -> str:
         inner = body.get("error")
         detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
     return _one_line(detail or getattr(error, "message", "") or type(error).__name__)
+
+
+def _connection_reason(error: BaseException) -> str:
+    """What went wrong on the wire in a few words: the openai client says only "Connection error.", httpx
+    says more ("peer closed connection without sending complete message body"), the socket most."""
+    chain: list[BaseException] = []
+    current: Optional[BaseException] = error
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for kind, words in ((ConnectionRefusedError, "connection refused"), (ConnectionResetError, "connection reset")):
+        if any(isinstance(link, kind) for link in chain):
+            return words
+    said = [_one_line(link) for link in chain if isinstance(link, httpx.TransportError) and _one_line(link)]
+    return said[0] if said else (_one_line(error) or type(error).__name__)
 
 
 def _one_line(value: Any, limit: int = 200) -> str:
