@@ -15,7 +15,7 @@ import json
 import time
 
 import pytest
-from openai_server import CHAT, FaultProxy, StubServer, TransformersServe, free_port, serving_extra_missing, sse
+from openai_server import CHAT, FaultProxy, StubServer, free_port, serving_extra_missing, sse
 
 from pipeline.backends.base import Request
 from pipeline.core.config import ASSETS_DIR
@@ -318,16 +318,6 @@ def test_azure_style_api_version_and_extra_headers_reach_the_server(monkeypatch)
     chat_body = stub.seen[-1][3]
     assert json.loads(chat_body)["max_completion_tokens"] == 8 and "max_tokens" not in json.loads(chat_body)
     assert {option.name: option.value for option in plan.options}["headers"] == ["X-Tenant"]  # names, never values
-
-
-@pytest.fixture(scope="module")
-def tool_served(tmp_path_factory):
-    server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
-    try:
-        server.wait()
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):

@@ -220,3 +220,31 @@ def test_the_server_killed_mid_run_fails_the_run_in_one_line_and_resume_finishes
 def _records_written(cwd) -> int:
     found = list(cwd.glob("runs/*/*/transcript.jsonl"))
     return len(found[0].read_text().splitlines()) if found else 0
+
+
+def test_tools_through_the_server_make_the_same_round_trips_and_score_as_in_process(tmp_path, tool_served):
+    # the tool demo model writes its calls as <tool_call> text, which transformers serve passes through as text:
+    # the backend reads them, the loop runs `add`, and the result goes back to the server as a tool message
+    tools = ["dataset=tool_addition", "dataset.limit=5", "session=calculator_tools", "generation.max_new_tokens=64"]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir(), remote.mkdir()
+    in_process = run_pipeline(["runtime.model=tool-demo", *tools, "tracking=none"], cwd=local)
+    assert in_process.returncode == 0, in_process.stderr
+    result = run_pipeline(through(tool_served, *tools), cwd=remote)
+    assert result.returncode == 0, result.stderr
+
+    def steps(cwd):
+        return [(r["sample_id"], r["kind"], r["status"], r["response"], r["score"], json.dumps(r["tool"]))
+                for r in read_transcript(only_run_dir(cwd) / "transcript.jsonl")]
+
+    mine = steps(remote)
+    assert [kind for _, kind, *_ in mine] == ["tool_call", "tool_result", "answer"] * 5, mine
+    assert mine == steps(local)  # greedy: the same calls with the same arguments, results, answers and scores
+    summary = json.loads((only_run_dir(remote) / "summary.json").read_text())
+    expected = json.loads((only_run_dir(local) / "summary.json").read_text())
+    assert summary["accuracy"] == expected["accuracy"] == 1.0
+    assert summary["tool_calls"] == expected["tool_calls"] == 5
+    plan = json.loads((only_run_dir(remote) / "plan.json").read_text())
+    assert [tool["function"]["name"] for tool in plan["tools"]] == ["add"]
+    (run,) = mlflow_client(remote).search_runs(["1"])
+    assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == 1.0
