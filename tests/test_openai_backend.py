@@ -295,7 +295,8 @@ def test_tool_calls_a_server_passes_through_as_text_are_read_from_it_only_when_t
     add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
     with StubServer(routes) as stub:
         with_tools, without = backend(stub.base_url, "stub").generate([ask("1+2?", tools=[add]), ask("1+2?")])
-    assert (with_tools.tool_calls, with_tools.text, with_tools.finish_reason) == ([ToolCall("add", {"a": 1, "b": 2})], "", "tool")
+    assert (with_tools.tool_calls, with_tools.finish_reason) == ([ToolCall("add", {"a": 1, "b": 2})], "tool")
+    assert (with_tools.text, with_tools.message_text) == (said, "")  # as in process: the markup stays in the text
     assert (without.tool_calls, without.text, without.finish_reason) == ([], said, "stop")
 
 
@@ -329,7 +330,7 @@ def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):
     openai = backend(tool_served.base_url, tool_served.model)
     [call] = openai.generate([Request(question, 64, tools=[schema])])
     assert (call.tool_calls, call.finish_reason, call.error) == ([ToolCall("add", {"a": 7311, "b": 7890})], "tool", None)
-    answered = question + [Message("assistant", call.text, tool_calls=tuple(call.tool_calls)),
+    answered = question + [Message("assistant", call.message_text, tool_calls=tuple(call.tool_calls)),
                            Message("tool", str(add(7311, 7890)), name="add")]
     [answer] = openai.generate([Request(answered, 64, tools=[schema])])
     assert (answer.text, answer.finish_reason, answer.tool_calls) == ("15201", "stop", [])

@@ -234,12 +234,15 @@ def test_tools_through_the_server_make_the_same_round_trips_and_score_as_in_proc
     assert result.returncode == 0, result.stderr
 
     def steps(cwd):
-        return [(r["sample_id"], r["kind"], r["status"], r["response"], r["score"], json.dumps(r["tool"]))
-                for r in read_transcript(only_run_dir(cwd) / "transcript.jsonl")]
+        records = read_transcript(only_run_dir(cwd) / "transcript.jsonl")
+        for record in records:
+            (record["tool"] or {}).pop("seconds", None)  # how long `add` took
+        return sorted((r["sample_id"], r["step"], r["kind"], r["status"], r["response"], r["score"], r["tool"],
+                       r["prompt_tokens"], r["completion_tokens"], r["finish_reason"]) for r in records)
 
     mine = steps(remote)
-    assert [kind for _, kind, *_ in mine] == ["tool_call", "tool_result", "answer"] * 5, mine
-    assert mine == steps(local)  # greedy: the same calls with the same arguments, results, answers and scores
+    assert [step[1:3] for step in mine] == [(0, "tool_call"), (1, "tool_result"), (2, "answer")] * 5, mine
+    assert mine == steps(local)  # greedy: the same calls, arguments, results, answers, scores and token counts
     summary = json.loads((only_run_dir(remote) / "summary.json").read_text())
     expected = json.loads((only_run_dir(local) / "summary.json").read_text())
     assert summary["accuracy"] == expected["accuracy"] == 1.0

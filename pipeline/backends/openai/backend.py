@@ -365,14 +365,17 @@ class OpenAIBackend(Backend):
         if cut is not None:
             text, finish_reason = cut, "stop"
         tool_calls = [ToolCall(call["name"], _arguments(call["arguments"])) for _, call in sorted(calls.items())]
+        message_text: Optional[str] = None
         if request.tools and not tool_calls and OPEN in text:
             parsed = parse_tool_calls(text)  # the model's own format, passed through as text by the server
             if parsed.calls and not parsed.problems:
-                text, tool_calls = parsed.text, parsed.calls
+                # as in process: the text (and the transcript) keeps what the model wrote, markup included;
+                # the conversation's assistant message carries the calls as tool_calls instead
+                message_text, tool_calls = parsed.text, parsed.calls
         if tool_calls:
             finish_reason = "tool"
         details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
-        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls,
+        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls, message_text=message_text,
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                           reasoning_tokens=getattr(details, "reasoning_tokens", 0) or 0,
