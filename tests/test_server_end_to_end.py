@@ -140,13 +140,16 @@ def test_a_seed_sweep_runs_each_job_through_the_server(tmp_path, served):
                           cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = (tmp_path / "runs" / "multirun").glob("*/*")
-    # (that the seed reaches the server is the conformance suite's seeded-sampling test: the demo model is too
-    # sure of its sums for two seeds to differ on a few samples)
+    # (that the seed reaches the server is the conformance suite's seeded-sampling test, over a sampling copy of
+    # the tool model: the demo model's generation_config.json says do_sample=false, which transformers serve obeys)
     for job in range(2):
         records = read_transcript(sweep_dir / str(job) / "transcript.jsonl")
         assert len(records) == 8 and all(r["status"] == "ok" for r in records), [r["error"] for r in records]
         plan = json.loads((sweep_dir / str(job) / "plan.json").read_text())
         assert plan["generation"]["seed"] == job + 1 and plan["generation"]["top_k"] is None  # 0 filters nothing
+        # transformers serve seeds one global generator: the plan says what that means for 8 requests in flight
+        assert any(w.startswith("sampling with backend.max_concurrency=8: each request's seed is sent")
+                   for w in plan["warnings"]), plan["warnings"]
     client = mlflow_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]

@@ -74,6 +74,11 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
         checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import; they are sent as the "
                       "API's tools")
     concurrency = backend.config.max_concurrency
+    if generation["values"].get("do_sample") and concurrency > 1:
+        warnings.append(f"sampling with backend.max_concurrency={concurrency}: each request's seed is sent, but the "
+                        "answers repeat run to run only on a server that seeds each request on its own (vLLM, SGLang); "
+                        "transformers serve seeds one global generator, so requests in flight together change each "
+                        "other's draws (backend.max_concurrency=1 makes them repeat there)")
     reasons = {
         "backend": "backend=openai: the model is served at " + (served.identity.endpoint or ""),
         "device": "the server holds the model; its device is the server's",
