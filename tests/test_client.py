@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import io
 import json
 import os
 import subprocess
@@ -184,3 +185,38 @@ def test_the_terminal_chat_talks_to_a_server_and_streams_its_answers(served, tmp
     records = [json.loads(line) for line in (run_dir / "transcript.jsonl").read_text().splitlines()]
     assert [(r["response"], r["status"], r["turn"]) for r in records] == [("42", "ok", 0), ("42", "ok", 1)]
     assert json.loads((run_dir / "plan.json").read_text())["backend"] == "openai"
+
+
+@pytest.mark.slow
+def test_the_chat_says_when_the_server_is_gone_and_keeps_the_conversation(served, tmp_path):
+    from openai_server import FaultProxy
+
+    from pipeline.cli.chat import chat
+
+    proxy = FaultProxy(served.port).__enter__()  # the server as the chat sees it, until the proxy is closed
+
+    class Typed:
+        """The user's lines; the server goes away before the second question."""
+
+        def __init__(self) -> None:
+            self.lines = ["What is 12+30?\n", "What is 40+17?\n", "/exit\n"]
+
+        def readline(self) -> str:
+            if len(self.lines) == 2:
+                proxy.__exit__(None, None, None)
+            return self.lines.pop(0)
+
+    client = RuntimeClient.from_overrides(["backend=openai", f"backend.base_url={proxy.base_url}",
+                                           f"runtime.model={served.model}", "backend.max_retries=0"])
+    try:
+        client.load()
+        out = io.StringIO()
+        assert chat(client, tmp_path, Typed(), out) == 1
+    finally:
+        client.close()
+    said = out.getvalue()
+    assert "model> 42" in said
+    assert (f"(error: the server at {proxy.base_url} stopped answering: connection to the server failed: connection "
+            "refused (1 request(s) of the last batch unanswered); nothing was added to the conversation)") in said
+    assert said.rstrip().endswith("you>")  # the chat went on to the next line
+    assert [m["content"] for m in json.loads((tmp_path / "conversation.json").read_text())] == ["What is 12+30?", "42"]
