@@ -46,6 +46,7 @@ from pipeline.core.errors import (
     UserError,
     describe_config_exception,
 )
+from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import mask_secrets_in_files
 from pipeline.run import outside_jobs
 from pipeline.run.rescore import rescore
@@ -78,8 +79,8 @@ def _job(cfg: DictConfig) -> Optional[float]:
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
         # Hydra has just copied the command line and config into the folder: no secret stays there
-        mask_secrets_in_files([run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-                              + ([Path(hydra_config.sweep.dir) / "multirun.yaml"] if in_sweep else []))
+        mask_secrets_in_files([run_dir / HYDRA_FOLDER / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+                              + ([Path(hydra_config.sweep.dir) / MULTIRUN_FILE] if in_sweep else []))
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
@@ -95,7 +96,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
                   "resume=%s)", run_dir, run_dir)
         sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     except UserError as error:
-        if not in_sweep and cfg.get("resume") is None and not (run_dir / "transcript.jsonl").exists():
+        if not in_sweep and cfg.get("resume") is None and not (run_dir / TRANSCRIPT_FILE).exists():
             discard(run_dir)  # a mistake found before any record: leave nothing behind
             log.error("error: %s", error)
             sys.exit(EXIT_USAGE)
@@ -143,7 +144,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
 
 def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> float:
     """Report a failed job: one line; a single run exits, a sweep goes on to its next job (NaN: a failed trial)."""
-    if not (run_dir / "status.json").is_file():
+    if not (run_dir / STATUS_FILE).is_file():
         set_status(run_dir, "failed", message)
     log.error(message)
     if not in_sweep:
@@ -220,9 +221,14 @@ def exit_without_teardown(code: object) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """`python -m pipeline` and the `llm-pipeline` command (pyproject.toml's console script)."""
     try:
         main()
     except SystemExit as stop:
         exit_without_teardown(stop.code)
     exit_without_teardown(0)
+
+
+if __name__ == "__main__":
+    entry()

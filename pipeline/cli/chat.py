@@ -20,8 +20,9 @@ from typing import Optional, TextIO
 from pipeline.client import PromptResponse, RuntimeClient
 from pipeline.core.errors import EXIT_USAGE, BackendUnavailable, UserError, describe_config_exception
 from pipeline.core.files import write_json
+from pipeline.core.folder_names import CONFIG_FILE, CONVERSATION_FILE, PLAN_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import redact
-from pipeline.core.transcript import TRANSCRIPT_NAME, TranscriptWriter
+from pipeline.core.transcript import TranscriptWriter
 
 HELP = "commands: /system <text>, /clear, /retry, /save [path], /exit"
 PROMPT = "you> "
@@ -52,9 +53,9 @@ class TerminalSink:
 def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> int:
     """The read-answer loop; returns the number of model turns."""
     session = client.session(system_prompt=client.config.session.system_prompt,
-                             autosave_path=run_dir / "conversation.json")
+                             autosave_path=run_dir / CONVERSATION_FILE)
     sink, turns = TerminalSink(out), 0
-    with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
+    with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
         while True:
             out.write(PROMPT)
             out.flush()
@@ -110,8 +111,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         plan = client.plan()
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", redact(client.config.to_dict()))
-        write_json(run_dir / "plan.json", plan.to_dict())
+        write_json(run_dir / CONFIG_FILE, redact(client.config.to_dict()))
+        write_json(run_dir / PLAN_FILE, plan.to_dict())
         if client.served:
             print(f"talking to {plan.model.reference} at {plan.backend_plan['identity']['endpoint']}…", file=sys.stderr)
         else:

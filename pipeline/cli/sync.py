@@ -22,10 +22,11 @@ from typing import Any
 from pipeline.core.config import TrackingConfig, flatten
 from pipeline.core.errors import EXIT_FAILURE, EXIT_USAGE, TrackingError, UserError
 from pipeline.core.files import read_json
+from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE, TRACKING_FILE
 from pipeline.core.records import Summary
 from pipeline.run.files import run_files
 from pipeline.run.status import in_use_message, is_locked, read_status
-from pipeline.tracking.guard import TRACKING_FILE, GuardedTracker
+from pipeline.tracking.guard import GuardedTracker
 from pipeline.tracking.runs import PLAN_PARAMS
 
 END_STATUS = {"success": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -34,12 +35,12 @@ log = logging.getLogger("pipeline.cli.sync")
 
 def sync(run_dir: Path, uri: str | None = None) -> str:
     """Upload the run in `run_dir`; returns the MLflow run id. UserError when it is not a finished run folder."""
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.json); give the `run dir` a run printed")
     if is_locked(run_dir):
         raise UserError(in_use_message(run_dir))
     state = read_status(run_dir).get("state", "started")
-    config = read_json(run_dir / "config.json")
+    config = read_json(run_dir / CONFIG_FILE)
     tracking = dict(config.get("tracking") or {})
     recorded = _read(run_dir / TRACKING_FILE)
     if recorded.get("state") == "finished" and not uri:
@@ -49,11 +50,11 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
                               experiment=tracking.get("experiment") or "pipeline", required=True,
                               timeout_s=float(tracking.get("timeout_s") or 10.0))
     tracker = GuardedTracker(settings, run_dir, resuming=True)
-    plan = _read(run_dir / "plan.json")
+    plan = _read(run_dir / PLAN_FILE)
     tracker.start(run_name=run_dir.name, tags={
         "run_dir": str(run_dir), "config_hash": _config_hash(run_dir), "synced_from": str(run_dir)})
     tracker.log_params(run_params(config, plan))
-    summary = _read(run_dir / "summary.json")
+    summary = _read(run_dir / SUMMARY_FILE)
     if summary:
         known = {key: value for key, value in summary.items() if key in Summary.__dataclass_fields__}
         tracker.log_metrics({**Summary(**known).metrics(),
@@ -75,9 +76,10 @@ def run_params(config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
 
 def _config_hash(run_dir: Path) -> str:
     """The hash the run's records carry (config.json is redacted, so it is read from the transcript)."""
-    from pipeline.core.transcript import TRANSCRIPT_NAME, read_transcript
+    from pipeline.core.folder_names import TRANSCRIPT_FILE
+    from pipeline.core.transcript import read_transcript
 
-    records = read_transcript(run_dir / TRANSCRIPT_NAME)
+    records = read_transcript(run_dir / TRANSCRIPT_FILE)
     return records[0]["config_hash"] if records else ""
 
 

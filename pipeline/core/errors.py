@@ -10,7 +10,7 @@ wants (pipeline.core.config.expected_value), a mistyped group or option lists wh
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -98,12 +98,12 @@ def describe_config_exception(exc: BaseException) -> str:
             if isinstance(error, MissingMandatoryValue):
                 return f"{key}: a value is required (set {key}=...)"
             if isinstance(error, InterpolationResolutionError):
-                return f"{key}: cannot resolve interpolation: {_first_line(error.msg)}"
+                return f"{key}: cannot resolve interpolation: {first_line(error.msg)}"
             if isinstance(error, (ValidationError, ConfigTypeError)):
                 wrong_type = _wrong_type(key, error, chain)
                 if wrong_type:
                     return wrong_type
-            return f"{key}: {_first_line(error.msg)}"
+            return f"{key}: {first_line(error.msg)}"
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
     exists = re.match(r"Could not append to config\. An item is already at '([^']+)'", text)
     if exists:  # +key=value on a key the config has
@@ -158,7 +158,7 @@ def _wrong_type(key: str, error: Any, chain: list[BaseException]) -> str | None:
 def _override_value(key: str, chain: list[BaseException]) -> str | None:
     prefix = f"Error merging override {key}="
     for error in chain:
-        text = _first_line(str(error))
+        text = first_line(str(error))
         if text.startswith(prefix):
             return text[len(prefix):]
     return None
@@ -185,6 +185,18 @@ def _allowed_keys(error: Any) -> list[str]:
     return list(fields) if fields else []
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else ""
+def first_line(error: object, limit: int = 300) -> str:
+    """An error's (or a text's) first line of substance: what a one-line message quotes of it.
+    SQLAlchemy's preamble about how an error was raised is not its message; an error without a
+    message is named by its type."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("(raised as a result of")]
+    if lines:
+        return lines[0][:limit]
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+def one_line(value: object, limit: Optional[int] = None) -> str:
+    """All of a text on one line (whitespace runs collapsed), cut to `limit` characters with an ellipsis."""
+    text = " ".join(str(value).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

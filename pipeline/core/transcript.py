@@ -24,7 +24,6 @@ from pipeline.core.errors import StorageError, UserError
 from pipeline.core.files import write_text_atomically
 from pipeline.core.records import TranscriptRecord
 
-TRANSCRIPT_NAME = "transcript.jsonl"
 log = logging.getLogger(__name__)
 
 
@@ -133,6 +132,11 @@ def _parse(line: bytes) -> Any:
 def read_transcript(path: Path) -> list[dict[str, Any]]:
     """Every whole record (a torn last line is left out; corruption raises TranscriptCorrupt)."""
     return scan(path)[0]
+
+
+def read_records(path: Path) -> list[TranscriptRecord]:
+    """Every whole record as a TranscriptRecord, the fields older versions did not write filled in."""
+    return [TranscriptRecord.from_dict(record) for record in scan(path)[0]]
 
 
 def rewrite_transcript(path: Path, records: list[dict[str, Any]]) -> None:

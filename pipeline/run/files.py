@@ -13,20 +13,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    CONVERSATION_FILE,
+    HYDRA_FILES,
+    HYDRA_FOLDER,
+    LOAD_FILE,
+    MULTIRUN_FILE,
+    PLAN_FILE,
+    SOURCE_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    TRACKING_FILE,
+    TRANSCRIPT_FILE,
+)
+
 # Every file a run (pipeline.run.runner, pipeline.run.rescore, pipeline.cli.chat, tracking) writes at the top of
 # its folder; `*.log` is Hydra's job log (`<hydra.job.name>.log`). Anything else there is not ours.
-RUN_FILE_NAMES = ("config.json", "plan.json", "load.json", "transcript.jsonl", "summary.json", "status.json",
-                  "tracking.json", "source.json", "conversation.json")
-HYDRA_FILE_NAMES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # Hydra's record of the run, in .hydra/
-RUN_MARKERS = ("status.json", "transcript.jsonl", ".hydra/hydra.yaml")  # a folder with one of these holds a run
-SWEEP_MARKERS = ("multirun.yaml", "sweep.json")  # a folder with one of these holds a sweep
+RUN_FILE_NAMES = (CONFIG_FILE, PLAN_FILE, LOAD_FILE, TRANSCRIPT_FILE, SUMMARY_FILE, STATUS_FILE,
+                  TRACKING_FILE, SOURCE_FILE, CONVERSATION_FILE)
+RUN_MARKERS = (STATUS_FILE, TRANSCRIPT_FILE, ".hydra/hydra.yaml")  # a folder with one of these holds a run
+SWEEP_MARKERS = (MULTIRUN_FILE, SWEEP_FILE)  # a folder with one of these holds a sweep
 
 
 def run_files(run_dir: Path) -> list[tuple[Path, Optional[str]]]:
     """The files of the run in `run_dir` (path, artifact subfolder or None), in a stable order."""
     files: list[tuple[Path, Optional[str]]] = [(run_dir / name, None) for name in RUN_FILE_NAMES]
     files += [(path, None) for path in sorted(run_dir.glob("*.log"))]
-    files += [(run_dir / ".hydra" / name, ".hydra") for name in HYDRA_FILE_NAMES]
+    files += [(run_dir / HYDRA_FOLDER / name, HYDRA_FOLDER) for name in HYDRA_FILES]
     return [(path, subfolder) for path, subfolder in files if path.is_file()]
 
 

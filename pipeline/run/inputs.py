@@ -22,9 +22,9 @@ from typing import Any, Optional
 from pipeline.backends.transformers.digest import file_sha256
 from pipeline.core.config import Config
 from pipeline.core.files import read_json
+from pipeline.core.folder_names import INPUTS_FILE
 from pipeline.core.records import ResolvedModel
 
-INPUTS_FILE = "inputs.json"
 # Small files of a model folder that shape the prompt or the decoding (the weights have their own digest).
 MODEL_FILE_SUFFIXES = (".json", ".jinja", ".model", ".txt")
 MISSING = "missing"

@@ -33,9 +33,9 @@ from pipeline.core.errors import (
     describe_config_exception,
 )
 from pipeline.core.files import read_json
+from pipeline.core.folder_names import HYDRA_FOLDER, STATUS_FILE, SWEEP_SUMMARY_FILE, TRACKING_FILE
 from pipeline.run.files import SWEEP_MARKERS
 from pipeline.run.status import SETUP_FILES, discard, read_status
-from pipeline.tracking.guard import TRACKING_FILE
 from pipeline.tracking.sweep import end_launched_sweep, launched_sweep
 
 _run_folder: Optional[Path] = None  # the folder Hydra is creating for a single run (RunFolderRecord)
@@ -125,7 +125,7 @@ def interrupted(interrupt: KeyboardInterrupt) -> int:
         else:
             _remove_sweep(sweep_dir)
             _say("interrupted before any job started; nothing was kept")
-    elif _run_folder is not None and not (_run_folder / "status.json").exists():
+    elif _run_folder is not None and not (_run_folder / STATUS_FILE).exists():
         discard(_run_folder)  # stopped while Hydra set the folder up: nothing in it yet
         _say("interrupted before the run started; nothing was kept")
     return code
@@ -139,7 +139,7 @@ def failed(error: Exception) -> int:
     if sweep_dir is not None:
         kept = _holds_results(sweep_dir)
     else:
-        kept = folder is not None and (folder / "status.json").exists()
+        kept = folder is not None and (folder / STATUS_FILE).exists()
     if isinstance(error, OSError) and error.errno == errno.ENOSPC and kept:
         message = (f"run failed: the disk is full ({error.filename or folder}): what was written is kept; free "
                    f"some space, then continue with: python -m pipeline resume={folder}")
@@ -177,13 +177,13 @@ def _say(line: str) -> None:
 
 
 def _job_folders(sweep_dir: Path) -> list[Path]:
-    return [path for path in sweep_dir.iterdir() if path.is_dir() and (path / ".hydra").is_dir()] \
+    return [path for path in sweep_dir.iterdir() if path.is_dir() and (path / HYDRA_FOLDER).is_dir()] \
         if sweep_dir.is_dir() else []
 
 
 def _holds_results(sweep_dir: Path) -> bool:
     """Whether any job of the sweep got as far as writing its status (a result, a failure to keep)."""
-    return any((job / "status.json").exists() for job in _job_folders(sweep_dir))
+    return any((job / STATUS_FILE).exists() for job in _job_folders(sweep_dir))
 
 
 def _remove_sweep(sweep_dir: Path) -> None:
@@ -191,4 +191,4 @@ def _remove_sweep(sweep_dir: Path) -> None:
     Anything else in it stays (and the folder with it)."""
     for job in _job_folders(sweep_dir):
         discard(job)
-    discard(sweep_dir, (*SWEEP_MARKERS, "sweep_summary.json", *SETUP_FILES))
+    discard(sweep_dir, (*SWEEP_MARKERS, SWEEP_SUMMARY_FILE, *SETUP_FILES))

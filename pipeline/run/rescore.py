@@ -29,8 +29,9 @@ import jsonlines
 from pipeline.core.config import Config, ScorerConfig, flatten
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SOURCE_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import redact
-from pipeline.core.transcript import TRANSCRIPT_NAME, read_transcript
+from pipeline.core.transcript import read_transcript
 from pipeline.run.runner import RunResult, close_run, set_status
 from pipeline.scoring.scorers import Scorer, check_scorer
 from pipeline.stages.summarize import summarize
@@ -50,26 +51,26 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
         if not key.startswith(APPLICABLE):
             raise UserError(f"{override}: pipeline.from_transcript re-scores an existing transcript, which this "
                             "setting cannot change; only dataset.scorer.*, tracking.* and pipeline.* apply")
-    source_config = read_json(source / "config.json") if (source / "config.json").is_file() else config.to_dict()
+    source_config = read_json(source / CONFIG_FILE) if (source / CONFIG_FILE).is_file() else config.to_dict()
     scorer_config = merged_scorer(source_config, config.dataset.scorer, overrides)
-    records = read_transcript(source / TRANSCRIPT_NAME)
+    records = read_transcript(source / TRANSCRIPT_FILE)
     scorer = check_scorer(scorer_config, [(r.get("sample_id", "?"), r.get("reference")) for r in records
                                           if r.get("kind", "answer") == "answer"])
     new_config = {**source_config, "dataset": {**source_config.get("dataset", {}),
                                                "scorer": dataclasses.asdict(scorer_config)},
                   "tracking": dataclasses.asdict(config.tracking),
                   "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source)}}
-    source_summary = read_json(source / "summary.json") if (source / "summary.json").is_file() else {}
-    plan = read_json(source / "plan.json") if (source / "plan.json").is_file() else {}
-    state = read_json(source / "status.json").get("state") if (source / "status.json").is_file() else None
+    source_summary = read_json(source / SUMMARY_FILE) if (source / SUMMARY_FILE).is_file() else {}
+    plan = read_json(source / PLAN_FILE) if (source / PLAN_FILE).is_file() else {}
+    state = read_json(source / STATUS_FILE).get("state") if (source / STATUS_FILE).is_file() else None
     if state != "success":
         log.warning("the source run's state is %s: its transcript may hold only part of the dataset", state)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", redact(new_config))
+    write_json(run_dir / CONFIG_FILE, redact(new_config))
     set_status(run_dir, "started")
     if plan:
-        write_json(run_dir / "plan.json", plan)
+        write_json(run_dir / PLAN_FILE, plan)
     result = RunResult(run_dir)
     tracker = Tracker(config.tracking)
     try:
@@ -80,17 +81,17 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
         tracker.log_params(_params(new_config, plan))
         started = time.perf_counter()
         rescored = [rescore_record(record, scorer) for record in records]
-        with jsonlines.open(run_dir / TRANSCRIPT_NAME, "w", compact=True) as writer:
+        with jsonlines.open(run_dir / TRANSCRIPT_FILE, "w", compact=True) as writer:
             writer.write_all(rescored)
         changed = sum(a.get("score") != b.get("score") for a, b in zip(records, rescored))
         seconds = {k: v for k, v in source_summary.get("stage_seconds", {}).items() if k != "summarize"}
         result.summary = summarize(rescored, seconds, scorer.label,
                                    (source_summary.get("peak_memory_bytes"), source_summary.get("peak_memory_kind", "")))
         result.summary.stage_seconds["summarize"] = time.perf_counter() - started
-        write_json(run_dir / "source.json", {
+        write_json(run_dir / SOURCE_FILE, {
             "run_dir": str(source), "mlflow_run_id": source_run_id, "scorer_before": _scorer_label(source_config),
             "scorer_after": scorer.label, "scores_changed": changed})
-        write_json(run_dir / "summary.json", result.summary.to_dict())
+        write_json(run_dir / SUMMARY_FILE, result.summary.to_dict())
         tracker.log_metrics({**result.summary.metrics(), "scores_changed": float(changed)})
         log.info("re-scored %d records of %s with %s: %d scores changed", len(records), source, scorer.label, changed)
     except KeyboardInterrupt:
@@ -109,11 +110,11 @@ def source_folder(value: Optional[str]) -> Path:
     folder = Path(str(value)).expanduser().resolve()
     if folder.is_file():  # a transcript.jsonl given for its folder, say
         raise UserError(f"pipeline.from_transcript={value}: {folder} is a file, expected a run folder "
-                        f"(the folder that holds {TRANSCRIPT_NAME})")
+                        f"(the folder that holds {TRANSCRIPT_FILE})")
     if not folder.is_dir():
         raise UserError(f"pipeline.from_transcript={value}: no such folder")
-    if not (folder / TRANSCRIPT_NAME).is_file():
-        raise UserError(f"pipeline.from_transcript={value}: the folder has no {TRANSCRIPT_NAME}; give a run folder "
+    if not (folder / TRANSCRIPT_FILE).is_file():
+        raise UserError(f"pipeline.from_transcript={value}: the folder has no {TRANSCRIPT_FILE}; give a run folder "
                         "whose execute stage ran (runs/<date>/<time>_<token> or a sweep's job folder)")
     return folder
 

@@ -27,17 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core.config import CONF_DIR, Config, flatten, to_config
+from pipeline.core.config import Config, flatten, to_config
+from pipeline.core.config_search import initialize_configs
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
+from pipeline.core.folder_names import CONFIG_FILE, HYDRA_FOLDER, MULTIRUN_FILE, SWEEP_SUMMARY_FILE, TRANSCRIPT_FILE
 from pipeline.core.records import ResolvedModel
 from pipeline.core.redact import MASK, redact, redact_overrides
-from pipeline.core.transcript import TRANSCRIPT_NAME, rewrite_transcript, scan
+from pipeline.core.transcript import rewrite_transcript, scan
 from pipeline.run.files import folder_problem, shown
 from pipeline.run.inputs import differences, fingerprint, read_inputs
 from pipeline.run.status import in_use_message, is_locked, read_status
@@ -71,12 +73,15 @@ def expand_command_line(argv: list[str]) -> list[str]:
         raise UserError(f"resume={value}: no such run folder ({folder.resolve()}); give a folder under runs/ "
                         "(the `run dir` a run printed), or resume=last")
     folder = folder.resolve()
-    now = [arg for arg in argv if not arg.startswith("resume=")]
-    if (folder / "multirun.yaml").is_file():
-        flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
-        return flags + _merge(_saved(folder / "multirun.yaml"), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
-    if (folder / ".hydra" / "hydra.yaml").is_file():
-        return _merge(_saved(folder / ".hydra" / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+    flags, now = _split_flags([arg for arg in argv if not arg.startswith("resume=")])
+    if (folder / MULTIRUN_FILE).is_file():
+        flags = (["-m"] if not {"-m", "--multirun"} & set(flags) else []) + flags
+        flags += _saved_flags(folder / MULTIRUN_FILE, flags)
+        return flags + _merge(_saved(folder / MULTIRUN_FILE), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
+    if (folder / HYDRA_FOLDER / "hydra.yaml").is_file():
+        flags += _saved_flags(folder / HYDRA_FOLDER / "hydra.yaml", flags)
+        return (flags + _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now)
+                + [f"hydra.run.dir={folder}", f"resume={folder}"])
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -86,6 +91,43 @@ def _saved(hydra_file: Path) -> list[str]:
     overrides = OmegaConf.load(hydra_file).hydra.overrides
     own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
     return own + list(overrides.task)
+
+
+_VALUED_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p",
+                 "--package")
+
+
+def _split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values), and the overrides: the expanded command line puts the flags
+    first, as Hydra's parser takes the overrides only as one run of words."""
+    flags, overrides = [], []
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-"):
+            overrides.append(word)
+            continue
+        flags.append(word)
+        if word in _VALUED_FLAGS:
+            value = next(words, None)
+            flags += [] if value is None else [value]
+    return flags, overrides
+
+
+def _saved_flags(hydra_file: Path, flags: list[str]) -> list[str]:
+    """`--config-dir=<folder>` and `--config-name=<name>` when the run was started with them (Hydra
+    records them among its config sources and as the job's config name) and they are not given now:
+    a user's own configs are found again."""
+    given = lambda short, long: any(arg in (short, long) or arg.startswith((f"{short}=", f"{long}="))  # noqa: E731
+                                    for arg in flags)
+    hydra = OmegaConf.load(hydra_file).hydra
+    saved = []
+    if not given("-cd", "--config-dir"):
+        sources = OmegaConf.select(hydra, "runtime.config_sources") or []
+        saved += [f"--config-dir={source.path}" for source in sources if source.get("provider") == "command-line"][:1]
+    name = OmegaConf.select(hydra, "job.config_name")
+    if name and name != "config" and not given("-cn", "--config-name"):
+        saved.append(f"--config-name={name}")
+    return saved
 
 
 def _merge(saved: list[str], now: list[str]) -> list[str]:
@@ -118,10 +160,10 @@ def find_last(runs: Path = RUNS_DIR) -> Path:
 def _unfinished(folder: Path) -> bool:
     """Whether resuming `folder` would do anything: a run not ended with success, or a sweep with such a job
     (or one that never reached its end, where jobs may not have started yet)."""
-    if not (folder / "multirun.yaml").is_file():
+    if not (folder / MULTIRUN_FILE).is_file():
         return read_status(folder).get("state") != "success"
     jobs = [p.parent.parent for p in folder.glob("*/.hydra/hydra.yaml")]
-    return not (folder / "sweep_summary.json").is_file() or any(_unfinished(job) for job in jobs)
+    return not (folder / SWEEP_SUMMARY_FILE).is_file() or any(_unfinished(job) for job in jobs)
 
 
 def enter_launch_folder(argv: list[str]) -> None:
@@ -133,7 +175,7 @@ def enter_launch_folder(argv: list[str]) -> None:
     if not given:
         return
     folder = Path(given[-1])
-    saved = folder / "multirun.yaml" if (folder / "multirun.yaml").is_file() else folder / ".hydra" / "hydra.yaml"
+    saved = folder / MULTIRUN_FILE if (folder / MULTIRUN_FILE).is_file() else folder / HYDRA_FOLDER / "hydra.yaml"
     launched = OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.cwd") if saved.is_file() else None
     if launched and Path(launched).is_dir():
         os.chdir(launched)
@@ -154,7 +196,7 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if composed is None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
         single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_configs(args.config_dir):
             composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
     sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
@@ -170,7 +212,7 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if is_locked(folder):
         return in_use_message(folder)
     try:
-        records, _ = scan(folder / TRANSCRIPT_NAME)  # corruption is reported before anything is written
+        records, _ = scan(folder / TRANSCRIPT_FILE)  # corruption is reported before anything is written
     except UserError as error:
         return str(error)
     return config_difference(folder, config) or records_difference(folder, config, records) \
@@ -182,7 +224,7 @@ def records_difference(folder: Path, config: Config, records: list[dict[str, Any
     hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
     if not hashes:
         return None
-    return (f"{folder / TRANSCRIPT_NAME} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
+    return (f"{folder / TRANSCRIPT_FILE} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
             f"not {config.config_hash()}): start a new run rather than resuming this one")
 
 
@@ -237,7 +279,7 @@ def _unwritable(folder: Path, key: str) -> Optional[str]:
 
 def config_difference(folder: Path, config: Config) -> Optional[str]:
     """Why `config` cannot continue the run in `folder`, naming each setting that differs; None if it can."""
-    path = folder / "config.json"
+    path = folder / CONFIG_FILE
     if not path.is_file():
         return None  # stopped before it wrote its config: nothing to compare, nothing generated
     stored = read_json(path)
@@ -260,7 +302,7 @@ def begin(run_dir: Path, config: Config) -> Previous:
     Writes nothing: a resume can still be refused after this (its input files are compared once the
     model is resolved); `settle` then puts the transcript in the shape `Previous` describes."""
     status = read_status(run_dir)
-    transcript = run_dir / TRANSCRIPT_NAME
+    transcript = run_dir / TRANSCRIPT_FILE
     if config.resume is None:
         if status or transcript.exists():
             raise UserError(f"{run_dir} already holds a run ({status.get('state', 'a transcript')}): continue it "
@@ -284,7 +326,7 @@ def begin(run_dir: Path, config: Config) -> Previous:
 
 def settle(run_dir: Path, previous: Previous) -> None:
     """Once a resume is accepted: drop the tool steps of unfinished answers (generated again), and say what is kept."""
-    transcript = run_dir / TRANSCRIPT_NAME
+    transcript = run_dir / TRANSCRIPT_FILE
     if previous.dropped:
         log.info("resume: dropping %d tool step(s) of answers left unfinished", previous.dropped)
         rewrite_transcript(transcript, previous.kept)

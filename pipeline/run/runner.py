@@ -20,16 +20,24 @@ from typing import Any, Callable, Optional, TypeVar
 from pipeline.backends.base import Backend
 from pipeline.backends.openai.plan import SERVER, served_tags
 from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
-from pipeline.backends.transformers.reuse import LOAD_FILE
 from pipeline.core.config import Config
 from pipeline.core.console import ProgressSink
 from pipeline.core.errors import BackendUnavailable, Interrupted, TrackingError, UserError
 from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    INPUTS_FILE,
+    LOAD_FILE,
+    PLAN_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    TRANSCRIPT_FILE,
+)
 from pipeline.core.records import RuntimePlan, Summary
 from pipeline.core.redact import redact
-from pipeline.core.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
+from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.run.files import run_files
-from pipeline.run.inputs import INPUTS_FILE, fingerprint
+from pipeline.run.inputs import fingerprint
 from pipeline.run.resume import begin, inputs_difference, settle
 from pipeline.run.status import locked, set_status
 from pipeline.stages.execute import execute
@@ -104,7 +112,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             resuming = False  # accepted: from here on, the run's state is this run's
         if not (run_dir / INPUTS_FILE).is_file():  # a resume keeps what the run first read
             write_json(run_dir / INPUTS_FILE, inputs)
-        write_json(run_dir / "plan.json", result.plan.to_dict())
+        write_json(run_dir / PLAN_FILE, result.plan.to_dict())
         if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
             set_status(run_dir, "success")
@@ -126,7 +134,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
             progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
-            with TranscriptWriter(run_dir / TRANSCRIPT_NAME) as writer:
+            with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
                 try:
                     timed("execute", execute, backend, samples, config, writer, config.config_hash(), progress,
                           previous.done, previous.next_batch)
@@ -134,11 +142,11 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
                     progress.close()
                     backend.close()
         if until == "summarize":
-            records = read_transcript(run_dir / TRANSCRIPT_NAME)
+            records = read_transcript(run_dir / TRANSCRIPT_FILE)
             result.summary = timed("summarize", summarize, records, seconds, config.dataset.scorer.label,
                                    _peak_memory(result.plan.device))
             result.summary.stage_seconds = dict(seconds)  # now including summarize itself
-            write_json(run_dir / "summary.json", result.summary.to_dict())
+            write_json(run_dir / SUMMARY_FILE, result.summary.to_dict())
             tracker.log_metrics(result.summary.metrics())
     except (KeyboardInterrupt, Exception) as error:
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
@@ -149,7 +157,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
 
 
 def _start(run_dir: Path, config: Config) -> None:
-    write_json(run_dir / "config.json", redact(config.to_dict()))
+    write_json(run_dir / CONFIG_FILE, redact(config.to_dict()))
     set_status(run_dir, "started")
 
 
@@ -182,11 +190,11 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     try:
         set_status(run_dir, state, reason)
     except OSError as error:  # not even written in place (see set_status); the message still reaches the user
-        log.error("could not write %s: %s", run_dir / "status.json", error)
+        log.error("could not write %s: %s", run_dir / STATUS_FILE, error)
     if tracker.run_id:
         try:
             try:
-                tracker.log_traces(run_dir / TRANSCRIPT_NAME)  # after execute, whatever its outcome: it pays nothing
+                tracker.log_traces(run_dir / TRANSCRIPT_FILE)  # after execute, whatever its outcome: it pays nothing
                 for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
                     tracker.log_artifact(path, subfolder)
             finally:
@@ -203,5 +211,5 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
 
 
 def _read_summary(run_dir: Path) -> Optional[Summary]:
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_FILE
     return Summary(**read_json(path)) if path.is_file() else None

@@ -26,14 +26,22 @@ from typing import Any, Iterable, Iterator
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_text_atomically
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    HYDRA_FOLDER,
+    INPUTS_FILE,
+    PLAN_FILE,
+    RUN_LOG_FILE,
+    STATUS_FILE,
+    TRACKING_FILE,
+)
 
 STATES = ("started", "success", "failed", "interrupted")
-STATUS_NAME = "status.json"
 # status.json is padded to this size, so that on a full disk its final state can still be written over
 # it in place (pipeline.core.files' atomic write needs room for a second copy).
 STATUS_SIZE = 4096
 # What a run writes before its first record; a folder holding only these held no results.
-SETUP_FILES = ("config.json", STATUS_NAME, "plan.json", "inputs.json", "tracking.json", "run.log", ".hydra")
+SETUP_FILES = (CONFIG_FILE, STATUS_FILE, PLAN_FILE, INPUTS_FILE, TRACKING_FILE, RUN_LOG_FILE, HYDRA_FOLDER)
 
 
 @contextlib.contextmanager
@@ -70,7 +78,7 @@ def in_use_message(run_dir: Path) -> str:
 def set_status(run_dir: Path, state: str, reason: str = "") -> None:
     """Write status.json atomically; on a full disk, over the file already there (it keeps its room)."""
     assert state in STATES, state
-    path = run_dir / STATUS_NAME
+    path = run_dir / STATUS_FILE
     status = {"state": state, "reason": reason, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
     try:
         write_text_atomically(path, _padded(status, STATUS_SIZE))
@@ -101,7 +109,7 @@ def _overwrite_in_place(path: Path, status: dict[str, Any]) -> None:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATUS_NAME
+    path = run_dir / STATUS_FILE
     try:
         return read_json(path) if path.is_file() else {}
     except ValueError:  # written atomically, so only a hand edit breaks it: treat as unknown

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.core.files import read_json
+from pipeline.core.folder_names import COMPARISON_CSV, COMPARISON_MD, SUMMARY_FILE
 from pipeline.core.redact import MASK, hide_credentials, is_secret_key
 
 # The summary's headline numbers, in the order they are shown; pass_at_<k> follow accuracy.
@@ -49,7 +50,7 @@ def comparison_rows(jobs: list[dict[str, Any]], swept: list[str]) -> list[dict[s
     """One row per job: job number, swept values, state, then every metric its summary.json holds."""
     rows = []
     for job in jobs:
-        summary_path = Path(job["dir"]) / "summary.json"
+        summary_path = Path(job["dir"]) / SUMMARY_FILE
         summary = read_json(summary_path) if summary_path.is_file() else {}
         row: dict[str, Any] = {"job": job["num"], **swept_values(job["overrides"], swept), "state": job["state"]}
         for name in METRICS:
@@ -80,7 +81,7 @@ def write_comparison(sweep_dir: Path, jobs: list[dict[str, Any]], swept: list[st
     has_ci = any(row.get(CI_LOW) is not None for row in rows)
     columns = ["job", *swept, "state", *[c for m in metrics for c in ([m, CI_LOW, CI_HIGH] if m == "accuracy"
                                                                       and has_ci else [m])]]
-    comparison = Comparison(folder / "comparison.csv", folder / "comparison.md")
+    comparison = Comparison(folder / COMPARISON_CSV, folder / COMPARISON_MD)
     with comparison.csv.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, columns, extrasaction="ignore")
         writer.writeheader()

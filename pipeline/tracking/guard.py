@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.core.config import TrackingConfig
-from pipeline.core.errors import TrackingError, UserError
+from pipeline.core.errors import TrackingError, UserError, first_line
 from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import TRACKING_FILE
 from pipeline.core.redact import hide_credentials
-from pipeline.tracking.runs import Tracker, artifact_root, first_line, params_for_mlflow, quiet_mlflow_logs
+from pipeline.tracking.runs import Tracker, artifact_root, params_for_mlflow, quiet_mlflow_logs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-TRACKING_FILE = "tracking.json"
 LOCK_RETRIES = 10  # tries of a call that met a busy SQLite file (each try waits up to 20 s in SQLite itself) ...
 LOCK_WAIT_S = 60.0  # ... and no more tries once this long has passed: a lock that stays is an error, not a hang
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file

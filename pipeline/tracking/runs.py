@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.core.config import Config, DatasetConfig, TrackingConfig, flatten
+from pipeline.core.errors import first_line
 from pipeline.core.records import RuntimePlan
 from pipeline.core.redact import MASK, hide_credentials, is_secret_key, redact_overrides, redacted_text
 from pipeline.core.transcript import read_transcript
@@ -219,13 +220,6 @@ class Tracker:
         for start in range(0, max(len(params), len(metrics)), BATCH_SIZE):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH_SIZE],
                                   metrics=metrics[start:start + BATCH_SIZE])
-
-
-def first_line(error: BaseException) -> str:
-    """An error's message in one line; SQLAlchemy's preamble about how the error was raised is not the message."""
-    lines = [line.strip() for line in str(error).splitlines()
-             if line.strip() and not line.strip().startswith("(raised as a result of")]
-    return lines[0][:300] if lines else type(error).__name__
 
 
 def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:

@@ -29,12 +29,12 @@ from pipeline.core.config import register, to_config
 from pipeline.core.console import sweep_table
 from pipeline.core.errors import EXIT_FAILURE
 from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import STATUS_FILE, SUMMARY_FILE, SWEEP_FILE, SWEEP_SUMMARY_FILE
 from pipeline.tracking.comparison import write_comparison
 from pipeline.tracking.guard import GuardedTracker
 from pipeline.tracking.plot_process import PlotProcesses
 
 log = logging.getLogger(__name__)
-SWEEP_FILE = "sweep.json"
 # The sweep this process launched, from on_multirun_start until its parent run is ended: Hydra calls
 # no callback when a sweep ends early (Ctrl-C, SIGTERM, its launcher failing), so the entry point
 # ends the parent through this (end_launched_sweep).
@@ -105,7 +105,7 @@ class SweepTracking(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir)
         failed = [job for job in jobs if job["state"] != "success"]
-        write_json(sweep_dir / "sweep_summary.json", {"jobs": jobs, "failed": len(failed)})
+        write_json(sweep_dir / SWEEP_SUMMARY_FILE, {"jobs": jobs, "failed": len(failed)})
         print(f"\nsweep     {len(jobs)} jobs, {len(failed)} failed, in {sweep_dir}")
         print(sweep_table(jobs))
         try:
@@ -120,7 +120,7 @@ class SweepTracking(Callback):
             accuracies = [job["accuracy"] for job in jobs if job.get("accuracy") is not None]
             self.tracker.log_metrics({"jobs": len(jobs), "jobs_failed": len(failed),
                                       **({"best_accuracy": max(accuracies)} if accuracies else {})})
-            self.tracker.log_artifact(sweep_dir / "sweep_summary.json")
+            self.tracker.log_artifact(sweep_dir / SWEEP_SUMMARY_FILE)
             if comparison:
                 self.tracker.log_artifacts(comparison.markdown.parent, "comparison")
             self.tracker.finish("FAILED" if failed else "FINISHED")
@@ -182,8 +182,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         job_dir = hydra_file.parent.parent
         # a plain YAML read: building an OmegaConf tree of all of hydra.yaml for two values cost ~30 ms a job
         hydra_cfg = yaml.load(hydra_file.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)["hydra"]
-        status = read_json(job_dir / "status.json") if (job_dir / "status.json").is_file() else {}
-        summary = read_json(job_dir / "summary.json") if (job_dir / "summary.json").is_file() else {}
+        status = read_json(job_dir / STATUS_FILE) if (job_dir / STATUS_FILE).is_file() else {}
+        summary = read_json(job_dir / SUMMARY_FILE) if (job_dir / SUMMARY_FILE).is_file() else {}
         jobs.append({
             "num": int(hydra_cfg["job"]["num"]),
             "dir": str(job_dir),

@@ -41,7 +41,7 @@ import httpx
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, one_line
 from pipeline.core.records import Message, ToolCall
 from pipeline.core.streaming import StreamSink
 from pipeline.core.tool_calls import OPEN, parse_tool_calls
@@ -335,7 +335,7 @@ class OpenAIBackend(Backend):
             raise RetryableFailure(f"connection to the server failed: {_connection_reason(error)}",
                                    connection=True) from None
         except openai.APIError as error:  # an error event inside the stream
-            raise FinalFailure(f"the server reported an error: {_one_line(error)}") from None
+            raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
         done = time.monotonic()
         return self._completion(request, "".join(text), "".join(reasoning), calls, finish, usage,
                                 ttft=(first if first is not None else done) - sent, latency=done - sent)
@@ -475,7 +475,7 @@ def _reason(error: Any) -> str:
     if isinstance(body, dict):
         inner = body.get("error")
         detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
-    return _one_line(detail or getattr(error, "message", "") or type(error).__name__)
+    return one_line(detail or getattr(error, "message", "") or type(error).__name__, 200)
 
 
 def _connection_reason(error: BaseException) -> str:
@@ -489,10 +489,7 @@ def _connection_reason(error: BaseException) -> str:
     for kind, words in ((ConnectionRefusedError, "connection refused"), (ConnectionResetError, "connection reset")):
         if any(isinstance(link, kind) for link in chain):
             return words
-    said = [_one_line(link) for link in chain if isinstance(link, httpx.TransportError) and _one_line(link)]
-    return said[0] if said else (_one_line(error) or type(error).__name__)
+    said = [one_line(link, 200) for link in chain if isinstance(link, httpx.TransportError) and one_line(link, 200)]
+    return said[0] if said else (one_line(error, 200) or type(error).__name__)
 
 
-def _one_line(value: Any, limit: int = 200) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit] + "..."

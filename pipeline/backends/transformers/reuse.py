@@ -27,8 +27,6 @@ from typing import Any, Optional
 from pipeline.backends.transformers.load import load
 from pipeline.core.records import LoadedRuntime, RuntimePlan
 
-LOAD_FILE = "load.json"
-
 
 @dataclass
 class LoadRecord:
