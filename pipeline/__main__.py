@@ -36,6 +36,7 @@ from pipeline.core.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    BackendUnavailable,
     Interrupted,
     LoadError,
     RequestFailure,
@@ -102,6 +103,9 @@ def _job(cfg: DictConfig) -> Optional[float]:
             sys.exit(EXIT_USAGE)
         return _fail(run_dir, f"error: {error}", EXIT_USAGE, in_sweep)
     except Exception as error:  # a config error raised while converting lands here too
+        if isinstance(error, BackendUnavailable):  # nothing of ours broke: what is left waits for the backend
+            return _fail(run_dir, f"run failed: {error}; the records written are kept: once it answers again, "
+                                  f"continue with: python -m pipeline resume={run_dir}", EXIT_FAILURE, in_sweep)
         if _is_config_error(error):
             message = describe_config_exception(error)
         elif isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a write other than the transcript's

@@ -123,6 +123,19 @@ def served(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def tool_served(tmp_path_factory):
+    """`transformers serve` over the tool demo model (it calls `add` in its own <tool_call> format)."""
+    from openai_server import TransformersServe
+
+    server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
 def mlflow_client(cwd: Path):
     from mlflow.tracking import MlflowClient
 

@@ -17,7 +17,7 @@ from conftest import pipeline_env
 from pipeline.backends.base import Request
 from pipeline.backends.fake import FakeBackend, Reply
 from pipeline.core.config import Config, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
-from pipeline.core.errors import RequestFailure, UserError
+from pipeline.core.errors import BackendUnavailable, RequestFailure, UserError
 from pipeline.core.records import Message, Sample, ToolCall, Turn
 from pipeline.core.streaming import sample_seed
 from pipeline.core.transcript import TranscriptWriter, read_transcript
@@ -144,6 +144,22 @@ def test_with_fail_fast_a_failed_request_stops_the_run_and_keeps_what_came_befor
             execute(backend, [sample(0, "aaa"), sample(1, "bb"), sample(2, "c")], config, writer, config.config_hash())
     assert [r["response"] for r in read_transcript(path)] == ["fine"]
     assert len(backend.batches) == 2
+
+
+def test_a_backend_that_is_gone_stops_the_run_keeping_its_batch_answers_and_writing_no_error_record(tmp_path):
+    # unlike a request's own failure (above), this one says nothing about the request: every one after it would
+    # fail the same way, so the run stops, fail_fast or not, and the unanswered requests are left for a resume
+    gone = Reply(error="the server at http://h/v1 stopped answering: refused", unavailable=True)
+    backend = FakeBackend(["fine", "also fine", "third", gone, "never asked", "never asked"], batch_size=2)
+    path = tmp_path / "t.jsonl"
+    config = Config()
+    backend.load()
+    with pytest.raises(BackendUnavailable, match=r"^the server at http://h/v1 stopped answering: refused \(1 "):
+        with TranscriptWriter(path) as writer:
+            execute(backend, [sample(i, "x" * (9 - i)) for i in range(6)], config, writer, config.config_hash())
+    records = read_transcript(path)
+    assert [(r["sample_id"], r["status"]) for r in records] == [("s0", "ok"), ("s1", "ok"), ("s2", "ok")]
+    assert len(backend.batches) == 2  # nothing was sent after the batch that found the backend gone
 
 
 def test_a_prompt_over_the_backends_context_is_refused_before_it_is_sent(tmp_path):

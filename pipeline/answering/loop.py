@@ -7,7 +7,10 @@ own seed), count its prompt tokens through the backend, refuse the ones that out
 length (the backend's `generate`), then, where the model asked for tools (the completion's
 tool calls), write that step, run the calls (pipeline.answering.tools) and add their results to the
 conversation; generate again for those jobs only. A request the backend could not answer becomes
-an error record (with execute.fail_fast=true it stops the run: RequestFailure). A
+an error record (with execute.fail_fast=true it stops the run: RequestFailure); one that failed because
+the backend itself is gone (Completion.unavailable: a server that no longer accepts connections)
+stops the run after its batch's other records are handed over (BackendUnavailable), whatever
+fail_fast says, so that a resume answers it and the rest once the backend is back. A
 tool that fails, times out or does not exist, and a call that cannot be parsed, become tool_error
 records that the model is told about (with execute.fail_fast=true the first one stops the run
 instead: ToolFailure). When an answer's budget (`session.tool_budget`: round trips,
@@ -31,7 +34,7 @@ from typing import Any, Callable, Optional
 from pipeline.answering.tools import Tool, ToolOutcome, call_tool
 from pipeline.backends.base import Backend, Completion, Request
 from pipeline.core.config import Config
-from pipeline.core.errors import RequestFailure, ToolFailure, UserError
+from pipeline.core.errors import BackendUnavailable, RequestFailure, ToolFailure, UserError
 from pipeline.core.records import Message, Sample, TranscriptRecord
 from pipeline.core.streaming import StreamSink, sample_seed
 from pipeline.core.tool_calls import ParsedAnswer
@@ -155,8 +158,11 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
     for batch in batches:
         started_at = time.time()  # wall clock, for traces; latencies stay on the monotonic clock
         completions = context.backend.generate([_request(job) for job in batch], context.sink)
+        gone = next((c for c in completions if c.unavailable), None)
         records: list[TranscriptRecord] = []
         for job, completion in zip(batch, completions):
+            if completion.unavailable:
+                continue  # no error record: a resume answers it once the backend is back
             job.spent_s += completion.latency_s
             text = config.session.prefill + completion.text
             measured: dict[str, Any] = dict(
@@ -193,6 +199,9 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                 records.append(finals[id(job)])
         context.emit(records)
         context.batch += 1
+        if gone is not None:  # every request after this one would fail the same way: stop, keeping what was written
+            lost = sum(c.unavailable for c in completions)
+            raise BackendUnavailable(f"{gone.error} ({lost} request(s) of the last batch unanswered)")
         if time.perf_counter() - context.last_report >= PROGRESS_EVERY_S:
             log.info("execute: batch %d done", context.batch)
             context.last_report = time.perf_counter()

@@ -25,7 +25,7 @@ from pipeline.backends.openai.plan import SERVER, served_tags
 from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
 from pipeline.core.config import Config
 from pipeline.core.console import ProgressSink
-from pipeline.core.errors import Interrupted, TrackingError, UserError
+from pipeline.core.errors import BackendUnavailable, Interrupted, TrackingError, UserError
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import (
     CONFIG_FILE,
@@ -236,7 +236,7 @@ def _ending(error: BaseException) -> tuple[str, str, str]:
     if isinstance(error, KeyboardInterrupt):
         reason = "stopped by SIGTERM" if isinstance(error, Interrupted) else "interrupted by the user (Ctrl-C)"
         return "interrupted", "KILLED", reason
-    if isinstance(error, UserError):
+    if isinstance(error, (UserError, BackendUnavailable)):
         return "failed", "FAILED", str(error)
     return "failed", "FAILED", f"{type(error).__name__}: {error}"
 
