@@ -137,7 +137,7 @@ def _insert_sql(store: Any, assessments: list[Any]) -> bool:
 
 
 def _insert_chunk(store: Any, chunk: list[Any], SqlAssessments: Any, SqlTraceInfo: Any) -> None:
-    with store.ManagedSessionMaker() as session:
+    with store.ManagedSessionMaker(read_only=False) as session:  # a store with a read replica writes elsewhere
         traces = {row.request_id: row for row in session.query(SqlTraceInfo).filter(
             SqlTraceInfo.request_id.in_({a.trace_id for a in chunk}))}
         for assessment in chunk:

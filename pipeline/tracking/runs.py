@@ -81,11 +81,10 @@ def quiet_mlflow_logs() -> None:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What a run's answers are assessed against: the scorer's label, the dataset's name and content digest."""
+    """What a run's answers are assessed with and against: the scorer's label and the dataset's name."""
 
     scorer: str
     dataset: str
-    digest: str
 
 
 class Tracker:
@@ -153,8 +152,8 @@ class Tracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         path = Path(config.path).expanduser().resolve()
-        self.evaluation = Evaluation(config.scorer.label, config.name, file_digest(path))
-        dataset = Dataset(name=config.name, digest=self.evaluation.digest, source_type="local",
+        self.evaluation = Evaluation(config.scorer.label, config.name)
+        dataset = Dataset(name=config.name, digest=file_digest(path), source_type="local",
                           source=json.dumps({"uri": str(path)}),
                           profile=json.dumps({"samples": samples, "limit": config.limit}))
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
@@ -179,7 +178,7 @@ class Tracker:
 
     def log_assessments(self, transcript: Path) -> None:
         """Each trace's Feedback and Expectation (see pipeline.tracking.assessments), after its traces;
-        the score's mean as MLflow's evaluation runs name it (`<scorer>/mean`), tied to the dataset.
+        the score's mean as MLflow's evaluation runs name it (`<scorer>/mean`).
 
         Never fails the run: the transcript, uploaded with the artifacts, holds the same scores."""
         if not (self.run_id and self.evaluation):
@@ -197,12 +196,8 @@ class Tracker:
         self.log_metrics({"assessments": written.written + written.kept,
                           "assessments/seconds": time.perf_counter() - started})
         scores = [r["score"] for r in records if r.get("kind", "answer") == "answer" and r.get("score") is not None]
-        if scores:
-            from mlflow.entities import Metric
-
-            self._batch(metrics=[Metric(f"{mlflow_key(evaluation.scorer)}/mean", sum(scores) / len(scores),
-                                        int(time.time() * 1000), 0, dataset_name=evaluation.dataset,
-                                        dataset_digest=evaluation.digest)])
+        if scores:  # the same number as accuracy, under the name MLflow's own evaluations give it
+            self.log_metrics({f"{mlflow_key(evaluation.scorer)}/mean": sum(scores) / len(scores)})
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if not self.run_id:
