@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import mlflow_client, pipeline_env, run_pipeline
 
+from pipeline.tracking.guard import create_sqlite_store
+
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -51,15 +53,18 @@ def ui(tmp_path_factory):
     if missing:
         pytest.skip(missing)
     cwd = tmp_path_factory.mktemp("ui")
-    result = run_pipeline(["-m", "generation.temperature=0,1.5", "dataset.limit=3"], cwd=cwd)
-    assert result.returncode == 0, result.stderr
+    store = cwd / "runs" / "mlflow.db"
+    create_sqlite_store(f"sqlite:///{store}")  # whole, before two processes open it at once
     port = free_port()
     log = (cwd / "mlflow-ui.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                               f"sqlite:///{cwd / 'runs' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+    # the server starts (about a minute on a busy machine) while the sweep runs
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
+                               "--host", "127.0.0.1", "--port", str(port)],
                               cwd=cwd, env=pipeline_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     try:
+        result = run_pipeline(["-m", "generation.temperature=0,1.5", "dataset.limit=3"], cwd=cwd)
+        assert result.returncode == 0, result.stderr
         deadline = time.monotonic() + 120
         while True:
             try:
