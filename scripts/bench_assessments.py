@@ -159,8 +159,12 @@ def main() -> int:
                               f"resume {figures['resume_s']:6.2f} s", flush=True)
         finally:
             if server is not None:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
+                os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, nothing else
+                try:
+                    server.wait(timeout=60)
+                except subprocess.TimeoutExpired:  # a busy machine: its workers outlast a graceful stop
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait(timeout=30)
     out = args.out or Path("runs/bench") / f"assessments-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
