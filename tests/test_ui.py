@@ -135,6 +135,7 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_evaluation_runs_and_assessed_t
         expectation = next(a for a in trace.info.assessments if a.expectation is not None)
         # the run's traces table has a column per assessment: the scorer's and the expected output
         expect(page.get_by_role("columnheader", name=re.compile(re.escape(feedback.name))).first).to_be_visible()
+        expect(page.get_by_role("columnheader", name=re.compile("Expected output")).first).to_be_visible()
         shots.append(tmp_path / "traces.png")
         page.screenshot(path=shots[-1])
 
