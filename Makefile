@@ -13,7 +13,7 @@ UI_PORT ?= 5000
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test test-ui sweep ui bench clean demo-model tool-model
+.PHONY: help setup browser run test test-ui sweep ui bench clean demo-model tool-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,9 +33,11 @@ run: $(STAMP) ## run the default pipeline: demo model over the demo dataset, tra
 test: $(STAMP) ## run the whole test suite (CPU, no network), a file per worker
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-ui: $(STAMP) ## the MLflow UI in headless Chromium (installs Debian's chromium and Playwright; needs root)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+browser: $(STAMP) ## Debian's chromium (when missing; apt-get needs root) and Playwright: make test then runs the browser test
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	$(PY) -m pip install --quiet -e ".[ui]"
+
+test-ui: browser ## the MLflow UI in headless Chromium, alone (installs what make browser does)
 	$(PY) -m pytest tests/test_ui.py -m ui -rs
 
 sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a child per job)
