@@ -33,11 +33,10 @@ run: $(STAMP) ## run the default pipeline: demo model over the demo dataset, tra
 test: $(STAMP) ## run the whole test suite (CPU, no network), a file per worker
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-browser: $(STAMP) ## Debian's chromium (when missing; apt-get needs root) and Playwright: make test then runs the browser test
+browser: ## Debian's chromium, when missing (apt-get needs root): make test then runs the browser test too
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
-	$(PY) -m pip install --quiet -e ".[ui]"
 
-test-ui: browser ## the MLflow UI in headless Chromium, alone (installs what make browser does)
+test-ui: browser $(STAMP) ## the MLflow UI in headless Chromium, alone (installs chromium as make browser does)
 	$(PY) -m pytest tests/test_ui.py -m ui -rs
 
 sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a child per job)

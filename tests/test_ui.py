@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.ui, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]  # headless and a fresh profile come from Playwright
-REQUIRED = "PIPELINE_BROWSER_TEST"  # set (by .ci/run): a missing browser fails the test instead of skipping it
+REQUIRED = "PIPELINE_BROWSER_TEST"  # when set, a missing browser fails the test instead of skipping it
 WAIT_MS = 90_000  # the first page load compiles the UI's bundle on a busy machine
 
 
