@@ -49,7 +49,7 @@ def ui(tmp_path_factory):
     except ImportError:
         missing = missing or "Playwright is not installed (make browser installs it)"
     if missing and os.environ.get(REQUIRED):
-        pytest.fail(f"{missing}; {REQUIRED} is set (.ci/run): the browser test must run")
+        pytest.fail(f"{missing}; {REQUIRED} is set: the browser test must run")
     if missing:
         pytest.skip(missing)
     cwd = tmp_path_factory.mktemp("ui")
