@@ -61,9 +61,6 @@ LOW, HIGH = 1000, 9999             # both operands are four-digit numbers
 HELD_OUT = 200                     # pairs kept for thinking_addition.jsonl, never trained on
 OFF_SHARE = 0.3                    # of the training examples, this share has thinking switched off
 CUT_SHARE = 0.3                    # this share thinks, is cut off after a random number of tokens, answers
-SYSTEM_SHARE = 0.15                # this share carries a short system prompt as well
-SYSTEM_PROMPTS = ["You are a helpful assistant.", "You are a calculator.", "Be brief.",
-                  "Answer with a number only.", "Think carefully.", "Keep answers short and correct."]
 BUDGETS = (0, 4, 8, 16, 32, 64)    # reasoning tokens, checked after training (and None: no budget)
 
 # --- Tokenizer and model --------------------------------------------------------------------------
@@ -97,12 +94,14 @@ MAX_NEW_TOKENS = 64                # thinking (39 tokens with its tags), "\n\n",
 
 # --- Training -------------------------------------------------------------------------------------
 
-STEPS = 1500
+STEPS = 1200
 BATCH = 32
-PEAK_LR = 2e-3
+PEAK_LR = 3e-3
 WARMUP_STEPS = 50
 WEIGHT_DECAY = 0.01
-THREADS = 2
+# One thread: on a busy machine a second one spent 9x the CPU per step waiting on the first (measured:
+# 0.26 s against 2.34 s a step with the machine's load at 18); alone on 2 cores it would gain < 2x.
+THREADS = 1
 SETTINGS = TrainingSettings(STEPS, PEAK_LR, WARMUP_STEPS, WEIGHT_DECAY, log_every=100)
 
 
@@ -191,15 +190,13 @@ def write_dataset(folder: Path) -> None:
                                   "reference": str(a + b)}) + "\n")
 
 
-def encode_example(tokenizer, a: int, b: int, mode: str, cut: int, system: str | None
-                   ) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer, a: int, b: int, mode: str, cut: int) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one training sequence; labels are -100 except on what the model says.
 
     mode "on": <think>, the full reasoning, </think>, the answer. "off": the template's empty
     thinking block is prompt, the answer follows. "cut": <think> and the first `cut` reasoning
     tokens, then a forced </think> (not the model's to learn: unlabelled), then the answer."""
-    messages = ([{"role": "system", "content": system}] if system is not None else [])
-    messages.append({"role": "user", "content": question(a, b)})
+    messages = [{"role": "user", "content": question(a, b)}]
     prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                                 enable_thinking=mode != "off")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -227,8 +224,7 @@ def training_batches(tokenizer):
             draw = rng.random()
             mode = "off" if draw < OFF_SHARE else "cut" if draw < OFF_SHARE + CUT_SHARE else "on"
             cut = rng.randint(0, 36)  # of the 37 reasoning tokens: at least the last one is missing
-            system = rng.choice(SYSTEM_PROMPTS) if rng.random() < SYSTEM_SHARE else None
-            rows.append(encode_example(tokenizer, a, b, mode, cut, system))
+            rows.append(encode_example(tokenizer, a, b, mode, cut))
         yield pad_batch(rows, tokenizer.pad_token_id)
 
 
