@@ -1,0 +1,171 @@
+"""Reasoning models end to end: the thinking demo model's switch through its chat template, the
+budget enforced to the exact token on the transformers backend, continuation on length, thinking
+that never closes scored as no answer, the plan's refusals (one line, exit 2), and the
+thinking_budget experiment through `python -m pipeline`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import only_run_dir, run_main, run_pipeline, write_jsonl
+
+from pipeline.backends.base import Completion
+from pipeline.backends.fake import FakeBackend
+from pipeline.core.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, RuntimeConfig
+from pipeline.core.records import Message, Sample
+from pipeline.core.transcript import TranscriptWriter, read_transcript
+from pipeline.stages.execute import execute
+
+MODEL = ASSETS_DIR / "thinking_model"
+DATASET = ASSETS_DIR / "datasets" / "thinking_addition.jsonl"
+FULL_THINKING = 37  # reasoning tokens of a whole column-by-column thinking block
+
+
+def questions(limit: int) -> list[dict]:
+    return [json.loads(line) for line in DATASET.read_text().splitlines()[:limit]]
+
+
+@pytest.fixture(scope="module")
+def thinking_run(tmp_path_factory):
+    """Run the thinking model in process over the first samples with given generation settings: the records."""
+    from pipeline.stages.plan import plan
+    from pipeline.stages.resolve import resolve
+
+    folder = tmp_path_factory.mktemp("thinking")
+
+    def run(limit: int = 8, **generation) -> list[dict]:
+        config = Config(runtime=RuntimeConfig(model=str(MODEL), device="cpu", batch_size=8),
+                        dataset=DatasetConfig(path=str(DATASET), limit=limit),
+                        generation=GenerationConfig(**generation))
+        resolved = resolve(config)
+        runtime_plan, samples, backend = plan(config, resolved, folder, [])
+        backend.load()
+        path = folder / f"t{len(list(folder.glob('t*.jsonl')))}.jsonl"
+        with TranscriptWriter(path) as writer:
+            execute(backend, samples, config, writer, config.config_hash())
+        backend.close()
+        return read_transcript(path)
+
+    return run
+
+
+def test_the_budget_is_enforced_to_the_exact_token(thinking_run):
+    for budget in (0, 3, 11):
+        records = thinking_run(thinking="on", thinking_budget=budget)
+        assert [r["reasoning_tokens"] for r in records] == [budget] * len(records), budget
+        for record in records:  # cut off, it still answers: digits, no thinking in the response
+            assert record["response"].isdigit() and "think" not in record["response"]
+            assert not record["reasoning_truncated"] and record["finish_reason"] == "stop"
+            assert 1 <= record["answer_tokens"] <= 8
+
+
+def test_thinking_on_and_off_through_the_template(thinking_run):
+    on = thinking_run(thinking="on")
+    off = thinking_run(thinking="off")
+    assert all(r["reasoning_tokens"] == FULL_THINKING and r["reasoning"].count("=") == 4 for r in on)
+    assert all(r["reasoning"] == "" and r["reasoning_tokens"] == 0 for r in off)
+    assert sum(r["score"] for r in on) == len(on)  # the thinking is right, and only the answer is scored
+    assert sum(r["score"] for r in on) > sum(r["score"] for r in off)
+    reference = on[0]["reference"]
+    assert on[0]["response"] == reference and reference not in on[0]["reasoning"].replace("\n", "")
+
+
+def test_an_answer_cut_by_length_is_continued(thinking_run):
+    cut = thinking_run(limit=4, thinking="on", max_new_tokens=2)
+    assert all(r["finish_reason"] == "length" and len(r["response"]) == 2 for r in cut)
+    continued = thinking_run(limit=4, thinking="on", max_new_tokens=2, continue_on_length=3)
+    for record in continued:
+        assert record["finish_reason"] == "stop" and record["continuations"] >= 1
+        assert record["response"] == record["reference"] and record["reasoning_tokens"] == FULL_THINKING
+
+
+class _NeverCloses(FakeBackend):
+    """Thinking that runs out: the completion carries only reasoning."""
+
+    def generate(self, requests, sink=None):
+        return [Completion(text="", reasoning="12+34 is", completion_tokens=5, reasoning_tokens=5,
+                           reasoning_truncated=True, finish_reason="length") for _ in requests]
+
+
+def test_thinking_that_never_closes_is_scored_as_no_answer(tmp_path):
+    backend = _NeverCloses()
+    backend.load()
+    config = Config()
+    path = tmp_path / "t.jsonl"
+    samples = [Sample(id="a", messages=(Message("user", "What is 12+34?"),), reference="")]
+    with TranscriptWriter(path) as writer:
+        execute(backend, samples, config, writer, config.config_hash())
+    (record,) = read_transcript(path)
+    # the empty reference would match the empty answer: truncated thinking is no answer, whatever the scorer
+    assert record["score"] == 0.0 and record["response"] == "" and record["reasoning"] == "12+34 is"
+    assert record["reasoning_truncated"] and record["reasoning_tokens"] == 5 and record["answer_tokens"] == 0
+
+
+def test_earlier_turns_lose_their_thinking_as_the_template_says():
+    from pipeline.backends.transformers.chat_template import ChatTemplate
+
+    template = ChatTemplate.from_folder(MODEL)
+    history = [{"role": "user", "content": "What is 1000+2000?"},
+               {"role": "assistant", "content": "<think>\n0+0+0=00\n</think>\n\n3000"},
+               {"role": "user", "content": "What is 4821+3907?"}]
+    text = template.render(history)
+    assert "<|assistant|>3000<|end|>" in text and "0+0+0" not in text and text.endswith("<|assistant|>")
+    assert template.render(history[-1:], enable_thinking=False).endswith("<think>\n\n</think>\n\n")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["generation.thinking_budget=-1"], "generation.thinking_budget=-1 is not allowed"),
+    (["generation.thinking=maybe"], "generation.thinking=maybe is not allowed"),
+    (["generation.thinking=on"], "model 'demo' cannot think"),
+    (["generation.reasoning_effort=high", "runtime.model=thinking-demo"], "does not read reasoning_effort"),
+    (["generation.thinking_wrapup=Done.", "runtime.model=thinking-demo"], "generation.thinking_wrapup"),
+])
+def test_bad_thinking_settings_are_one_line_and_exit_2(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([*args, "tracking=none"], monkeypatch, capsys)
+    assert code == 2 and expected in err, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_thinking_off_is_refused_for_a_template_without_a_switch(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    model = tmp_path / "r1"
+    shutil.copytree(MODEL, model)
+    # DeepSeek-R1 style: the template opens the thinking itself, with no variable to turn it off
+    (model / "chat_template.jinja").write_text(
+        "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main([f"runtime.model={model}", "generation.thinking=off", "tracking=none"], monkeypatch, capsys)
+    assert code == 2 and "has no switch for thinking" in err and "Traceback" not in err
+
+
+def test_the_plan_says_what_it_found_and_how_it_switches(tmp_path):
+    result = run_pipeline(["runtime.model=thinking-demo", "dataset=thinking_addition", "generation.thinking=off",
+                           "pipeline.until=plan", "tracking=none"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout[result.stdout.index("{"):])
+    thinking = plan["thinking"]
+    assert thinking["template_args"] == {"enable_thinking": False}
+    assert "enable_thinking" in thinking["found"] and "enable_thinking=false" in thinking["how"]
+
+
+def test_the_budget_experiment_end_to_end(tmp_path):
+    result = run_pipeline(["+experiment=thinking_budget", "dataset.limit=24", "tracking=none"], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "runs" / "multirun").glob("*/*"))
+    rows = list(csv.DictReader((sweep / "comparison" / "comparison.csv").open()))
+    by_budget = {row["generation.thinking_budget"]: row for row in rows}
+    assert set(by_budget) == {"0", "4", "8", "16", "32", "64", "null"}
+    accuracy = {budget: float(row["accuracy"]) for budget, row in by_budget.items()}
+    tokens = {budget: float(row["reasoning_tokens_mean"]) for budget, row in by_budget.items()}
+    assert accuracy["null"] >= accuracy["32"] >= accuracy["8"] and accuracy["null"] - accuracy["0"] >= 0.4
+    assert tokens["0"] == 0 and tokens["8"] == 8 and tokens["64"] == tokens["null"] == FULL_THINKING
+    plots = {path.name for path in (sweep / "comparison" / "plots").glob("*.png")}
+    assert "accuracy_vs_generation.thinking_budget.png" in plots
+    assert "reasoning_tokens_mean_vs_generation.thinking_budget.png" in plots
