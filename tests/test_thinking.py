@@ -169,3 +169,33 @@ def test_the_budget_experiment_end_to_end(tmp_path):
     plots = {path.name for path in (sweep / "comparison" / "plots").glob("*.png")}
     assert "accuracy_vs_generation.thinking_budget.png" in plots
     assert "reasoning_tokens_mean_vs_generation.thinking_budget.png" in plots
+
+
+@pytest.mark.slow
+def test_thinking_switched_through_transformers_serve(tmp_path_factory):
+    """backend=openai: enable_thinking goes as chat_template_kwargs; the server streams the tags in the text
+    (no response template for this model type) and the answer is split from the thinking as in process."""
+    from openai_server import TransformersServe, serving_extra_missing
+
+    if serving_extra_missing() is not None:
+        pytest.skip(str(serving_extra_missing()))
+    server = TransformersServe(MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        server.wait()
+        records = {}
+        for mode in ("on", "off"):
+            cwd = tmp_path_factory.mktemp(mode)
+            result = run_pipeline(["backend=openai", f"backend.base_url={server.base_url}",
+                                   f"runtime.model={server.model}", "dataset=thinking_addition", "dataset.limit=4",
+                                   f"generation.thinking={mode}", "generation.max_new_tokens=64", "tracking=none"],
+                                  cwd)
+            assert result.returncode == 0, result.stderr[-2000:]
+            records[mode] = read_transcript(only_run_dir(cwd) / "transcript.jsonl")
+        assert all(r["reasoning"].count("=") == 4 and r["response"] == r["reference"] for r in records["on"])
+        assert all(r["reasoning"] == "" and "think" not in r["response"] for r in records["off"])
+        budget = run_pipeline(["backend=openai", f"backend.base_url={server.base_url}",
+                               f"runtime.model={server.model}", "generation.thinking_budget=8", "tracking=none"],
+                              tmp_path_factory.mktemp("budget"))
+        assert budget.returncode == 2 and "generation.thinking_budget=8: not enforced" in budget.stderr
+    finally:
+        server.stop()
