@@ -37,13 +37,15 @@ def thinking_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("thinking")
 
-    def run(limit: int = 8, **generation) -> list[dict]:
+    def run(limit: int = 8, backend_only: bool = False, **generation):
         config = Config(runtime=RuntimeConfig(model=str(MODEL), device="cpu", batch_size=8),
                         dataset=DatasetConfig(path=str(DATASET), limit=limit),
                         generation=GenerationConfig(**generation))
         resolved = resolve(config)
         runtime_plan, samples, backend = plan(config, resolved, folder, [])
         backend.load()
+        if backend_only:
+            return backend
         path = folder / f"t{len(list(folder.glob('t*.jsonl')))}.jsonl"
         with TranscriptWriter(path) as writer:
             execute(backend, samples, config, writer, config.config_hash())
@@ -61,6 +63,49 @@ def test_the_budget_is_enforced_to_the_exact_token(thinking_run):
             assert record["response"].isdigit() and "think" not in record["response"]
             assert not record["reasoning_truncated"] and record["finish_reason"] == "stop"
             assert 1 <= record["answer_tokens"] <= 8
+
+
+def test_a_wrapup_is_forced_before_the_close(thinking_run):
+    records = thinking_run(limit=4, thinking="on", thinking_budget=9, thinking_wrapup="OK.")
+    for record in records:  # 9 tokens of the model's, then the 3 of the wrap-up, then </think>
+        assert record["reasoning_tokens"] == 12 and record["reasoning"].endswith("OK.")
+
+
+class _Sink:
+    streams_text = True
+
+    def __init__(self):
+        self.text, self.reasoning, self.complete = {}, {}, {}
+
+    def on_text(self, row, text):
+        self.text[row] = self.text.get(row, "") + text
+
+    def on_reasoning(self, row, text):
+        self.reasoning[row] = self.reasoning.get(row, "") + text
+
+    def on_complete(self, row, text):
+        self.complete[row] = text
+
+
+def test_a_stream_sink_gets_the_answer_apart_from_the_thinking(thinking_run):
+    from pipeline.backends.base import Request
+
+    backend = thinking_run(backend_only=True, thinking="on")
+    sink = _Sink()
+    requests = [Request(messages=[Message("user", q["prompt"])], max_new_tokens=8) for q in questions(3)]
+    completions = backend.generate(requests, sink)
+    backend.close()
+    for row, completion in enumerate(completions):
+        assert sink.text[row] == sink.complete[row] == completion.text == questions(3)[row]["reference"]
+        assert sink.reasoning[row] == completion.reasoning and completion.reasoning.count("=") == 4
+
+
+def test_traces_show_the_reasoning_apart_from_the_answer():
+    from pipeline.tracking.traces import chat_output
+
+    (choice,) = chat_output({"response": "8728", "reasoning": "1+7+0=08", "finish_reason": "stop"})["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "8728", "reasoning_content": "1+7+0=08"}
+    assert "reasoning_content" not in chat_output({"response": "5"})["choices"][0]["message"]
 
 
 def test_thinking_on_and_off_through_the_template(thinking_run):
@@ -119,7 +164,7 @@ def test_earlier_turns_lose_their_thinking_as_the_template_says():
 
 @pytest.mark.parametrize("args,expected", [
     (["generation.thinking_budget=-1"], "generation.thinking_budget=-1 is not allowed"),
-    (["generation.thinking=maybe"], "generation.thinking=maybe is not allowed"),
+    (["generation.thinking=maybe"], "generation.thinking='maybe' is not allowed"),
     (["generation.thinking=on"], "model 'demo' cannot think"),
     (["generation.reasoning_effort=high", "runtime.model=thinking-demo"], "does not read reasoning_effort"),
     (["generation.thinking_wrapup=Done.", "runtime.model=thinking-demo"], "generation.thinking_wrapup"),
