@@ -244,3 +244,14 @@ def test_thinking_switched_through_transformers_serve(tmp_path_factory):
         assert budget.returncode == 2 and "generation.thinking_budget=8: not enforced" in budget.stderr
     finally:
         server.stop()
+
+
+def test_a_rescore_keeps_truncated_thinking_as_no_answer():
+    from pipeline.run.rescore import rescore_record
+    from pipeline.scoring.scorers import build_scorer
+    from pipeline.core.config import ScorerConfig
+
+    scorer = build_scorer(ScorerConfig(name="contains"))
+    record = {"kind": "answer", "response": "", "reference": "", "reasoning": "12", "reasoning_truncated": True}
+    assert rescore_record(record, scorer)["score"] == 0.0
+    assert rescore_record({**record, "reasoning_truncated": False}, scorer)["score"] == 1.0

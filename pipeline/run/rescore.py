@@ -137,6 +137,8 @@ def rescore_record(record: dict[str, Any], scorer: Scorer) -> dict[str, Any]:
     """The record with its answer scored again; tool steps and answers that could not be completed stay as they were."""
     if record.get("kind", "answer") != "answer" or record.get("status", "ok") != "ok":
         return record
+    if record.get("reasoning_truncated"):  # thinking that never closed is no answer, whatever the scorer
+        return {**record, "score": None if record.get("reference") is None else 0.0}
     return {**record, "score": scorer(record["response"], record.get("reference"))}
 
 
