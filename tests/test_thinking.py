@@ -255,3 +255,30 @@ def test_a_rescore_keeps_truncated_thinking_as_no_answer():
     record = {"kind": "answer", "response": "", "reference": "", "reasoning": "12", "reasoning_truncated": True}
     assert rescore_record(record, scorer)["score"] == 0.0
     assert rescore_record({**record, "reasoning_truncated": False}, scorer)["score"] == 1.0
+
+
+def _training_script():
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))  # as `python scripts/train_thinking_model.py` has it: its sibling modules
+    spec = importlib.util.spec_from_file_location("train_thinking_model", scripts / "train_thinking_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_thinking_model_is_small_held_out_and_its_template_is_the_trained_one():
+    script = _training_script()
+    assert sum(p.stat().st_size for p in MODEL.iterdir()) < 4 * 2**20
+    pairs = [tuple(int(n) for n in q["prompt"].removeprefix("What is ").removesuffix("?").split("+"))
+             for q in questions(200)]
+    assert pairs == script.held_out_pairs() and all(q["reference"] == str(a + b) for q, (a, b) in
+                                                    zip(questions(200), pairs))
+    assert (MODEL / "chat_template.jinja").read_text() == script.CHAT_TEMPLATE
+    import random
+
+    rng = random.Random(5)
+    drawn = {script.sample_training_pair(rng) for _ in range(2000)}
+    assert not drawn & script.HELD_OUT_SET
