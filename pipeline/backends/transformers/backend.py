@@ -206,7 +206,7 @@ class TransformersBackend(Backend):
             limit = settings["max_new_tokens"]
             budget_states = [states[i] for i in pending]
             step_settings = dict(settings, max_new_tokens=self._total_tokens(
-                [len(_ids(runtime, row, special)) for row in batch], limit, tokens))
+                lambda: [len(_ids(runtime, row, special)) for row in batch], limit, tokens))
             factory = None
             if tokens is not None:
                 factory = (lambda length, s=budget_states:  # noqa: E731
@@ -252,7 +252,7 @@ class TransformersBackend(Backend):
             results.append((counts[i], output, fields))
         return results
 
-    def _total_tokens(self, prompt_lengths: list[int], answer_limit: int, tokens: Optional[ThinkingTokens]) -> int:
+    def _total_tokens(self, prompt_lengths: Any, answer_limit: int, tokens: Optional[ThinkingTokens]) -> int:
         """generate's max_new_tokens: the answer's limit, and room for the thinking before it (the budget,
         forced tags and wrap-up; without a budget, what the context leaves)."""
         if tokens is None or self.thinking.mode == "off":
@@ -260,7 +260,7 @@ class TransformersBackend(Backend):
         if self.thinking.budget is not None:
             return 1 + self.thinking.budget + len(tokens.wrapup_ids) + len(tokens.close_ids) + answer_limit + 1
         context = self.context_length or 4096
-        return max(answer_limit, context - max(prompt_lengths, default=0))
+        return max(answer_limit, context - max(prompt_lengths(), default=0))
 
     def _over_context(self, request: Request) -> Optional[Completion]:
         """An error Completion for a prompt that leaves no room for its answer (unless it may be cut)."""
