@@ -12,17 +12,15 @@ markers are special tokens, ``<think>`` and ``</think>`` single non-special toke
 answer keeps them; ``<|end|>`` is the end-of-turn / eos token):
 
     <s><|user|>What is 4821+3907?<|end|><|assistant|>                      (thinking on: the default)
-    <think>\n1+7+0=08 8\n2+0+0=02 28\n8+9+0=17 728\n4+3+1=08 8728\n</think>\n\n8728<|end|>  (model)
+    <think>\\n1+7+0=08\\n2+0+0=02\\n8+9+0=17\\n4+3+1=08\\n</think>\\n\\n8728<|end|>         (model)
 
-    <s><|user|>What is 4821+3907?<|end|><|assistant|><think>\n\n</think>\n\n   (enable_thinking=false)
+    <s><|user|>What is 4821+3907?<|end|><|assistant|><think>\\n\\n</think>\\n\\n   (enable_thinking=false)
     8728<|end|>                                                                       (model)
 
-Each line is a column, ones first: its digits, the carry in, the two-digit sum, then the sum's
-digits so far (this column's last digit before the previous line's), so that the answer is read
-forwards off the last line. A full thinking block is 51 tokens between the tags. Trained also on
-thinking cut short after a random number of its tokens and closed by a forced ``</think>`` (as a
-thinking budget does), the model still answers then, from the columns it has and a guess at the
-rest: held out, accuracy rises with the budget.
+A full thinking block is 37 tokens between the tags (4 columns of 9 characters and the leading
+newline). Trained also on thinking cut short after a random number of its tokens and closed by a
+forced ``</think>`` (as a thinking budget does), the model still answers then, from the columns it
+has and a guess at the rest: held out, accuracy rises with the budget.
 
 Run from the repository root (deterministic: fixed seeds, ``torch.use_deterministic_algorithms``,
 2 threads; see README for the time it took):
@@ -92,12 +90,11 @@ CHAT_TEMPLATE = (
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
                    tie_word_embeddings=True)
-REASONING_TOKENS = 51              # between the tags: a newline, then 4 lines of 11 to 14 characters
-MAX_NEW_TOKENS = 64                # thinking (53 tokens with its tags), "\n\n", 5 digits and <|end|>
+MAX_NEW_TOKENS = 64                # thinking (39 tokens with its tags), "\n\n", 5 digits and <|end|>
 
 # --- Training -------------------------------------------------------------------------------------
 
-STEPS = 900
+STEPS = 1200
 BATCH = 32
 PEAK_LR = 3e-3
 WARMUP_STEPS = 50
@@ -129,16 +126,13 @@ def question(a: int, b: int) -> str:
 
 
 def reasoning_text(a: int, b: int) -> str:
-    """The thinking between the tags: a leading newline, then one line per column, ones first:
-    "digit+digit+carry=two-digit sum", a space and the sum's digits so far (this column's last
-    digit before the previous line's). The answer is then read forwards from the last line: its
-    carry and its digits (reading the columns backwards was beyond the model: 5% right)."""
-    lines, carry, digits = [], 0, ""
+    """The thinking between the tags: a leading newline, then one fixed-width line per column,
+    ones first: "digit+digit+carry=two-digit sum"."""
+    lines, carry = [], 0
     for column in range(4):
         x, y = a // 10 ** column % 10, b // 10 ** column % 10
         total = x + y + carry
-        digits = str(total % 10) + digits
-        lines.append(f"{x}+{y}+{carry}={total:02d} {digits}\n")
+        lines.append(f"{x}+{y}+{carry}={total:02d}\n")
         carry = total // 10
     return "\n" + "".join(lines)
 
@@ -150,7 +144,7 @@ def check_tokenizer(tokenizer) -> None:
     assert on == "<s><|user|>What is 4821+3907?<|end|><|assistant|>", on
     off = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
     assert off == on + EMPTY_THINKING, off
-    assert reasoning_text(4821, 3907) == "\n1+7+0=08 8\n2+0+0=02 28\n8+9+0=17 728\n4+3+1=08 8728\n"
+    assert reasoning_text(4821, 3907) == "\n1+7+0=08\n2+0+0=02\n8+9+0=17\n4+3+1=08\n"
     history = messages + [{"role": "assistant", "content": THINK_OPEN + reasoning_text(4821, 3907) + THINK_CLOSE
                            + "\n\n8728"}, {"role": "user", "content": question(1, 2)}]
     rendered = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
@@ -161,7 +155,7 @@ def check_tokenizer(tokenizer) -> None:
         assert marker in tokens, f"{marker} is not one token in {tokens}"
     assert tokens.count("\n") == 9, tokens
     ids = tokenizer(THINK_OPEN + reasoning_text(12, 34), add_special_tokens=False)["input_ids"]
-    assert len(ids) == 1 + REASONING_TOKENS
+    assert len(ids) == 38
     assert tokenizer.decode(ids + [tokenizer.eos_token_id], skip_special_tokens=True) == THINK_OPEN + reasoning_text(12, 34)
 
 
@@ -229,7 +223,7 @@ def training_batches(tokenizer):
             a, b = sample_training_pair(rng)
             draw = rng.random()
             mode = "off" if draw < OFF_SHARE else "cut" if draw < OFF_SHARE + CUT_SHARE else "on"
-            cut = rng.randint(0, REASONING_TOKENS - 1)  # at least the last reasoning token is missing
+            cut = rng.randint(0, 36)  # of the 37 reasoning tokens: at least the last one is missing
             rows.append(encode_example(tokenizer, a, b, mode, cut))
         yield pad_batch(rows, tokenizer.pad_token_id)
 
