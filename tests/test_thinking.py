@@ -209,7 +209,8 @@ def test_the_budget_experiment_end_to_end(tmp_path):
     assert set(by_budget) == {"0", "4", "8", "16", "32", "64", "null"}
     accuracy = {budget: float(row["accuracy"]) for budget, row in by_budget.items()}
     tokens = {budget: float(row["reasoning_tokens_mean"]) for budget, row in by_budget.items()}
-    assert accuracy["null"] >= accuracy["32"] >= accuracy["8"] and accuracy["null"] - accuracy["0"] >= 0.4
+    # the whole thinking is 37 tokens: short of it the model guesses, past it it is as right as unlimited
+    assert accuracy["64"] == accuracy["null"] >= 0.8 and max(accuracy[b] for b in ("0", "4", "8", "16", "32")) <= 0.2
     assert tokens["0"] == 0 and tokens["8"] == 8 and tokens["64"] == tokens["null"] == FULL_THINKING
     plots = {path.name for path in (sweep / "comparison" / "plots").glob("*.png")}
     assert "accuracy_vs_generation.thinking_budget.png" in plots
