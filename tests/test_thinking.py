@@ -41,7 +41,7 @@ def thinking_run(tmp_path_factory):
         config = Config(runtime=RuntimeConfig(model=str(MODEL), device="cpu", batch_size=8),
                         dataset=DatasetConfig(path=str(DATASET), limit=limit),
                         generation=GenerationConfig(**generation))
-        resolved = resolve(config)
+        resolved = resolve(config.runtime)
         runtime_plan, samples, backend = plan(config, resolved, folder, [])
         backend.load()
         if backend_only:
@@ -120,9 +120,10 @@ def test_thinking_on_and_off_through_the_template(thinking_run):
 
 
 def test_an_answer_cut_by_length_is_continued(thinking_run):
-    cut = thinking_run(limit=4, thinking="on", max_new_tokens=2)
-    assert all(r["finish_reason"] == "length" and len(r["response"]) == 2 for r in cut)
-    continued = thinking_run(limit=4, thinking="on", max_new_tokens=2, continue_on_length=3)
+    # answer tokens count from the closing tag: "\n\n", then the digits
+    cut = thinking_run(limit=4, thinking="on", max_new_tokens=4)
+    assert all(r["finish_reason"] == "length" and len(r["response"]) == 2 and r["answer_tokens"] == 4 for r in cut)
+    continued = thinking_run(limit=4, thinking="on", max_new_tokens=4, continue_on_length=3)
     for record in continued:
         assert record["finish_reason"] == "stop" and record["continuations"] >= 1
         assert record["response"] == record["reference"] and record["reasoning_tokens"] == FULL_THINKING
