@@ -169,7 +169,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                 prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                 finish_reason=_finish_reason(completion), ttft_s=round(completion.ttft_s, 6),
                 latency_s=round(completion.latency_s, 6), truncated=completion.truncated, tools=list(job.offered),
-                started_at=round(started_at, 6))
+                started_at=round(started_at, 6), **_reasoning_fields(completion))
             if completion.failed:
                 message = f"{_describe(job)}: the {context.backend.name} backend could not answer: {completion.error}"
                 if config.execute.fail_fast:
@@ -206,6 +206,16 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
             log.info("execute: batch %d done", context.batch)
             context.last_report = time.perf_counter()
     return going_on
+
+
+def _reasoning_fields(completion: Completion) -> dict[str, Any]:
+    """The transcript's reasoning fields of a completion (the answer is its text)."""
+    answer_tokens = completion.answer_tokens
+    if answer_tokens is None:
+        answer_tokens = max(completion.completion_tokens - completion.reasoning_tokens, 0)
+    return dict(reasoning=completion.reasoning, reasoning_tokens=completion.reasoning_tokens,
+                answer_tokens=answer_tokens, reasoning_truncated=completion.reasoning_truncated,
+                continuations=completion.continuations)
 
 
 def _request(job: Job) -> Request:

@@ -102,6 +102,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # reasoning and answer together
     reasoning_tokens: int = 0
+    answer_tokens: Optional[int] = None  # None: completion_tokens - reasoning_tokens
+    reasoning_truncated: bool = False  # the thinking never closed: there is no answer
+    continuations: int = 0  # generation.continue_on_length: how many times the answer was continued
     finish_reason: str = "stop"  # one of FINISH_REASONS
     ttft_s: float = 0.0  # time to first token
     latency_s: float = 0.0  # request sent -> last token

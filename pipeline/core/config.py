@@ -39,6 +39,8 @@ OFFLOAD = ("auto", "cpu", "disk", "none")
 TRUNCATION = ("error", "left")
 BACKENDS = ("transformers", "openai")  # conf/backend/<name>.yaml
 SCORERS = ("exact_match", "contains", "regex", "numeric")
+THINKING = ("auto", "on", "off")
+EFFORTS = ("low", "medium", "high")
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -191,8 +193,26 @@ class GenerationConfig:
     num_samples: int = 1  # completions per prompt (for pass@k); each is seeded on its own
     seed: int = 0  # seeds sampling: the same seed and sample give the same output, whatever the batch
     stop: List[str] = field(default_factory=list)  # generation ends at any of these strings
+    # reasoning models (pipeline.core.thinking): the plan says how the model's template switches thinking
+    thinking: str = "auto"  # auto (the template's default), on, off
+    reasoning_effort: Optional[str] = None  # low, medium, high: for templates that read reasoning_effort (gpt-oss)
+    thinking_budget: Optional[int] = None  # at most this many reasoning tokens per answer, then the thinking is closed
+    thinking_wrapup: str = ""  # text forced before the closing tag when the budget ends the thinking
+    continue_on_length: int = 0  # an answer cut by max_new_tokens is continued up to this many times
 
     def __post_init__(self) -> None:
+        # YAML 1.1 reads a bare on/off as a boolean, which the str field then holds as "True"/"False"
+        self.thinking = {"True": "on", "False": "off", "true": "on", "false": "off"}.get(str(self.thinking),
+                                                                                       self.thinking)
+        _check_choice("generation.thinking", self.thinking, THINKING)
+        _check(self.reasoning_effort is None or self.reasoning_effort in EFFORTS, "generation.reasoning_effort",
+               self.reasoning_effort, "null or one of " + ", ".join(EFFORTS))
+        _check(self.thinking_budget is None or (isinstance(self.thinking_budget, int) and self.thinking_budget >= 0),
+               "generation.thinking_budget", self.thinking_budget, "null (no budget) or an integer >= 0")
+        _check(self.continue_on_length >= 0, "generation.continue_on_length", self.continue_on_length,
+               "an integer >= 0")
+        _check(not self.thinking_wrapup or self.thinking_budget is not None, "generation.thinking_wrapup",
+               self.thinking_wrapup, "empty unless generation.thinking_budget is set")
         _check(self.temperature >= 0, "generation.temperature", self.temperature, "a number >= 0 (0 = greedy)")
         _check(self.top_p is None or 0 < self.top_p <= 1, "generation.top_p", self.top_p, "null or a number in (0, 1]")
         _check(self.top_k is None or self.top_k >= 0, "generation.top_k", self.top_k, "null or an integer >= 0 (0 = off)")

@@ -150,6 +150,7 @@ class RuntimePlan:
     # a server backend's own plan (pipeline.backends.base.BackendPlan as a dict: identity with the masked
     # base URL, what the server reports, options with reasons, token source); {} for the in-process model
     backend_plan: dict[str, Any] = field(default_factory=dict)
+    thinking: dict[str, Any] = field(default_factory=dict)  # pipeline.core.thinking.ThinkingPlan as a dict
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +196,11 @@ class TranscriptRecord:
     started_at: Optional[float] = None  # unix seconds when its batch started (a tool step: when the tool ran)
     extracted: Optional[str] = None  # the answer the scorer was given (the score stage's; None until scored)
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
+    reasoning: str = ""  # the model's thinking, kept apart from `response` (the answer alone)
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0  # completion_tokens without the reasoning (and the thinking tags)
+    reasoning_truncated: bool = False  # the thinking never closed: no answer, scored as none
+    continuations: int = 0  # generation.continue_on_length: the answer is this many continuations longer
 
     def to_dict(self) -> dict[str, Any]:
         # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
@@ -256,6 +262,11 @@ class Summary:
     ttft_p95_s: float = 0.0
     peak_memory_bytes: Optional[int] = None  # see peak_memory_kind
     peak_memory_kind: str = ""  # cuda_max_allocated (GPU) or process_peak_rss (the whole process, CPU runs)
+    # reasoning models: over the answers (0 where the model did not think)
+    reasoning_tokens_mean: float = 0.0
+    reasoning_tokens_p95: float = 0.0
+    reasoning_truncated_share: float = 0.0  # answers whose thinking never closed (scored as no answer)
+    answer_tokens_mean: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -277,6 +288,10 @@ class Summary:
             "prefill_tokens_per_second": self.prefill_tokens_per_second,
             "decode_tokens_per_second": self.decode_tokens_per_second,
             "ttft_p95_s": self.ttft_p95_s,
+            "reasoning_tokens_mean": self.reasoning_tokens_mean,
+            "reasoning_tokens_p95": self.reasoning_tokens_p95,
+            "reasoning_truncated_share": self.reasoning_truncated_share,
+            "answer_tokens_mean": self.answer_tokens_mean,
             **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()},
         }
         optional = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,

@@ -3,7 +3,8 @@
 Execute writes answers only (score null); this stage generates nothing. `score_records` is the
 pure part: records and the scorer config in, the same records out with `score` and `extracted`
 filled in on every answer (tool steps pass through). An answer that could not be completed
-(status error) scores 0.0 when it has a reference (a miss), else None; the scorer sees no text.
+(status error), or whose thinking never closed (reasoning_truncated: the thinking is never taken
+for the answer), scores 0.0 when it has a reference (a miss), else None; the scorer sees no text.
 
 `score` is the stage over a run folder. Scores are made durable as they are made: each goes to
 the journal scores.jsonl (keyed by sample id and sample index; appended a line at a time, so a
@@ -42,7 +43,7 @@ def score_records(records: list[dict[str, Any]], config: ScorerConfig) -> list[d
 def score_record(record: dict[str, Any], scorer: Scorer) -> dict[str, Any]:
     """One answer record with its `score` and `extracted` (the text the scorer was given) filled in."""
     reference = record.get("reference")
-    if record.get("status", "ok") != "ok":  # not completed: a miss when there was something to get right
+    if not _has_answer(record):  # a miss when there was something to get right
         return {**record, "score": None if reference is None else 0.0, "extracted": None}
     extracted = scored_text(record)
     return {**record, "score": scorer(extracted, reference), "extracted": extracted}
@@ -51,6 +52,11 @@ def score_record(record: dict[str, Any], scorer: Scorer) -> dict[str, Any]:
 def scored_text(record: dict[str, Any]) -> str:
     """What the scorer is given of an answer: its response."""
     return record.get("response") or ""
+
+
+def _has_answer(record: dict[str, Any]) -> bool:
+    """Completed, and not thinking that ran out before it closed (its response is no answer)."""
+    return record.get("status", "ok") == "ok" and not record.get("reasoning_truncated")
 
 
 def is_answer(record: dict[str, Any]) -> bool:
@@ -94,7 +100,7 @@ def score(run_dir: Path, config: ScorerConfig) -> int:
 
 def _seen(record: dict[str, Any]) -> Optional[str]:
     """What `score_record` records as `extracted` for this answer."""
-    return scored_text(record) if record.get("status", "ok") == "ok" else None
+    return scored_text(record) if _has_answer(record) else None
 
 
 def _with_score(record: dict[str, Any], entry: Optional[dict[str, Any]]) -> dict[str, Any]:

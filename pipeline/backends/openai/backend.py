@@ -42,8 +42,10 @@ from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabili
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
 from pipeline.core.errors import UserError, one_line
+from pipeline.core.reasoning import THINK_TAGS, split_reasoning
 from pipeline.core.records import Message, ToolCall
 from pipeline.core.streaming import StreamSink
+from pipeline.core.thinking import ThinkingPlan
 from pipeline.core.tool_calls import OPEN, parse_tool_calls
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
@@ -95,6 +97,9 @@ class OpenAIBackend(Backend):
         self._tokenize_works: Optional[bool] = None  # None: not tried yet
         self._local: Optional[tuple[Any, Any]] = None  # backend.tokenizer's chat template and token counter, once read
         self.attempts = 0  # requests sent for generation, retries included (for tests and stats)
+        # the plan's thinking switch (pipeline.core.thinking): chat_template_kwargs / reasoning_effort sent as is,
+        # and the markers an answer is read with when the server leaves the thinking in the text
+        self.thinking = ThinkingPlan()
 
     # --- identity and plan ------------------------------------------------------------------------
 
@@ -356,6 +361,11 @@ class OpenAIBackend(Backend):
             body["stop"] = list(request.stop)
         if request.tools:
             body["tools"] = list(request.tools)
+        if self.thinking.template_args.get("enable_thinking") is not None:  # vLLM, SGLang: the template's variable
+            extra = body.setdefault("extra_body", {})
+            extra["chat_template_kwargs"] = {"enable_thinking": self.thinking.template_args["enable_thinking"]}
+        if self.thinking.reasoning_effort is not None:
+            body["reasoning_effort"] = self.thinking.reasoning_effort
         return body
 
     def _completion(self, request: Request, text: str, reasoning: str, calls: dict[int, dict], finish: Optional[str],
@@ -374,8 +384,14 @@ class OpenAIBackend(Backend):
                 message_text, tool_calls = parsed.text, parsed.calls
         if tool_calls:
             finish_reason = "tool"
+        truncated = False
+        markers = self.thinking.reading_markers or THINK_TAGS
+        if not reasoning and markers.format == "tags" and (markers.open in text or markers.close in text):
+            split = split_reasoning(text, markers)  # a server without a reasoning parser: the tags are in the text
+            text, reasoning, truncated = split.answer, split.reasoning, split.truncated
         details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
         return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls, message_text=message_text,
+                          reasoning_truncated=truncated,
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                           reasoning_tokens=getattr(details, "reasoning_tokens", 0) or 0,

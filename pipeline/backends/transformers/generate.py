@@ -12,7 +12,7 @@ timestamps). Knows nothing of samples, tools or transcripts: it takes prompts an
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
 from pipeline.backends.transformers.sampling import GenerationObserver, PerRowSampler
@@ -38,13 +38,15 @@ class Completion:
     ttft_s: float = 0.0
     latency_s: float = 0.0
     truncated: bool = False  # its prompt was cut from the left to fit the context
+    ids: list[int] = field(default_factory=list)  # the generated tokens, the end of turn left out
 
 
 def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: dict[str, Any], special: bool,
-                   sink: Optional[StreamSink] = None) -> tuple[list[int], list[Completion]]:
+                   sink: Optional[StreamSink] = None, thinking: Any = None) -> tuple[list[int], list[Completion]]:
     """Generate for one batch of prompts with one set of generation `settings` (the plan's
-    `generation` shape); `special`: the tokenizer adds its special tokens. Returns (prompt token
-    counts, completions)."""
+    `generation` shape); `special`: the tokenizer adds its special tokens; `thinking`: a factory
+    of the thinking-budget logits processor (pipeline.backends.transformers.thinking), given the
+    padded prompt length. Returns (prompt token counts, completions)."""
     import torch
 
     tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
@@ -77,6 +79,8 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: 
         seeds = [job.seed if job.seed is not None else settings["seed"] for job in batch]
         processors.append(PerRowSampler(seeds, settings["temperature"], settings["top_k"], settings["top_p"],
                                         settings["min_p"], plan.device))
+    if thinking is not None:  # after the sampler: a forced token wins over the one drawn
+        processors.append(thinking(prompt_length))
     generate_options: dict[str, Any] = {
         "max_new_tokens": settings["max_new_tokens"],
         "do_sample": False,  # greedy over what PerRowSampler left: the drawn token, when sampling
@@ -176,5 +180,5 @@ def _completion(tokenizer: Any, tokens: list[int], stop_ids: set[int], stop_stri
     text = tokenizer.decode(kept, skip_special_tokens=True)
     cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
     if cut >= 0:
-        return Completion(text[:cut], count, "stop")
-    return Completion(text, count, "length" if ended is None else "stop")
+        return Completion(text[:cut], count, "stop", ids=kept)
+    return Completion(text, count, "length" if ended is None else "stop", ids=kept)

@@ -9,6 +9,7 @@ cannot work stops before any weight loads. The memory arithmetic lives in pipeli
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -22,7 +23,10 @@ from pipeline.backends.transformers.placement import parallel_job_device
 from pipeline.core.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.core.errors import UserError
 from pipeline.core.generation_settings import command_line_keys, effective_generation
+from pipeline.core.reasoning import thinking_support
 from pipeline.core.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
+from pipeline.core.text_files import read_json
+from pipeline.core.thinking import budget_warnings, plan_thinking
 from pipeline.data.dataset import load_samples
 from pipeline.data.prompts import count_prompt_tokens
 from pipeline.scoring.scorers import check_scorer, sample_references
@@ -42,10 +46,17 @@ def plan_from_config(config: Config, model: ResolvedModel,
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
     schemas = tool_schemas(model, config.session, template)
+    support = thinking_support(template.source if template is not None else None, added_tokens(folder))
+    thinking = plan_thinking(config.generation, support, model.reference, config.session.template_args)
+    # the prompts are counted as they will be rendered: with the template variables that switch thinking
+    session = replace(config.session, template_args={**config.session.template_args, **thinking.template_args})
     counter = TokenCounter.from_folder(folder)
-    tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens,
+    tokens = count_prompt_tokens(samples, session, template, counter, config.generation.max_new_tokens,
                                  schemas or None)
     planned = plan(model, config, samples, tokens, overrides)
+    planned.thinking = thinking.to_dict()
+    planned.checks.append(f"thinking: {thinking.found}; this run: {thinking.how}")
+    planned.warnings.extend(budget_warnings(config.generation, thinking))
     planned.checks.append(f"scorer {scorer.label} is ready for every reference in the dataset")
     if schemas:
         planned.tools = schemas
@@ -120,6 +131,18 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
         warnings=warnings,
         backend_options=backend_options,
     )
+
+
+def added_tokens(folder: Path) -> list[str]:
+    """The tokenizer's added tokens as written in tokenizer.json (where thinking tags are declared)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return []
+    try:
+        data = read_json(path)
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is reported where it is read for counting
+        return []
+    return [token.get("content", "") for token in data.get("added_tokens") or [] if isinstance(token, dict)]
 
 
 def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
