@@ -14,10 +14,17 @@ from conftest import only_run_dir, run_main, run_pipeline
 
 from pipeline.backends.base import Completion
 from pipeline.backends.fake import FakeBackend
-from pipeline.core.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, RuntimeConfig
+from pipeline.core.config import (
+    ASSETS_DIR,
+    Config,
+    DatasetConfig,
+    GenerationConfig,
+    RuntimeConfig,
+)
 from pipeline.core.records import Message, Sample
 from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.stages.execute import execute
+from pipeline.stages.score import score_records
 
 MODEL = ASSETS_DIR / "thinking_model"
 DATASET = ASSETS_DIR / "datasets" / "thinking_addition.jsonl"
@@ -49,7 +56,7 @@ def thinking_run(tmp_path_factory):
         with TranscriptWriter(path) as writer:
             execute(backend, samples, config, writer, config.config_hash())
         backend.close()
-        return read_transcript(path)
+        return score_records(read_transcript(path), config.dataset.scorer)  # the score stage's part
 
     return run
 
@@ -144,7 +151,7 @@ def test_thinking_that_never_closes_is_scored_as_no_answer(tmp_path):
     samples = [Sample(id="a", messages=(Message("user", "What is 12+34?"),), reference="")]
     with TranscriptWriter(path) as writer:
         execute(backend, samples, config, writer, config.config_hash())
-    (record,) = read_transcript(path)
+    (record,) = score_records(read_transcript(path), config.dataset.scorer)
     # the empty reference would match the empty answer: truncated thinking is no answer, whatever the scorer
     assert record["score"] == 0.0 and record["response"] == "" and record["reasoning"] == "12+34 is"
     assert record["reasoning_truncated"] and record["reasoning_tokens"] == 5 and record["answer_tokens"] == 0
@@ -247,15 +254,15 @@ def test_thinking_switched_through_transformers_serve(tmp_path_factory):
         server.stop()
 
 
-def test_a_rescore_keeps_truncated_thinking_as_no_answer():
-    from pipeline.run.rescore import rescore_record
-    from pipeline.scoring.scorers import build_scorer
+def test_the_score_stage_keeps_truncated_thinking_as_no_answer_whatever_the_scorer():
     from pipeline.core.config import ScorerConfig
+    from pipeline.scoring.scorers import build_scorer
+    from pipeline.stages.score import score_record
 
-    scorer = build_scorer(ScorerConfig(name="contains"))
+    scorer = build_scorer(ScorerConfig(name="contains"))  # a re-score runs the same stage
     record = {"kind": "answer", "response": "", "reference": "", "reasoning": "12", "reasoning_truncated": True}
-    assert rescore_record(record, scorer)["score"] == 0.0
-    assert rescore_record({**record, "reasoning_truncated": False}, scorer)["score"] == 1.0
+    assert score_record(record, scorer)["score"] == 0.0 and score_record(record, scorer)["extracted"] is None
+    assert score_record({**record, "reasoning_truncated": False}, scorer)["score"] == 1.0
 
 
 def _training_script():
