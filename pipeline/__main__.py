@@ -1,13 +1,13 @@
 """Command-line entry: `python -m pipeline [overrides]`, or `-m` for a sweep.
 
-compose -> validate -> run -> exit code. The command line is checked first (pipeline.precheck),
+compose -> validate -> run -> exit code. The command line is checked first (pipeline.cli.precheck),
 so a config mistake prints one line and exits 2 before Hydra creates any folder. Then Hydra
 composes the config and calls `hydra_main` once per job, which converts it to typed dataclasses
-and hands it to the runner (or, with pipeline.from_transcript, to pipeline.rescore). Exit codes:
+and hands it to the runner (or, with pipeline.from_transcript, to pipeline.run.rescore). Exit codes:
 0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM. `resume=<run folder>` or `resume=last` continues a run or a sweep
-(pipeline.resume). What stops outside a job (Hydra's own errors: creating the run folder, its
-launcher and sweeper; Ctrl-C or SIGTERM in a sweep) ends in pipeline.outside_jobs.
+(pipeline.run.resume). What stops outside a job (Hydra's own errors: creating the run folder, its
+launcher and sweeper; Ctrl-C or SIGTERM in a sweep) ends in pipeline.run.outside_jobs.
 """
 
 from __future__ import annotations
@@ -29,20 +29,32 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline.config import CONF_DIR, register, to_config
-from pipeline import outside_jobs
-from pipeline.console import run_summary
-from pipeline.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, LoadError, StorageError,
-                             RequestFailure, ToolFailure, TrackingError, UserError, describe_config_exception)
-from pipeline.objective import objective_value
-from pipeline.redact import mask_secrets_in_files
-from pipeline.precheck import check_jobs
-from pipeline.rescore import rescore
-from pipeline.resume import check_output_folder, enter_launch_folder, expand_command_line
-from pipeline.run_state import discard, set_status
-from pipeline.runner import run
-from pipeline.sweep import SweepCallbackError, parent_run_id
-from pipeline.tracking_guard import check_tracking_store
+from pipeline.cli.precheck import check_jobs
+from pipeline.core.config import CONF_DIR, register, to_config
+from pipeline.core.console import run_summary
+from pipeline.core.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Interrupted,
+    LoadError,
+    RequestFailure,
+    StorageError,
+    ToolFailure,
+    TrackingError,
+    UserError,
+    describe_config_exception,
+)
+from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
+from pipeline.core.redact import mask_secrets_in_files
+from pipeline.run import outside_jobs
+from pipeline.run.rescore import rescore
+from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line
+from pipeline.run.runner import run
+from pipeline.run.status import discard, set_status
+from pipeline.scoring.objective import objective_value
+from pipeline.tracking.guard import check_tracking_store
+from pipeline.tracking.sweep import SweepCallbackError, parent_run_id
 
 log = logging.getLogger("pipeline")
 
@@ -66,8 +78,8 @@ def _job(cfg: DictConfig) -> Optional[float]:
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
         # Hydra has just copied the command line and config into the folder: no secret stays there
-        mask_secrets_in_files([run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-                              + ([Path(hydra_config.sweep.dir) / "multirun.yaml"] if in_sweep else []))
+        mask_secrets_in_files([run_dir / HYDRA_FOLDER / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+                              + ([Path(hydra_config.sweep.dir) / MULTIRUN_FILE] if in_sweep else []))
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
@@ -83,7 +95,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
                   "resume=%s)", run_dir, run_dir)
         sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     except UserError as error:
-        if not in_sweep and cfg.get("resume") is None and not (run_dir / "transcript.jsonl").exists():
+        if not in_sweep and cfg.get("resume") is None and not (run_dir / TRANSCRIPT_FILE).exists():
             discard(run_dir)  # a mistake found before any record: leave nothing behind
             log.error("error: %s", error)
             sys.exit(EXIT_USAGE)
@@ -128,7 +140,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
 
 def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> float:
     """Report a failed job: one line; a single run exits, a sweep goes on to its next job (NaN: a failed trial)."""
-    if not (run_dir / "status.json").is_file():
+    if not (run_dir / STATUS_FILE).is_file():
         set_status(run_dir, "failed", message)
     log.error(message)
     if not in_sweep:

@@ -19,19 +19,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from pipeline.backends.transformers.chat_template import ChatTemplate
-from pipeline.config import CONF_DIR, Config, register, to_config
-from pipeline.errors import UserError
-from pipeline.prompts import conversation
-from pipeline.records import LoadedRuntime, MediaPart, Message, ResolvedModel, RuntimePlan, Sample, TranscriptRecord
-from pipeline.sampling import StreamSink
-from pipeline.answering import Answering, Job, answer, tools_by_name
+from pipeline.answering.loop import Answering, Job, answer, tools_by_name
+from pipeline.answering.tools import Tool, load_tools
 from pipeline.backends.transformers.backend import TransformersBackend
+from pipeline.backends.transformers.chat_template import ChatTemplate
 from pipeline.backends.transformers.load import load
-from pipeline.stages.plan import plan as make_plan
-from pipeline.stages.plan import require_chat_template, tool_schemas
+from pipeline.backends.transformers.plan import plan as make_plan
+from pipeline.backends.transformers.plan import require_chat_template, tool_schemas
+from pipeline.core.config import CONF_DIR, Config, register, to_config
+from pipeline.core.errors import UserError
+from pipeline.core.records import (
+    LoadedRuntime,
+    MediaPart,
+    Message,
+    ResolvedModel,
+    RuntimePlan,
+    Sample,
+    TranscriptRecord,
+)
+from pipeline.core.streaming import StreamSink
+from pipeline.data.prompts import conversation
 from pipeline.stages.resolve import resolve
-from pipeline.tools import Tool, load_tools
 
 if TYPE_CHECKING:
     from pipeline.session import ChatSession

@@ -5,7 +5,7 @@ last answer (and its tool steps) with a new one (each prompt has its own sample 
 differs); `clear` forgets the turns;
 `set_system` changes the system prompt. With an autosave path the conversation is written
 (atomically) after every turn as a JSON list of {role, content} messages — the same format
-`session.history` and `ChatSession.load` read. The terminal chat (pipeline.chat) drives this class.
+`session.history` and `ChatSession.load` read. The terminal chat (pipeline.cli.chat) drives this class.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from pipeline.files import write_json
-from pipeline.prompts import as_dict, read_history
-from pipeline.records import Message
-from pipeline.sampling import StreamSink
+from pipeline.core.files import write_json
+from pipeline.core.records import Message
+from pipeline.core.streaming import StreamSink
+from pipeline.data.prompts import as_dict, read_history
 
 if TYPE_CHECKING:
     from pipeline.client import PromptResponse, RuntimeClient

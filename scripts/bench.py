@@ -68,7 +68,7 @@ SERVER_CONCURRENCY = 8
 TRANSFORMERS_PLANNER = """
 import json
 from transformers import AutoTokenizer
-from pipeline.config import ASSETS_DIR
+from pipeline.core.config import ASSETS_DIR
 tokenizer = AutoTokenizer.from_pretrained(ASSETS_DIR / "demo_model", local_files_only=True)
 lines = (ASSETS_DIR / "datasets" / "addition.jsonl").read_text().splitlines()
 longest = max(len(tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": json.loads(l)["prompt"]}],
@@ -161,7 +161,7 @@ def build_large_model(folder: Path, hidden: int, layers: int, intermediate: int)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.config import ASSETS_DIR
+    from pipeline.core.config import ASSETS_DIR
 
     demo = ASSETS_DIR / "demo_model"
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def build_large_model(folder: Path, hidden: int, layers: int, intermediate: int)
 def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR, register, to_config
+    from pipeline.core.config import CONF_DIR, register, to_config
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -190,7 +190,7 @@ def compose_config(overrides: list[str]):
 def plan_and_load(overrides: list[str]):
     """Our resolve, plan and load stages for these overrides: (config, runtime, samples)."""
     from pipeline.backends.transformers.load import load
-    from pipeline.stages.plan import plan_from_config
+    from pipeline.backends.transformers.plan import plan_from_config
     from pipeline.stages.resolve import resolve
 
     config = compose_config(overrides)
@@ -223,8 +223,8 @@ def hand_written_loop(runtime, prompts: list[str], batch_size: int, max_new_toke
 def our_execute(runtime, samples, config, folder: Path) -> tuple[int, float]:
     """Our execute stage as the runner calls it (through the transformers backend): (completion tokens, seconds)."""
     from pipeline.backends.transformers.backend import TransformersBackend
+    from pipeline.core.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
     from pipeline.stages.execute import execute
-    from pipeline.transcript import TRANSCRIPT_NAME, TranscriptWriter, read_transcript
 
     path = folder / TRANSCRIPT_NAME
     path.unlink(missing_ok=True)
@@ -237,7 +237,7 @@ def our_execute(runtime, samples, config, folder: Path) -> tuple[int, float]:
 
 
 def rendered_prompts(runtime, samples, config) -> list[str]:
-    from pipeline.prompts import conversation, render
+    from pipeline.data.prompts import conversation, render
 
     return [render(runtime.chat_template, conversation(s, config.session), config.session) for s in samples]
 
@@ -293,8 +293,8 @@ def bench_execute(label: str, model: str, base: list[str], limit: int, batch_siz
 def server_requests(limit: int) -> tuple[list, float, int]:
     """The first `limit` demo prompts as chat requests, with the default generation settings (greedy)."""
     from pipeline.backends.base import Request
-    from pipeline.config import ASSETS_DIR
-    from pipeline.records import Message
+    from pipeline.core.config import ASSETS_DIR
+    from pipeline.core.records import Message
 
     generation = compose_config(["tracking=none"]).generation
     lines = (ASSETS_DIR / "datasets" / "addition.jsonl").read_text().splitlines()[:limit]
@@ -398,7 +398,7 @@ metric_list:
 def lm_eval_pass(python: str, served, requests: list, max_new: int, concurrency: int, folder: Path) -> dict:
     """One `lm_eval --model local-chat-completions` over `requests` against the served model: its wall time,
     the seconds of its generation phase and its answers in request order."""
-    from pipeline.config import ASSETS_DIR
+    from pipeline.core.config import ASSETS_DIR
 
     folder.mkdir(parents=True)
     eos = json.loads((ASSETS_DIR / "demo_model" / "tokenizer_config.json").read_text())["eos_token"]
@@ -454,7 +454,7 @@ def bench_server(limit: int, concurrency: int, repeats: int, scratch: Path, lm_e
     """`transformers serve` over the demo model on a free loopback port, (a) and (b) interleaved, then stopped."""
     from pipeline.backends.openai import OpenAIBackend, OpenAIConfig
     from pipeline.backends.openai.local_server import TransformersServe
-    from pipeline.config import ASSETS_DIR
+    from pipeline.core.config import ASSETS_DIR
 
     requests, temperature, max_new = server_requests(limit)
     started = time.perf_counter()
@@ -594,8 +594,8 @@ def print_report(results: dict) -> None:
 
 
 def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
-    from pipeline.config import TrackingConfig
-    from pipeline.tracking import Tracker
+    from pipeline.core.config import TrackingConfig
+    from pipeline.tracking.runs import Tracker
 
     tracker = Tracker(TrackingConfig(experiment="bench"))  # runs/mlflow.db under the launch folder
     tracker.start(run_name=out.stem, tags={"run_type": "bench"})

@@ -27,11 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+from tiny_training import TrainingSettings, build_model, deterministic, pad_batch, read_jsonl, save_model, train
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-
-from tiny_training import (TrainingSettings, build_model, deterministic, pad_batch, read_jsonl, save_model,
-                           train)
 
 # --- The task -------------------------------------------------------------------------------------
 

@@ -48,11 +48,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tiny_training import TrainingSettings, build_model, deterministic, pad_batch, read_jsonl, save_model, train
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-
-from tiny_training import (TrainingSettings, build_model, deterministic, pad_batch, read_jsonl, save_model,
-                           train)
 
 # --- The task -------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from pipeline.config import ASSETS_DIR, Config, DatasetConfig, RuntimeConfig, register  # noqa: E402
+from pipeline.core.config import ASSETS_DIR, Config, DatasetConfig, RuntimeConfig, register  # noqa: E402
 
 DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
 DEMO_MODEL = ASSETS_DIR / "demo_model"
@@ -141,7 +141,7 @@ def read_until(fd: int, marker: str, timeout: float = 120) -> str:
 def terminal_chat(args: list[str], cwd: Path):
     """`python -m pipeline.chat ARGS` on a pseudo-terminal, as a person runs it: yields (process, terminal fd)."""
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.chat", *args], cwd=cwd, env=pipeline_env(),
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli.chat", *args], cwd=cwd, env=pipeline_env(),
                                stdin=terminal, stdout=terminal, stderr=subprocess.PIPE)
     os.close(terminal)
     try:

@@ -12,18 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import pipeline_env
+
 from pipeline.backends.base import Request
 from pipeline.backends.fake import FakeBackend, Reply
-from pipeline.config import Config, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
-from pipeline.errors import RequestFailure, UserError
-from pipeline.records import Message, Sample, ToolCall, Turn
-from pipeline.sampling import sample_seed
+from pipeline.core.config import Config, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
+from pipeline.core.errors import RequestFailure, UserError
+from pipeline.core.records import Message, Sample, ToolCall, Turn
+from pipeline.core.streaming import sample_seed
+from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.stages.execute import execute
-from pipeline.transcript import TranscriptWriter, read_transcript
 
-ADD = {"_target_": "pipeline.demo_tools.add"}
+ADD = {"_target_": "pipeline.answering.demo_tools.add"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -167,7 +167,7 @@ def test_a_scripted_conversation_sends_each_turn_after_its_history(tmp_path):
 
 
 def test_nothing_above_the_backends_imports_torch():
-    modules = ["pipeline.runner", "pipeline.stages.execute", "pipeline.answering", "pipeline.client",
+    modules = ["pipeline.run.runner", "pipeline.stages.execute", "pipeline.answering.loop", "pipeline.client",
                "pipeline.backends.transformers.backend", "pipeline.backends.fake"]
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'")

@@ -15,13 +15,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
+from conftest import run_pipeline
 from hydra import compose, initialize_config_dir
 
-from conftest import run_pipeline
 from pipeline.backends.openai.config import OpenAIConfig
-from pipeline.config import CONF_DIR, BackendConfig, RuntimeConfig, to_config
-from pipeline.redact import MASK, redact
-from pipeline.tracking import config_params, params_for_mlflow
+from pipeline.core.config import CONF_DIR, BackendConfig, RuntimeConfig, to_config
+from pipeline.core.redact import MASK, redact
+from pipeline.tracking.runs import config_params, params_for_mlflow
 
 SERVER = ["backend=openai", "backend.base_url=http://127.0.0.1:9/v1", "runtime.model=served-model"]
 
@@ -201,7 +201,7 @@ def test_header_values_with_spaces_are_masked_in_overrides(argv, tmp_path):
     (a list): every word of a header's value is masked, the next override is kept."""
     import yaml
 
-    from pipeline.redact import mask_secrets_in_files, redact_overrides
+    from pipeline.core.redact import mask_secrets_in_files, redact_overrides
 
     masked = redact_overrides(" ".join(argv))
     assert "SECRET" not in masked and "Bearer" not in masked

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pytest
-
 from conftest import make_config, write_jsonl
+
 from pipeline.backends.base import Backend, Completion, Request
 from pipeline.backends.fake import FakeBackend, Reply
-from pipeline.config import ASSETS_DIR, SessionConfig
-from pipeline.records import Message, ToolCall
+from pipeline.core.config import ASSETS_DIR, SessionConfig
+from pipeline.core.records import Message, ToolCall
 
 BACKENDS = ["fake", "transformers", "openai"]
 TOOL_MODEL = ASSETS_DIR / "tool_model"
@@ -65,11 +65,11 @@ def fake_subject():
 @pytest.fixture(scope="module")
 def transformers_subject(tmp_path_factory):
     from pipeline.backends.transformers.backend import TransformersBackend
-    from pipeline.stages.plan import plan_from_config
+    from pipeline.backends.transformers.plan import plan_from_config
     from pipeline.stages.resolve import resolve
 
     dataset = write_jsonl(tmp_path_factory.mktemp("data") / "q.jsonl", [{"id": "q", "prompt": QUESTION}])
-    config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[{"_target_": "pipeline.demo_tools.add"}]))
+    config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[{"_target_": "pipeline.answering.demo_tools.add"}]))
     plan, _, template = plan_from_config(config, resolve(config.runtime))
     backend = TransformersBackend(plan, config.session, template)
     backend.load()
@@ -83,8 +83,8 @@ def openai_subject(tmp_path_factory):
 
     if serving_extra_missing():
         pytest.skip(serving_extra_missing())
+    from pipeline.answering.tools import load_tools
     from pipeline.backends.openai import OpenAIBackend, OpenAIConfig
-    from pipeline.tools import load_tools
 
     server = TransformersServe(TOOL_MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
     try:
@@ -94,7 +94,7 @@ def openai_subject(tmp_path_factory):
         # transformers serve answers a prompt longer than the model's context (it does not check), but refuses
         # fields it does not know (top_k: 422); and it samples only where the model's generation_config.json
         # says do_sample (the tool model's does not), with one global torch seed, not one per request
-        yield Subject(backend, [tool.schema for tool in load_tools([{"_target_": "pipeline.demo_tools.add"}])],
+        yield Subject(backend, [tool.schema for tool in load_tools([{"_target_": "pipeline.answering.demo_tools.add"}])],
                       failing=ask(SHORT, top_k=5),
                       unchecked={"seeds": "transformers serve does not sample this model (its generation_config.json "
                                           "says do_sample=false) and seeds one global generator"})

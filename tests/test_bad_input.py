@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from conftest import model_copy, run_main, run_pipeline, snapshot, write_jsonl
-from pipeline.config import ASSETS_DIR, to_config
-from pipeline.redact import redact
-from pipeline.run_state import locked
+
+from pipeline.core.config import ASSETS_DIR, to_config
+from pipeline.core.redact import redact
+from pipeline.run.status import locked
 
 DEMO_MODEL = ASSETS_DIR / "demo_model"
 OK = ["tracking=none", "dataset.limit=3", "pipeline.until=plan"]  # a valid run that stops before loading
@@ -29,7 +29,7 @@ def fake_run(tmp: Path, overrides: list[str], transcript: str = "") -> Path:
     """A run folder as a killed run leaves it: its command line, config, status and transcript."""
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR
+    from pipeline.core.config import CONF_DIR
 
     folder = tmp / "runs" / "2026-01-01" / "10-00-00_abcdef"
     (folder / ".hydra").mkdir(parents=True)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from conftest import model_copy, run_main, run_pipeline, snapshot, write_jsonl
-from pipeline.config import ASSETS_DIR, DatasetConfig
-from pipeline.dataset import load_samples
+
+from pipeline.core.config import ASSETS_DIR, DatasetConfig
+from pipeline.data.dataset import load_samples
 
 DEMO_MODEL = ASSETS_DIR / "demo_model"
 SMALL = ["dataset.limit=2", "generation.max_new_tokens=2"]
@@ -179,7 +179,7 @@ def test_a_compressed_dataset_is_read_as_the_text_it_holds(tmp_path, compress):
 
 
 def test_models_marks_a_folder_without_tokenizer_unusable_with_the_reason(tmp_path, capsys):
-    from pipeline.models import main
+    from pipeline.cli.models import main
 
     shutil.copytree(DEMO_MODEL, tmp_path / "models" / "good")
     model_copy(tmp_path, lambda f: (f / "tokenizer.json").unlink()).rename(tmp_path / "models" / "no-tokenizer")
@@ -201,7 +201,7 @@ def test_bad_inputs_through_the_real_command_line(tmp_path):
         ([f"runtime.model={no_model_type}"], "pipeline", r"config\.json has no model_type"),
         (["generation.stop=END"], "pipeline", r"generation\.stop='END' is not allowed: expected a list of strings"),
         (["generation=samplng"], "pipeline", r"generation=samplng: no such option"),
-        (["--models-dir", "/no/such/folder"], "pipeline.models", r"^error: --models-dir /no/such/folder: no such folder"),
+        (["--models-dir", "/no/such/folder"], "pipeline.cli.models", r"^error: --models-dir /no/such/folder: no such folder"),
     ]:
         result = run_pipeline([*args, *SMALL] if module == "pipeline" else args, cwd=work, module=module)
         assert result.returncode == 2, result.stderr
@@ -211,7 +211,7 @@ def test_bad_inputs_through_the_real_command_line(tmp_path):
 
 @pytest.mark.parametrize("given", ["no-such-folder", "a-file"])
 def test_models_refuses_a_models_dir_that_is_not_a_folder(tmp_path, monkeypatch, capsys, given):
-    from pipeline.models import main
+    from pipeline.cli.models import main
 
     monkeypatch.chdir(tmp_path)
     if given == "a-file":

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, pipeline_env
+
 from pipeline.backends.openai.local_server import serving_extra_missing
 
 ROOT = Path(__file__).resolve().parent.parent

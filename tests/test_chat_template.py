@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
-from pipeline.config import ASSETS_DIR
-from pipeline.errors import UserError
+from pipeline.core.config import ASSETS_DIR
+from pipeline.core.errors import UserError
 
 DEMO_MODEL = ASSETS_DIR / "demo_model"
 

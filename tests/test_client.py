@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import pipeline_env, read_until, terminal_chat
+
 from pipeline.client import RuntimeClient
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.session import ChatSession
 
 

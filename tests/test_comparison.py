@@ -6,10 +6,10 @@ import csv
 
 import pytest
 
-from pipeline.comparison import comparison_rows, swept_values, write_comparison
-from pipeline.files import write_json
-from pipeline.plot_process import PlotProcesses
-from pipeline.sweep import swept_keys, sweep_name
+from pipeline.core.files import write_json
+from pipeline.tracking.comparison import comparison_rows, swept_values, write_comparison
+from pipeline.tracking.plot_process import PlotProcesses
+from pipeline.tracking.sweep import sweep_name, swept_keys
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-
 from pathlib import Path
 
 import pytest
+from conftest import run_pipeline
 from hydra import compose, initialize_config_dir
 
-from conftest import run_pipeline
-from pipeline.config import Config, GenerationConfig, to_config
-from pipeline.errors import ConfigError
-from pipeline.config import CONF_DIR
-from pipeline.precheck import check_command_line
+from pipeline.cli.precheck import check_command_line
+from pipeline.core.config import CONF_DIR, Config, GenerationConfig, to_config
+from pipeline.core.errors import ConfigError
 
 GROUPS = ["runtime", "generation", "session", "dataset", "tracking", "pipeline", "backend"]
 

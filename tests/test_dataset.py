@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_jsonl
-from pipeline.config import DatasetConfig
-from pipeline.dataset import load_samples
-from pipeline.errors import UserError
-from pipeline.records import Message
+
+from pipeline.core.config import DatasetConfig
+from pipeline.core.errors import UserError
+from pipeline.core.records import Message
+from pipeline.data.dataset import load_samples
 
 
 def test_prompt_and_messages_records(tmp_path):

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import in_process
-from pipeline.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, SessionConfig
-from pipeline.stages.execute import execute
+
 from pipeline.backends.transformers.load import load, load_tokenizer
-from pipeline.stages.plan import plan_from_config
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, SessionConfig
+from pipeline.core.transcript import TranscriptWriter, read_transcript
+from pipeline.stages.execute import execute
 from pipeline.stages.resolve import resolve
-from pipeline.transcript import TranscriptWriter, read_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY_FLOOR = 0.9  # measured greedy accuracy is in README.md; the floor leaves room for other CPUs

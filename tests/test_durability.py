@@ -9,19 +9,19 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from conftest import in_process, make_config, write_jsonl
-from pipeline.config import ASSETS_DIR, GenerationConfig, SessionConfig
-from pipeline.errors import StorageError, UserError
-from pipeline.records import TranscriptRecord
-from pipeline.resume import begin, config_difference, settle
-from pipeline.run_state import locked, set_status
-from pipeline.stages.execute import execute
+
+import pipeline.core.transcript as transcript_module
 from pipeline.backends.transformers.load import load
-from pipeline.stages.plan import plan_from_config
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import ASSETS_DIR, GenerationConfig, SessionConfig
+from pipeline.core.errors import StorageError, UserError
+from pipeline.core.records import TranscriptRecord
+from pipeline.core.transcript import TranscriptCorrupt, TranscriptWriter, read_transcript
+from pipeline.run.resume import begin, config_difference, settle
+from pipeline.run.status import locked, set_status
+from pipeline.stages.execute import execute
 from pipeline.stages.resolve import resolve
-from pipeline.transcript import TranscriptCorrupt, TranscriptWriter, read_transcript
-import pipeline.transcript as transcript_module
 
 TOOL_MODEL = ASSETS_DIR / "tool_model"
 
@@ -127,7 +127,7 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
         {"id": "talk", "turns": [{"content": "What is 1234+5678?", "reference": "6912"},
                                  {"content": "What is 9000+1001?", "reference": "10001"}]},
     ])
-    config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[{"_target_": "pipeline.demo_tools.add"}]),
+    config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[{"_target_": "pipeline.answering.demo_tools.add"}]),
                          generation=GenerationConfig(max_new_tokens=64, temperature=0.2, num_samples=2, seed=5))
     plan, samples, template = plan_from_config(config, resolve(config.runtime))
     runtime = load(plan, template)
@@ -166,9 +166,9 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
 def test_a_lost_insert_race_is_tried_again_and_a_true_duplicate_still_fails(tmp_path, monkeypatch):
     """Parallel jobs logging the same dataset at once: one insert loses (UNIQUE constraint); its retry
     finds the row. A duplicate that stays one is not retried for long and stops the run."""
-    import pipeline.tracking_guard as guard
-    from pipeline.config import TrackingConfig
-    from pipeline.errors import TrackingError
+    import pipeline.tracking.guard as guard
+    from pipeline.core.config import TrackingConfig
+    from pipeline.core.errors import TrackingError
 
     monkeypatch.setattr(guard.time, "sleep", lambda seconds: None)
     tracker = guard.GuardedTracker(TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db"), tmp_path)

@@ -8,11 +8,11 @@ import sys
 import textwrap
 
 import pytest
+from conftest import DEMO_DATASET, mlflow_client, only_run_dir, pipeline_env, run_pipeline
 from omegaconf import OmegaConf
 
-from conftest import DEMO_DATASET, mlflow_client, only_run_dir, pipeline_env, run_pipeline
-from pipeline.config import STAGES
-from pipeline.transcript import read_transcript
+from pipeline.core.config import STAGES
+from pipeline.core.transcript import read_transcript
 
 pytestmark = pytest.mark.slow
 GREEDY_FLOOR = 0.9  # the demo model's measured greedy accuracy is reported in README.md

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.slow

@@ -7,14 +7,14 @@ Marked `gpu` and skipped, with the reason, where torch sees no CUDA device (CI, 
 from __future__ import annotations
 
 import pytest
-
 from conftest import DEMO_DATASET, make_config
+
 from pipeline.backends.transformers import reuse
-from pipeline.config import ASSETS_DIR, GenerationConfig, TrackingConfig
-from pipeline.runner import run
-from pipeline.stages.plan import plan_from_config
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import ASSETS_DIR, GenerationConfig, TrackingConfig
+from pipeline.core.transcript import read_transcript
+from pipeline.run.runner import run
 from pipeline.stages.resolve import resolve
-from pipeline.transcript import read_transcript
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),

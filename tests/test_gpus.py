@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import pipeline.stages.plan as plan_stage
+import pipeline.backends.transformers.plan as plan_stage
 from pipeline.backends.transformers import gpus
-from pipeline.config import RuntimeConfig
 from pipeline.backends.transformers.memory import free_memory
+from pipeline.core.config import RuntimeConfig
 
 GiB = 2**30
 H100 = {"name": "NVIDIA H100 80GB HBM3", "total": 80 * GiB, "capability": (9, 0)}

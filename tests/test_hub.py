@@ -22,10 +22,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from hf_cache import add_snapshot, git_blob_id, is_lfs
+
 from pipeline.backends.transformers import hub
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 C1 = "1" * 8 + "a" * 32  # main and the tag v1.0
 C2 = "2" * 8 + "b" * 32  # the branch dev
@@ -366,7 +366,7 @@ def test_download_from_an_endpoint_that_never_answers_gives_up_after_the_timeout
 def test_download_failures_in_a_fresh_process_with_the_environment_set_before_import(tmp_path):
     """The real situation: huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT when it is imported."""
     code = ("import sys; from pipeline.backends.transformers.hub import download\n"
-            "from pipeline.errors import UserError\n"
+            "from pipeline.core.errors import UserError\n"
             "try:\n    download('org/tiny', cache_dir=sys.argv[1], timeout_s=2)\n"
             "except UserError as e:\n    print(e)\n")
     env = {k: v for k, v in os.environ.items() if k not in ENV}

@@ -1,4 +1,4 @@
-"""A sweep job's config served from a template (pipeline.job_configs) equals Hydra's full compose."""
+"""A sweep job's config served from a template (pipeline.cli.job_configs) equals Hydra's full compose."""
 
 import pytest
 from hydra import initialize_config_dir
@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, register
-from pipeline.job_configs import TemplateConfigLoader
+from pipeline.cli.job_configs import TemplateConfigLoader
+from pipeline.core.config import CONF_DIR, register
 
 
 @pytest.fixture

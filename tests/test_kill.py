@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, pipeline_env
-from pipeline.transcript import read_transcript, scan
+
+from pipeline.core.transcript import read_transcript, scan
 
 pytestmark = pytest.mark.slow
 SEED = 20261122

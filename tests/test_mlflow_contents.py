@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, run_pipeline
-from pipeline.config import ASSETS_DIR
-from pipeline.transcript import read_transcript
+
+from pipeline.core.config import ASSETS_DIR
+from pipeline.core.transcript import read_transcript
 
 pytestmark = pytest.mark.slow
 TOOL_DATASET = ASSETS_DIR / "datasets" / "tool_addition.jsonl"
@@ -50,7 +50,7 @@ def test_a_job_carries_resolved_params_tags_and_its_run_folder(tool_sweep):
     params = run.data.params
     assert params["dataset.limit"] == "3" and params["tracking.traces"] == "True"
     assert params["runtime.model"] == saved["runtime"]["model"] == "tool-demo"
-    assert params["session.tools"] == "[{'_target_': 'pipeline.demo_tools.add'}]"
+    assert params["session.tools"] == "[{'_target_': 'pipeline.answering.demo_tools.add'}]"
     assert params["plan.device"] == "cpu" and params["effective.generation.max_new_tokens"] == "64"
     plan = json.loads((job_dir / "plan.json").read_text())
     tags = run.data.tags

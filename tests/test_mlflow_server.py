@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
-
 from conftest import pipeline_env, run_pipeline
 from mlflow_server import MlflowServer, free_port
-from pipeline.transcript import read_transcript
+
+from pipeline.core.transcript import read_transcript
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pipeline_env, run_pipeline
-from pipeline.transcript import read_transcript
+
+from pipeline.core.transcript import read_transcript
 
 STORE = "sqlite:///store/mlflow.db"
 
@@ -161,8 +161,8 @@ def tracker(tmp_path, monkeypatch):
     session, a PRAGMA it sends) cut to 0.2 s, so what is tested is our retry, in seconds."""
     from sqlalchemy import event
 
-    from pipeline.config import TrackingConfig
-    from pipeline.tracking_guard import GuardedTracker
+    from pipeline.core.config import TrackingConfig
+    from pipeline.tracking.guard import GuardedTracker
 
     guarded = GuardedTracker(TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db"), tmp_path)
     guarded.start("locked", {})
@@ -187,7 +187,7 @@ def exclusive_lock(database: Path):
 
 
 def test_a_lock_held_by_another_connection_is_waited_out_and_the_write_retried(tracker, tmp_path, monkeypatch):
-    import pipeline.tracking_guard as guard
+    import pipeline.tracking.guard as guard
 
     pauses, pause = [], time.sleep
     monkeypatch.setattr(guard.time, "sleep", lambda seconds: (pauses.append(seconds), pause(seconds)))
@@ -200,8 +200,8 @@ def test_a_lock_held_by_another_connection_is_waited_out_and_the_write_retried(t
 
 
 def test_a_lock_that_stays_fails_with_one_line(tracker, tmp_path, monkeypatch, capfd):
-    import pipeline.tracking_guard as guard
-    from pipeline.errors import TrackingError
+    import pipeline.tracking.guard as guard
+    from pipeline.core.errors import TrackingError
 
     monkeypatch.setattr(guard, "LOCK_WAIT_S", 1.0)  # 60 s in use
     started = time.monotonic()
@@ -220,9 +220,10 @@ def test_the_runner_refuses_a_bad_store_before_it_resolves_the_model(tmp_path):
     """What the command-line check cannot see (a library caller, a sweep's later job) meets the
     same check at the start of the run: a UserError naming tracking.uri (exit 2 from the command line)."""
     from conftest import DEMO_DATASET, make_config
-    from pipeline.config import TrackingConfig
-    from pipeline.errors import UserError
-    from pipeline.runner import run
+
+    from pipeline.core.config import TrackingConfig
+    from pipeline.core.errors import UserError
+    from pipeline.run.runner import run
 
     store = tmp_path / "notes.db"
     store.write_text("my notes\n")

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, only_run_dir, pipeline_env, run_pipeline, write_jsonl
 from hf_cache import add_snapshot
 from tiny_model import overlap_two_tensors

@@ -15,12 +15,12 @@ import json
 import time
 
 import pytest
-
 from openai_server import CHAT, FaultProxy, StubServer, TransformersServe, free_port, serving_extra_missing, sse
+
 from pipeline.backends.base import Request
-from pipeline.config import ASSETS_DIR
-from pipeline.errors import ConfigError, UserError
-from pipeline.records import Message, ToolCall
+from pipeline.core.config import ASSETS_DIR
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.records import Message, ToolCall
 
 DEMO = ASSETS_DIR / "demo_model"
 SECRET = "sk-test-4f1b9c2e77"
@@ -320,8 +320,8 @@ def tool_served(tmp_path_factory):
 
 
 def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):
-    from pipeline.demo_tools import add
-    from pipeline.tools import tool_schema
+    from pipeline.answering.demo_tools import add
+    from pipeline.answering.tools import tool_schema
 
     schema = tool_schema(add)
     question = [Message("user", "What is 7311+7890?")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import mlflow_client, run_pipeline
 
 pytestmark = pytest.mark.slow

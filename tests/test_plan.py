@@ -7,14 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import make_config, write_jsonl
-from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
-from pipeline.errors import UserError
-from pipeline.backends.transformers.memory import need
-from pipeline.stages.plan import plan_from_config
-from pipeline.stages.resolve import resolve
 from tiny_model import build_tiny_model
+
+from pipeline.backends.transformers.memory import need
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import GenerationConfig, RuntimeConfig, SessionConfig
+from pipeline.core.errors import UserError
+from pipeline.stages.resolve import resolve
 
 
 def planned(model: Path, dataset: Path, overrides: tuple[str, ...] = (), **sections):
@@ -151,7 +151,7 @@ def test_image_parts_on_a_text_model_are_refused(tiny_model, tmp_path):
 
 
 def test_a_device_that_is_not_here_is_refused(tiny_model, small_dataset):
-    from pipeline.stages.plan import accelerators
+    from pipeline.backends.transformers.plan import accelerators
 
     if accelerators()[0]:
         pytest.skip("this machine has CUDA")
@@ -207,7 +207,7 @@ def test_a_refused_prompt_is_named_even_when_a_conversation_is_longer(tmp_path, 
 
 
 def test_on_the_cpu_a_bfloat16_checkpoint_stays_bfloat16_only_where_the_cpu_computes_it_natively():
-    from pipeline.stages.plan import choose_dtype
+    from pipeline.backends.transformers.plan import choose_dtype
 
     auto = RuntimeConfig(dtype="auto")
     kept, why = choose_dtype(auto, "cpu", "bfloat16", cpu_flags={"avx2", "avx512_bf16"})

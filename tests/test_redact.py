@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
-from pipeline.config import TrackingConfig
-from pipeline.redact import MASK, is_secret_key, redact, redact_overrides, redacted_text
-from pipeline.tracking import MAX_PARAM_LENGTH, Tracker, params_for_mlflow
+from pipeline.core.config import TrackingConfig
+from pipeline.core.redact import MASK, is_secret_key, redact, redact_overrides, redacted_text
+from pipeline.tracking.runs import MAX_PARAM_LENGTH, Tracker, params_for_mlflow
 
 
 @pytest.mark.parametrize("key", ["runtime.api_key", "hub_token", "+runtime.hf_token", "db.password", "aws.secret_key",
@@ -90,7 +90,7 @@ def test_secrets_inside_a_value_are_masked(text):
 
 @pytest.mark.parametrize("text", [
     "generation.max_new_tokens=8", "{eos_token: '<|end|>'}", "http://127.0.0.1:5000/#/runs", "time 14:38",
-    "[{'_target_': 'pipeline.demo_tools.add'}]",
+    "[{'_target_': 'pipeline.answering.demo_tools.add'}]",
 ])
 def test_values_that_only_look_like_pairs_stay(text):
     assert redact_overrides(text) == text

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, run_pipeline
-from pipeline.stats import paired_difference
-from pipeline.transcript import read_transcript
+
+from pipeline.core.transcript import read_transcript
+from pipeline.scoring.intervals import paired_difference
 
 pytestmark = pytest.mark.slow
 

@@ -9,12 +9,12 @@ import struct
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import RuntimeConfig
-from pipeline.backends.transformers.digest import file_sha256
-from pipeline.errors import UserError
-from pipeline.stages.resolve import looks_like_path, resolve
 from tiny_model import build_tiny_model
+
+from pipeline.backends.transformers.digest import file_sha256
+from pipeline.core.config import RuntimeConfig
+from pipeline.core.errors import UserError
+from pipeline.stages.resolve import looks_like_path, resolve
 
 
 def test_resolve_reads_the_model_folder_without_loading(tiny_model):

@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO_DATASET, make_config, mlflow_client, only_run_dir, pipeline_env, run_pipeline, write_jsonl
-from pipeline.config import ASSETS_DIR, TrackingConfig
-from pipeline.errors import UserError
-from pipeline.runner import run
-from pipeline.transcript import scan
+
+from pipeline.core.config import ASSETS_DIR, TrackingConfig
+from pipeline.core.errors import UserError
+from pipeline.core.transcript import scan
+from pipeline.run.runner import run
 
 ARGS = ["dataset.path=data/sums.jsonl", "runtime.model=./model", "runtime.batch_size=1", "tracking.traces=false"]
 SAMPLES = 40  # of the demo dataset: at one sample a batch, long enough to stop in the middle

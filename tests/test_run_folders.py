@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, run_pipeline
 
 CHEAP = ["tracking=none", "dataset.limit=2"]
@@ -74,10 +73,10 @@ def test_an_empty_folder_or_a_new_one_takes_the_run(tmp_path):
 
 def test_only_the_files_a_run_writes_are_uploaded(tmp_path):
     """Defence in depth: whatever else is in a run's folder (here, put there by hand) stays out of MLflow."""
-    from pipeline.config import TrackingConfig
-    from pipeline.run_state import set_status
-    from pipeline.runner import close_run
-    from pipeline.tracking_guard import GuardedTracker
+    from pipeline.core.config import TrackingConfig
+    from pipeline.run.runner import close_run
+    from pipeline.run.status import set_status
+    from pipeline.tracking.guard import GuardedTracker
 
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)

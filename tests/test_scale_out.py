@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_pipeline
-from pipeline.precheck import check_command_line
+
+from pipeline.cli.precheck import check_command_line
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_the_submitit_local_launcher_runs_each_job_as_its_own_process(tmp_path):
 def test_the_slurm_launcher_config_composes_with_one_gpu_per_job():
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR, register
+    from pipeline.core.config import CONF_DIR, register
 
     register()
     assert check_command_line(["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"]) is None

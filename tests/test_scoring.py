@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import re
 import sys
 import textwrap
 
 import pytest
 
-from pipeline.config import ScorerConfig
-from pipeline.errors import ConfigError, UserError
-from pipeline.records import Sample, Turn
-from pipeline.scoring import build_scorer, check_scorer, last_number, parse_number, sample_references
+from pipeline.core.config import ScorerConfig
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.records import Sample, Turn
+from pipeline.scoring.intervals import (
+    Z95,
+    bootstrap_interval,
+    k_values,
+    mean_interval,
+    paired_difference,
+    pass_at_k,
+    wilson_interval,
+)
+from pipeline.scoring.scorers import build_scorer, check_scorer, last_number, parse_number, sample_references
 from pipeline.stages.summarize import summarize
-from pipeline.stats import (Z95, bootstrap_interval, k_values, mean_interval, paired_difference, pass_at_k,
-                            wilson_interval)
 
 
 def score(response, reference, **settings):

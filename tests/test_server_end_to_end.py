@@ -14,11 +14,11 @@ import re
 import shlex
 
 import pytest
-
 from conftest import mlflow_client, only_run_dir, run_pipeline
 from openai_server import TransformersServe, free_port, serving_extra_missing
-from pipeline.config import ASSETS_DIR
-from pipeline.transcript import read_transcript
+
+from pipeline.core.config import ASSETS_DIR
+from pipeline.core.transcript import read_transcript
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(serving_extra_missing() is not None, reason=str(serving_extra_missing()))]
@@ -96,8 +96,8 @@ def test_a_server_that_cannot_answer_for_the_model_is_one_line_and_nothing_is_cr
 
 
 def test_sigterm_during_execute_keeps_whole_batches_and_resume_finishes_the_same_mlflow_run(tmp_path, served):
-    from test_signals import run  # the fork runner, sent a signal once the transcript has a record
     from test_kill import ForkRunner
+    from test_signals import run  # the fork runner, sent a signal once the transcript has a record
 
     limit = 40
     forker = ForkRunner()

@@ -15,10 +15,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client
-from pipeline.transcript import read_transcript
 from test_kill import ForkRunner
+
+from pipeline.core.transcript import read_transcript
 
 pytestmark = pytest.mark.slow
 CODES = {"SIGINT": 130, "SIGTERM": 143}

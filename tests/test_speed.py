@@ -9,22 +9,22 @@ import time
 from dataclasses import replace
 
 import pytest
-
 from conftest import make_config
-from pipeline.backends.transformers import reuse
-from pipeline.background import BackgroundEmitter
-from pipeline.backends.transformers.backend_options import COMPILE_MIN_DECODE_STEPS, choose_backend_options
-from pipeline.config import GenerationConfig, PipelineConfig, RuntimeConfig, TrackingConfig
-from pipeline.errors import ConfigError, UserError
-from pipeline.objective import objective_value
-from pipeline.backends.transformers.placement import spread_device
-from pipeline.records import Summary
-from pipeline.runner import run
-from pipeline.stages import plan as plan_stage
-from pipeline.stages.plan import plan_from_config
-from pipeline.stages.resolve import resolve
-from pipeline.transcript import read_transcript
 from tiny_model import build_tiny_model
+
+from pipeline.backends.transformers import reuse
+from pipeline.backends.transformers.backend_options import COMPILE_MIN_DECODE_STEPS, choose_backend_options
+from pipeline.backends.transformers.placement import spread_device
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import GenerationConfig, PipelineConfig, RuntimeConfig, TrackingConfig
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.records import Summary
+from pipeline.core.transcript import read_transcript
+from pipeline.run.background_writer import BackgroundEmitter
+from pipeline.run.runner import run
+from pipeline.scoring.objective import objective_value
+from pipeline.stages import plan as plan_stage
+from pipeline.stages.resolve import resolve
 
 
 @pytest.fixture(autouse=True)
@@ -200,8 +200,8 @@ def test_a_static_cache_and_continuous_batching_give_the_greedy_answers_of_the_d
 def test_prompts_encoded_once_are_padded_as_the_tokenizer_pads_them(multiple):
     from transformers import AutoTokenizer
 
-    from pipeline.config import ASSETS_DIR
     from pipeline.backends.transformers.generate import left_padded
+    from pipeline.core.config import ASSETS_DIR
 
     tokenizer = AutoTokenizer.from_pretrained(ASSETS_DIR / "demo_model")
     tokenizer.padding_side = "left"
@@ -219,8 +219,8 @@ def test_the_default_launcher_counts_as_sequential_and_joblib_as_parallel():
     """Jobs in order share cuda:0 (and so one loaded model); only a parallel launcher spreads them."""
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR, register
     from pipeline.backends.transformers.placement import SEQUENTIAL_LAUNCHERS
+    from pipeline.core.config import CONF_DIR, register
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -7,18 +7,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import in_process, make_config, write_jsonl
-from pipeline.config import GenerationConfig, RuntimeConfig, SessionConfig
-from pipeline.errors import LoadError, UserError
+from tiny_model import overlap_two_tensors
+
 from pipeline.backends.transformers.generate import _completion
-from pipeline.stages.execute import execute
 from pipeline.backends.transformers.load import load, load_tokenizer
-from pipeline.stages.plan import plan_from_config
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import GenerationConfig, RuntimeConfig, SessionConfig
+from pipeline.core.errors import LoadError, UserError
+from pipeline.core.transcript import TranscriptWriter, read_transcript
+from pipeline.stages.execute import execute
 from pipeline.stages.resolve import resolve
 from pipeline.stages.summarize import percentile, summarize
-from pipeline.transcript import TranscriptWriter, read_transcript
-from tiny_model import overlap_two_tensors
 
 
 def planned(model: Path, dataset: Path, **sections):
@@ -139,7 +139,7 @@ def test_a_stream_sink_sees_the_text_as_it_is_generated(tmp_path, tiny_model, sm
 def test_the_progress_display_counts_completions_on_a_terminal_only(tmp_path, tiny_model, small_dataset):
     import io
 
-    from pipeline.console import ProgressSink
+    from pipeline.core.console import ProgressSink
 
     class Terminal(io.StringIO):
         def isatty(self):

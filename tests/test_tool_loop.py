@@ -11,19 +11,19 @@ import threading
 import time
 
 import pytest
-
 from conftest import in_process, make_config, write_jsonl
-from pipeline.config import ASSETS_DIR, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
-from pipeline.errors import ToolFailure, UserError
-from pipeline.prompts import read_history
-from pipeline.stages.execute import execute
+
 from pipeline.backends.transformers.load import load
-from pipeline.stages.plan import plan_from_config
+from pipeline.backends.transformers.plan import plan_from_config
+from pipeline.core.config import ASSETS_DIR, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
+from pipeline.core.errors import ToolFailure, UserError
+from pipeline.core.transcript import TranscriptWriter, read_transcript
+from pipeline.data.prompts import read_history
+from pipeline.stages.execute import execute
 from pipeline.stages.resolve import resolve
-from pipeline.transcript import TranscriptWriter, read_transcript
 
 TOOL_MODEL = ASSETS_DIR / "tool_model"
-ADD = {"_target_": "pipeline.demo_tools.add"}
+ADD = {"_target_": "pipeline.answering.demo_tools.add"}
 CALLS = []  # what the test tools were called with
 
 
@@ -234,8 +234,8 @@ def test_tools_in_a_scripted_conversation_are_kept_in_its_history(tmp_path):
 @pytest.mark.parametrize("model, session, message", [
     (TOOL_MODEL, dict(tools=[ADD], chat_template=False), "session.tools needs the model's chat template"),
     (ASSETS_DIR / "demo_model", dict(tools=[ADD]), "the chat template of .* ignores tools"),
-    (TOOL_MODEL, dict(tools=[{"_target_": "pipeline.demo_tools.subtract"}]),
-     r"session.tools\[0\]._target_=pipeline.demo_tools.subtract: pipeline.demo_tools has no attribute"),
+    (TOOL_MODEL, dict(tools=[{"_target_": "pipeline.answering.demo_tools.subtract"}]),
+     r"session.tools\[0\]._target_=pipeline.answering.demo_tools.subtract: pipeline.answering.demo_tools has no attribute"),
 ])
 def test_the_plan_refuses_tools_that_cannot_work(questions, model, session, message):
     config = make_config(model, questions, session=SessionConfig(**session))

@@ -8,10 +8,10 @@ from typing import Literal, Optional
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.records import ToolCall
-from pipeline.tool_calls import parse_tool_calls
-from pipeline.tools import call_tool, load_tools, result_text, tool_schema
+from pipeline.answering.tools import call_tool, load_tools, result_text, tool_schema
+from pipeline.core.errors import UserError
+from pipeline.core.records import ToolCall
+from pipeline.core.tool_calls import parse_tool_calls
 
 
 def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius", days: Optional[int] = None,
@@ -149,7 +149,7 @@ def test_arguments_of_the_wrong_json_type_are_refused_before_the_call():
     assert not wrong.ok and wrong.text == "wrong arguments for get_weather: city must be a JSON string, got 7"
     assert "unit must be one of 'celsius', 'fahrenheit', got 'kelvin'" in call_tool(tool, {"city": "Oslo",
                                                                                              "unit": "kelvin"}, 5).text
-    (adder,) = load_tools([{"_target_": "pipeline.demo_tools.add"}])
+    (adder,) = load_tools([{"_target_": "pipeline.answering.demo_tools.add"}])
     assert call_tool(adder, {"a": "4821", "b": 3907}, 5).text == \
         "wrong arguments for add: a must be a JSON integer, got '4821'"
     assert not call_tool(adder, {"a": True, "b": 1}, 5).ok and call_tool(adder, {"a": 1, "b": 2}, 5).text == "3"

@@ -8,8 +8,8 @@ import os
 import textwrap
 
 import pytest
-
 from conftest import read_until, run_pipeline, terminal_chat
+
 from pipeline.client import RuntimeClient
 from pipeline.session import ChatSession
 

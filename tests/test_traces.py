@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
-from pipeline.config import DatasetConfig, TrackingConfig
-from pipeline.records import TranscriptRecord
-from pipeline.tracking import MAX_KEY_LENGTH, MAX_TAG_LENGTH, Tracker, mlflow_key, params_for_mlflow
-from pipeline.traces import answer_spans, group_answers, trace_id
+from pipeline.core.config import DatasetConfig, TrackingConfig
+from pipeline.core.records import TranscriptRecord
+from pipeline.tracking.runs import MAX_KEY_LENGTH, MAX_TAG_LENGTH, Tracker, mlflow_key, params_for_mlflow
+from pipeline.tracking.traces import answer_spans, group_answers, trace_id
 
 START = 1_800_000_000.0
 START_NS = 1_800_000_000 * 10**9

@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, pipeline_env, run_pipeline
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]

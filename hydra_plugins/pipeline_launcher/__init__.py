@@ -1,5 +1,5 @@
 """Hydra's basic launcher (jobs one after another in this process, so the model loads once), with
-each job's config composed from a template (pipeline.job_configs) instead of from scratch.
+each job's config composed from a template (pipeline.cli.job_configs) instead of from scratch.
 
 Hydra instantiates launchers only from the `hydra_plugins` namespace, so this thin plugin lives
 here; conf/config.yaml selects it (`override hydra/launcher: in_process`), and
@@ -27,7 +27,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="in_process", node=InP
 
 class InProcessLauncher(BasicLauncher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from pipeline.job_configs import TemplateConfigLoader
+        from pipeline.cli.job_configs import TemplateConfigLoader
 
         if not isinstance(hydra_context.config_loader, TemplateConfigLoader):
             hydra_context.config_loader = TemplateConfigLoader(hydra_context.config_loader)

@@ -19,8 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
-from pipeline.records import Message, ToolCall
-from pipeline.sampling import StreamSink
+from pipeline.core.records import Message, ToolCall
+from pipeline.core.streaming import StreamSink
 
 FINISH_REASONS = ("stop", "length", "tool", "error")
 
@@ -128,7 +128,7 @@ class Backend(ABC):
     # how many requests one `generate` call should get at most (the caller batches by prompt length)
     batch_size: int = 1
     context_length: Optional[int] = None  # tokens, prompt and answer together; None: unknown
-    # the run's effective generation settings (pipeline.generation_settings), when the backend was
+    # the run's effective generation settings (pipeline.core.generation_settings), when the backend was
     # built from a plan: requests are made from them; None: the config's own values
     generation: Optional[dict[str, Any]] = None
 

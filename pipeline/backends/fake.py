@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
-from pipeline.records import ToolCall
-from pipeline.sampling import StreamSink
+from pipeline.core.records import ToolCall
+from pipeline.core.streaming import StreamSink
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")  # what sampling draws from
 _TOKEN = re.compile(r"\S+\s*|\s+")  # a token: a word and the space after it, so tokens join back into the text

@@ -2,7 +2,7 @@
 
 Each sample becomes a conversation (session history, system prompt, its messages), answered
 `generation.num_samples` times when several completions per prompt are asked for (pass@k), by
-pipeline.answering (tool round trips included) through the run's backend (pipeline.backends:
+pipeline.answering.loop (tool round trips included) through the run's backend (pipeline.backends:
 batches of similar prompt length, per-sample seeds, per-sample timing); this stage knows only the
 backend contract, not which model or server answers. A batch's records are written and fsynced
 as soon as the batch completes (on a worker thread, while the next batch generates); the order of
@@ -18,16 +18,16 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.answering import Answering, Job, answer, tools_by_name
+from pipeline.answering.loop import Answering, Job, answer, tools_by_name
+from pipeline.answering.tools import load_tools
 from pipeline.backends.base import Backend
-from pipeline.background import BackgroundEmitter
-from pipeline.config import Config
-from pipeline.files import write_json
-from pipeline.prompts import as_dict, conversation, from_dict
-from pipeline.records import Message, Sample
-from pipeline.sampling import StreamSink
-from pipeline.tools import load_tools
-from pipeline.transcript import TranscriptWriter
+from pipeline.core.config import Config
+from pipeline.core.files import write_json
+from pipeline.core.records import Message, Sample
+from pipeline.core.streaming import StreamSink
+from pipeline.core.transcript import TranscriptWriter
+from pipeline.data.prompts import as_dict, conversation, from_dict
+from pipeline.run.background_writer import BackgroundEmitter
 
 log = logging.getLogger(__name__)
 Done = dict[tuple[str, int], dict[str, Any]]  # a resumed run's final answer records by (record id, sample index)

@@ -21,10 +21,10 @@ from typing import Optional
 from pipeline.backends.transformers.digest import weights_digest
 from pipeline.backends.transformers.hub import download, find_cached, not_cached_message, parse_repo_reference
 from pipeline.backends.transformers.model_files import read_model_folder
-from pipeline.config import ASSETS_DIR, BackendConfig, RuntimeConfig
-from pipeline.errors import UserError
-from pipeline.records import ModelShape, ResolvedModel
-from pipeline.redact import hide_credentials
+from pipeline.core.config import ASSETS_DIR, BackendConfig, RuntimeConfig
+from pipeline.core.errors import UserError
+from pipeline.core.records import ModelShape, ResolvedModel
+from pipeline.core.redact import hide_credentials
 
 BUILTIN_ALIASES = {"demo": str(ASSETS_DIR / "demo_model")}  # works even without conf/ (the Python API)
 MAX_ALIAS_DEPTH = 8

@@ -6,7 +6,7 @@ peak memory is measured by the caller (pipeline.backends.transformers.memory.pea
 
 Scores: `accuracy` is the mean score of the answers that have one. Its 95% interval is taken over
 samples, not completions: the num_samples completions of one prompt are not independent, so each
-sample counts once, with the mean of its completions' scores (pipeline.stats picks Wilson or the
+sample counts once, with the mean of its completions' scores (pipeline.scoring.intervals picks Wilson or the
 bootstrap). pass@k uses each sample's n completions and c of them with full marks (score 1).
 
 Speed: a batch's rows share one prefill, which ends at their common ttft_s, and are decoded
@@ -21,8 +21,8 @@ import math
 from collections import defaultdict
 from typing import Any, Optional
 
-from pipeline.records import Summary
-from pipeline.stats import k_values, mean_interval, pass_at_k
+from pipeline.core.records import Summary
+from pipeline.scoring.intervals import k_values, mean_interval, pass_at_k
 
 
 def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], scorer: str = "",

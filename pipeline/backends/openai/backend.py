@@ -14,7 +14,7 @@ Servers differ in small ways this module evens out:
   cuts it, and the finish reason is then "stop";
 - tool calls: servers that know the model's format return native `tool_calls`; where they return
   the model's `<tool_call>` blocks as text (`transformers serve` with the tool demo model), the
-  calls are read from the text with pipeline.tool_calls, so the loop sees the same thing;
+  calls are read from the text with pipeline.core.tool_calls, so the loop sees the same thing;
 - reasoning: `reasoning_content` (vLLM, DeepSeek) or `reasoning` (newer vLLM, Ollama) deltas go to
   Completion.reasoning, never into the answer.
 """
@@ -39,10 +39,10 @@ import httpx
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
-from pipeline.errors import UserError
-from pipeline.records import Message, ToolCall
-from pipeline.sampling import StreamSink
-from pipeline.tool_calls import OPEN, parse_tool_calls
+from pipeline.core.errors import UserError, one_line
+from pipeline.core.records import Message, ToolCall
+from pipeline.core.streaming import StreamSink
+from pipeline.core.tool_calls import OPEN, parse_tool_calls
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
            "content_filter": "stop", "eos": "stop"}
@@ -325,9 +325,9 @@ class OpenAIBackend(Backend):
                 raise RetryableFailure(message, server.retry_after_s(error.response.headers)) from None
             raise FinalFailure(message) from None
         except (openai.APIConnectionError, httpx.TransportError) as error:
-            raise RetryableFailure(f"connection to the server failed: {_one_line(error) or type(error).__name__}") from None
+            raise RetryableFailure(f"connection to the server failed: {one_line(error, 200) or type(error).__name__}") from None
         except openai.APIError as error:  # an error event inside the stream
-            raise FinalFailure(f"the server reported an error: {_one_line(error)}") from None
+            raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
         done = time.monotonic()
         return self._completion(request, "".join(text), "".join(reasoning), calls, finish, usage,
                                 ttft=(first if first is not None else done) - sent, latency=done - sent)
@@ -464,9 +464,6 @@ def _reason(error: Any) -> str:
     if isinstance(body, dict):
         inner = body.get("error")
         detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
-    return _one_line(detail or getattr(error, "message", "") or type(error).__name__)
+    return one_line(detail or getattr(error, "message", "") or type(error).__name__, 200)
 
 
-def _one_line(value: Any, limit: int = 200) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -21,8 +21,8 @@ from typing import Any, Optional
 import httpx
 
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
-from pipeline.errors import UserError
-from pipeline.redact import MASK, hide_credentials
+from pipeline.core.errors import UserError
+from pipeline.core.redact import MASK, hide_credentials
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx: the server may answer next time
 # Where servers put the context length in a /models entry: vLLM and SGLang (max_model_len),

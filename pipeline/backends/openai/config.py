@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlsplit
 
-from pipeline.errors import ConfigError
-from pipeline.redact import hide_credentials
+from pipeline.core.errors import ConfigError
+from pipeline.core.redact import hide_credentials
 
 PREFIX = "backend"  # the config group these settings live in
 TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")  # older servers know only the first; OpenAI's o-series only the second

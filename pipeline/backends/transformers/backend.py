@@ -1,12 +1,12 @@
 """The transformers backend: the in-process model behind the backend contract.
 
-Its plan is the run's RuntimePlan (pipeline.stages.plan): device, dtype, attention, offload,
+Its plan is the run's RuntimePlan (pipeline.backends.transformers.plan): device, dtype, attention, offload,
 compile, KV cache and continuous batching become its options, each with the plan's reason. It
 loads through reuse.py (a sweep's jobs share one load) and load.py, and generates through
 generate.py (all three beside this module): each request's messages and tools are rendered with the
-model's chat template (pipeline.prompts.render, the session's template arguments and prefill
+model's chat template (pipeline.data.prompts.render, the session's template arguments and prefill
 included), encoded, batched with the request's own seed, and the answer's tool calls are read
-with pipeline.tool_calls. A request whose prompt does not fit the context (and may not be cut)
+with pipeline.core.tool_calls. A request whose prompt does not fit the context (and may not be cut)
 comes back as an error Completion; anything else that goes wrong in the model is the run's
 failure and is raised.
 
@@ -23,13 +23,13 @@ from typing import Any, Optional, Sequence
 
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
-from pipeline.config import SessionConfig
 from pipeline.backends.transformers.generate import generate_batch
-from pipeline.prompts import adds_special_tokens, render
-from pipeline.records import LoadedRuntime, RuntimePlan
 from pipeline.backends.transformers.reuse import LoadRecord, acquire
-from pipeline.sampling import StreamSink
-from pipeline.tool_calls import parse_tool_calls
+from pipeline.core.config import SessionConfig
+from pipeline.core.records import LoadedRuntime, RuntimePlan
+from pipeline.core.streaming import StreamSink
+from pipeline.core.tool_calls import parse_tool_calls
+from pipeline.data.prompts import adds_special_tokens, render
 
 # the RuntimePlan's decisions that are this backend's options, in the order plan.json shows them
 OPTIONS = ("device", "dtype", "attn_implementation", "offload", "batch_size", "compile", "cache_implementation",

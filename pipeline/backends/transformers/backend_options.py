@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
 
 COMPILE_MIN_DECODE_STEPS = 2048  # below this many decoding steps a compile costs more than it saves
 

@@ -23,7 +23,7 @@ Where this can differ from transformers (the tests pin the rest):
 - Not supported: tools given as Python functions (give JSON schemas), `continue_final_message`,
   `fast_tokenizer_files` in tokenizer_config.json, the Mistral regex patch, remote code.
 
-Does not decide whether a session uses the template (that is pipeline.prompts), and does not
+Does not decide whether a session uses the template (that is pipeline.data.prompts), and does not
 load weights or build input tensors.
 """
 
@@ -37,8 +37,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pipeline.errors import UserError
-from pipeline.text_files import read_json, read_text
+from pipeline.core.errors import UserError, one_line
+from pipeline.core.text_files import read_json, read_text
 
 TEMPLATE_FILE = "chat_template.jinja"
 TEMPLATE_DIR = "additional_chat_templates"
@@ -116,7 +116,7 @@ class ChatTemplate:
         except _jinja_errors() as error:
             raise UserError(f"{self.origin}: {_describe(error)}") from None
         except _TEMPLATE_RUNTIME_ERRORS as error:
-            raise UserError(f"{self.origin}: {type(error).__name__}: {_one_line(str(error))}") from None
+            raise UserError(f"{self.origin}: {type(error).__name__}: {one_line(str(error))}") from None
 
     def _compiled(self, source: str) -> Any:
         import jinja2.exceptions
@@ -155,7 +155,7 @@ class TokenCounter:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # tokenizers raises a bare Exception for unreadable files
-            raise UserError(f"cannot read the tokenizer {path}: {_one_line(str(error))}") from None
+            raise UserError(f"cannot read the tokenizer {path}: {one_line(str(error))}") from None
         padding = tokenizer.padding
         tokenizer.no_truncation()  # transformers encodes with truncation and padding off unless asked
         tokenizer.no_padding()
@@ -177,7 +177,7 @@ class TokenCounter:
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot read the tokenizer in {folder}: {_one_line(str(error))}") from None
+            raise UserError(f"cannot read the tokenizer in {folder}: {one_line(str(error))}") from None
 
         def encode(text: str, add_special_tokens: bool) -> int:
             return len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
@@ -472,13 +472,9 @@ def _jinja_errors() -> tuple[type[BaseException], ...]:
 
 
 def _describe(error: BaseException) -> str:
-    message = _one_line(getattr(error, "message", None) or str(error)) or type(error).__name__
+    message = one_line(getattr(error, "message", None) or str(error)) or type(error).__name__
     lineno = getattr(error, "lineno", None)
     return f"line {lineno}: {message}" if lineno else message
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- template data, as transformers prepares it -------------------------------------------------------

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from pipeline.files import write_json
 from pipeline.backends.transformers.hub import blob_sha256
+from pipeline.core.files import write_json
 
 CACHE_FILE = "file-digests.json"
 

@@ -1,6 +1,6 @@
 """One batch through `model.generate`: encode the prompts, sample and time each row, decode and cut.
 
-Greedy at temperature 0, otherwise each row is sampled from its own seed (pipeline.sampling), so
+Greedy at temperature 0, otherwise each row is sampled from its own seed (pipeline.core.streaming), so
 a prompt's output does not depend on its batch. Each completion carries its time to first token
 and its own latency. A completion ends at the end-of-turn token or at the first stop string.
 The plan's backend options apply here: a static KV cache (prompts padded to a multiple of
@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
 
-from pipeline.records import LoadedRuntime
 from pipeline.backends.transformers.sampling import GenerationObserver, PerRowSampler
-from pipeline.sampling import StreamSink
+from pipeline.core.records import LoadedRuntime
+from pipeline.core.streaming import StreamSink
 
 STATIC_PAD = 16  # with a static cache, prompts are padded to a multiple of this: fewer shapes to compile
 
@@ -27,7 +27,7 @@ class Prompted(Protocol):
 
     prompt: str
     prompt_ids: list[int]  # the prompt's tokens as encoded for the batching, when known (else empty)
-    seed: Optional[int]  # this row's own sampling seed (pipeline.sampling.sample_seed); None when greedy
+    seed: Optional[int]  # this row's own sampling seed (pipeline.core.streaming.sample_seed); None when greedy
 
 
 @dataclass

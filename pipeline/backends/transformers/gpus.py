@@ -20,11 +20,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
-import sys
-from importlib import metadata
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 

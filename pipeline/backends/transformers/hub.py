@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError, one_line
 
 _PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"  # 1-96 chars, no leading/trailing '-' or '.'
 _REVISION = r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.+-]+)*"  # branch, tag (may hold '/'), commit
@@ -402,16 +402,16 @@ def _describe_download_error(error: BaseException, repo_id: str, revision: Optio
     connection = first((httpx2.TransportError, ConnectionError))
     if connection is not None:
         return (f"cannot download {label}: no connection to {endpoint} ({type(connection).__name__}: "
-                f"{_one_line(connection) or 'no detail'}); check the network, the proxy or HF_ENDPOINT, {elsewhere}")
+                f"{one_line(connection, 200) or 'no detail'}); check the network, the proxy or HF_ENDPOINT, {elsewhere}")
     http = first(hub.HfHubHTTPError)
     if http is not None:
         status = getattr(getattr(http, "response", None), "status_code", "?")
-        detail = getattr(http, "server_message", None) or _one_line(http)
+        detail = getattr(http, "server_message", None) or one_line(http, 200)
         advice = {401: f"log in with `{CLI} auth login` (or set HF_TOKEN)",
                   403: "check that your token may read this repo",
                   429: "too many requests: wait a minute and try again"}.get(status, "try again later")
-        return f"cannot download {label}: {endpoint} answered HTTP {status} ({_one_line(detail)}); {advice}"
-    return f"cannot download {label}: {type(error).__name__}: {_one_line(error) or 'no detail'}"
+        return f"cannot download {label}: {endpoint} answered HTTP {status} ({one_line(detail, 200)}); {advice}"
+    return f"cannot download {label}: {type(error).__name__}: {one_line(error, 200) or 'no detail'}"
 
 
 def _offline_variable() -> Optional[str]:
@@ -446,6 +446,3 @@ def _chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def _one_line(value: object, limit: int = 200) -> str:
-    text = " ".join(line.strip() for line in str(value).splitlines() if line.strip())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

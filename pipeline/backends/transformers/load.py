@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.errors import LoadError, UserError
-from pipeline.records import LoadedRuntime, ResolvedModel, RuntimePlan
+from pipeline.core.errors import LoadError, UserError, first_line
+from pipeline.core.records import LoadedRuntime, ResolvedModel, RuntimePlan
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False) -> Any
                                                   trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise UserError(f"runtime.model={model.reference!r}: cannot read the tokenizer in {model.path}: "
-                        f"{str(error).splitlines()[0]}") from None
+                        f"{first_line(error)}") from None
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     tokenizer.truncation_side = "left"  # session.truncation=left keeps the end of a prompt
     if tokenizer.pad_token is None:
@@ -75,7 +75,7 @@ def _load_model(plan: RuntimePlan, trust_remote_code: bool, offload_folder: Opti
         bad_file = _unreadable_weight_file(plan, error)
         if bad_file is None:
             raise
-        raise LoadError(f"cannot read weights file {bad_file} in {plan.model.path}: {_first_line(error)}; "
+        raise LoadError(f"cannot read weights file {bad_file} in {plan.model.path}: {first_line(error)}; "
                         "the file is corrupt or incomplete: download or copy it again "
                         "(compare its size and sha256 with the source)") from error
     if plan.offload == "none":
@@ -93,6 +93,3 @@ def _unreadable_weight_file(plan: RuntimePlan, error: BaseException) -> Optional
     return named[0] if named else ", ".join(plan.model.weight_files)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.backends.transformers.gpus import device_gpu
-from pipeline.records import ModelShape
+from pipeline.core.records import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LOGITS_BYTES = 4  # logits are float32 whatever the model's dtype

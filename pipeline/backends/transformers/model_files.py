@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.records import ModelShape
-from pipeline.text_files import read_json
+from pipeline.core.errors import UserError
+from pipeline.core.records import ModelShape
+from pipeline.core.text_files import read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -24,10 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.records import LoadedRuntime, RuntimePlan
 from pipeline.backends.transformers.load import load
-
-LOAD_FILE = "load.json"
+from pipeline.core.records import LoadedRuntime, RuntimePlan
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 transformers samples a whole batch from one global random stream, so a sample's output depends
 on which other samples share its batch. `PerRowSampler` instead draws each row's token from that
-row's own `torch.Generator`, seeded with its request's seed (pipeline.sampling.sample_seed: from the
+row's own `torch.Generator`, seeded with its request's seed (pipeline.core.streaming.sample_seed: from the
 generation seed, sample id and sample index): the same seed
 and sample give the same output whatever the batch size or order. It runs as the last logits
 processor with generate in greedy mode, applying temperature, top-k, top-p and min-p itself, then
@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional, Sequence
 
-from pipeline.sampling import StreamSink
+from pipeline.core.streaming import StreamSink
 
 
 class PerRowSampler:

@@ -1,0 +1,150 @@
+"""Plan stage for a model behind a server (`backend=openai`): ask the server, before anything is created.
+
+The dataset's first requests are made as execute will make them (conversation, tools, settings)
+and handed to the backend's own plan (pipeline.backends.openai): GET /models within
+backend.timeout_s, the model served, its context length where the server says it, prompt tokens
+from the server's /tokenize, a local tokenizer or an estimate. Every refusal is a UserError, so the
+runner stops before the MLflow run opens or any request is sent for generation.
+
+The run's RuntimePlan has the in-process model's shape (device, dtype, memory estimate, ...), which
+consumers read (summarize, MLflow params and tags, report); for a server those decisions are the
+server's, so they are recorded as such (device "server", dtype and attention "server-decides", no
+memory figures) and the backend's own plan (identity with the masked base URL, what the server
+reports, options with reasons, token source) is kept whole under `backend_plan`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from pipeline.answering.tools import load_tools
+from pipeline.backends.base import BackendPlan, Request
+from pipeline.core.config import Config, SessionConfig
+from pipeline.core.errors import UserError
+from pipeline.core.generation_settings import LIBRARY, NEUTRAL, command_line_keys, effective_generation
+from pipeline.core.records import MemoryEstimate, Message, ResolvedModel, RuntimePlan, Sample
+from pipeline.data.dataset import load_samples
+from pipeline.data.prompts import conversation
+from pipeline.scoring.scorers import check_scorer, sample_references
+
+SERVER = "server"  # RuntimePlan.device of a served model: no device of ours holds it
+SERVER_DECIDES = "server-decides"  # dtype and attention: the server's own choice, not reported over the API
+SERVER_DEFAULT = "the server's default"  # a generation setting left null: not sent, the server's value applies
+UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backends.openai does not send
+
+
+def plan_served(config: Config, model: ResolvedModel, backend: Any,
+                overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample]]:
+    """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer."""
+    samples = load_samples(config.dataset)
+    scorer = check_scorer(config.dataset.scorer, sample_references(samples))
+    _check_session(config.session)
+    modalities = backend.capabilities.modalities
+    for sample in samples:
+        for message in sample.messages:
+            for part in message.media:
+                if part.kind not in modalities:
+                    raise UserError(f"sample {sample.id!r} has an {part.kind} part but backend.modalities="
+                                    f"{list(modalities)}; add {part.kind} there if the served model takes it, "
+                                    "or remove the part")
+    schemas = [tool.schema for tool in load_tools(config.session.tools)]
+    generation = _generation(config, overrides)
+    requests = [_first_request(sample, config, schemas, generation) for sample in samples]
+    served: BackendPlan = backend.plan(requests)  # UserError: unreachable, not OpenAI-shaped, key refused, not served
+    counts = dict(zip((s.id for s in samples), served.prompt_tokens))
+    longest_id = max(counts, key=counts.get) if counts else ""
+    longest = counts.get(longest_id, 0)
+    max_new = config.generation.max_new_tokens
+    context = served.context_length or 0
+    checks = list(served.checks) + [f"scorer {scorer.label} is ready for every reference in the dataset"]
+    warnings = list(served.warnings) + generation["warnings"]
+    if context and max_new >= context:
+        raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the served model's "
+                        f"context of {context} tokens; lower it")
+    if context and served.token_source != "estimate":
+        over = [sid for sid, tokens in counts.items() if tokens + max_new > context]
+        if over:
+            worst = max(over, key=counts.get)
+            raise UserError(f"sample {worst!r}: prompt of {counts[worst]} tokens + generation.max_new_tokens={max_new} "
+                            f"exceeds the served model's context of {context} tokens ({len(over)} sample(s) too long, "
+                            f"counted by {served.token_source}); shorten the prompts or lower generation.max_new_tokens")
+    if schemas:
+        checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import; they are sent as the "
+                      "API's tools")
+    concurrency = backend.config.max_concurrency
+    reasons = {
+        "backend": "backend=openai: the model is served at " + (served.identity.endpoint or ""),
+        "device": "the server holds the model; its device is the server's",
+        "dtype": "the server loads the weights in its own dtype (not reported over the API)",
+        "attn_implementation": "the server's own",
+        "batch_size": f"backend.max_concurrency={concurrency}: requests in flight at once, and how many execute "
+                      "hands over at a time (each batch's records are written as it completes)",
+        "offload": "none: the server's memory is the server's to manage",
+    }
+    return RuntimePlan(
+        model=model, backend=backend.name, device=SERVER, dtype=SERVER_DECIDES, attn_implementation=SERVER_DECIDES,
+        batch_size=concurrency, offload="none", max_memory=None,
+        memory=MemoryEstimate(device=SERVER, weights_bytes=0, kv_cache_bytes=0, kv_bytes_per_token=0,
+                              activation_bytes=0, total_bytes=0, batch_size=concurrency,
+                              sequence_tokens=longest + max_new, available_bytes=None,
+                              available_source="not known: the server manages its own memory", margin=0.0,
+                              usable_bytes=None, fits=True),
+        reasons=reasons, num_samples=len(samples), longest_prompt_tokens=longest, longest_prompt_sample=longest_id,
+        max_new_tokens=max_new, context_length=context, truncation=config.session.truncation, truncated_samples=[],
+        generation=generation["values"], generation_sources=generation["sources"], checks=checks, warnings=warnings,
+        tools=schemas, backend_plan=served.to_dict(),
+    ), samples
+
+
+def _check_session(session: SessionConfig) -> None:
+    """Session settings that only a prompt we render ourselves can honour: a server renders its own."""
+    if not session.chat_template:
+        raise UserError("session.chat_template=false: a server always applies its own chat template, so raw prompts "
+                        "cannot be sent; use backend=transformers for them")
+    if session.prefill:
+        raise UserError(f"session.prefill={session.prefill!r}: the chat completions API has no way to start the "
+                        "answer; leave session.prefill empty with backend=openai")
+    if session.template_args:
+        raise UserError(f"session.template_args={dict(session.template_args)}: chat template variables are not sent "
+                        "to the server; leave them empty with backend=openai")
+    if session.truncation == "left":
+        raise UserError("session.truncation=left: a server cannot cut prompts from the left; use session.truncation="
+                        "error (too long a prompt is refused in the plan, or becomes an error record)")
+
+
+def _generation(config: Config, overrides: Iterable[str]) -> dict[str, Any]:
+    """The settings requests are made from: the config's values; a null stays null (not sent: the server's default)."""
+    effective = effective_generation(config.generation, {}, command_line_keys(overrides))
+    values, sources = dict(effective.values), dict(effective.sources)
+    for key, source in effective.sources.items():
+        if source == LIBRARY:
+            values[key], sources[key] = None, SERVER_DEFAULT
+        elif key in NEUTRAL and values[key] == NEUTRAL[key]:  # top_k=0 filters nothing; servers may refuse the field
+            values[key], sources[key] = None, f"{source}: {effective.values[key]} filters nothing, so it is not sent"
+    for key in UNSENT:
+        if values[key] is not None and values[key] != 1.0:  # repetition_penalty 1.0 is no penalty
+            raise UserError(f"generation.{key}={values[key]}: the chat completions API has no such field, so the server "
+                            f"would never see it; leave it null with backend=openai")
+        values[key], sources[key] = None, SERVER_DEFAULT if values[key] is None else sources[key]
+    return {"values": values, "sources": sources, "warnings": effective.warnings}
+
+
+def _first_request(sample: Sample, config: Config, schemas: list[dict], generation: dict[str, Any]) -> Request:
+    """The first request execute sends for `sample` (for a scripted conversation: its first turn)."""
+    messages = conversation(sample, config.session)
+    if sample.turns:
+        messages.append(Message("user", sample.turns[0].content))
+    return Request(messages=messages, max_new_tokens=config.generation.max_new_tokens, tools=list(schemas),
+                   stop=list(generation["values"].get("stop") or []), key=sample.id)
+
+
+def served_tags(plan: RuntimePlan) -> dict[str, str]:
+    """MLflow tags of a served model: where it is served (credentials masked) and what the server reports of it;
+    none for the in-process model."""
+    identity = plan.backend_plan.get("identity") if plan.backend_plan else None
+    if not identity:
+        return {}
+    reported = json.dumps(identity.get("reported") or {}, sort_keys=True, default=str)
+    return {"model.endpoint": identity.get("endpoint") or "", "model.served_id": identity.get("model") or "",
+            "model.reported": reported[:4000]}  # MLflow keeps tag values to 5000 characters

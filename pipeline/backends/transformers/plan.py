@@ -1,0 +1,361 @@
+"""Plan stage: decide backend, device, dtype, attention, batch size and offload, and check the run fits.
+
+Input is what resolve found and the prompts' token counts (pipeline.data.prompts counts them with the
+light tokenizer: no transformers, no torch on a CPU-only machine). Every decision is recorded with
+its reason; every failed check raises a UserError naming the setting to change, so a run that
+cannot work stops before any weight loads. The memory arithmetic lives in pipeline.backends.transformers.memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from pipeline.answering.tools import load_tools
+from pipeline.backends.transformers.backend_options import choose_backend_options
+from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
+from pipeline.backends.transformers.memory import Need, free_memory, free_ram, gib, need
+from pipeline.backends.transformers.model_files import read_generation_config
+from pipeline.backends.transformers.placement import parallel_job_device
+from pipeline.core.config import Config, RuntimeConfig, SessionConfig, parse_bytes
+from pipeline.core.errors import UserError
+from pipeline.core.generation_settings import command_line_keys, effective_generation
+from pipeline.core.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
+from pipeline.data.dataset import load_samples
+from pipeline.data.prompts import count_prompt_tokens
+from pipeline.scoring.scorers import check_scorer, sample_references
+
+BACKEND = "transformers"
+AUTO_BATCH_WITHOUT_MEMORY_FIGURES = 8  # batch_size=auto when free memory cannot be known
+
+
+def plan_from_config(config: Config, model: ResolvedModel,
+                     overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample], Optional[ChatTemplate]]:
+    """The plan stage as the runner runs it: read the samples, count their tokens, plan.
+
+    Returns the samples and chat template too, so execute uses exactly what was planned."""
+    samples = load_samples(config.dataset)
+    scorer = check_scorer(config.dataset.scorer, sample_references(samples))
+    require_chat_template(model, config.session)
+    folder = Path(model.path)
+    template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
+    schemas = tool_schemas(model, config.session, template)
+    counter = TokenCounter.from_folder(folder)
+    tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens,
+                                 schemas or None)
+    planned = plan(model, config, samples, tokens, overrides)
+    planned.checks.append(f"scorer {scorer.label} is ready for every reference in the dataset")
+    if schemas:
+        planned.tools = schemas
+        planned.checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import, and the chat "
+                              "template shows them to the model")
+        planned.warnings.append("prompt tokens and memory are counted for the first generation of each answer; "
+                                "tool round trips make later prompts longer (execute checks each against the context)")
+    if not counter.exact:
+        planned.checks.append(f"prompt tokens counted from {counter.origin}; the model's own tokenizer class "
+                              "rebuilds it on load and may count a few tokens differently in rare cases")
+    return planned, samples, template
+
+
+def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tokens: dict[str, int],
+         overrides: Iterable[str] = ()) -> RuntimePlan:
+    """Decide how the run will go, or raise a UserError saying why it cannot."""
+    runtime, reasons = config.runtime, {}
+    checks = [f"model folder {model.path} has config.json and {len(model.weight_files)} "
+              f"{model.weights_format} weight file(s)"]
+    warnings: list[str] = []
+    if model.weights_format == "pickle":
+        warnings.append("pickle weights loaded because runtime.allow_pickle=true; they can run code")
+
+    if require_chat_template(model, config.session):
+        checks.append("the tokenizer has a chat template")
+    checks.append(_check_media(model, samples))
+
+    max_new = config.generation.max_new_tokens
+    longest_id = max(prompt_tokens, key=prompt_tokens.get)
+    longest = prompt_tokens[longest_id]
+    conversations = {s.id for s in samples if s.turns}
+    truncated = _check_context(model, config, prompt_tokens, checks, warnings, conversations)
+    sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
+
+    device, reasons["device"] = choose_device(runtime)
+    dtype, reasons["dtype"] = choose_dtype(runtime, device, model.weights_dtype)
+    attention, reasons["attn_implementation"] = choose_attention(runtime, device, dtype)
+    completions = len(samples) * config.generation.num_samples
+    estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, max_new,
+                                                completions, reasons, warnings)
+    backend_options, option_reasons = choose_backend_options(config, device, offload, batch, completions)
+    reasons.update(option_reasons)
+    checks.append(f"estimated {gib(estimate.total_bytes)} needed on {device}, "
+                  f"{gib(estimate.usable_bytes)} usable" if estimate.usable_bytes is not None
+                  else f"estimated {gib(estimate.total_bytes)} needed on {device} (free memory unknown)")
+
+    generation = effective_generation(config.generation, read_generation_config(Path(model.path)),
+                                      command_line_keys(overrides))
+    warnings.extend(generation.warnings)
+    reasons["backend"] = "transformers + torch: the only backend so far; it runs every model folder resolve accepts"
+    return RuntimePlan(
+        model=model,
+        backend=BACKEND,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attention,
+        batch_size=batch,
+        offload=offload,
+        max_memory=max_memory,
+        memory=estimate,
+        reasons=reasons,
+        num_samples=len(samples),
+        longest_prompt_tokens=longest,
+        longest_prompt_sample=longest_id,
+        max_new_tokens=max_new,
+        context_length=model.context_length,
+        truncation=config.session.truncation,
+        truncated_samples=truncated,
+        generation=generation.values,
+        generation_sources=generation.sources,
+        checks=checks,
+        warnings=warnings,
+        backend_options=backend_options,
+    )
+
+
+def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
+    """Whether the session renders through a chat template; a UserError when it needs one the model lacks."""
+    if session.chat_template and not model.has_chat_template:
+        raise UserError(f"session.chat_template=true but model {model.reference!r} has no chat template; "
+                        "set session.chat_template=false to send plain text")
+    return session.chat_template
+
+
+def tool_schemas(model: ResolvedModel, session: SessionConfig, template: Optional[ChatTemplate]) -> list[dict]:
+    """The JSON schemas of session.tools, once each imports and the model's chat template shows them."""
+    tools = load_tools(session.tools)
+    if not tools:
+        return []
+    if template is None:
+        raise UserError("session.tools needs the model's chat template to show the tools; "
+                        "set session.chat_template=true")
+    schemas = [tool.schema for tool in tools]
+    probe = [{"role": "user", "content": "?"}]
+    if template.render(probe, tools=schemas) == template.render(probe):
+        raise UserError(f"session.tools: the chat template of {model.reference!r} ignores tools, so the model "
+                        "would never see them; use a model whose template supports tool calling, or drop session.tools")
+    return schemas
+
+
+def _check_media(model: ResolvedModel, samples: list[Sample]) -> str:
+    for sample in samples:
+        for message in sample.messages:
+            for part in message.media:
+                if part.kind not in model.modalities:
+                    raise UserError(
+                        f"sample {sample.id!r} has an {part.kind} part but model {model.reference!r} "
+                        f"({model.architecture}) takes {' and '.join(model.modalities)} only; use a model that "
+                        f"accepts {part.kind}s or remove the part")
+                raise UserError(f"sample {sample.id!r} has an {part.kind} part: {part.kind} input is not supported "
+                                f"by the {BACKEND} text backend yet; remove the part")
+    return f"every sample is {' or '.join(model.modalities)} the model accepts"
+
+
+def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], checks: list[str],
+                   warnings: list[str], conversations: set[str]) -> list[str]:
+    """The ids to truncate from the left (session.truncation=left), or a UserError for prompts that do not fit."""
+    max_new, context = config.generation.max_new_tokens, model.context_length
+    if not context:
+        warnings.append("the model's config.json states no context length; prompt lengths were not checked")
+        return []
+    if max_new >= context:
+        raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the model's context "
+                        f"of {context} tokens; lower it")
+    budget = context - max_new
+    over = [sample_id for sample_id, tokens in prompt_tokens.items() if tokens > budget and sample_id not in conversations]
+    growing = [sample_id for sample_id in conversations if prompt_tokens[sample_id] > budget]
+    if growing and config.session.truncation != "left":
+        warnings.append(f"{len(growing)} conversation(s) may outgrow the context of {context} by their last turn "
+                        f"(counting {max_new} tokens per answer), first {growing[0]!r}; a turn that does not fit is "
+                        "recorded as an error and ends its conversation")
+    if not over:
+        longest_single = max((i for i in prompt_tokens if i not in conversations), key=prompt_tokens.get, default=None)
+        if longest_single is not None:
+            checks.append(f"longest prompt ({prompt_tokens[longest_single]} tokens, sample {longest_single!r}) + "
+                          f"{max_new} new tokens fits the context of {context}")
+        return growing if config.session.truncation == "left" else []
+    if config.session.truncation == "left":
+        warnings.append(f"{len(over)} prompt(s) longer than {budget} tokens (context {context} - max_new_tokens "
+                        f"{max_new}) will be cut from the left, flagged truncated in the transcript")
+        return over + growing
+    worst = max(over, key=prompt_tokens.get)  # the longest prompt may be a conversation, which is not refused
+    raise UserError(f"sample {worst!r}: prompt of {prompt_tokens[worst]} tokens + "
+                    f"generation.max_new_tokens={max_new} exceeds the model's context of {context} tokens "
+                    f"({len(over)} sample(s) too long); shorten the prompts, lower generation.max_new_tokens, "
+                    "or set session.truncation=left to keep each prompt's end")
+
+
+def _fit(model: ResolvedModel, runtime: RuntimeConfig, device: str, dtype: str, prompt: int, new: int,
+         completions: int, reasons: dict[str, str], warnings: list[str]) -> tuple[MemoryEstimate, int, str, Optional[dict]]:
+    """Batch size, offload and the memory estimate that justifies them."""
+    if runtime.memory_limit is not None:
+        available, source = parse_bytes(runtime.memory_limit), f"runtime.memory_limit={runtime.memory_limit}"
+    else:
+        available, source = free_memory(device)
+    usable = None if available is None else int(available * (1 - runtime.memory_margin))
+
+    def needs(batch: int) -> Need:
+        return need(model.parameters, model.shape, dtype, batch, prompt, new)
+
+    ceiling = min(runtime.max_batch_size, completions)
+    if runtime.batch_size != "auto":
+        batch = min(runtime.batch_size, completions)
+        reasons["batch_size"] = (f"runtime.batch_size={runtime.batch_size}" +
+                                 (f", capped at the {completions} completions" if batch < runtime.batch_size else ""))
+    elif usable is None:
+        batch = min(AUTO_BATCH_WITHOUT_MEMORY_FIGURES, completions)
+        reasons["batch_size"] = f"auto: free memory unknown, so a cautious {batch}"
+    else:
+        batch = max((b for b in range(1, ceiling + 1) if needs(b).total <= usable), default=1)
+        reasons["batch_size"] = (f"auto: the largest batch up to {ceiling} (runtime.max_batch_size, completions to make) "
+                                 f"whose estimate fits {gib(usable)} usable ({runtime.memory_margin:.0%} margin)")
+
+    estimate, offload, max_memory = needs(batch), "none", None
+    if usable is None or estimate.total <= usable:
+        reasons["offload"] = ("none: the estimate fits the device" if usable is not None
+                              else "none: free memory unknown, nothing to compare with")
+    else:
+        numbers = (f"needs {gib(estimate.total)} (weights {gib(estimate.weights)} in {dtype}, KV cache "
+                   f"{gib(estimate.kv_cache)} for {batch} x {prompt + new} tokens, activations "
+                   f"{gib(estimate.activations)}) but {device} has {gib(usable)} usable ({gib(available)} from "
+                   f"{source}, {runtime.memory_margin:.0%} kept free)")
+        if batch > 1 and needs(1).total <= usable:
+            raise UserError(f"runtime.batch_size={runtime.batch_size}: the run {numbers}; lower runtime.batch_size "
+                            "or set it to auto")
+        room = usable - estimate.kv_cache - estimate.activations
+        offload, max_memory, reasons["offload"] = _offload(model, runtime, device, estimate.weights, room, numbers)
+        warnings.append(f"the weights do not fit {device}: offloading to {offload} ({reasons['offload']}); "
+                        "generation will be slower")
+        estimate = Need(room, estimate.kv_cache, estimate.kv_per_token, estimate.activations)
+    return MemoryEstimate(
+        device=device, weights_bytes=estimate.weights, kv_cache_bytes=estimate.kv_cache,
+        kv_bytes_per_token=estimate.kv_per_token, activation_bytes=estimate.activations,
+        total_bytes=estimate.total, batch_size=batch, sequence_tokens=prompt + new,
+        available_bytes=available, available_source=source, margin=runtime.memory_margin, usable_bytes=usable,
+        fits=usable is None or estimate.total <= usable,
+    ), batch, offload, max_memory
+
+
+def _offload(model: ResolvedModel, runtime: RuntimeConfig, device: str, weights: int, room: int,
+             numbers: str) -> tuple[str, dict[str, int], str]:
+    """(cpu or disk, accelerate's max_memory budgets, why) for weights that do not fit, or a UserError."""
+    if runtime.offload == "none" or room <= 0:
+        fix = ("set runtime.offload=auto to keep part of the weights in CPU memory or on disk, "
+               if runtime.offload == "none" else "")
+        raise UserError(f"model {model.reference!r} does not fit: the run {numbers}; {fix}use a smaller dtype, "
+                        "a smaller model, fewer generation.max_new_tokens, or another runtime.device")
+    if device == "cpu" and runtime.offload == "cpu":
+        raise UserError(f"runtime.offload=cpu cannot help on the CPU: the run {numbers}; use runtime.offload=disk")
+    rest = weights - room
+    budgets = {device_key(device): room}
+    if device == "cpu":
+        return "disk", budgets, f"{gib(room)} of {gib(weights)} weights stay in memory, {gib(rest)} are read from disk"
+    ram, _ = free_ram()
+    cpu_room = int((ram or 0) * (1 - runtime.memory_margin))
+    budgets["cpu"] = cpu_room
+    if rest <= cpu_room and runtime.offload in ("auto", "cpu"):
+        return "cpu", budgets, f"{gib(room)} of {gib(weights)} weights on {device}, {gib(rest)} in CPU memory"
+    if runtime.offload == "cpu":
+        raise UserError(f"runtime.offload=cpu: {gib(rest)} of weights do not fit CPU memory ({gib(ram)} free) "
+                        "either; use runtime.offload=disk or auto")
+    return "disk", budgets, (f"{gib(room)} of {gib(weights)} weights on {device}, {gib(cpu_room)} in CPU memory, "
+                             f"{gib(rest - cpu_room)} read from disk")
+
+
+def device_key(device: str) -> Any:
+    """The key accelerate's max_memory uses for a device: 0 for cuda:0, "cpu", "mps"."""
+    if device.startswith("cuda"):
+        return int(device.split(":")[1]) if ":" in device else 0
+    return device
+
+
+def choose_device(runtime: RuntimeConfig) -> tuple[str, str]:
+    if runtime.device == "cpu":
+        return "cpu", "runtime.device=cpu"
+    cuda, mps, count = accelerators()
+    if runtime.device == "auto":
+        if cuda:
+            spread = parallel_job_device(count)
+            if spread:
+                return spread
+            return "cuda", f"auto: CUDA is available ({count} device(s)); the first is used"
+        if mps:
+            return "mps", "auto: Apple MPS is available and CUDA is not"
+        return "cpu", "auto: no CUDA or MPS device here"
+    available = ["cpu"] + (["cuda"] if cuda else []) + (["mps"] if mps else [])
+    base = runtime.device.split(":", 1)[0]
+    if base not in available:
+        raise UserError(f"runtime.device={runtime.device!r}: no such device here (available: {', '.join(available)})")
+    if base == "cuda" and ":" in runtime.device and int(runtime.device.split(":")[1]) >= count:
+        raise UserError(f"runtime.device={runtime.device!r}: only {count} CUDA device(s) here")
+    return runtime.device, f"runtime.device={runtime.device}"
+
+
+def choose_dtype(runtime: RuntimeConfig, device: str, weights_dtype: str = "",
+                 cpu_flags: Optional[set[str]] = None) -> tuple[str, str]:
+    """The dtype to load in, and why. `cpu_flags` are the CPU's feature flags (read from /proc/cpuinfo
+    when not given)."""
+    if runtime.dtype != "auto":
+        if runtime.dtype == "bfloat16" and device == "mps":
+            raise UserError("runtime.dtype='bfloat16' is not supported on mps; use float16 or float32")
+        return runtime.dtype, f"runtime.dtype={runtime.dtype}"
+    if device.startswith("cuda"):
+        gpu = device_gpu(device)
+        if gpu is not None:
+            named = f"{gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}, from NVML)"
+            return (("bfloat16", f"auto: {named} supports bfloat16 (the range of float32 at half the memory)")
+                    if gpu.bf16 else ("float16", f"auto: {named} lacks bfloat16, so float16"))
+        if cuda_bf16_supported():
+            return "bfloat16", "auto: this GPU supports bfloat16 (the range of float32 at half the memory)"
+        return "float16", "auto: this GPU lacks bfloat16, so float16"
+    if device == "mps":
+        return "float16", "auto: float16 on Apple MPS"
+    if weights_dtype != "bfloat16":
+        return "float32", "auto: float32 on the CPU (half precision is slow there); set runtime.dtype to change it"
+    native = sorted(NATIVE_BF16_FLAGS & (cpu_flags if cpu_flags is not None else _cpu_flags()))
+    if native:
+        return "bfloat16", (f"auto: the checkpoint is bfloat16 and this CPU computes in bfloat16 natively "
+                            f"({', '.join(native)}): kept, not widened to float32 (about twice the decode speed)")
+    return "float32", ("auto: the checkpoint is bfloat16, but this CPU has no native bfloat16 (no avx512_bf16 or "
+                       "AMX), where it is slow: widened to float32; set runtime.dtype to change it")
+
+
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs that compute bfloat16 natively
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_attention(runtime: RuntimeConfig, device: str, dtype: str) -> tuple[str, str]:
+    flash_installed = importlib.util.find_spec("flash_attn") is not None
+    if runtime.attn_implementation == "flash_attention_2":
+        if not device.startswith("cuda") or dtype not in ("float16", "bfloat16"):
+            raise UserError("runtime.attn_implementation=flash_attention_2 needs a CUDA device and float16 or "
+                            f"bfloat16 (planned: {device}, {dtype})")
+        if not flash_installed:
+            raise UserError("runtime.attn_implementation=flash_attention_2 needs the flash-attn package "
+                            "(pip install flash-attn); or use sdpa")
+    if runtime.attn_implementation != "auto":
+        return runtime.attn_implementation, f"runtime.attn_implementation={runtime.attn_implementation}"
+    if device.startswith("cuda") and dtype in ("float16", "bfloat16") and flash_installed:
+        return "flash_attention_2", "auto: flash-attn is installed and the GPU runs in half precision"
+    return "sdpa", "auto: torch's scaled_dot_product_attention (the load falls back to eager where a model lacks it)"
+

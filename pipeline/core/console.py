@@ -1,0 +1,104 @@
+"""What a run and a sweep print in the terminal: short, aligned, and on stdout."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from pipeline.core.records import Summary
+
+PEAK_MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "process_peak_rss": "process peak RSS"}
+CI_METHODS = {"wilson": "Wilson", "bootstrap": "seeded bootstrap"}
+
+
+def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]]) -> str:
+    stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in summary.stage_seconds.items())
+    lines = [
+        f"samples   {summary.num_samples}" + (f" ({summary.num_errors} could not be completed: status error in "
+                                              "the transcript)" if summary.num_errors else ""),
+        f"accuracy  {score_text(summary)}",
+        *(["pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
+          if summary.pass_at_k else []),
+        *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
+          if summary.tool_calls else []),
+        f"speed     prefill {summary.prefill_tokens_per_second:.0f} tok/s, decode {summary.decode_tokens_per_second:.0f} "
+        f"tok/s, {summary.tokens_per_second:.1f} completion tok/s overall; TTFT p50 {summary.ttft_p50_s:.3f} s, "
+        f"p95 {summary.ttft_p95_s:.3f} s; latency p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",
+        *([f"memory    peak {summary.peak_memory_bytes / 2**20:.0f} MiB "
+           f"({PEAK_MEMORY_KINDS.get(summary.peak_memory_kind, summary.peak_memory_kind)})"]
+          if summary.peak_memory_bytes else []),
+        f"stages    {stages}",
+        f"run dir   {_relative(run_dir)}",
+    ]
+    if mlflow:
+        lines.append(f"mlflow    run {mlflow['run_id']} in experiment '{mlflow['experiment']}' "
+                     f"({mlflow['uri']}); `make ui`, then http://127.0.0.1:5000/{mlflow['url']}")
+    else:
+        lines.append("mlflow    off (tracking=none)")
+    return "\n".join(lines)
+
+
+def score_text(summary: Summary) -> str:
+    """`0.980 [0.950, 0.992] 95% CI (Wilson, 200 samples); 196/200 exact_match` (n/a without references)."""
+    if summary.accuracy is None:
+        return "n/a (no references)"
+    interval = "" if summary.accuracy_ci_low is None else (
+        f" [{summary.accuracy_ci_low:.3f}, {summary.accuracy_ci_high:.3f}] 95% CI "
+        f"({CI_METHODS.get(summary.accuracy_ci_method, summary.accuracy_ci_method)}, {summary.accuracy_ci_samples} samples)")
+    return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer}".rstrip()
+
+
+def sweep_table(jobs: list[dict[str, Any]]) -> str:
+    """One row per job: the overrides that set it apart, its state, accuracy and speed."""
+    shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if len(jobs) > 1 else set()
+    header = ("job", "swept", "state", "accuracy", "tokens/s")
+    rows = [header] + [(
+        str(job["num"]),
+        " ".join(o for o in job["overrides"] if o not in shared) or "-",
+        job["state"],
+        "-" if job.get("accuracy") is None else f"{job['accuracy']:.3f}",
+        "-" if job.get("tokens_per_second") is None else f"{job['tokens_per_second']:.1f}",
+    ) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+class ProgressSink:
+    """A StreamSink that shows, on one rewritten terminal line, how many generations are done.
+
+    Shown only on a terminal (a log file gets execute's progress lines instead), at most every
+    `every_s` seconds, and cleared at the end. Counts completions only: it asks for no per-token text."""
+
+    streams_text = False
+
+    def __init__(self, total: int, out: TextIO, every_s: float = 0.2) -> None:
+        self.total, self.out, self.every_s = total, out, every_s
+        self.done = 0
+        self.started = self.shown = time.perf_counter()
+        self.enabled = out.isatty()
+
+    def on_text(self, row: int, text: str) -> None:
+        pass
+
+    def on_complete(self, row: int, text: str) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.enabled and now - self.shown >= self.every_s:
+            self.shown = now
+            rate = self.done / max(now - self.started, 1e-9)
+            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give)")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.out.write("\r\033[K")
+            self.out.flush()

@@ -1,0 +1,89 @@
+"""Fingerprints of the input files that decide what the model writes, so a resume can tell they changed.
+
+A run's settings are compared on resume (pipeline.run.resume.config_difference), but the settings
+only name files: the same `dataset.path` can hold other prompts by then, the same model folder
+other weights. When a run starts, `fingerprint` records each such file's content digest, with
+its path as typed and as found, in `inputs.json` in the run folder: the dataset file, the
+`session.history` file, the model's weights digest (pipeline.backends.transformers.digest) and a digest of the
+model's small files that shape prompts and decoding (tokenizer, chat template, config,
+generation config). A resume computes the same and `differences` names what changed; the resume
+is then refused, since the kept records would not match the ones generated now.
+
+This module reads files and hashes them; it does not decide when to refuse (pipeline.run.resume and
+the runner do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.backends.transformers.digest import file_sha256
+from pipeline.core.config import Config
+from pipeline.core.files import read_json
+from pipeline.core.folder_names import INPUTS_FILE
+from pipeline.core.records import ResolvedModel
+
+# Small files of a model folder that shape the prompt or the decoding (the weights have their own digest).
+MODEL_FILE_SUFFIXES = (".json", ".jinja", ".model", ".txt")
+MISSING = "missing"
+
+
+def fingerprint(config: Config, model: ResolvedModel) -> dict[str, dict[str, Any]]:
+    """What this run reads, by the setting that names it: {"as typed", "path", "sha256"} (or the model's digests)."""
+    inputs = {"dataset.path": _file(config.dataset.path)}
+    if config.session.history:
+        inputs["session.history"] = _file(config.session.history)
+    if model.kind == "served":  # no files of ours: the server's model is named by its id and base URL
+        inputs["runtime.model"] = {"as typed": config.runtime.model, "path": "", "endpoint": model.endpoint}
+        return inputs
+    inputs["runtime.model"] = {"as typed": config.runtime.model, "path": model.path,
+                               "weights_digest": model.weights_digest,
+                               "files_digest": model_files_digest(Path(model.path))}
+    return inputs
+
+
+def _file(typed: str) -> dict[str, Any]:
+    path = Path(typed).expanduser().absolute()  # relative to the launch folder, where a resume runs too
+    return {"as typed": typed, "path": str(path), "sha256": file_sha256(path) if path.is_file() else MISSING}
+
+
+def model_files_digest(folder: Path) -> str:
+    """sha256 over the `name:sha256` lines of the model folder's tokenizer, template and config files."""
+    lines = [f"{p.name}:{file_sha256(p)}\n" for p in sorted(folder.iterdir(), key=lambda p: p.name)
+             if p.suffix in MODEL_FILE_SUFFIXES and p.is_file()]
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def read_inputs(run_dir: Path) -> Optional[dict[str, dict[str, Any]]]:
+    """The fingerprints a run recorded; None for a run that stopped before recording them."""
+    path = run_dir / INPUTS_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def differences(recorded: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> list[str]:
+    """Each input whose content is not what the run read, in words (empty: nothing changed)."""
+    found = []
+    for key, old in recorded.items():
+        new = now.get(key)
+        if new is None:
+            found.append(f"{key}: {old.get('as typed')!r} was read by the run, none is set now")
+            continue
+        where = new.get("path")
+        for field in ("sha256", "weights_digest", "files_digest"):
+            if field not in old or old[field] == new.get(field):
+                continue
+            if new.get(field) == MISSING:
+                found.append(f"{key}={new['as typed']!r}: file not found ({where}); the run read {old['path']}")
+            else:
+                what = {"sha256": "the file's content", "weights_digest": "the model's weights",
+                        "files_digest": "the model's tokenizer, chat template or config files"}[field]
+                found.append(f"{key}={new['as typed']!r}: {what} changed since the run started ({where}: "
+                             f"{_short(old[field])} then, {_short(new.get(field))} now)")
+    return found
+
+
+def _short(digest: Any) -> str:
+    text = str(digest)
+    return text[: len("sha256:") + 12] if text.startswith("sha256:") else text[:12]

@@ -1,0 +1,296 @@
+"""Resuming a run or a sweep: `python -m pipeline resume=<run folder>` or `resume=last`.
+
+Before Hydra starts, `expand_command_line` turns `resume=<folder>` into the command line the run
+was started with (its `.hydra/hydra.yaml`, or a sweep's `multirun.yaml`), plus any settings
+given now, pointed at the same folder; `check_output_folder` then refuses, before anything is
+written, a folder in use or settings that would change what the model writes (with the keys that
+differ, or input files (dataset, model weights, ...) whose content is not what the run read
+(pipeline.run.inputs). A resume runs in the folder the run was launched from (`enter_launch_folder`),
+so relative paths in its config mean what they meant then, from whatever folder it is resumed.
+Inside the run, `begin` decides what is left, writing nothing: a folder that already holds a run
+is refused unless resuming; a resumed run keeps every complete answer (an answer with tool steps
+is complete only once its `answer` record is there; the steps of an unfinished one are dropped by
+`settle`, once the resume is accepted, to be generated again) and hands execute the keys to
+skip: (sample id, sample index), where a conversation's turn is `<id>#<turn>`. A resume that is
+refused, for whatever reason, leaves the run folder and its MLflow run as they were.
+
+This module does not generate anything, and does not talk to MLflow (pipeline.tracking.guard
+continues the run's MLflow run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.config import CONF_DIR, Config, flatten, to_config
+from pipeline.core.errors import UserError
+from pipeline.core.files import read_json
+from pipeline.core.folder_names import CONFIG_FILE, HYDRA_FOLDER, MULTIRUN_FILE, SWEEP_SUMMARY_FILE, TRANSCRIPT_FILE
+from pipeline.core.records import ResolvedModel
+from pipeline.core.redact import MASK, redact, redact_overrides
+from pipeline.core.transcript import rewrite_transcript, scan
+from pipeline.run.files import folder_problem, shown
+from pipeline.run.inputs import differences, fingerprint, read_inputs
+from pipeline.run.status import in_use_message, is_locked, read_status
+
+log = logging.getLogger(__name__)
+HASHED_SECTIONS = ("runtime", "generation", "session", "dataset")  # what Config.config_hash covers
+RUNS_DIR = Path("runs")
+
+
+@dataclass
+class Previous:
+    """What a run folder already holds for the run about to start in it."""
+
+    done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # final answers by (record id, index)
+    next_batch: int = 0  # batch numbers go on from where the transcript stopped
+    complete: bool = False  # the run had already ended with success: nothing to do
+    kept: list[dict[str, Any]] = field(default_factory=list)  # the transcript's records to keep, in order
+    dropped: int = 0  # tool steps of unfinished answers, taken out of the transcript by `settle`
+
+
+def expand_command_line(argv: list[str]) -> list[str]:
+    """`resume=<folder>|last` -> the folder's own command line, then the settings given now; else argv."""
+    given = [arg for arg in argv if arg.startswith("resume=")]
+    if not given:
+        return argv
+    if len(given) > 1:
+        raise UserError(f"resume= is given {len(given)} times: give one run folder (or resume=last)")
+    value = given[0].split("=", 1)[1]
+    folder = find_last() if value == "last" else Path(value).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"resume={value}: no such run folder ({folder.resolve()}); give a folder under runs/ "
+                        "(the `run dir` a run printed), or resume=last")
+    folder = folder.resolve()
+    now = [arg for arg in argv if not arg.startswith("resume=")]
+    if (folder / MULTIRUN_FILE).is_file():
+        flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
+        return flags + _merge(_saved(folder / MULTIRUN_FILE), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
+    if (folder / HYDRA_FOLDER / "hydra.yaml").is_file():
+        return _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+    raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
+                    "(no multirun.yaml)")
+
+
+def _saved(hydra_file: Path) -> list[str]:
+    """The command line a run or sweep was started with: Hydra's own settings (a launcher), then the task's."""
+    overrides = OmegaConf.load(hydra_file).hydra.overrides
+    own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    return own + list(overrides.task)
+
+
+def _merge(saved: list[str], now: list[str]) -> list[str]:
+    """The saved overrides with those given now put over them (by key); resume= itself is not kept."""
+    key = lambda override: override.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    replaced = {key(o) for o in now if "=" in o}
+    kept = [o for o in saved if not o.startswith("resume=") and key(o) not in replaced]
+    masked = [key(o) for o in kept if MASK in o and redact_overrides(o.replace(MASK, "x")) != o.replace(MASK, "x")]
+    if masked:  # the run folder keeps no secret (pipeline.core.redact): replaying the mask would use "***" as one
+        where = " (or keep the user and password in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)" \
+            if masked[0] == "tracking.uri" else ""
+        raise UserError(f"{masked[0]} held a secret when the run started, and the run folder keeps no secrets: "
+                        f"give it again with the resume: {masked[0]}=...{where}")
+    return kept + now
+
+
+def find_last(runs: Path = RUNS_DIR) -> Path:
+    """The newest run or sweep folder under runs/ that has something left to do (by the date and time in
+    its name, then by age); when every one has completed, the newest (whose resume says so)."""
+    candidates = [p.parent.parent for p in runs.glob("*/*/.hydra/hydra.yaml") if p.parts[-4] != "multirun"]
+    candidates += [p.parent for p in runs.glob("multirun/*/*/multirun.yaml")]
+    if not candidates:
+        raise UserError(f"resume=last: there is no run under {runs.resolve()}; start one with python -m pipeline, "
+                        "or give the folder: resume=<run folder>")
+    newest_first = sorted(candidates, key=lambda p: (p.parent.name, p.name.split("_")[0], p.stat().st_mtime),
+                          reverse=True)
+    return next((folder for folder in newest_first if _unfinished(folder)), newest_first[0])
+
+
+def _unfinished(folder: Path) -> bool:
+    """Whether resuming `folder` would do anything: a run not ended with success, or a sweep with such a job
+    (or one that never reached its end, where jobs may not have started yet)."""
+    if not (folder / MULTIRUN_FILE).is_file():
+        return read_status(folder).get("state") != "success"
+    jobs = [p.parent.parent for p in folder.glob("*/.hydra/hydra.yaml")]
+    return not (folder / SWEEP_SUMMARY_FILE).is_file() or any(_unfinished(job) for job in jobs)
+
+
+def enter_launch_folder(argv: list[str]) -> None:
+    """For a resume (an expanded command line ending in resume=<folder>), change to the folder the run was
+    launched from, so its relative paths (dataset.path, a model folder, runs/mlflow.db, ...) are the
+    files it used; a launch folder that no longer exists leaves the current folder (the inputs check
+    then says whether the files found here are the run's)."""
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith("resume=")]
+    if not given:
+        return
+    folder = Path(given[-1])
+    saved = folder / MULTIRUN_FILE if (folder / MULTIRUN_FILE).is_file() else folder / HYDRA_FOLDER / "hydra.yaml"
+    launched = OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.cwd") if saved.is_file() else None
+    if launched and Path(launched).is_dir():
+        os.chdir(launched)
+
+
+def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) -> Optional[str]:
+    """Before Hydra writes anything: None, or why the run's folder must not be written.
+
+    A folder that is not the run's (sweep's) own: the launch folder or one above it, a folder
+    holding anything else, an existing run (sweep) unless resuming it (pipeline.run.files); a
+    sweep whose jobs would all write into the sweep folder; a folder that cannot be created (a
+    file in the way, no permission); a resumed folder in use, or settings that would change what
+    the model writes. A sweep's jobs check their own folders (`begin`). `composed` is the config the command line's (first) job composes to, when the
+    caller has it (pipeline.cli.precheck): then it is not composed again."""
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+        return None
+    if composed is None:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
+    sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    value = composed.hydra.sweep.dir if sweep else composed.hydra.run.dir
+    resuming = composed.get("resume") is not None
+    problem = folder_problem(value, key, sweep, resuming) or _unwritable(Path(str(value or "")), key)
+    if problem or sweep:
+        return problem or (_job_folder_problem(composed) if sweep else None)
+    folder = Path(str(value))
+    config = to_config(composed)
+    if config.resume is None:
+        return None
+    if is_locked(folder):
+        return in_use_message(folder)
+    try:
+        records, _ = scan(folder / TRANSCRIPT_FILE)  # corruption is reported before anything is written
+    except UserError as error:
+        return str(error)
+    return config_difference(folder, config) or records_difference(folder, config, records) \
+        or _inputs_problem(folder, config)
+
+
+def records_difference(folder: Path, config: Config, records: list[dict[str, Any]]) -> Optional[str]:
+    """Why the transcript's records cannot be continued under `config`: records made under another config hash."""
+    hashes = {r.get("config_hash") for r in records} - {config.config_hash()}
+    if not hashes:
+        return None
+    return (f"{folder / TRANSCRIPT_FILE} holds records of another config (config_hash {', '.join(sorted(hashes))}, "
+            f"not {config.config_hash()}): start a new run rather than resuming this one")
+
+
+def _inputs_problem(folder: Path, config: Config) -> Optional[str]:
+    """inputs_difference, for the command-line check, which has no resolved model yet."""
+    if read_inputs(folder) is None:
+        return None
+    from pipeline.stages.resolve import resolve  # reads the model folder's files, loads nothing
+
+    try:
+        model = resolve(config.runtime, config.backend)
+    except UserError as error:
+        return f"resume={folder}: {error}"
+    return inputs_difference(folder, config, model)
+
+
+def inputs_difference(folder: Path, config: Config, model: ResolvedModel) -> Optional[str]:
+    """Why the run in `folder` cannot go on with these input files, naming each that changed; None if it can."""
+    recorded = read_inputs(folder)
+    changed = differences(recorded, fingerprint(config, model)) if recorded else []
+    if not changed:
+        return None
+    return (f"resume={folder}: the input files differ from the run's, so its records would not match: "
+            + "; ".join(changed) + ". Restore them, or start a new run")
+
+
+def _job_folder_problem(composed: DictConfig) -> Optional[str]:
+    """A sweep whose job folders would be the sweep folder itself (an empty hydra.sweep.subdir):
+    every job would write over the one before."""
+    try:
+        subdir = str(OmegaConf.select(composed, "hydra.sweep.subdir", default="") or "")
+    except Exception:  # noqa: BLE001 - it names the job (${hydra.job.num}), known only when each job starts
+        return None
+    if Path(subdir) != Path("."):
+        return None
+    return (f"{shown('hydra.sweep.subdir', subdir)}: each job's folder would be the sweep folder itself, so the "
+            "jobs would write over each other; leave hydra.sweep.subdir unset (the job number) or give each job "
+            "its own, e.g. 'hydra.sweep.subdir=job_${hydra.job.num}'")
+
+
+def _unwritable(folder: Path, key: str) -> Optional[str]:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}={folder}: cannot create the run folder: {existing} is a file; choose another folder ({key}=...)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"{key}={folder}: cannot write in {existing} (permission denied); choose another folder ({key}=...) "
+                "or make it writable")
+    return None
+
+
+def config_difference(folder: Path, config: Config) -> Optional[str]:
+    """Why `config` cannot continue the run in `folder`, naming each setting that differs; None if it can."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return None  # stopped before it wrote its config: nothing to compare, nothing generated
+    stored = read_json(path)
+    current = json.loads(json.dumps(redact(config.to_dict()), default=str))  # as config.json holds it
+    differences = []
+    for section in HASHED_SECTIONS:
+        old, new = flatten(stored.get(section) or {}, f"{section}."), flatten(current.get(section) or {}, f"{section}.")
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                differences.append(f"{key}: {old.get(key, '<unset>')!r} in the run, {new.get(key, '<unset>')!r} now")
+    if not differences:
+        return None
+    return (f"resume={folder}: the settings differ from the run's, so its records would not match: "
+            + "; ".join(differences) + ". Resume with the run's settings, or start a new run")
+
+
+def begin(run_dir: Path, config: Config) -> Previous:
+    """What is left to do in `run_dir`; refuses a folder that already holds a run unless resuming it.
+
+    Writes nothing: a resume can still be refused after this (its input files are compared once the
+    model is resolved); `settle` then puts the transcript in the shape `Previous` describes."""
+    status = read_status(run_dir)
+    transcript = run_dir / TRANSCRIPT_FILE
+    if config.resume is None:
+        if status or transcript.exists():
+            raise UserError(f"{run_dir} already holds a run ({status.get('state', 'a transcript')}): continue it "
+                            f"with python -m pipeline resume={run_dir}, or choose another folder (hydra.run.dir=...)")
+        return Previous()
+    if status.get("state") == "success":
+        return Previous(complete=True)
+    problem = config_difference(run_dir, config)
+    if problem:
+        raise UserError(problem)
+    records, _ = scan(transcript)
+    problem = records_difference(run_dir, config, records)
+    if problem:
+        raise UserError(problem)
+    answered = {_key(r) for r in records if r.get("kind", "answer") == "answer"}
+    kept = [r for r in records if _key(r) in answered]
+    return Previous(done={_key(r): r for r in kept if r.get("kind", "answer") == "answer"},
+                    next_batch=max((r.get("batch", -1) for r in kept), default=-1) + 1,
+                    kept=kept, dropped=len(records) - len(kept))
+
+
+def settle(run_dir: Path, previous: Previous) -> None:
+    """Once a resume is accepted: drop the tool steps of unfinished answers (generated again), and say what is kept."""
+    transcript = run_dir / TRANSCRIPT_FILE
+    if previous.dropped:
+        log.info("resume: dropping %d tool step(s) of answers left unfinished", previous.dropped)
+        rewrite_transcript(transcript, previous.kept)
+    log.info("resume: %d answer(s) already in %s; generating the rest", len(previous.done), transcript)
+
+
+def _key(record: dict[str, Any]) -> tuple[str, int]:
+    return record["sample_id"], record.get("sample_index", 0)

@@ -1,0 +1,215 @@
+"""The runner: calls the five stages in order, times each, and keeps the run folder and MLflow in step.
+
+resolve -> plan -> load -> execute -> summarize, stopping after `pipeline.until`. The run folder
+gets config.json, plan.json, transcript.jsonl, summary.json and status.json as each becomes
+known. The MLflow run is opened once the plan holds (a mistake found while planning leaves no
+run in MLflow), and is ended FINISHED, FAILED or KILLED to match status.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+from pipeline.backends.base import Backend
+from pipeline.backends.openai.plan import SERVER, served_tags
+from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
+from pipeline.core.config import Config
+from pipeline.core.console import ProgressSink
+from pipeline.core.errors import Interrupted, TrackingError, UserError
+from pipeline.core.files import read_json, write_json
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    INPUTS_FILE,
+    LOAD_FILE,
+    PLAN_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    TRANSCRIPT_FILE,
+)
+from pipeline.core.records import RuntimePlan, Summary
+from pipeline.core.redact import redact
+from pipeline.core.transcript import TranscriptWriter, read_transcript
+from pipeline.run.files import run_files
+from pipeline.run.inputs import fingerprint
+from pipeline.run.resume import begin, inputs_difference, settle
+from pipeline.run.status import locked, set_status
+from pipeline.stages.execute import execute
+from pipeline.stages.plan import plan
+from pipeline.stages.resolve import resolve
+from pipeline.stages.summarize import summarize
+from pipeline.tracking.guard import GuardedTracker
+from pipeline.tracking.runs import Tracker, config_params, run_tags
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    plan: Optional[RuntimePlan] = None
+    summary: Optional[Summary] = None
+    tracker: Optional[Tracker] = None
+    complete: bool = False  # a resume found the run already completed: nothing was done
+
+
+def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
+        overrides: tuple[str, ...] = (), run_name: Optional[str] = None) -> RunResult:
+    """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
+
+    `run_name` names the MLflow run (default: the run folder's name). The folder is locked while
+    the run is in it; with `config.resume` the run continues what the folder holds. A resume writes
+    nothing until its model and input files are checked (resolve, plan, pipeline.run.inputs): one that is
+    refused or stopped before then leaves the folder and its MLflow run as they were."""
+    with locked(run_dir):
+        return _run(config, run_dir, parent_run_id, overrides, run_name)
+
+
+def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
+         run_name: Optional[str]) -> RunResult:
+    previous = begin(run_dir, config)
+    result = RunResult(run_dir)
+    if previous.complete:
+        result.complete, result.summary = True, _read_summary(run_dir)
+        return result
+    resuming = config.resume is not None  # until accepted, a resume must leave the run folder as it found it
+    if not resuming:
+        _start(run_dir, config)
+    seconds: dict[str, float] = {}
+    tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming)
+
+    def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        value = function(*args)
+        seconds[stage] = time.perf_counter() - started
+        tracker.log_metrics({f"stage/{stage}/seconds": seconds[stage]})
+        log.info("%s: %.2f s", stage, seconds[stage])
+        return value
+
+    until = config.pipeline.until
+    try:
+        tracker.check_reachable()  # a dead tracking server is an error within seconds, before anything loads
+        resolved = timed("resolve", resolve, config.runtime, config.backend)
+        if until == "resolve":
+            print(json.dumps(asdict(resolved), indent=2))
+            set_status(run_dir, "success")
+            return result
+        result.plan, samples, backend = timed("plan", plan, config, resolved, run_dir, overrides)
+        inputs = fingerprint(config, resolved)
+        if resuming:
+            problem = inputs_difference(run_dir, config, resolved)
+            if problem:
+                raise UserError(problem)
+            settle(run_dir, previous)
+            _start(run_dir, config)
+            resuming = False  # accepted: from here on, the run's state is this run's
+        if not (run_dir / INPUTS_FILE).is_file():  # a resume keeps what the run first read
+            write_json(run_dir / INPUTS_FILE, inputs)
+        write_json(run_dir / PLAN_FILE, result.plan.to_dict())
+        if until == "plan":
+            print(json.dumps(result.plan.to_dict(), indent=2))
+            set_status(run_dir, "success")
+            return result
+
+        tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
+            "weights_digest": resolved.weights_digest or "", "device": result.plan.device, "model.kind": resolved.kind,
+            "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides),
+            **served_tags(result.plan)}))
+        result.tracker = tracker
+        tracker.log_params(config_params(config, result.plan))
+        tracker.log_dataset(config.dataset, len(samples))
+        tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
+
+        timed("load", _load, backend, result.plan.device)  # for a server: connect (it still serves the model)
+        loaded = getattr(backend, "load_record", None)  # the in-process model's: loaded, or kept from an earlier job
+        if loaded is not None:
+            write_json(run_dir / LOAD_FILE, loaded.to_dict())
+            tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
+        if until != "load":
+            progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
+            with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
+                try:
+                    timed("execute", execute, backend, samples, config, writer, config.config_hash(), progress,
+                          previous.done, previous.next_batch)
+                finally:
+                    progress.close()
+                    backend.close()
+        if until == "summarize":
+            records = read_transcript(run_dir / TRANSCRIPT_FILE)
+            result.summary = timed("summarize", summarize, records, seconds, config.dataset.scorer.label,
+                                   _peak_memory(result.plan.device))
+            result.summary.stage_seconds = dict(seconds)  # now including summarize itself
+            write_json(run_dir / SUMMARY_FILE, result.summary.to_dict())
+            tracker.log_metrics(result.summary.metrics())
+    except (KeyboardInterrupt, Exception) as error:
+        if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
+            close_run(run_dir, tracker, *_ending(error))
+        raise
+    close_run(run_dir, tracker, "success", "FINISHED", "")
+    return result
+
+
+def _start(run_dir: Path, config: Config) -> None:
+    write_json(run_dir / CONFIG_FILE, redact(config.to_dict()))
+    set_status(run_dir, "started")
+
+
+def _ending(error: BaseException) -> tuple[str, str, str]:
+    """How a run stopped by `error` ends: its state, its MLflow status and the reason."""
+    if isinstance(error, KeyboardInterrupt):
+        reason = "stopped by SIGTERM" if isinstance(error, Interrupted) else "interrupted by the user (Ctrl-C)"
+        return "interrupted", "KILLED", reason
+    if isinstance(error, UserError):
+        return "failed", "FAILED", str(error)
+    return "failed", "FAILED", f"{type(error).__name__}: {error}"
+
+
+def _load(backend: Backend, device: str) -> None:
+    """The load stage: the backend's model (kept from an earlier job, or loaded), with the device's
+    peak memory counted from here. On a GPU the reset is the run's first use of torch, so its import
+    is timed here, with the load that needs it (the plan reads the GPUs without torch)."""
+    reset_peak_memory(device)
+    backend.load()
+
+
+def _peak_memory(device: str) -> tuple[Optional[int], str]:
+    """The run's peak memory; none for a served model: the server's memory is not ours to measure, and this
+    process's RSS (an HTTP client) would pass for the model's."""
+    return (None, "") if device == SERVER else peak_memory(device)
+
+
+def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
+    shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
+    try:
+        set_status(run_dir, state, reason)
+    except OSError as error:  # not even written in place (see set_status); the message still reaches the user
+        log.error("could not write %s: %s", run_dir / STATUS_FILE, error)
+    if tracker.run_id:
+        try:
+            try:
+                tracker.log_traces(run_dir / TRANSCRIPT_FILE)  # after execute, whatever its outcome: it pays nothing
+                for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
+                    tracker.log_artifact(path, subfolder)
+            finally:
+                tracker.finish(mlflow_status)
+        except TrackingError as error:
+            if state == "success":  # the results are complete, but not in MLflow: resume finishes the upload
+                set_status(run_dir, "failed", str(error))
+                raise
+            log.error("%s", error)  # the run's own failure is the one to report
+        except OSError as error:  # tracking.json on a full disk: the run's own ending is the one to report
+            if state == "success":
+                raise
+            log.error("could not record the MLflow run's end in %s: %s", run_dir, error)
+
+
+def _read_summary(run_dir: Path) -> Optional[Summary]:
+    path = run_dir / SUMMARY_FILE
+    return Summary(**read_json(path)) if path.is_file() else None

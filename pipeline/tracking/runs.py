@@ -1,0 +1,328 @@
+"""MLflow: one run per pipeline run, parent runs for sweeps, params, metrics, tags, artifacts.
+
+The tracker talks to MLflow through `MlflowClient` only (no global active run), so several runs
+can be open in one process and a job can attach itself to a sweep's parent by id. With tracking
+disabled every method is a no-op and the run folder is the only record.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.core.config import Config, DatasetConfig, TrackingConfig, flatten
+from pipeline.core.errors import first_line
+from pipeline.core.records import RuntimePlan
+from pipeline.core.redact import MASK, hide_credentials, is_secret_key, redact_overrides, redacted_text
+from pipeline.core.transcript import read_transcript
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000  # MLflow 3's limits: a param value, a tag value, a param/tag/metric name
+MAX_TAG_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+BATCH_SIZE = 100  # params or tags per log_batch request (metrics may be 1000)
+_KEY_CHARACTERS = re.compile(r"[^/\w.\- :]")  # what MLflow allows in a name; anything else becomes _
+REDACTED_SUFFIXES = (".yaml", ".yml", ".json", ".log")  # where config values and errors can show up
+PACKAGES = ("llm-pipeline", "torch", "transformers", "accelerate", "tokenizers", "mlflow", "hydra-core", "omegaconf",
+            "jsonlines")
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """The URI to use; a relative SQLite path is taken relative to the launch folder. Creates nothing:
+    the store's folder is made when the store is (pipeline.tracking.guard), where a failure is told."""
+    prefix = "sqlite:///"
+    if config.uri.startswith(prefix) and not config.uri.startswith(prefix + "/"):
+        database = Path(config.uri[len(prefix):]).resolve()
+        return prefix + str(database)
+    return config.uri
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Artifacts of a SQLite store live beside the database (runs/mlartifacts); servers pick their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+# The loggers MLflow gives its own terminal handler on import; the SQL store logs a failed query with
+# its whole traceback there (ninety lines for a read-only file), before our one-line message.
+MLFLOW_LOGGERS = ("mlflow", "sqlalchemy", "sqlalchemy.engine", "alembic", "huey")
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's and SQLAlchemy's log records go to the run's log file only, never to the terminal.
+
+    A store failure is told to the user once, in our words (pipeline.tracking.guard); what MLflow
+    logged about it stays in run.log for whoever needs the detail. Called after MLflow is imported
+    (its import sets its handlers) and again for each run (Hydra resets the loggers per job)."""
+    import mlflow  # noqa: F401 - its first import sets its own handlers: set ours after it
+
+    files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
+    for name in MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = files or [logging.NullHandler()]  # no handler at all would fall back to stderr
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)  # MLflow sets INFO on import
+
+
+class Tracker:
+    """One MLflow run (or nothing, when tracking is disabled)."""
+
+    def __init__(self, config: TrackingConfig) -> None:
+        self.enabled = config.enabled
+        self.traces = config.traces
+        self.uri = tracking_uri(config) if config.enabled else ""
+        self.experiment_name = config.experiment
+        self.client: Any = None
+        self.experiment_id: Optional[str] = None
+        self.run_id: Optional[str] = None
+
+    def connect(self) -> None:
+        """Open the store and the experiment, creating both if needed (safe against a parallel creator)."""
+        if not self.enabled or self.client is not None:
+            return
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        quiet_mlflow_logs()
+        # MLflow prints a server run's address to stdout as it ends, `user:password@` and all; the
+        # summary names the run (masked), and stdout carries only results
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.client = MlflowClient(tracking_uri=self.uri)
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=artifact_root(self.uri))
+            except MlflowException:  # another process created it first
+                self.experiment_id = self.client.get_experiment_by_name(self.experiment_name).experiment_id
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def start(self, run_name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> None:
+        if not self.enabled:
+            return
+        self.connect()
+        tags = tags_for_mlflow(tags)
+        if parent_run_id:
+            tags[PARENT_RUN_TAG] = parent_run_id
+        run_name = redact_overrides(run_name)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.run_id:  # not started (tracking off, or before the plan holds): nothing to import
+            return
+        from mlflow.entities import Param
+
+        params = params_for_mlflow(params)
+        logged = self.client.get_run(self.run_id).data.params  # a resumed run has them already
+        changed = sorted(key for key, value in params.items() if logged.get(key, value) != value)
+        if changed:  # MLflow refuses to change a param; the new values are in config.json
+            log.warning("MLflow keeps the first value of params %s for run %s", ", ".join(changed), self.run_id)
+        self._batch(params=[Param(k, v) for k, v in params.items() if k not in logged])
+
+    def log_dataset(self, config: DatasetConfig, samples: int) -> None:
+        """The dataset as an MLflow dataset input: runs over the same file content share one dataset."""
+        if not self.run_id:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        path = Path(config.path).expanduser().resolve()
+        dataset = Dataset(name=config.name, digest=file_digest(path), source_type="local",
+                          source=json.dumps({"uri": str(path)}),
+                          profile=json.dumps({"samples": samples, "limit": config.limit}))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
+            InputTag("mlflow.data.context", "eval"), InputTag("samples", str(samples))])])
+
+    def log_traces(self, transcript: Path) -> None:
+        """One MLflow trace per answer in the transcript, linked to this run (see pipeline.tracking.traces).
+
+        Never fails the run: the transcript, uploaded with the artifacts, holds the same records."""
+        if not (self.run_id and self.traces and transcript.is_file()):
+            return
+        from pipeline.tracking.traces import log_traces
+
+        started = time.perf_counter()
+        try:
+            count = log_traces(self.uri, self.experiment_id, self.run_id, read_transcript(transcript))
+        except Exception as error:  # noqa: BLE001 - a trace store problem is reported, not fatal
+            log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
+            return
+        self.log_metrics({"traces": count, "traces/seconds": time.perf_counter() - started})
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_artifacts(self, folder: Path, under: Optional[str] = None) -> None:
+        """Upload the folder's files, keeping its layout (below `under` in the run's artifacts)."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            subfolder = Path(under or "", path.parent.relative_to(folder)).as_posix()
+            self.log_artifact(path, None if subfolder == "." else subfolder)
+
+    def log_artifact(self, path: Path, subfolder: Optional[str] = None) -> None:
+        """Upload one file; config, log and JSON files go up with their secrets masked."""
+        if not self.run_id:
+            return
+        if path.suffix not in REDACTED_SUFFIXES:
+            self.client.log_artifact(self.run_id, str(path), subfolder)
+            return
+        with tempfile.TemporaryDirectory() as staging:
+            copy = Path(staging) / path.name
+            copy.write_text(redacted_text(path), encoding="utf-8")
+            self.client.log_artifact(self.run_id, str(copy), subfolder)
+
+    def finish(self, status: str) -> None:
+        """End the run as FINISHED, FAILED or KILLED."""
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+    @property
+    def display_uri(self) -> str:
+        """The store's URI as it may be printed: without credentials."""
+        return hide_credentials(self.uri)
+
+    def run_url(self) -> str:
+        """The run's page in the MLflow UI, relative to the UI's address."""
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}" if self.run_id else ""
+
+    def runs_table_url(self) -> str:
+        """The experiment's run table, where a sweep's parent unfolds into its jobs."""
+        return f"#/experiments/{self.experiment_id}/runs"
+
+    def _batch(self, params: list = (), metrics: list = ()) -> None:
+        params, metrics = list(params), list(metrics)
+        for start in range(0, max(len(params), len(metrics)), BATCH_SIZE):
+            self.client.log_batch(self.run_id, params=params[start:start + BATCH_SIZE],
+                                  metrics=metrics[start:start + BATCH_SIZE])
+
+
+def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
+    """Stringify, hide secrets, and keep every name and value within MLflow's rules and limits."""
+    result = {}
+    for key, value in params.items():
+        text = "null" if value is None else redact_overrides(str(value))
+        if is_secret_key(key) and value not in (None, {}):  # an empty headers map hides nothing
+            text = MASK
+        result[_unique(mlflow_key(key), key, result)] = _cut(text, MAX_PARAM_LENGTH)
+    return result
+
+
+def tags_for_mlflow(tags: dict[str, str]) -> dict[str, str]:
+    """Tags with secrets masked, names MLflow accepts, values within its limit."""
+    result: dict[str, str] = {}
+    for key, value in tags.items():
+        result[_unique(mlflow_key(key), key, result)] = _cut(redact_overrides(str(value)), MAX_TAG_LENGTH)
+    return result
+
+
+def mlflow_key(key: str) -> str:
+    """A name MLflow accepts for a param or tag: its characters only, no path tricks, at most 250 characters."""
+    name = _KEY_CHARACTERS.sub("_", key).strip("/")
+    name = re.sub(r"/{2,}", "/", name)
+    name = "/".join("_" if part in (".", "..") else part for part in name.split("/")) or "_"
+    if len(name) > MAX_KEY_LENGTH:  # keep the start readable and the whole key distinct
+        name = name[:MAX_KEY_LENGTH - 9] + "-" + _short_hash(key)
+    return name
+
+
+def _unique(name: str, original: str, taken: dict[str, str]) -> str:
+    """Two keys that become the same name (`a:b`, `a_b`) keep both values: the second gets a suffix."""
+    if name not in taken:
+        return name
+    return name[:MAX_KEY_LENGTH - 9] + "-" + _short_hash(original)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's content, cut to 32 hex digits (MLflow keeps dataset digests to 36)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[str, Any]:
+    """The composed config, plus what the plan decided (plan.*) and the effective generation settings.
+
+    Of `backend`, its name and the chosen backend's own settings as it uses them (defaults filled in;
+    none of the other backend's unset ones); header values and URL credentials are masked on the way
+    to MLflow (params_for_mlflow)."""
+    params = {key: value for key, value in flatten(config.to_dict()).items() if not key.startswith("backend.")}
+    params.update(flatten(config.backend.settings(), "backend."))
+    if plan is not None:
+        params.update({f"plan.{key}": getattr(plan, key) for key in PLAN_PARAMS})
+        params.update({f"effective.generation.{key}": value for key, value in plan.generation.items()})
+    return params
+
+
+PLAN_PARAMS = ("backend", "device", "dtype", "attn_implementation", "batch_size", "offload")
+
+
+def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    return {"config_hash": config.config_hash(), "run_dir": str(run_dir), **_software_tags(), **extra}
+
+
+@functools.lru_cache(maxsize=1)
+def _software_tags() -> dict[str, str]:
+    """What ran: Python, package versions, the source and its commit. The same for every job of a
+    process, so read once (the package metadata took 15 ms a job)."""
+    tags = {
+        "python": platform.python_version(),
+        **{f"version.{name}": _version(name) for name in PACKAGES},
+        "mlflow.source.type": "LOCAL",  # the UI's Source column: the command, and the commit below
+        "mlflow.source.name": "python -m pipeline",
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
