@@ -30,7 +30,6 @@ from pipeline.core.config import CONF_DIR, Config, register, to_config
 from pipeline.core.errors import UserError
 from pipeline.core.records import (
     LoadedRuntime,
-    MediaPart,
     Message,
     ResolvedModel,
     RuntimePlan,
@@ -38,6 +37,7 @@ from pipeline.core.records import (
     TranscriptRecord,
 )
 from pipeline.core.streaming import StreamSink
+from pipeline.data.media import user_parts
 from pipeline.data.prompts import conversation
 from pipeline.stages.resolve import resolve
 
@@ -112,19 +112,33 @@ class RuntimeClient:
 
     def prompt(self, text: str, *, images: Sequence[str] = (), audio: Sequence[str] = (),
                system_prompt: Optional[str] = None, sink: Optional[StreamSink] = None) -> PromptResponse:
-        """One user message (after the session's system prompt, or `system_prompt`) -> the model's answer."""
-        media = tuple(MediaPart("image", i) for i in images) + tuple(MediaPart("audio", a) for a in audio)
+        """One user message (after the session's system prompt, or `system_prompt`) -> the model's answer.
+
+        `images` and `audio` are paths (any you name, within dataset.max_media_mb) or data: URLs,
+        checked and decoded once here; a multimodal model takes them through its processor."""
+        dataset = self.config.dataset
+        media = user_parts(images, audio, dataset.max_media_mb, self.config.runtime.allow_download)
         messages = [Message("system", system_prompt)] if system_prompt is not None else []
         return self.prompt_parts([Message("user", text, media)], history=messages, sink=sink)
 
     def prompt_parts(self, parts: Sequence[Message], history: Sequence[Message] = (),
                      sink: Optional[StreamSink] = None) -> PromptResponse:
         """Continue `history` + `parts` (messages, possibly with media) with one answer."""
-        runtime = self.load()
         messages = list(history) + list(parts)
+        model = self.resolve()
         for message in messages:
             for part in message.media:
-                raise UserError(f"{part.kind} input is not supported by the {runtime.plan.backend} text backend yet")
+                if part.kind not in model.modalities:
+                    raise UserError(f"model {model.reference!r} ({model.architecture}) takes "
+                                    f"{' and '.join(model.modalities)} only, not {part.kind}; use a model that "
+                                    f"accepts {part.kind}s")
+                if part.path is None and not part.source.startswith("data:") and "://" in part.source:
+                    raise UserError(f"{part.kind} {part.source!r} is a URL; the model in this process reads local "
+                                    "files and data: URLs only: download it and name the file")
+                if part.sha256 is None:  # a part built by the caller, not by prompt(): check it the same way
+                    raise UserError(f"{part.kind} {part.source!r} was not checked: build parts with "
+                                    "pipeline.data.media.user_parts, or pass them to prompt(images=..., audio=...)")
+        runtime = self.load()
         self._calls += 1
         sample = Sample(id=f"prompt-{self._calls}", messages=tuple(messages))
         full = conversation(sample, self.config.session)

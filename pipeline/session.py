@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from pipeline.core.files import write_json
-from pipeline.core.records import Message
+from pipeline.core.records import MediaPart, Message
 from pipeline.core.streaming import StreamSink
 from pipeline.data.prompts import as_dict, read_history
 
@@ -37,8 +37,9 @@ class ChatSession:
         system = messages.pop(0).content if messages and messages[0].role == "system" else None
         return cls(client, system, path if autosave else None, messages)
 
-    def send(self, text: str, sink: Optional[StreamSink] = None) -> "PromptResponse":
-        user = Message("user", text)
+    def send(self, text: str, sink: Optional[StreamSink] = None, media: Sequence[MediaPart] = ()) -> "PromptResponse":
+        """`media`: checked image and audio parts (pipeline.data.media.user_parts) sent with the text."""
+        user = Message("user", text, tuple(media))
         response = self.client.prompt_parts([user], history=self.context(), sink=sink)
         self.messages += [user, *response.messages]
         self._autosave()
@@ -51,7 +52,7 @@ class ChatSession:
             raise ValueError("nothing to retry yet")
         user = self.messages[last_user]
         self.messages = self.messages[:last_user]
-        return self.send(user.content, sink)
+        return self.send(user.content, sink, user.media)
 
     def clear(self) -> None:
         self.messages = []

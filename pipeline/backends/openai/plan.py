@@ -37,7 +37,7 @@ UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backend
 def plan_served(config: Config, model: ResolvedModel, backend: Any,
                 overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample]]:
     """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer."""
-    samples = load_samples(config.dataset)
+    samples = load_samples(config.dataset, config.runtime.allow_download)
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     _check_session(config.session)
     modalities = backend.capabilities.modalities
