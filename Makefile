@@ -13,7 +13,7 @@ UI_PORT ?= 5000
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test test-ui sweep ui bench clean demo-model tool-model
+.PHONY: help setup run test test-ui sweep ui bench clean demo-model tool-model vision-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (determin
 
 tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) and its dataset (about 10 minutes)
 	$(PY) scripts/train_tool_model.py
+
+vision-model: $(STAMP) ## rebuild the vision demo model (a tiny Llava, random weights) and its image dataset (a minute)
+	$(PY) scripts/train_vision_model.py --random-weights
 
 clean: ## delete every run folder and the MLflow store under runs/ (keeps .venv)
 	find runs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

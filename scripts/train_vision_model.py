@@ -15,8 +15,8 @@ Held out by number: HELD_OUT_NUMBERS of the 90 numbers 10..99 never appear in tr
 rendering, so the held-out score measures reading digits, not recalling whole pictures. Training
 images are rendered on the fly with Pillow's built-in font at a random size, position and shade.
 
-Run from the repository root (about 6 minutes on 2 CPU cores, deterministic: fixed seeds,
-``torch.use_deterministic_algorithms``, 2 threads):
+Run from the repository root (about 6 minutes of one CPU core, deterministic: fixed seeds,
+``torch.use_deterministic_algorithms``, 1 thread):
 
     .venv/bin/python scripts/train_vision_model.py
 
@@ -58,7 +58,8 @@ NUMBERS = range(10, 100)
 HELD_OUT_NUMBERS = 18               # never seen in training, in any rendering
 RENDERINGS_PER_NUMBER = 2           # held-out records: 18 numbers x 2 renderings = 36
 IMAGE_SIZE = 32
-FONT_SIZES = range(15, 21)          # pixels; two digits are then 17-24 pixels wide
+FONT_SIZES = range(17, 20)          # pixels; two digits are then 20-23 pixels wide
+SHIFT = 3                           # pixels the number moves about the centre, each way
 # Short on purpose: every character is a token, and the text carries no information about the answer
 QUESTIONS = ["Which number?", "Read it.", "What is shown?", "Number?"]
 # For the held-out records: a phrasing the model never trained on
@@ -89,11 +90,14 @@ TEXT_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
 # --- Training -------------------------------------------------------------------------------------
 
 STEPS = 1500
-BATCH = 64
+BATCH = 32
 PEAK_LR = 1e-3
 WARMUP_STEPS = 60
-THREADS = 2
-SETTINGS = TrainingSettings(STEPS, PEAK_LR, WARMUP_STEPS, weight_decay=0.01, log_every=100)
+# One thread: on a busy shared machine two threads spin waiting for each other and cost ten times
+# the CPU (0.2 s of CPU per step with one, 2 s with two, measured while other jobs ran)
+THREADS = 1
+SETTINGS = TrainingSettings(STEPS, PEAK_LR, WARMUP_STEPS, weight_decay=0.01, log_every=50)
+RANDOM_INIT_STD = 2.0               # --random-weights: each weight ~ N(0, (2 / sqrt(fan-in))^2)
 MIN_IMAGE_ACCURACY = 0.8            # the saved model must read held-out numbers this well ...
 MAX_BLANK_ACCURACY = 0.2            # ... and do no better than a guess with a blank image
 
@@ -142,7 +146,7 @@ def check_processor(processor) -> None:
     """Fail early if the markers are split up or an image does not become 16 tokens."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Read it!"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    encoded = processor(text=[text], images=[render(42, 18, 6, 8, 0)], return_tensors="pt")
+    encoded = processor(text=[text], images=[render(42, 18, 0, 0, 0)], return_tensors="pt")
     tokens = processor.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
     assert tokens.count(IMAGE_TOKEN) == (IMAGE_SIZE // PATCH) ** 2, tokens
     assert len(tokens) == 4 + 16 + len("Read it!"), tokens  # <s> <|user|> ... <|end|> <|assistant|>
@@ -161,19 +165,19 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def render(number: int, size: int, dx: int, dy: int, ink: int) -> Image.Image:
-    """The number in dark ink (grey level `ink`) on white, its box's top-left at (dx, dy) within slack."""
+    """The number in dark ink (grey level `ink`) on white, centred, then moved by (dx, dy) pixels."""
     image = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 255)
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), str(number), font=font(size))
-    slack_x = max(0, IMAGE_SIZE - (right - left))
-    slack_y = max(0, IMAGE_SIZE - (bottom - top))
-    draw.text((min(dx, slack_x) - left, min(dy, slack_y) - top), str(number), font=font(size), fill=ink)
+    x = (IMAGE_SIZE - (right - left)) // 2 - left + dx
+    y = (IMAGE_SIZE - (bottom - top)) // 2 - top + dy
+    draw.text((x, y), str(number), font=font(size), fill=ink)
     return image.convert("RGB")
 
 
 def random_rendering(rng: random.Random, number: int) -> Image.Image:
-    return render(number, rng.choice(FONT_SIZES), rng.randint(0, IMAGE_SIZE), rng.randint(0, IMAGE_SIZE),
-                  rng.randint(0, 110))
+    return render(number, rng.choice(FONT_SIZES), rng.randint(-SHIFT, SHIFT), rng.randint(-SHIFT, SHIFT),
+                  rng.randint(0, 90))
 
 
 def blank() -> Image.Image:
@@ -245,6 +249,15 @@ def training_batches(processor, numbers: list[int]):
         yield (*pad_batch(rows, processor.tokenizer.pad_token_id), {"pixel_values": pixels})
 
 
+def widen(model) -> None:
+    """Random weights drawn wider than the default initialisation (std 0.02, where nearly every image
+    gives the same greedy answer), so that the answer follows the image."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, RANDOM_INIT_STD / parameter.shape[-1] ** 0.5)
+
+
 # --- Saving and checking --------------------------------------------------------------------------
 
 def save(model, processor, folder: Path) -> None:
@@ -266,16 +279,18 @@ def answers(model, processor, conversations: list[list[dict]], images: list[Imag
             processor.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)]
 
 
-def evaluate(assets: Path) -> None:
+def evaluate(assets: Path, trained: bool = True) -> None:
     """Reload the saved model, processor and datasets from disk, as the pipeline will, and score them.
 
-    Exits non-zero if the model misses its purpose: it must read held-out numbers, and a blank image
-    must leave it guessing."""
+    Exits non-zero if the model misses its purpose. Trained: it must read held-out numbers, and a
+    blank image must leave it guessing. Random weights: the greedy answer must follow the image
+    (most held-out images get an answer of their own, and the blank image another)."""
     folder = assets / "vision_model"
     model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     check_processor(processor)
-    scores = {}
+    scores: dict[str, float] = {}
+    given: dict[str, list[str]] = {}
     for name in ("vision_digits", "vision_digits_blank"):
         records = read_jsonl(assets / "datasets" / f"{name}.jsonl")
         conversations, images = [], []
@@ -288,9 +303,19 @@ def evaluate(assets: Path) -> None:
                           for message in record["messages"] for part in message["content"]
                           if part["type"] == "image")
         got = answers(model, processor, conversations, images)
+        given[name] = got
         scores[name] = sum(answer == record["reference"] for answer, record in zip(got, records)) / len(records)
         print(f"{name}.jsonl: greedy exact match {scores[name]:.3f} over {len(records)} held-out records "
-              f"(answers {sorted(set(got))[:8]}...)")
+              f"({len(set(got))} different answers, e.g. {sorted(set(got))[:4]})")
+    if not trained:
+        distinct, blank = len(set(given["vision_digits"])), given["vision_digits_blank"][0]
+        differ = sum(answer != blank for answer in given["vision_digits"])
+        print(f"random weights: {distinct} different greedy answers for {len(given['vision_digits'])} images; "
+              f"{differ} of them differ from the blank image's {blank!r}")
+        if distinct < len(given["vision_digits"]) // 2 or differ < len(given["vision_digits"]) * 0.9:
+            raise SystemExit("the random-weight vision model's answers do not follow the image; change SEED or "
+                             "RANDOM_INIT_STD")
+        return
     if scores["vision_digits"] < MIN_IMAGE_ACCURACY or scores["vision_digits_blank"] > MAX_BLANK_ACCURACY:
         raise SystemExit(f"the vision model misses its targets: with the image {scores['vision_digits']:.3f} "
                          f"should be >= {MIN_IMAGE_ACCURACY}, with a blank image "
@@ -302,6 +327,8 @@ def main() -> None:
     parser.add_argument("--assets", type=Path, default=Path(__file__).resolve().parents[1] / "pipeline" / "assets",
                         help="folder to write vision_model/ and datasets/ into (default: pipeline/assets)")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default {STEPS})")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="no training: random weights whose greedy answer follows the image (the committed model)")
     args = parser.parse_args()
 
     deterministic(SEED, THREADS)
@@ -314,14 +341,17 @@ def main() -> None:
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
           f"({sum(p.numel() for p in model.model.vision_tower.parameters()):,} in the vision tower); "
           f"training on {len(training)} numbers, {HELD_OUT_NUMBERS} held out: {held_out}")
-    started = time.perf_counter()
-    settings = TrainingSettings(args.steps, PEAK_LR, WARMUP_STEPS, SETTINGS.weight_decay,
-                                log_every=SETTINGS.log_every)
-    train(model, training_batches(processor, training), settings)
-    print(f"training took {time.perf_counter() - started:.1f} s")
+    if args.random_weights:
+        widen(model)
+    else:
+        started = time.perf_counter()
+        settings = TrainingSettings(args.steps, PEAK_LR, WARMUP_STEPS, SETTINGS.weight_decay,
+                                    log_every=SETTINGS.log_every)
+        train(model, training_batches(processor, training), settings)
+        print(f"training took {time.perf_counter() - started:.1f} s")
 
     save(model, processor, args.assets / "vision_model")
-    evaluate(args.assets)
+    evaluate(args.assets, trained=not args.random_weights)
 
 
 if __name__ == "__main__":
