@@ -215,3 +215,30 @@ def test_the_client_and_the_chat_take_images(vision_model, tiny_model, tmp_path)
     text_only = RuntimeClient.from_overrides([f"runtime.model={tiny_model}", "runtime.device=cpu"])
     with pytest.raises(UserError, match="takes text only, not image"):
         text_only.prompt("What?", images=[str(first)])
+
+
+@pytest.mark.slow
+def test_the_vision_experiment_runs_with_and_without_the_image_and_compares(tmp_path):
+    """+experiment=vision: the committed vision demo over its held-out images and over blank ones.
+    Its weights are random (see scripts/train_vision_model.py), so the check is that the image
+    changes the answer, not that it is right."""
+    from conftest import run_pipeline
+
+    result = run_pipeline(["+experiment=vision", "tracking=none", "hydra.sweep.dir=runs/vision"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    answers = {}
+    for job in (tmp_path / "runs" / "vision").iterdir():
+        if (job / "transcript.jsonl").is_file():
+            name = json.loads((job / "config.json").read_text())["dataset"]["name"]
+            rows = [json.loads(line) for line in (job / "transcript.jsonl").read_text().splitlines()]
+            answers[name] = {row["sample_id"]: row["response"] for row in rows}
+            paths = {part["path"] for row in rows for part in row["messages"][0]["media"]}
+            assert all(path.endswith(".png") for path in paths)
+            if name == "vision_digits_blank":
+                assert len(paths) == 1
+    assert set(answers) == {"vision_digits", "vision_digits_blank"}
+    seen, blank = answers["vision_digits"], answers["vision_digits_blank"]
+    assert len(seen) == len(blank) == 36
+    assert sum(seen[i] != blank[i] for i in seen) >= 32 and len(set(seen.values())) >= 18
+    comparison = (tmp_path / "runs" / "vision" / "comparison" / "comparison.md").read_text()
+    assert "vision_digits_blank" in comparison and "accuracy" in comparison
