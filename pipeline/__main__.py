@@ -217,9 +217,14 @@ def exit_without_teardown(code: object) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """`python -m pipeline` and the `llm-pipeline` command (pyproject.toml's console script)."""
     try:
         main()
     except SystemExit as stop:
         exit_without_teardown(stop.code)
     exit_without_teardown(0)
+
+
+if __name__ == "__main__":
+    entry()

@@ -228,7 +228,7 @@ def test_the_plan_keeps_a_bfloat16_checkpoint_on_a_cpu_with_native_bfloat16(tiny
     import torch
     from transformers import LlamaForCausalLM
 
-    from pipeline.stages import plan as plan_stage
+    from pipeline.backends.transformers import plan as plan_stage
 
     bf16 = tmp_path / "bf16"
     shutil.copytree(tiny_model, bf16)

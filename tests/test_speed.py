@@ -23,7 +23,7 @@ from pipeline.core.transcript import read_transcript
 from pipeline.run.background_writer import BackgroundEmitter
 from pipeline.run.runner import run
 from pipeline.scoring.objective import objective_value
-from pipeline.stages import plan as plan_stage
+from pipeline.backends.transformers import plan as plan_stage
 from pipeline.stages.resolve import resolve
 
 

@@ -7,7 +7,8 @@ every value of every swept key (from `-m a=1,2` or a saved experiment's `hydra.s
 both ends of an Optuna `interval(low, high)`) is composed and converted to the typed schema, so an
 unknown key, a wrong type or an out-of-range value in any job is reported as one line before
 anything exists. Launchers and sweepers (`hydra/launcher=joblib`, `hydra/sweeper=optuna`) are
-Hydra's own config groups: composing checks that the option exists.
+Hydra's own config groups: composing checks that the option exists. A user's `--config-dir` is
+searched as at run time (pipeline.core.config_search), so its options are checked too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -24,8 +25,9 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli.job_configs import TemplateConfigLoader
-from pipeline.core.config import CONF_DIR, register, to_config
-from pipeline.core.errors import describe_config_exception, first_line
+from pipeline.core.config import register, to_config
+from pipeline.core.config_search import initialize_configs, user_config_dir
+from pipeline.core.errors import UserError, describe_config_exception, first_line
 
 
 @dataclass
@@ -45,8 +47,12 @@ def check_jobs(argv: list[str]) -> CommandLineCheck:
         args = get_args_parser().parse_args(argv)
     except SystemExit:
         return CommandLineCheck("cannot parse the command line (python -m pipeline --help shows its form)")
-    if args.help or args.hydra_help or args.shell_completion or args.info or args.config_dir:
-        return CommandLineCheck()  # nothing runs, or an extra config folder this check cannot see: Hydra decides
+    if args.help or args.hydra_help or args.shell_completion or args.info:
+        return CommandLineCheck()  # nothing runs: Hydra answers
+    try:
+        user_config_dir(args.config_dir)
+    except UserError as error:
+        return CommandLineCheck(str(error))
     parser = OverridesParser.create()
     for raw in args.overrides:
         try:
@@ -57,7 +63,7 @@ def check_jobs(argv: list[str]) -> CommandLineCheck:
     try:
         overrides = parser.parse_overrides(args.overrides)
         register()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_configs(args.config_dir):
             if not args.multirun and any(o.is_sweep_override() for o in overrides):
                 base = compose(config_name=args.config_name or "config", return_hydra_config=True,
                                overrides=[raw for o, raw in zip(overrides, args.overrides) if not o.is_sweep_override()])

@@ -108,9 +108,9 @@ def disagreements(a: RunFolder, b: RunFolder, limit: int) -> list[Block]:
     if left is None or right is None:
         return [f"samples: no transcript in {'A' if left is None else 'B'}, nothing to compare sample by sample"]
     shared = [key for key in left if key in right]
-    differing = [key for key in shared if left[key].get("score") != right[key].get("score")
-                 or left[key].get("response") != right[key].get("response")]
-    scores_differ = sum(left[key].get("score") != right[key].get("score") for key in differing)
+    differing = [key for key in shared if left[key].score != right[key].score
+                 or left[key].response != right[key].response]
+    scores_differ = sum(left[key].score != right[key].score for key in differing)
     only = [f"{len(set(left) - set(right))} only in A" if set(left) - set(right) else "",
             f"{len(set(right) - set(left))} only in B" if set(right) - set(left) else ""]
     line = (f"samples: {len(differing)} of {len(shared)} shared answers disagree ({scores_differ} in score, "
@@ -118,9 +118,9 @@ def disagreements(a: RunFolder, b: RunFolder, limit: int) -> list[Block]:
     if not differing:
         return [line]
     shown = differing if limit <= 0 else differing[:limit]
-    rows = [[sample_id if index == 0 else f"{sample_id} [{index}]", clip(left[key].get("reference")),
-             f"{clip(left[key].get('response'))} ({value_text(left[key].get('score'))})",
-             f"{clip(right[key].get('response'))} ({value_text(right[key].get('score'))})"]
+    rows = [[sample_id if index == 0 else f"{sample_id} [{index}]", clip(left[key].reference),
+             f"{clip(left[key].response)} ({value_text(left[key].score)})",
+             f"{clip(right[key].response)} ({value_text(right[key].score)})"]
             for key in shown for sample_id, index in [key]]
     blocks: list[Block] = [line, Table(["sample", "reference", "A response (score)", "B response (score)"], rows)]
     if len(shown) < len(differing):
@@ -133,8 +133,8 @@ def sample_scores(run: RunFolder) -> dict[str, float]:
     answers = run.answers() or {}
     totals: dict[str, list[float]] = {}
     for (sample_id, _), record in answers.items():
-        if record.get("score") is not None:
-            totals.setdefault(sample_id, []).append(record["score"])
+        if record.score is not None:
+            totals.setdefault(sample_id, []).append(record.score)
     return {sample_id: sum(scores) / len(scores) for sample_id, scores in totals.items()}
 
 

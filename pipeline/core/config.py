@@ -28,7 +28,9 @@ from pipeline.core.errors import ConfigError, UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pipeline/
 ASSETS_DIR = PACKAGE_DIR / "assets"
-CONF_DIR = PACKAGE_DIR.parent / "conf"  # the project's Hydra configs
+# the project's Hydra configs: conf/ at the top of a checkout (or an editable install); a wheel carries them
+# as pipeline/conf (setup.py)
+CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf"
 STAGES = ("resolve", "plan", "load", "execute", "summarize")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

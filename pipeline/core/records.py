@@ -209,6 +209,32 @@ class TranscriptRecord:
         # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TranscriptRecord":
+        """A record read back. The one place that says what a field missing from an older record meant
+        (OLD_RECORD_DEFAULTS and the fields' own defaults); keys this version does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        values = {**OLD_RECORD_DEFAULTS, **{k: v for k, v in data.items() if k in known}}
+        values.setdefault("sample_id", "?")
+        return cls(**values)
+
+    @property
+    def is_answer(self) -> bool:
+        """An answer (scored), not a tool step on the way to one."""
+        return self.kind == "answer"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# What the fields a transcript record must have meant when an older version did not write them
+OLD_RECORD_DEFAULTS: dict[str, Any] = {
+    "sample_index": 0, "messages": [], "response": "", "reference": None, "score": None, "prompt_tokens": 0,
+    "completion_tokens": 0, "finish_reason": "stop", "ttft_s": 0.0, "latency_s": 0.0, "batch": 0, "config_hash": "",
+    "schema_version": 0,
+}
+
 
 @dataclass
 class Summary:

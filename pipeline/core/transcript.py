@@ -134,6 +134,11 @@ def read_transcript(path: Path) -> list[dict[str, Any]]:
     return scan(path)[0]
 
 
+def read_records(path: Path) -> list[TranscriptRecord]:
+    """Every whole record as a TranscriptRecord, the fields older versions did not write filled in."""
+    return [TranscriptRecord.from_dict(record) for record in scan(path)[0]]
+
+
 def rewrite_transcript(path: Path, records: list[dict[str, Any]]) -> None:
     """Replace the transcript with `records`, atomically (temporary file, fsync, rename)."""
     write_text_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))

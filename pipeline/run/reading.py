@@ -18,7 +18,8 @@ from typing import Any, Optional
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
 from pipeline.core.folder_names import CONFIG_FILE, MULTIRUN_FILE, PLAN_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
-from pipeline.core.transcript import read_transcript
+from pipeline.core.records import TranscriptRecord
+from pipeline.core.transcript import read_records
 from pipeline.tracking.sweep import collect_jobs
 
 RUN_FILES = (CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE)
@@ -38,13 +39,12 @@ class RunFolder:
     def state(self) -> str:
         return self.status.get("state", "unknown")
 
-    def answers(self) -> Optional[dict[tuple[str, int], dict[str, Any]]]:
+    def answers(self) -> Optional[dict[tuple[str, int], TranscriptRecord]]:
         """(sample_id, sample_index) -> the answer record; None without a transcript."""
         path = self.path / TRANSCRIPT_FILE
         if not path.is_file():
             return None
-        return {(r["sample_id"], r.get("sample_index", 0)): r for r in read_transcript(path)
-                if r.get("kind", "answer") == "answer"}
+        return {(r.sample_id, r.sample_index): r for r in read_records(path) if r.is_answer}
 
 
 def is_run_folder(path: Path) -> bool:

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core.config import CONF_DIR, Config, flatten, to_config
+from pipeline.core.config import Config, flatten, to_config
+from pipeline.core.config_search import initialize_configs
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
 from pipeline.core.folder_names import CONFIG_FILE, HYDRA_FOLDER, MULTIRUN_FILE, SWEEP_SUMMARY_FILE, TRANSCRIPT_FILE
@@ -72,12 +73,15 @@ def expand_command_line(argv: list[str]) -> list[str]:
         raise UserError(f"resume={value}: no such run folder ({folder.resolve()}); give a folder under runs/ "
                         "(the `run dir` a run printed), or resume=last")
     folder = folder.resolve()
-    now = [arg for arg in argv if not arg.startswith("resume=")]
+    flags, now = _split_flags([arg for arg in argv if not arg.startswith("resume=")])
     if (folder / MULTIRUN_FILE).is_file():
-        flags = ["-m"] if not {"-m", "--multirun"} & set(now) else []
+        flags = (["-m"] if not {"-m", "--multirun"} & set(flags) else []) + flags
+        flags += _saved_flags(folder / MULTIRUN_FILE, flags)
         return flags + _merge(_saved(folder / MULTIRUN_FILE), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
     if (folder / HYDRA_FOLDER / "hydra.yaml").is_file():
-        return _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now) + [f"hydra.run.dir={folder}", f"resume={folder}"]
+        flags += _saved_flags(folder / HYDRA_FOLDER / "hydra.yaml", flags)
+        return (flags + _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now)
+                + [f"hydra.run.dir={folder}", f"resume={folder}"])
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -87,6 +91,43 @@ def _saved(hydra_file: Path) -> list[str]:
     overrides = OmegaConf.load(hydra_file).hydra.overrides
     own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
     return own + list(overrides.task)
+
+
+_VALUED_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p",
+                 "--package")
+
+
+def _split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values), and the overrides: the expanded command line puts the flags
+    first, as Hydra's parser takes the overrides only as one run of words."""
+    flags, overrides = [], []
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-"):
+            overrides.append(word)
+            continue
+        flags.append(word)
+        if word in _VALUED_FLAGS:
+            value = next(words, None)
+            flags += [] if value is None else [value]
+    return flags, overrides
+
+
+def _saved_flags(hydra_file: Path, flags: list[str]) -> list[str]:
+    """`--config-dir=<folder>` and `--config-name=<name>` when the run was started with them (Hydra
+    records them among its config sources and as the job's config name) and they are not given now:
+    a user's own configs are found again."""
+    given = lambda short, long: any(arg in (short, long) or arg.startswith((f"{short}=", f"{long}="))  # noqa: E731
+                                    for arg in flags)
+    hydra = OmegaConf.load(hydra_file).hydra
+    saved = []
+    if not given("-cd", "--config-dir"):
+        sources = OmegaConf.select(hydra, "runtime.config_sources") or []
+        saved += [f"--config-dir={source.path}" for source in sources if source.get("provider") == "command-line"][:1]
+    name = OmegaConf.select(hydra, "job.config_name")
+    if name and name != "config" and not given("-cn", "--config-name"):
+        saved.append(f"--config-name={name}")
+    return saved
 
 
 def _merge(saved: list[str], now: list[str]) -> list[str]:
@@ -155,7 +196,7 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
     if composed is None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
         single = [raw for override, raw in zip(parsed, args.overrides) if not override.is_sweep_override()]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_configs(args.config_dir):
             composed = compose(config_name=args.config_name or "config", overrides=single, return_hydra_config=True)
     sweep = args.multirun or str(composed.hydra.mode) == "RunMode.MULTIRUN"
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
