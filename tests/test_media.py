@@ -117,3 +117,23 @@ def test_user_parts_take_any_path_but_check_it(tmp_path):
         user_parts([str(tmp_path / "nope.png")], [])
     with pytest.raises(UserError, match="audio.*not a readable audio clip"):
         user_parts([], [str(tmp_path / "anywhere" / "x.png")])
+
+
+def test_a_server_gets_images_as_data_urls_and_audio_as_input_audio(tmp_path):
+    from pipeline.backends.openai.backend import to_openai_messages
+    from pipeline.core.records import Message
+
+    picture = png(tmp_path / "p.png", 4)
+    clip = wav(tmp_path / "t.wav", 440, seconds=0.1)
+    parts = user_parts([str(picture), "https://example.com/cat.png"], [str(clip)], allow_download=True)
+    (sent,) = to_openai_messages([Message("user", "What?", parts)])
+    image, remote, audio, text = sent["content"]
+    assert image == {"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()}}
+    assert remote == {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    assert audio == {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip.read_bytes()).decode(),
+                                                            "format": "wav"}}
+    assert text == {"type": "text", "text": "What?"}
+    picture.write_bytes(picture.read_bytes() + b"changed")  # after the check: refused, not sent
+    with pytest.raises(UserError, match="changed since the plan checked it"):
+        to_openai_messages([Message("user", "What?", parts[:1])])
