@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from pipeline.client import PromptResponse, RuntimeClient
-from pipeline.core.records import MediaPart
-from pipeline.data.media import user_parts
 from pipeline.core.errors import EXIT_USAGE, UserError, describe_config_exception
 from pipeline.core.files import write_json
 from pipeline.core.folder_names import CONFIG_FILE, CONVERSATION_FILE, PLAN_FILE, TRANSCRIPT_FILE
+from pipeline.core.records import MediaPart
 from pipeline.core.redact import redact
 from pipeline.core.transcript import TranscriptWriter
+from pipeline.data.media import user_parts
 
 HELP = "commands: /system <text>, /clear, /retry, /save [path], /image <path>, /audio <path>, /exit"
 PROMPT = "you> "
