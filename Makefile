@@ -53,8 +53,8 @@ demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (determin
 tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) and its dataset (about 10 minutes)
 	$(PY) scripts/train_tool_model.py
 
-vision-model: $(STAMP) ## rebuild the vision demo model (a tiny Llava, random weights) and its image dataset (a minute)
-	$(PY) scripts/train_vision_model.py --random-weights
+vision-model: $(STAMP) ## retrain the vision demo model (a tiny Llava reading digits) and its image dataset (a few minutes)
+	$(PY) scripts/train_vision_model.py
 
 clean: ## delete every run folder and the MLflow store under runs/ (keeps .venv)
 	find runs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
