@@ -86,11 +86,6 @@ def check_part(part: MediaPart, rules: MediaRules, where: str) -> MediaPart:
     return replace(part, path=str(path), sha256=hashlib.sha256(data).hexdigest(), size_bytes=size, **facts)
 
 
-def check_parts(parts: Sequence[MediaPart], rules: MediaRules, where: str) -> tuple[MediaPart, ...]:
-    return tuple(check_part(part, rules, f"{where} ({part.kind} {index + 1})" if len(parts) > 1 else where)
-                 for index, part in enumerate(parts))
-
-
 def user_parts(images: Sequence[str], audio: Sequence[str], max_mb: float = DEFAULT_MAX_MB,
                allow_download: bool = False) -> tuple[MediaPart, ...]:
     """Parts a user named directly (the Python API, the chat's /image): any local path, checked the same way."""
