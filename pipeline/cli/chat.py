@@ -1,7 +1,8 @@
 """`python -m pipeline.chat [overrides]`: talk to a model in the terminal, with streaming output.
 
 Takes the same overrides as `python -m pipeline` (runtime.model=…, generation.temperature=…,
-session.system_prompt=…), resolves, plans and loads through the same stages, then reads lines.
+session.system_prompt=…), resolves, plans and loads through the same stages (with backend=openai: asks the server, which
+answers every turn, streamed), then reads lines.
 Slash commands: /system <text> (or /system alone to drop it), /clear, /retry, /save [path],
 /image <path> and /audio <path> (attach a file to your next message; a multimodal model only),
 /exit (or end of input). Every turn is a record in `<run dir>/transcript.jsonl`, like a
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from pipeline.client import PromptResponse, RuntimeClient
-from pipeline.core.errors import EXIT_USAGE, UserError, describe_config_exception
+from pipeline.core.errors import EXIT_USAGE, BackendUnavailable, UserError, describe_config_exception
 from pipeline.core.files import write_json
 from pipeline.core.folder_names import CONFIG_FILE, CONVERSATION_FILE, PLAN_FILE, TRANSCRIPT_FILE
 from pipeline.core.records import MediaPart
@@ -94,6 +95,8 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
                     turns += 1
             except (UserError, ValueError) as error:
                 out.write(f"(error: {error})\n")
+            except BackendUnavailable as error:  # the conversation is kept: the next line may find the server back
+                out.write(f"(error: {error}; nothing was added to the conversation)\n")
             out.flush()
     return turns
 
@@ -133,7 +136,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG_FILE, redact(client.config.to_dict()))
         write_json(run_dir / PLAN_FILE, plan.to_dict())
-        print(f"loading {plan.model.reference} on {plan.device} ({plan.dtype})…", file=sys.stderr)
+        if client.served:
+            print(f"talking to {plan.model.reference} at {plan.backend_plan['identity']['endpoint']}…", file=sys.stderr)
+        else:
+            print(f"loading {plan.model.reference} on {plan.device} ({plan.dtype})…", file=sys.stderr)
         client.load()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -144,6 +150,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\n(interrupted; the transcript keeps every finished turn)", file=sys.stderr)
         return 130
+    finally:
+        client.close()
     return 0
 
 

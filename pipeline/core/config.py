@@ -31,7 +31,7 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 # the project's Hydra configs: conf/ at the top of a checkout (or an editable install); a wheel carries them
 # as pipeline/conf (setup.py)
 CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf"
-STAGES = ("resolve", "plan", "load", "execute", "summarize")
+STAGES = ("resolve", "plan", "load", "execute", "score", "summarize")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention")
@@ -335,8 +335,8 @@ class ExecuteConfig:
 class PipelineConfig:
     """Which stages run."""
 
-    until: str = "summarize"  # stop after this stage: resolve, plan, load, execute, summarize
-    from_transcript: Optional[str] = None  # a run folder: re-score and summarize its transcript (no model runs)
+    until: str = "summarize"  # stop after this stage: resolve, plan, load, execute, score, summarize
+    from_transcript: Optional[str] = None  # a run folder: its answers scored again in a new run (no model runs)
     objective: str = "accuracy"  # the summary metric a sweep job returns (what an Optuna search optimises)
 
     def __post_init__(self) -> None:
@@ -345,6 +345,8 @@ class PipelineConfig:
         _check_choice("pipeline.until", self.until, STAGES)
         _check(self.from_transcript is None or bool(self.from_transcript.strip()), "pipeline.from_transcript",
                self.from_transcript, "null or a run folder")
+        _check(self.from_transcript is None or self.until in ("score", "summarize"), "pipeline.until", self.until,
+               "score or summarize with pipeline.from_transcript (it starts at the score stage)")
         _check(is_objective(self.objective), "pipeline.objective", self.objective,
                "a numeric summary field (" + ", ".join(objective_names()) + ") or pass_at_<k>")
 

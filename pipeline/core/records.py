@@ -1,8 +1,8 @@
 """The typed records that flow between stages.
 
 resolve -> ResolvedModel, plan -> RuntimePlan, load -> LoadedRuntime, execute -> TranscriptRecord
-(one per sample), summarize -> Summary. Records are plain dataclasses that serialise to JSON;
-they hold no behaviour beyond small derived views.
+(one per sample; score fills in its score and extracted answer), summarize -> Summary. Records
+are plain dataclasses that serialise to JSON; they hold no behaviour beyond small derived views.
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ class TranscriptRecord:
     status: str = "ok"  # ok, or error: the sample could not be completed (see error)
     error: Optional[str] = None
     started_at: Optional[float] = None  # unix seconds when its batch started (a tool step: when the tool ran)
+    extracted: Optional[str] = None  # the answer the scorer was given (the score stage's; None until scored)
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

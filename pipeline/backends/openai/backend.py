@@ -4,7 +4,9 @@ llama.cpp's server, Ollama, LM Studio, `transformers serve`, OpenAI and Azure Op
 Planning checks the server before anything is sent for generation (pipeline.backends.openai.client).
 Generation streams every request (time to first token is measured, not estimated) with at most
 `max_concurrency` in flight, retries what can succeed on retry with jittered exponential backoff
-that honours Retry-After, and turns a request that still fails into a Completion with `error`.
+that honours Retry-After, and turns a request that still fails into a Completion with `error`; one
+that still could not reach the server at all (refused, reset, dropped mid-answer) is marked
+`unavailable`, which stops the run rather than filling its transcript with errors.
 The openai client's own retries are off: it would retry 409 and 429 without our jitter and cap,
 and this module must count attempts.
 
@@ -68,9 +70,10 @@ class _signals_held:
 class RetryableFailure(Exception):
     """An attempt failed in a way that may succeed next time; carries the server's Retry-After."""
 
-    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+    def __init__(self, message: str, retry_after: Optional[float] = None, connection: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.connection = connection  # no answer at all (refused, reset, dropped): the server may be gone
 
 
 class FinalFailure(Exception):
@@ -281,9 +284,11 @@ class OpenAIBackend(Backend):
                 failure = error
             if isinstance(failure, FinalFailure) or attempt >= self.config.max_retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
+                gone = getattr(failure, "connection", False)  # not this request's fault: the server is not there
+                said = (f"the server at {server.endpoint(self.config)} stopped answering: {failure}{tries}" if gone
+                        else f"{request.key + ': ' if request.key else ''}{failure}{tries}")
                 completion = Completion(finish_reason="error", latency_s=time.monotonic() - started,
-                                        error=self.secrets.wipe(f"{request.key + ': ' if request.key else ''}"
-                                                                f"{failure}{tries}"))
+                                        error=self.secrets.wipe(said), unavailable=gone)
                 break
             await asyncio.sleep(server.backoff_s(self.config, attempt, getattr(failure, "retry_after", None)))
             attempt += 1
@@ -325,8 +330,11 @@ class OpenAIBackend(Backend):
             if error.status_code in server.RETRYABLE_STATUS or error.status_code >= 500:
                 raise RetryableFailure(message, server.retry_after_s(error.response.headers)) from None
             raise FinalFailure(message) from None
+        except (openai.APITimeoutError, httpx.TimeoutException):  # a slow server, not a gone one
+            raise RetryableFailure(f"no complete answer within {PREFIX}.timeout_s={self.config.timeout_s:g}s") from None
         except (openai.APIConnectionError, httpx.TransportError) as error:
-            raise RetryableFailure(f"connection to the server failed: {one_line(error, 200) or type(error).__name__}") from None
+            raise RetryableFailure(f"connection to the server failed: {_connection_reason(error)}",
+                                   connection=True) from None
         except openai.APIError as error:  # an error event inside the stream
             raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
         done = time.monotonic()
@@ -358,14 +366,17 @@ class OpenAIBackend(Backend):
         if cut is not None:
             text, finish_reason = cut, "stop"
         tool_calls = [ToolCall(call["name"], _arguments(call["arguments"])) for _, call in sorted(calls.items())]
+        message_text: Optional[str] = None
         if request.tools and not tool_calls and OPEN in text:
             parsed = parse_tool_calls(text)  # the model's own format, passed through as text by the server
             if parsed.calls and not parsed.problems:
-                text, tool_calls = parsed.text, parsed.calls
+                # as in process: the text (and the transcript) keeps what the model wrote, markup included;
+                # the conversation's assistant message carries the calls as tool_calls instead
+                message_text, tool_calls = parsed.text, parsed.calls
         if tool_calls:
             finish_reason = "tool"
         details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
-        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls,
+        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls, message_text=message_text,
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                           reasoning_tokens=getattr(details, "reasoning_tokens", 0) or 0,
@@ -475,5 +486,20 @@ def _reason(error: Any) -> str:
         inner = body.get("error")
         detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
     return one_line(detail or getattr(error, "message", "") or type(error).__name__, 200)
+
+
+def _connection_reason(error: BaseException) -> str:
+    """What went wrong on the wire in a few words: the openai client says only "Connection error.", httpx
+    says more ("peer closed connection without sending complete message body"), the socket most."""
+    chain: list[BaseException] = []
+    current: Optional[BaseException] = error
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for kind, words in ((ConnectionRefusedError, "connection refused"), (ConnectionResetError, "connection reset")):
+        if any(isinstance(link, kind) for link in chain):
+            return words
+    said = [one_line(link, 200) for link in chain if isinstance(link, httpx.TransportError) and one_line(link, 200)]
+    return said[0] if said else (one_line(error, 200) or type(error).__name__)
 
 

@@ -16,7 +16,7 @@ reports, options with reasons, token source) is kept whole under `backend_plan`.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from pipeline.answering.tools import load_tools
 from pipeline.backends.base import BackendPlan, Request
@@ -34,10 +34,11 @@ SERVER_DEFAULT = "the server's default"  # a generation setting left null: not s
 UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backends.openai does not send
 
 
-def plan_served(config: Config, model: ResolvedModel, backend: Any,
-                overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample]]:
-    """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer."""
-    samples = load_samples(config.dataset, config.runtime.allow_download)
+def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: Iterable[str] = (),
+                samples: Optional[list[Sample]] = None) -> tuple[RuntimePlan, list[Sample]]:
+    """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer
+    (`samples`, or the dataset's: the Python client plans for prompts it does not know yet)."""
+    samples = load_samples(config.dataset, config.runtime.allow_download) if samples is None else samples
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     _check_session(config.session)
     modalities = backend.capabilities.modalities
@@ -73,6 +74,11 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any,
         checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import; they are sent as the "
                       "API's tools")
     concurrency = backend.config.max_concurrency
+    if generation["values"].get("do_sample") and concurrency > 1:
+        warnings.append(f"sampling with backend.max_concurrency={concurrency}: each request's seed is sent, but the "
+                        "answers repeat run to run only on a server that seeds each request on its own (vLLM, SGLang); "
+                        "transformers serve seeds one global generator, so requests in flight together change each "
+                        "other's draws (backend.max_concurrency=1 makes them repeat there)")
     reasons = {
         "backend": "backend=openai: the model is served at " + (served.identity.endpoint or ""),
         "device": "the server holds the model; its device is the server's",
