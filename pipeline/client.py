@@ -175,10 +175,10 @@ class RuntimeClient:
         for message in messages:
             for part in message.media:
                 if part.kind not in modalities:
-                    raise UserError(f"{part.kind} input is not taken here: {backend.name} backend with "
-                                    + (f"backend.modalities={list(modalities)}" if self.served else
-                                       f"a model that takes {' and '.join(modalities)} only")
-                                    + f"; use a model that accepts {part.kind}s")
+                    raise UserError(f"{part.kind} input: backend.modalities={list(modalities)}; add {part.kind} "
+                                    "there if the served model takes it" if self.served else
+                                    f"model {self.config.runtime.model!r} takes {' and '.join(modalities)} only, "
+                                    f"not {part.kind}; use a model that accepts {part.kind}s")
                 remote = part.path is None and not part.source.startswith("data:") and "://" in part.source
                 if remote and not self.served:
                     raise UserError(f"{part.kind} {part.source!r} is a URL; the model in this process reads local "
