@@ -18,7 +18,8 @@ images are rendered on the fly with Pillow's built-in font at a random size, pos
 
 Run from the repository root (deterministic: fixed seeds, ``torch.use_deterministic_algorithms``,
 1 thread). Measured: 287 s of CPU (one thread) for the 2400 steps, so about 5 minutes on an idle
-core; 19 minutes of wall clock on the shared 2-core machine it ran on (load average near 17):
+core; 19 minutes of wall clock on the shared 2-core machine it ran on (load average near 17), 278 s
+of training in a rerun once it was quieter (byte-identical weights):
 
     .venv/bin/python scripts/train_vision_model.py
 
