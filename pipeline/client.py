@@ -43,6 +43,7 @@ from pipeline.core.records import (
     TranscriptRecord,
 )
 from pipeline.core.streaming import StreamSink
+from pipeline.data.media import user_parts
 from pipeline.data.prompts import as_dict, conversation, read_history
 from pipeline.stages.resolve import resolve
 
@@ -151,8 +152,12 @@ class RuntimeClient:
 
     def prompt(self, text: str, *, images: Sequence[str] = (), audio: Sequence[str] = (),
                system_prompt: Optional[str] = None, sink: Optional[StreamSink] = None) -> PromptResponse:
-        """One user message (after the session's system prompt, or `system_prompt`) -> the model's answer."""
-        media = tuple(MediaPart("image", i) for i in images) + tuple(MediaPart("audio", a) for a in audio)
+        """One user message (after the session's system prompt, or `system_prompt`) -> the model's answer.
+
+        `images` and `audio` are paths (any you name, within dataset.max_media_mb) or data: URLs,
+        checked and decoded once here; a multimodal model takes them through its processor."""
+        dataset = self.config.dataset
+        media = user_parts(images, audio, dataset.max_media_mb, self.config.runtime.allow_download)
         messages = [Message("system", system_prompt)] if system_prompt is not None else []
         return self.prompt_parts([Message("user", text, media)], history=messages, sink=sink)
 
@@ -166,12 +171,21 @@ class RuntimeClient:
         backend = self._backend
         assert backend is not None
         messages = list(history) + list(parts)
-        modalities = backend.capabilities.modalities if self.served else ("text",)
+        modalities = backend.capabilities.modalities  # in process: the model's; served: backend.modalities
         for message in messages:
             for part in message.media:
                 if part.kind not in modalities:
-                    raise UserError(f"{part.kind} input is not supported by the {backend.name} backend"
-                                    + (f" (backend.modalities={list(modalities)})" if self.served else " yet"))
+                    raise UserError(f"{part.kind} input: backend.modalities={list(modalities)}; add {part.kind} "
+                                    "there if the served model takes it" if self.served else
+                                    f"model {self.config.runtime.model!r} takes {' and '.join(modalities)} only, "
+                                    f"not {part.kind}; use a model that accepts {part.kind}s")
+                remote = part.path is None and not part.source.startswith("data:") and "://" in part.source
+                if remote and not self.served:
+                    raise UserError(f"{part.kind} {part.source!r} is a URL; the model in this process reads local "
+                                    "files and data: URLs only: download it and name the file")
+                if part.sha256 is None and not remote:  # built by the caller, not by prompt(): not checked
+                    raise UserError(f"{part.kind} {part.source!r} was not checked: build parts with "
+                                    "pipeline.data.media.user_parts, or pass them to prompt(images=..., audio=...)")
         self._calls += 1
         sample = Sample(id=f"prompt-{self._calls}", messages=tuple(messages))
         full = conversation(sample, self.config.session)
@@ -216,8 +230,9 @@ class ChatSession:
         system = messages.pop(0).content if messages and messages[0].role == "system" else None
         return cls(client, system, path if autosave else None, messages)
 
-    def send(self, text: str, sink: Optional[StreamSink] = None) -> PromptResponse:
-        user = Message("user", text)
+    def send(self, text: str, sink: Optional[StreamSink] = None, media: Sequence[MediaPart] = ()) -> PromptResponse:
+        """`media`: checked image and audio parts (pipeline.data.media.user_parts) sent with the text."""
+        user = Message("user", text, tuple(media))
         response = self.client.prompt_parts([user], history=self.context(), sink=sink)
         self.messages += [user, *response.messages]
         self._autosave()
@@ -231,7 +246,7 @@ class ChatSession:
         user, kept = self.messages[last_user], self.messages
         self.messages = self.messages[:last_user]
         try:
-            return self.send(user.content, sink)
+            return self.send(user.content, sink, user.media)
         except BaseException:
             self.messages = kept
             raise

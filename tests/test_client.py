@@ -44,8 +44,12 @@ def test_the_client_plans_loads_once_and_answers(client):
     assert first.finish_reason == "stop" and 0 < first.ttft_s <= first.latency_s and first.prompt_tokens > 10
 
 
-def test_images_are_refused_on_this_backend(client):
-    with pytest.raises(UserError, match="image input is not supported"):
+def test_images_are_refused_by_a_text_model(client, tmp_path):
+    from tiny_media_models import png
+
+    with pytest.raises(UserError, match=r"takes text only, not image"):
+        client.prompt("What is this?", images=[str(png(tmp_path / "cat.png", 1))])
+    with pytest.raises(UserError, match=r"images\[0\]: image 'cat.png' does not exist"):
         client.prompt("What is this?", images=["cat.png"])
 
 

@@ -4,6 +4,7 @@ Takes the same overrides as `python -m pipeline` (runtime.model=…, generation.
 session.system_prompt=…), resolves, plans and loads through the same stages (with backend=openai: asks the server, which
 answers every turn, streamed), then reads lines.
 Slash commands: /system <text> (or /system alone to drop it), /clear, /retry, /save [path],
+/image <path> and /audio <path> (attach a file to your next message; a multimodal model only),
 /exit (or end of input). Every turn is a record in `<run dir>/transcript.jsonl`, like a
 dataset run's, and the conversation is saved to `<run dir>/conversation.json` after each turn.
 """
@@ -21,10 +22,12 @@ from pipeline.client import PromptResponse, RuntimeClient
 from pipeline.core.errors import EXIT_USAGE, BackendUnavailable, UserError, describe_config_exception
 from pipeline.core.files import write_json
 from pipeline.core.folder_names import CONFIG_FILE, CONVERSATION_FILE, PLAN_FILE, TRANSCRIPT_FILE
+from pipeline.core.records import MediaPart
 from pipeline.core.redact import redact
 from pipeline.core.transcript import TranscriptWriter
+from pipeline.data.media import user_parts
 
-HELP = "commands: /system <text>, /clear, /retry, /save [path], /exit"
+HELP = "commands: /system <text>, /clear, /retry, /save [path], /image <path>, /audio <path>, /exit"
 PROMPT = "you> "
 
 
@@ -55,6 +58,7 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
     session = client.session(system_prompt=client.config.session.system_prompt,
                              autosave_path=run_dir / CONVERSATION_FILE)
     sink, turns = TerminalSink(out), 0
+    attached: list[MediaPart] = []  # /image and /audio parts waiting for the next message
     with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
         while True:
             out.write(PROMPT)
@@ -77,11 +81,17 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
                     out.write("model> ")
                     _record(writer, session.retry(sink), turns)
                     turns += 1
+                elif command in ("/image", "/audio"):
+                    attached.append(_attach(client, command[1:], argument.strip()))
+                    part = attached[-1]
+                    size = f"{part.width}x{part.height}" if part.kind == "image" else f"{part.seconds} s"
+                    out.write(f"({part.kind} {part.path} attached, {size}: it goes with your next message)\n")
                 elif command.startswith("/"):
                     out.write(f"(unknown command {command}; {HELP})\n")
                 elif text.strip():
                     out.write("model> ")
-                    _record(writer, session.send(text, sink), turns)
+                    media, attached = attached, []
+                    _record(writer, session.send(text, sink, media), turns)
                     turns += 1
             except (UserError, ValueError) as error:
                 out.write(f"(error: {error})\n")
@@ -89,6 +99,19 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
                 out.write(f"(error: {error}; nothing was added to the conversation)\n")
             out.flush()
     return turns
+
+
+def _attach(client: RuntimeClient, kind: str, path: str) -> MediaPart:
+    """A file the user named, checked (readable, decodable, within dataset.max_media_mb) and of a
+    kind the model takes."""
+    if not path:
+        raise UserError(f"/{kind} needs a path: /{kind} <path>")
+    model = client.resolve()
+    if kind not in model.modalities:
+        raise UserError(f"model {model.reference!r} takes {' and '.join(model.modalities)} only, not {kind}")
+    images, audio = ([path], []) if kind == "image" else ([], [path])
+    (part,) = user_parts(images, audio, client.config.dataset.max_media_mb)
+    return part
 
 
 def _record(writer: TranscriptWriter, response: PromptResponse, turn: int) -> None:

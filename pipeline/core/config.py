@@ -316,10 +316,14 @@ class DatasetConfig:
     path: str = "${asset:datasets/addition.jsonl}"
     limit: Optional[int] = None  # keep only the first N samples
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    # image and audio parts are read from the dataset's folder, or from these folders
+    media_dirs: List[str] = field(default_factory=list)
+    max_media_mb: float = 20.0  # the largest image or audio part read (MB, each)
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "dataset.path", self.path, "a path to a .jsonl file")
         _check(self.limit is None or self.limit >= 1, "dataset.limit", self.limit, "null or an integer >= 1")
+        _check(self.max_media_mb > 0, "dataset.max_media_mb", self.max_media_mb, "a number of megabytes > 0")
 
 
 @dataclass

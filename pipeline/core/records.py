@@ -15,10 +15,19 @@ TRANSCRIPT_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class MediaPart:
-    """A non-text part of a message: an image or audio clip, by path or URL."""
+    """A non-text part of a message: an image or audio clip, by path, data URL or URL.
+
+    The fields after `source` are filled in when the part is checked (pipeline.data.media.check_part)."""
 
     kind: str  # image or audio
-    source: str
+    source: str  # as written: a path, a data: URL or an http(s) URL
+    path: Optional[str] = None  # the checked local file, resolved
+    sha256: Optional[str] = None  # of the bytes (a file's or a data URL's)
+    size_bytes: int = 0
+    mime: Optional[str] = None  # a data URL's media type
+    width: Optional[int] = None  # an image's, as decoded
+    height: Optional[int] = None
+    seconds: Optional[float] = None  # an audio clip's length
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ class LoadedRuntime:
     tokenizer: Any
     model: Any
     chat_template: Any = None  # a ChatTemplate (pipeline.backends.transformers.chat_template); None: plain text
+    processor: Any = None  # a multimodal model's processor (images, audio -> model inputs); None: text only
 
 
 @dataclass

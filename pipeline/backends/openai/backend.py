@@ -43,10 +43,11 @@ from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
 from pipeline.core.errors import UserError, one_line
 from pipeline.core.reasoning import THINK_TAGS, split_reasoning
-from pipeline.core.records import Message, ToolCall
+from pipeline.core.records import MediaPart, Message, ToolCall
 from pipeline.core.streaming import StreamSink
 from pipeline.core.thinking import ThinkingPlan
 from pipeline.core.tool_calls import OPEN, parse_tool_calls
+from pipeline.data.media import read_bytes
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
            "content_filter": "stop", "eos": "stop"}
@@ -422,29 +423,38 @@ def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             if message.name:
                 entry["name"] = message.name
             out.append(entry)
-        elif message.media:
-            parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-            parts.extend(_media_part(part.kind, part.source) for part in message.media)
+        elif message.media:  # the media first, then the text: as the transformers backend renders them
+            parts: list[dict[str, Any]] = [_media_part(part) for part in message.media]
+            if message.content:
+                parts.append({"type": "text", "text": message.content})
             out.append({"role": message.role, "content": parts})
         else:
             out.append({"role": message.role, "content": message.content})
     return out
 
 
-def _media_part(kind: str, source: str) -> dict[str, Any]:
-    if kind == "image":
-        url = source if source.startswith(("http://", "https://", "data:")) else _data_url(source)
-        return {"type": "image_url", "image_url": {"url": url}}
-    if kind == "audio":
-        path = Path(source)
-        return {"type": "input_audio", "input_audio": {"data": base64.b64encode(path.read_bytes()).decode(),
-                                                        "format": path.suffix.lstrip(".").lower() or "wav"}}
-    raise UserError(f"a media part of kind {kind!r} cannot be sent to an OpenAI-compatible server: image or audio")
+def _media_part(part: MediaPart) -> dict[str, Any]:
+    """An image as an image_url part (a local file as a data URL; an http(s) URL, which the plan let
+    through only with runtime.allow_download=true, as is), audio as an input_audio part."""
+    remote = part.path is None and part.source.lower().startswith(("http://", "https://"))
+    if part.kind == "image":
+        if remote or part.source.startswith("data:"):
+            return {"type": "image_url", "image_url": {"url": part.source}}
+        mime = mimetypes.guess_type(part.path or part.source)[0] or "application/octet-stream"
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{_base64(part)}"}}
+    if part.kind == "audio":
+        if remote:
+            raise UserError(f"audio {part.source!r}: an OpenAI-compatible server takes audio as data, not a URL; "
+                            "download it and name the file")
+        kind = (part.mime or mimetypes.guess_type(part.path or "")[0] or "audio/wav").split("/")[-1]
+        return {"type": "input_audio", "input_audio": {"data": _base64(part),
+                                                        "format": {"x-wav": "wav", "mpeg": "mp3"}.get(kind, kind)}}
+    raise UserError(f"a media part of kind {part.kind!r} cannot be sent to an OpenAI-compatible server: image or audio")
 
 
-def _data_url(path: str) -> str:
-    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+def _base64(part: MediaPart) -> str:
+    """The part's checked bytes (read again, and refused if the file changed since the plan), in base64."""
+    return base64.b64encode(read_bytes(part)).decode()
 
 
 def _estimate(messages: Sequence[Message]) -> int:

@@ -41,7 +41,7 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
                 samples: Optional[list[Sample]] = None) -> tuple[RuntimePlan, list[Sample]]:
     """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer
     (`samples`, or the dataset's: the Python client plans for prompts it does not know yet)."""
-    samples = load_samples(config.dataset) if samples is None else samples
+    samples = load_samples(config.dataset, config.runtime.allow_download) if samples is None else samples
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     _check_session(config.session)
     modalities = backend.capabilities.modalities

@@ -24,12 +24,15 @@ from typing import Any, Optional, Sequence
 from pipeline.backends.base import Backend, BackendOption, BackendPlan, Capabilities, Completion, Identity, Request
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.backends.transformers.generate import generate_batch
+from pipeline.backends.transformers.media_inputs import count as count_media_tokens
+from pipeline.backends.transformers.media_inputs import encode as encode_media
+from pipeline.backends.transformers.media_inputs import load_processor, media_of
 from pipeline.backends.transformers.reuse import LoadRecord, acquire
 from pipeline.backends.transformers.thinking import (ANSWER, FORCING, THINKING, RowState, ThinkingBudget,
                                                      ThinkingTokens, split_ids, thinking_tokens)
 from pipeline.core.config import SessionConfig
 from pipeline.core.reasoning import StreamSplitter, opens_thinking, split_reasoning
-from pipeline.core.records import LoadedRuntime, RuntimePlan
+from pipeline.core.records import LoadedRuntime, MediaPart, RuntimePlan
 from pipeline.core.streaming import StreamSink
 from pipeline.core.thinking import ThinkingPlan
 from pipeline.core.tool_calls import parse_tool_calls
@@ -49,6 +52,7 @@ class _Prompt:
     prompt: str
     prompt_ids: list[int]
     seed: Optional[int]
+    media: tuple[MediaPart, ...] = ()  # its images and audio, in the order the chat template writes them
 
 
 class TransformersBackend(Backend):
@@ -65,11 +69,12 @@ class TransformersBackend(Backend):
         self.trust_remote_code = trust_remote_code
         self.run_dir = run_dir
         self.reuse = reuse
-        self.capabilities = Capabilities(modalities=("text",), tools=True, per_request_seed=True, streaming=True,
-                                         thinking_switch=bool(self.thinking.template_args))
+        self.capabilities = Capabilities(modalities=tuple(plan.model.modalities), tools=True, per_request_seed=True,
+                                         streaming=True, thinking_switch=bool(self.thinking.template_args))
         self.runtime: Optional[LoadedRuntime] = None
         self.load_record: Optional[LoadRecord] = None  # how load() got the model (load.json)
         self._encoded: dict[int, tuple[Request, _Prompt]] = {}  # id(request) -> what count_tokens encoded
+        self._plan_processor: Any = None  # a multimodal model's processor, for counting before load()
 
     @classmethod
     def from_runtime(cls, runtime: LoadedRuntime, session: SessionConfig) -> "TransformersBackend":
@@ -107,7 +112,8 @@ class TransformersBackend(Backend):
         options = [BackendOption(name, values.get(name), plan.reasons.get(name, "")) for name in OPTIONS]
         counter = TokenCounter.from_folder(Path(plan.model.path)) if requests else None
         special = adds_special_tokens(self.session)
-        counts = [counter.count(self._render(request), special) for request in requests] if counter else []
+        counts = [self._count_media(request) if media_of(request.messages) else counter.count(self._render(request), special)
+                  for request in requests] if counter else []
         return BackendPlan(identity=self.identity(), capabilities=self.capabilities, options=options,
                            context_length=self.context_length, prompt_tokens=counts, token_source="tokenizer",
                            checks=list(plan.checks), warnings=list(plan.warnings))
@@ -164,8 +170,26 @@ class TransformersBackend(Backend):
         texts = [self._render(request) for request in requests]
         if not texts:
             return []
-        encoded = runtime.tokenizer(texts, add_special_tokens=adds_special_tokens(self.session))["input_ids"]
-        return [_Prompt(text, ids, request.seed) for request, text, ids in zip(requests, texts, encoded)]
+        special = adds_special_tokens(self.session)
+        encoded = runtime.tokenizer(texts, add_special_tokens=special)["input_ids"]
+        prompts = []
+        for request, text, ids in zip(requests, texts, encoded):
+            media = tuple(media_of(request.messages))
+            if media:  # the processor expands each part's placeholder: these are the tokens the model sees
+                ids = encode_media(self._processor(), [text], [media], special)["input_ids"][0].tolist()
+            prompts.append(_Prompt(text, ids, request.seed, media))
+        return prompts
+
+    def _processor(self) -> Any:
+        if self.runtime is not None and self.runtime.processor is not None:
+            return self.runtime.processor
+        if self._plan_processor is None:
+            self._plan_processor = load_processor(self.runtime_plan.model.path, self.trust_remote_code)
+        return self._plan_processor
+
+    def _count_media(self, request: Request) -> int:
+        return count_media_tokens(self._processor(), self._render(request), media_of(request.messages),
+                                  adds_special_tokens(self.session))
 
     def _render(self, request: Request) -> str:
         return render(self.chat_template, request.messages, self.session, request.tools or None)
@@ -174,7 +198,7 @@ class TransformersBackend(Backend):
         known = self._encoded.pop(id(request), None)
         if known is not None and known[0] is request:
             return known[1]
-        return _Prompt(self._render(request), [], request.seed)  # generate_batch encodes it
+        return _Prompt(self._render(request), [], request.seed, tuple(media_of(request.messages)))  # encoded there
 
     def _settings(self, request: Request) -> dict[str, Any]:
         settings = dict(self.runtime_plan.generation)
