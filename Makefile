@@ -13,7 +13,7 @@ UI_PORT ?= 5000
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test test-ui sweep ui bench clean demo-model tool-model
+.PHONY: help setup browser run test test-ui sweep ui bench clean demo-model tool-model thinking-model vision-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,9 +33,10 @@ run: $(STAMP) ## run the default pipeline: demo model over the demo dataset, tra
 test: $(STAMP) ## run the whole test suite (CPU, no network), a file per worker
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-ui: $(STAMP) ## the MLflow UI in headless Chromium (installs Debian's chromium and Playwright; needs root)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
-	$(PY) -m pip install --quiet -e ".[ui]"
+browser: ## Debian's chromium, when missing (apt-get needs root): make test then runs the browser test too
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test-ui: browser $(STAMP) ## the MLflow UI in headless Chromium, alone (installs chromium as make browser does)
 	$(PY) -m pytest tests/test_ui.py -m ui -rs
 
 sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a child per job)
@@ -52,6 +53,12 @@ demo-model: $(STAMP) ## retrain the demo model and rewrite its dataset (determin
 
 tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) and its dataset (about 10 minutes)
 	$(PY) scripts/train_tool_model.py
+
+thinking-model: $(STAMP) ## retrain the thinking demo model (thinks before it answers) and its dataset (deterministic)
+	nice -n 10 $(PY) scripts/train_thinking_model.py
+
+vision-model: $(STAMP) ## retrain the vision demo model (a tiny Llava reading digits) and its image dataset (a few minutes)
+	$(PY) scripts/train_vision_model.py
 
 clean: ## delete every run folder and the MLflow store under runs/ (keeps .venv)
 	find runs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

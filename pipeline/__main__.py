@@ -3,7 +3,7 @@
 compose -> validate -> run -> exit code. The command line is checked first (pipeline.cli.precheck),
 so a config mistake prints one line and exits 2 before Hydra creates any folder. Then Hydra
 composes the config and calls `hydra_main` once per job, which converts it to typed dataclasses
-and hands it to the runner (or, with pipeline.from_transcript, to pipeline.run.rescore). Exit codes:
+and hands it to the runner (pipeline.from_transcript too: a run that starts at the score stage). Exit codes:
 0 success, 1 the run failed, 2 a mistake in the config or the inputs, 130 interrupted (Ctrl-C),
 143 stopped by SIGTERM. `resume=<run folder>` or `resume=last` continues a run or a sweep
 (pipeline.run.resume). What stops outside a job (Hydra's own errors: creating the run folder, its
@@ -36,6 +36,7 @@ from pipeline.core.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    BackendUnavailable,
     Interrupted,
     LoadError,
     RequestFailure,
@@ -48,8 +49,7 @@ from pipeline.core.errors import (
 from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import mask_secrets_in_files
 from pipeline.run import outside_jobs
-from pipeline.run.rescore import rescore
-from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line
+from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until
 from pipeline.run.runner import run
 from pipeline.run.status import discard, set_status
 from pipeline.scoring.objective import objective_value
@@ -85,8 +85,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
         # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
         name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
-        start = rescore if config.pipeline.from_transcript else run  # re-score an earlier transcript, or run
-        result = start(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
+        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
     except KeyboardInterrupt as interrupt:
         if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
             log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)
@@ -104,6 +103,9 @@ def _job(cfg: DictConfig) -> Optional[float]:
             sys.exit(EXIT_USAGE)
         return _fail(run_dir, f"error: {error}", EXIT_USAGE, in_sweep)
     except Exception as error:  # a config error raised while converting lands here too
+        if isinstance(error, BackendUnavailable):  # nothing of ours broke: what is left waits for the backend
+            return _fail(run_dir, f"run failed: {error}; the records written are kept: once it answers again, "
+                                  f"continue with: python -m pipeline resume={run_dir}", EXIT_FAILURE, in_sweep)
         if _is_config_error(error):
             message = describe_config_exception(error)
         elif isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a write other than the transcript's
@@ -120,7 +122,10 @@ def _job(cfg: DictConfig) -> Optional[float]:
         return _fail(run_dir, f"run failed: {message} (traceback in {run_dir}/{hydra_config.job.name}.log)",
                      EXIT_FAILURE, in_sweep)
     if result.complete:
-        print(f"nothing to resume: {run_dir} has completed", flush=True)
+        stopped = ran_until(run_dir)
+        later = "" if stopped == "summarize" else (f" (it stopped after {stopped}; go on with: python -m pipeline "
+                                                   f"resume={run_dir} pipeline.until=summarize)")
+        print(f"nothing to resume: {run_dir} has completed{later}", flush=True)
         return None if result.summary is None else objective_value(result.summary, config.pipeline.objective)
     if result.summary is not None:
         tracker = result.tracker
@@ -133,8 +138,10 @@ def _job(cfg: DictConfig) -> Optional[float]:
                                               f"python -m pipeline.sync {run_dir}")
         print(text, flush=True)
         return objective_value(result.summary, config.pipeline.objective)
-    if config.pipeline.until in ("load", "execute"):  # resolve and plan printed their JSON already
-        print(f"stopped after {config.pipeline.until}; run dir {run_dir}", flush=True)
+    if config.pipeline.until in ("load", "execute", "score"):  # resolve and plan printed their JSON already
+        then = (f"; score it later with: python -m pipeline resume={run_dir} pipeline.until=summarize"
+                if config.pipeline.until == "execute" else "")
+        print(f"stopped after {config.pipeline.until}; run dir {run_dir}{then}", flush=True)
     return None
 
 

@@ -1,6 +1,6 @@
 """What the demo-model training scripts share: a tiny Llama, deterministic set-up, the training loop.
 
-train_demo_model.py and train_tool_model.py differ in their task, tokenizer, data and settings;
+train_demo_model.py, train_tool_model.py and train_vision_model.py differ in their task, tokenizer, data and settings;
 everything else lives here, so both train the same way and re-running either gives byte-identical
 weights (fixed seeds, deterministic algorithms, a fixed number of threads). Not part of the
 package: the scripts import it as their sibling.
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as transformers_logging
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # input_ids, attention_mask, labels
+# input_ids, attention_mask, labels; optionally a fourth item, a dict of further model inputs (pixel_values)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,12 @@ def train(model, batches: Iterator[Batch], settings: TrainingSettings) -> None:
                                    {"params": plain, "weight_decay": 0.0}], lr=settings.peak_lr, betas=(0.9, 0.98))
     model.train()
     started = time.perf_counter()
-    for step, (input_ids, attention_mask, labels) in zip(range(settings.steps), batches):
+    for step, batch in zip(range(settings.steps), batches):
+        input_ids, attention_mask, labels = batch[:3]
+        extra = batch[3] if len(batch) > 3 else {}
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
         # token t predicts token t+1; label smoothing is why the loss is computed here, not by the model
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                ignore_index=-100, label_smoothing=settings.label_smoothing)

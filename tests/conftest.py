@@ -65,6 +65,16 @@ def snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def unscored(data: bytes) -> bytes:
+    """Transcript lines as execute wrote them: the score stage's fields (score, extracted) back to null.
+
+    The score stage rewrites the transcript once, with each answer's score; every other byte of a
+    record stays as execute wrote it, which is what tests of kept records compare."""
+    lines = [json.loads(line) for line in data.splitlines()]
+    return "".join(json.dumps({**r, **{k: None for k in ("score", "extracted") if k in r}}, ensure_ascii=False) + "\n"
+                   for r in lines).encode()
+
+
 def model_copy(tmp: Path, change: Callable[[Path], None]) -> Path:
     """A copy of the demo model folder under `tmp`, changed by `change` (a broken model for a test)."""
     folder = tmp / "model"
@@ -106,6 +116,19 @@ def served(tmp_path_factory):
     from openai_server import TransformersServe
 
     server = TransformersServe(DEMO_MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tool_served(tmp_path_factory):
+    """`transformers serve` over the tool demo model (it calls `add` in its own <tool_call> format)."""
+    from openai_server import TransformersServe
+
+    server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
     try:
         server.wait()
         yield server

@@ -17,11 +17,12 @@ from conftest import pipeline_env
 from pipeline.backends.base import Request
 from pipeline.backends.fake import FakeBackend, Reply
 from pipeline.core.config import Config, ExecuteConfig, GenerationConfig, SessionConfig, ToolBudgetConfig
-from pipeline.core.errors import RequestFailure, UserError
+from pipeline.core.errors import BackendUnavailable, RequestFailure, UserError
 from pipeline.core.records import Message, Sample, ToolCall, Turn
 from pipeline.core.streaming import sample_seed
 from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.stages.execute import execute
+from pipeline.stages.score import score_records
 
 ADD = {"_target_": "pipeline.answering.demo_tools.add"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,9 @@ def run(tmp_path: Path, backend: FakeBackend, samples: list[Sample], **sections)
     path = tmp_path / f"t{len(list(tmp_path.glob('t*.jsonl')))}.jsonl"
     with TranscriptWriter(path) as writer:
         execute(backend, samples, config, writer, config.config_hash())
-    return read_transcript(path)
+    written = read_transcript(path)
+    assert all(r["score"] is None for r in written)  # execute writes answers only: the score stage scores them
+    return score_records(written, config.dataset.scorer)
 
 
 def calculator(request: Request):
@@ -141,6 +144,22 @@ def test_with_fail_fast_a_failed_request_stops_the_run_and_keeps_what_came_befor
             execute(backend, [sample(0, "aaa"), sample(1, "bb"), sample(2, "c")], config, writer, config.config_hash())
     assert [r["response"] for r in read_transcript(path)] == ["fine"]
     assert len(backend.batches) == 2
+
+
+def test_a_backend_that_is_gone_stops_the_run_keeping_its_batch_answers_and_writing_no_error_record(tmp_path):
+    # unlike a request's own failure (above), this one says nothing about the request: every one after it would
+    # fail the same way, so the run stops, fail_fast or not, and the unanswered requests are left for a resume
+    gone = Reply(error="the server at http://h/v1 stopped answering: refused", unavailable=True)
+    backend = FakeBackend(["fine", "also fine", "third", gone, "never asked", "never asked"], batch_size=2)
+    path = tmp_path / "t.jsonl"
+    config = Config()
+    backend.load()
+    with pytest.raises(BackendUnavailable, match=r"^the server at http://h/v1 stopped answering: refused \(1 "):
+        with TranscriptWriter(path) as writer:
+            execute(backend, [sample(i, "x" * (9 - i)) for i in range(6)], config, writer, config.config_hash())
+    records = read_transcript(path)
+    assert [(r["sample_id"], r["status"]) for r in records] == [("s0", "ok"), ("s1", "ok"), ("s2", "ok")]
+    assert len(backend.batches) == 2  # nothing was sent after the batch that found the backend gone
 
 
 def test_a_prompt_over_the_backends_context_is_refused_before_it_is_sent(tmp_path):

@@ -4,15 +4,17 @@ Each backend enters through a fixture named `<name>_subject` that returns a `Sub
 loaded, and the tool schemas it offers for the tool round trip (the `add` calculator). The
 fixtures here are the scripted fake (no model) and the transformers backend over the tool demo
 model (pipeline/assets/tool_model, which calls `add` when offered it and answers a number
-otherwise), and the OpenAI-compatible backend against a real `transformers serve` over the tool model
-(started once for the module, about 10 s; it counts tokens with the tool model's own tokenizer, named in
+otherwise), and the OpenAI-compatible backend against a real `transformers serve` over a sampling copy
+of the tool model (started once for the module, about 10 s; it counts tokens with the tool model's own tokenizer, named in
 backend.tokenizer, since transformers serve has no /tokenize). To add a backend, add its name to
 BACKENDS and a module- or session-scoped fixture `<name>_subject`; nothing else changes.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -86,18 +88,26 @@ def openai_subject(tmp_path_factory):
     from pipeline.answering.tools import load_tools
     from pipeline.backends.openai import OpenAIBackend, OpenAIConfig
 
-    server = TransformersServe(TOOL_MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
+    # transformers serve samples only where the model's generation_config.json says do_sample (a temperature
+    # above 0 does not turn it on; 0 turns it off), so it serves a copy of the tool model that samples. It sets
+    # one global torch seed from each request's `seed` when the request arrives, and generates on one thread:
+    # requests in flight together disturb each other's draws, one at a time they do not. So the subject sends
+    # one at a time (max_concurrency=1), which is how a user gets reproducible sampling from this server
+    # (vLLM and SGLang seed each request on its own, whatever is in flight)
+    model = tmp_path_factory.mktemp("sampling") / "tool_model"
+    shutil.copytree(TOOL_MODEL, model)
+    settings = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**settings, "do_sample": True}))
+    server = TransformersServe(model, tmp_path_factory.mktemp("serve") / "serve.log")
     try:
         server.wait()
-        backend = OpenAIBackend(OpenAIConfig(base_url=server.base_url, tokenizer=str(TOOL_MODEL)), server.model)
+        backend = OpenAIBackend(OpenAIConfig(base_url=server.base_url, tokenizer=str(TOOL_MODEL), max_concurrency=1),
+                                server.model)
         backend.load()
         # transformers serve answers a prompt longer than the model's context (it does not check), but refuses
-        # fields it does not know (top_k: 422); and it samples only where the model's generation_config.json
-        # says do_sample (the tool model's does not), with one global torch seed, not one per request
+        # fields it does not know (top_k: 422)
         yield Subject(backend, [tool.schema for tool in load_tools([{"_target_": "pipeline.answering.demo_tools.add"}])],
-                      failing=ask(SHORT, top_k=5),
-                      unchecked={"seeds": "transformers serve does not sample this model (its generation_config.json "
-                                          "says do_sample=false) and seeds one global generator"})
+                      failing=ask(SHORT, top_k=5))
         backend.close()
     finally:
         server.stop()

@@ -6,9 +6,9 @@ import pytest
 
 from pipeline.core.config import ScorerConfig
 from pipeline.core.errors import UserError
-from pipeline.run.rescore import rescore_record
-from pipeline.scoring.extract import extract_answer, score_response
+from pipeline.scoring.extract import extract_answer
 from pipeline.scoring.scorers import build_scorer
+from pipeline.stages.score import score_record
 
 
 @pytest.mark.parametrize("response,extract,expected", [
@@ -23,11 +23,17 @@ def test_extract_answer(response, extract, expected):
 
 def test_score_keeps_raw_response_and_extracted_answer():
     exact = build_scorer(ScorerConfig(name="exact_match"))
-    assert score_response(exact, r"#### (\S+)", "so 40+2 #### 42", "42") == (1.0, "42")
-    assert score_response(exact, r"#### (\S+)", "so 42", "42") == (0.0, None)  # strict: no marker, no answer
-    assert score_response(exact, None, "so 42", "42") == (0.0, None)
-    record = {"kind": "answer", "status": "ok", "response": "I get 7 then 9", "reference": "9", "score": 0.0}
-    assert rescore_record(record, exact, "last_number") == {**record, "score": 1.0, "extracted": "9"}
+
+    def scored(response, extract):
+        record = score_record({"kind": "answer", "status": "ok", "response": response, "reference": "42"}, exact,
+                              extract)
+        assert record["response"] == response  # the raw response is kept
+        return record["score"], record["extracted"]
+
+    assert scored("so 40+2 #### 42", r"#### (\S+)") == (1.0, "42")
+    assert scored("so 42", r"#### (\S+)") == (0.0, None)  # strict: no marker, no answer
+    assert scored("so 42", None) == (0.0, "so 42")
+    assert scored("I get 7 then 42", "last_number") == (1.0, "42")
 
 
 @pytest.mark.parametrize("value,message", [("(", "a valid regular expression"), ("#### \\S+", "with a group")])

@@ -15,7 +15,7 @@ import json
 import time
 
 import pytest
-from openai_server import CHAT, FaultProxy, StubServer, TransformersServe, free_port, serving_extra_missing, sse
+from openai_server import CHAT, FaultProxy, StubServer, free_port, serving_extra_missing, sse
 
 from pipeline.backends.base import Request
 from pipeline.core.config import ASSETS_DIR
@@ -214,7 +214,7 @@ def test_a_500_is_retried_and_a_400_is_not(served):
         recovered, refused, fine = openai.generate(SUMS[:3])
     assert recovered.error is None and recovered.text == "173"
     assert (refused.finish_reason, refused.text) == ("error", "")
-    assert refused.error == "What is 45+15?: 400 unsupported parameter"
+    assert refused.error == "What is 45+15?: 400 unsupported parameter" and not refused.unavailable
     assert fine.error is None and fine.text == "186"  # the run goes on after a failed request
     assert openai.attempts == 4 and len(proxy.chat_times) == 4  # 500 + retry, 400 alone, the third
 
@@ -227,7 +227,18 @@ def test_a_server_too_slow_for_the_timeout_becomes_an_error_after_the_retries(se
         elapsed = time.monotonic() - started
     assert completion.finish_reason == "error"
     assert completion.error == "What is 86+87?: no complete answer within backend.timeout_s=0.5s after 2 attempts"
+    assert not completion.unavailable  # slow is not gone: an error record, and the run goes on
     assert openai.attempts == 2 and len(proxy.chat_times) == 2 and elapsed < 2.5
+
+
+def test_a_server_that_no_longer_accepts_connections_is_unavailable_after_the_retries_not_a_request_error():
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: as a server killed after the plan
+    openai = backend(url, "m", max_retries=2, backoff_s=0.01)
+    completions = openai.generate(SUMS[:2])
+    assert all(c.unavailable and c.finish_reason == "error" for c in completions)
+    assert completions[0].error == (f"the server at {url} stopped answering: connection to the server failed: "
+                                    "connection refused after 3 attempts")
+    assert openai.attempts == 6
 
 
 def test_retries_stop_at_max_retries_for_a_server_that_keeps_failing(served):
@@ -284,7 +295,8 @@ def test_tool_calls_a_server_passes_through_as_text_are_read_from_it_only_when_t
     add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
     with StubServer(routes) as stub:
         with_tools, without = backend(stub.base_url, "stub").generate([ask("1+2?", tools=[add]), ask("1+2?")])
-    assert (with_tools.tool_calls, with_tools.text, with_tools.finish_reason) == ([ToolCall("add", {"a": 1, "b": 2})], "", "tool")
+    assert (with_tools.tool_calls, with_tools.finish_reason) == ([ToolCall("add", {"a": 1, "b": 2})], "tool")
+    assert (with_tools.text, with_tools.message_text) == (said, "")  # as in process: the markup stays in the text
     assert (without.tool_calls, without.text, without.finish_reason) == ([], said, "stop")
 
 
@@ -309,16 +321,6 @@ def test_azure_style_api_version_and_extra_headers_reach_the_server(monkeypatch)
     assert {option.name: option.value for option in plan.options}["headers"] == ["X-Tenant"]  # names, never values
 
 
-@pytest.fixture(scope="module")
-def tool_served(tmp_path_factory):
-    server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
-    try:
-        server.wait()
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):
     from pipeline.answering.demo_tools import add
     from pipeline.answering.tools import tool_schema
@@ -328,7 +330,7 @@ def test_a_tool_round_trip_with_the_tool_demo_model(tool_served):
     openai = backend(tool_served.base_url, tool_served.model)
     [call] = openai.generate([Request(question, 64, tools=[schema])])
     assert (call.tool_calls, call.finish_reason, call.error) == ([ToolCall("add", {"a": 7311, "b": 7890})], "tool", None)
-    answered = question + [Message("assistant", call.text, tool_calls=tuple(call.tool_calls)),
+    answered = question + [Message("assistant", call.message_text, tool_calls=tuple(call.tool_calls)),
                            Message("tool", str(add(7311, 7890)), name="add")]
     [answer] = openai.generate([Request(answered, 64, tools=[schema])])
     assert (answer.text, answer.finish_reason, answer.tool_calls) == ("15201", "stop", [])

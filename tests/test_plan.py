@@ -143,6 +143,9 @@ def test_a_chat_session_needs_a_chat_template(tmp_path, small_dataset):
 
 
 def test_image_parts_on_a_text_model_are_refused(tiny_model, tmp_path):
+    from tiny_media_models import png
+
+    png(tmp_path / "cat.png", 1)
     dataset = write_jsonl(tmp_path / "img.jsonl", [{"id": "pic", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"}, {"type": "image", "path": "cat.png"}]}]}])
     with pytest.raises(UserError) as raised:

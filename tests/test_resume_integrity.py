@@ -21,7 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_DATASET, make_config, mlflow_client, only_run_dir, pipeline_env, run_pipeline, write_jsonl
+from conftest import (DEMO_DATASET, make_config, mlflow_client, only_run_dir, pipeline_env, run_pipeline, unscored,
+                      write_jsonl)
 
 from pipeline.core.config import ASSETS_DIR, TrackingConfig
 from pipeline.core.errors import UserError
@@ -45,8 +46,9 @@ def mlflow_state(cwd: Path) -> tuple:
 
 
 def whole_records(folder: Path) -> bytes:
+    """The whole records, as execute wrote them (the score stage fills in their scores: conftest.unscored)."""
     _, size = scan(folder / "transcript.jsonl")
-    return (folder / "transcript.jsonl").read_bytes()[:size]
+    return unscored((folder / "transcript.jsonl").read_bytes()[:size])
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import mlflow_client, only_run_dir, run_pipeline
+from conftest import mlflow_client, only_run_dir, pipeline_env, run_pipeline
 from openai_server import TransformersServe, free_port, serving_extra_missing
 
 from pipeline.core.config import ASSETS_DIR
@@ -31,10 +34,10 @@ def through(server: TransformersServe, *more: str) -> list[str]:
     return ["backend=openai", f"backend.base_url={server.base_url}", f"runtime.model={server.model}", *more]
 
 
-def error_line(result) -> str:
+def error_line(result, prefix: str = "error") -> str:
     """The run's one error line (stage timings may come before it), with no traceback anywhere."""
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1, result.stderr
     return errors[0]
 
@@ -137,13 +140,16 @@ def test_a_seed_sweep_runs_each_job_through_the_server(tmp_path, served):
                           cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = (tmp_path / "runs" / "multirun").glob("*/*")
-    # (that the seed reaches the server is the conformance suite's seeded-sampling test: the demo model is too
-    # sure of its sums for two seeds to differ on a few samples)
+    # (that the seed reaches the server is the conformance suite's seeded-sampling test, over a sampling copy of
+    # the tool model: the demo model's generation_config.json says do_sample=false, which transformers serve obeys)
     for job in range(2):
         records = read_transcript(sweep_dir / str(job) / "transcript.jsonl")
         assert len(records) == 8 and all(r["status"] == "ok" for r in records), [r["error"] for r in records]
         plan = json.loads((sweep_dir / str(job) / "plan.json").read_text())
         assert plan["generation"]["seed"] == job + 1 and plan["generation"]["top_k"] is None  # 0 filters nothing
+        # transformers serve seeds one global generator: the plan says what that means for 8 requests in flight
+        assert any(w.startswith("sampling with backend.max_concurrency=8: each request's seed is sent")
+                   for w in plan["warnings"]), plan["warnings"]
     client = mlflow_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
@@ -165,3 +171,86 @@ def test_a_setting_only_an_in_process_prompt_can_honour_is_one_line_before_the_s
     assert result.returncode == 2, result.stderr
     assert said in error_line(result)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_server_killed_mid_run_fails_the_run_in_one_line_and_resume_finishes_it_once_it_is_back(tmp_path):
+    # a server that stopped accepting connections is not a sample's failure: without this, every later request
+    # was retried, became an error record, and the run "succeeded" with a transcript of errors no resume redoes
+    limit = 16
+    server = TransformersServe(DEMO, tmp_path / "serve.log")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    args = through(server, f"dataset.limit={limit}", "backend.max_concurrency=2", "backend.max_retries=2",
+                   "backend.backoff_s=0.05")
+    try:
+        server.wait()
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not _records_written(cwd) >= 4 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.process.kill()  # SIGKILL: no goodbye to the requests in flight
+        server.process.wait()
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 1, err
+        line = error_line(subprocess.CompletedProcess([], 1, out, err), prefix="run failed")
+        run_dir = only_run_dir(cwd)
+        assert line.startswith(f"run failed: the server at {server.base_url} stopped answering: connection to the "
+                               "server failed: "), line
+        assert "connection refused after 3 attempts" in line and line.endswith(f"continue with: python -m pipeline resume={run_dir}")
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "failed" and server.base_url in status["reason"]
+        kept = read_transcript(run_dir / "transcript.jsonl")
+        assert 4 <= len(kept) < limit and all(r["status"] == "ok" for r in kept), [r["error"] for r in kept]
+        client = mlflow_client(cwd)
+        (first,) = client.search_runs(["1"])
+        assert first.info.status == "FAILED"
+
+        server = TransformersServe(DEMO, tmp_path / "serve.log", port=server.port)  # the same URL, back again
+        server.wait()
+        resumed = run_pipeline([f"resume={run_dir}"], cwd=cwd)
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        server.stop()
+    records = read_transcript(run_dir / "transcript.jsonl")
+    assert records[:len(kept)] == kept
+    assert len({r["sample_id"] for r in records}) == len(records) == limit
+    assert all(r["status"] == "ok" for r in records)
+    (again,) = client.search_runs(["1"])
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
+
+
+def _records_written(cwd) -> int:
+    found = list(cwd.glob("runs/*/*/transcript.jsonl"))
+    return len(found[0].read_text().splitlines()) if found else 0
+
+
+def test_tools_through_the_server_make_the_same_round_trips_and_score_as_in_process(tmp_path, tool_served):
+    # the tool demo model writes its calls as <tool_call> text, which transformers serve passes through as text:
+    # the backend reads them, the loop runs `add`, and the result goes back to the server as a tool message
+    tools = ["dataset=tool_addition", "dataset.limit=5", "session=calculator_tools", "generation.max_new_tokens=64"]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir(), remote.mkdir()
+    in_process = run_pipeline(["runtime.model=tool-demo", *tools, "tracking=none"], cwd=local)
+    assert in_process.returncode == 0, in_process.stderr
+    result = run_pipeline(through(tool_served, *tools), cwd=remote)
+    assert result.returncode == 0, result.stderr
+
+    def steps(cwd):
+        records = read_transcript(only_run_dir(cwd) / "transcript.jsonl")
+        for record in records:
+            (record["tool"] or {}).pop("seconds", None)  # how long `add` took
+        return sorted((r["sample_id"], r["step"], r["kind"], r["status"], r["response"], r["score"], r["tool"],
+                       r["prompt_tokens"], r["completion_tokens"], r["finish_reason"]) for r in records)
+
+    mine = steps(remote)
+    assert [step[1:3] for step in mine] == [(0, "tool_call"), (1, "tool_result"), (2, "answer")] * 5, mine
+    assert mine == steps(local)  # greedy: the same calls, arguments, results, answers, scores and token counts
+    summary = json.loads((only_run_dir(remote) / "summary.json").read_text())
+    expected = json.loads((only_run_dir(local) / "summary.json").read_text())
+    assert summary["accuracy"] == expected["accuracy"] == 1.0
+    assert summary["tool_calls"] == expected["tool_calls"] == 5
+    plan = json.loads((only_run_dir(remote) / "plan.json").read_text())
+    assert [tool["function"]["name"] for tool in plan["tools"]] == ["add"]
+    (run,) = mlflow_client(remote).search_runs(["1"])
+    assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == 1.0

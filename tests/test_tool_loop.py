@@ -20,6 +20,7 @@ from pipeline.core.errors import ToolFailure, UserError
 from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.data.prompts import read_history
 from pipeline.stages.execute import execute
+from pipeline.stages.score import score_records
 from pipeline.stages.resolve import resolve
 
 TOOL_MODEL = ASSETS_DIR / "tool_model"
@@ -104,7 +105,7 @@ def run(tmp_path, dataset, tools=(ADD,), max_new_tokens=64, **session) -> list[d
     path = tmp_path / f"t{len(list(tmp_path.glob('t*.jsonl')))}.jsonl"
     with TranscriptWriter(path) as writer:
         execute(in_process(runtime, config), samples, config, writer, config.config_hash())
-    return read_transcript(path)
+    return score_records(read_transcript(path), config.dataset.scorer)  # as the score stage does next
 
 
 def steps(records: list[dict], sample_id: str) -> list[dict]:

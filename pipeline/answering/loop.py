@@ -7,7 +7,10 @@ own seed), count its prompt tokens through the backend, refuse the ones that out
 length (the backend's `generate`), then, where the model asked for tools (the completion's
 tool calls), write that step, run the calls (pipeline.answering.tools) and add their results to the
 conversation; generate again for those jobs only. A request the backend could not answer becomes
-an error record (with execute.fail_fast=true it stops the run: RequestFailure). A
+an error record (with execute.fail_fast=true it stops the run: RequestFailure); one that failed because
+the backend itself is gone (Completion.unavailable: a server that no longer accepts connections)
+stops the run after its batch's other records are handed over (BackendUnavailable), whatever
+fail_fast says, so that a resume answers it and the rest once the backend is back. A
 tool that fails, times out or does not exist, and a call that cannot be parsed, become tool_error
 records that the model is told about (with execute.fail_fast=true the first one stops the run
 instead: ToolFailure). When an answer's budget (`session.tool_budget`: round trips,
@@ -15,8 +18,9 @@ seconds) is spent, its next generation is offered no tools, which asks for the f
 `session.skip_summarization` the tools' result is the answer and no model turn follows it.
 
 Each step becomes a TranscriptRecord handed to `Answering.emit` batch by batch: the execute stage
-writes them to the transcript, the Python client collects them. No files are touched here, and
-nothing here knows which backend answers (pipeline.backends.base is all it sees).
+writes them to the transcript, the Python client collects them. No files are touched here,
+nothing here knows which backend answers (pipeline.backends.base is all it sees), and nothing
+is scored here (answers leave with score null: pipeline.stages.score scores them).
 """
 
 from __future__ import annotations
@@ -30,13 +34,11 @@ from typing import Any, Callable, Optional
 from pipeline.answering.tools import Tool, ToolOutcome, call_tool
 from pipeline.backends.base import Backend, Completion, Request
 from pipeline.core.config import Config
-from pipeline.core.errors import RequestFailure, ToolFailure, UserError
+from pipeline.core.errors import BackendUnavailable, RequestFailure, ToolFailure, UserError
 from pipeline.core.records import Message, Sample, TranscriptRecord
 from pipeline.core.streaming import StreamSink, sample_seed
 from pipeline.core.tool_calls import ParsedAnswer
 from pipeline.data.prompts import as_dict
-from pipeline.scoring.extract import score_response
-from pipeline.scoring.scorers import Scorer, build_scorer
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0  # a progress line at most this often
@@ -87,10 +89,6 @@ class Answering:
     last_report: float = field(default_factory=time.perf_counter)
 
     @cached_property
-    def score(self) -> Scorer:
-        return build_scorer(self.config.dataset.scorer)
-
-    @cached_property
     def generation(self) -> dict[str, Any]:
         """The run's effective generation settings: the plan's, when the backend was built from one;
         else the config's own, a null left null (the backend's default: a server's, say)."""
@@ -121,7 +119,7 @@ def answer(context: Answering, jobs: list[Job]) -> list[TranscriptRecord]:
                 raise UserError(message + " (execute.fail_fast=true)")
             log.warning(message)
             finals[id(job)] = _record(context, job, "answer", response="", status="error", error=message,
-                                      finish_reason="error", score=None if job.reference is None else 0.0)
+                                      finish_reason="error")
             context.emit([finals[id(job)]])
             pending.remove(job)
         pending = _generate_round(context, length_buckets(pending, lengths, context.backend.batch_size), finals)
@@ -160,15 +158,18 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
     for batch in batches:
         started_at = time.time()  # wall clock, for traces; latencies stay on the monotonic clock
         completions = context.backend.generate([_request(job) for job in batch], context.sink)
+        gone = next((c for c in completions if c.unavailable), None)
         records: list[TranscriptRecord] = []
         for job, completion in zip(batch, completions):
+            if completion.unavailable:
+                continue  # no error record: a resume answers it once the backend is back
             job.spent_s += completion.latency_s
             text = config.session.prefill + completion.text
             measured: dict[str, Any] = dict(
                 prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                 finish_reason=_finish_reason(completion), ttft_s=round(completion.ttft_s, 6),
                 latency_s=round(completion.latency_s, 6), truncated=completion.truncated, tools=list(job.offered),
-                started_at=round(started_at, 6))
+                started_at=round(started_at, 6), **_reasoning_fields(completion))
             if completion.failed:
                 message = f"{_describe(job)}: the {context.backend.name} backend could not answer: {completion.error}"
                 if config.execute.fail_fast:
@@ -176,7 +177,6 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                     raise RequestFailure(message + " (execute.fail_fast=true)")
                 log.warning(message)
                 finals[id(job)] = _record(context, job, "answer", response="", status="error", error=message,
-                                          score=None if job.reference is None else 0.0,
                                           **{**measured, "finish_reason": "error"})
                 records.append(finals[id(job)])
                 continue
@@ -194,15 +194,28 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                 else:
                     going_on.append(job)
             else:
-                finals[id(job)] = _record(context, job, "answer", response=text, **_scored(context, text, job),
+                finals[id(job)] = _record(context, job, "answer", response=text,
                                           tool_budget_spent=job.budget_spent, **measured)
                 records.append(finals[id(job)])
         context.emit(records)
         context.batch += 1
+        if gone is not None:  # every request after this one would fail the same way: stop, keeping what was written
+            lost = sum(c.unavailable for c in completions)
+            raise BackendUnavailable(f"{gone.error} ({lost} request(s) of the last batch unanswered)")
         if time.perf_counter() - context.last_report >= PROGRESS_EVERY_S:
             log.info("execute: batch %d done", context.batch)
             context.last_report = time.perf_counter()
     return going_on
+
+
+def _reasoning_fields(completion: Completion) -> dict[str, Any]:
+    """The transcript's reasoning fields of a completion (the answer is its text)."""
+    answer_tokens = completion.answer_tokens
+    if answer_tokens is None:
+        answer_tokens = max(completion.completion_tokens - completion.reasoning_tokens, 0)
+    return dict(reasoning=completion.reasoning, reasoning_tokens=completion.reasoning_tokens,
+                answer_tokens=answer_tokens, reasoning_truncated=completion.reasoning_truncated,
+                continuations=completion.continuations)
 
 
 def _request(job: Job) -> Request:
@@ -257,15 +270,9 @@ def _tool_round(context: Answering, job: Job, text: str, parsed: ParsedAnswer,
     job.round_trips += 1
     if context.config.session.skip_summarization and results and all(results) and not parsed.problems:
         response = "\n".join(results)
-        records.append(_record(context, job, "answer", response=response, **_scored(context, response, job),
-                               finish_reason="tool", tools=list(job.offered)))
+        records.append(_record(context, job, "answer", response=response, finish_reason="tool",
+                               tools=list(job.offered)))
     return records
-
-
-def _scored(context: Answering, response: str, job: Job) -> dict[str, Any]:
-    """The answer's score, and what dataset.scorer.extract took from it to score."""
-    score, extracted = score_response(context.score, context.config.dataset.scorer.extract, response, job.reference)
-    return {"score": score, "extracted": extracted}
 
 
 def _tool_record(context: Answering, job: Job, ok: bool, text: str,

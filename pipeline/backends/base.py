@@ -6,7 +6,8 @@ A backend says who its model is (`identity`), plans its own options with a reaso
 (`load`) and lets go (`close`), and turns a batch of requests into completions (`generate`).
 Log-likelihoods are optional (`capabilities.loglikelihood`). A request that fails comes back as a
 completion with `error` set and `finish_reason="error"`: the run records it and goes on (the
-caller decides about fail-fast). Mistakes found while planning are `UserError`s, as everywhere.
+caller decides about fail-fast); one that failed because the backend itself is gone (`unavailable`)
+stops the run instead, keeping what was written. Mistakes found while planning are `UserError`s, as everywhere.
 
 Stages, the answering and tool loop, the transcript, scoring and tracking speak only to this
 module; nothing here imports torch or an HTTP client. Compare inspect_ai's `ModelAPI.generate`
@@ -101,6 +102,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # reasoning and answer together
     reasoning_tokens: int = 0
+    answer_tokens: Optional[int] = None  # None: completion_tokens - reasoning_tokens
+    reasoning_truncated: bool = False  # the thinking never closed: there is no answer
+    continuations: int = 0  # generation.continue_on_length: how many times the answer was continued
     finish_reason: str = "stop"  # one of FINISH_REASONS
     ttft_s: float = 0.0  # time to first token
     latency_s: float = 0.0  # request sent -> last token
@@ -110,6 +114,10 @@ class Completion:
     # backend's text carries the calls' markup; the assistant message carries them as tool_calls)
     message_text: Optional[str] = None
     tool_problems: list[str] = field(default_factory=list)  # calls asked for that could not be read, in words
+    # the request failed because the backend itself is gone (a server that no longer accepts connections, after
+    # the retries), not because of this request: the run stops instead of recording an error for it and for
+    # every request after it, and a resume answers it once the backend is back (pipeline.core.errors)
+    unavailable: bool = False
 
     @property
     def failed(self) -> bool:

@@ -36,6 +36,7 @@ class Reply:
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     error: Optional[str] = None  # the request fails with this message
+    unavailable: bool = False  # ... because the backend is gone (a server that stopped accepting connections)
 
 
 # a list of replies, or a function of the request (returning None leaves that request to the fake's own answer)
@@ -109,7 +110,8 @@ class FakeBackend(Backend):
             return Completion(prompt_tokens=prompt_tokens, finish_reason="error",
                               error=f"{type(error).__name__}: {error}")
         if reply.error is not None:
-            return Completion(prompt_tokens=prompt_tokens, finish_reason="error", error=reply.error)
+            return Completion(prompt_tokens=prompt_tokens, finish_reason="error", error=reply.error,
+                              unavailable=reply.unavailable)
         text, finish = reply.text, "stop"
         cut = min((text.find(s) for s in request.stop if s in text), default=-1)
         if cut >= 0:

@@ -1,8 +1,10 @@
 """`python -m pipeline.chat [overrides]`: talk to a model in the terminal, with streaming output.
 
 Takes the same overrides as `python -m pipeline` (runtime.model=…, generation.temperature=…,
-session.system_prompt=…), resolves, plans and loads through the same stages, then reads lines.
+session.system_prompt=…), resolves, plans and loads through the same stages (with backend=openai: asks the server, which
+answers every turn, streamed), then reads lines.
 Slash commands: /system <text> (or /system alone to drop it), /clear, /retry, /save [path],
+/image <path> and /audio <path> (attach a file to your next message; a multimodal model only),
 /exit (or end of input). Every turn is a record in `<run dir>/transcript.jsonl`, like a
 dataset run's, and the conversation is saved to `<run dir>/conversation.json` after each turn.
 """
@@ -17,13 +19,15 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from pipeline.client import PromptResponse, RuntimeClient
-from pipeline.core.errors import EXIT_USAGE, UserError, describe_config_exception
+from pipeline.core.errors import EXIT_USAGE, BackendUnavailable, UserError, describe_config_exception
 from pipeline.core.files import write_json
 from pipeline.core.folder_names import CONFIG_FILE, CONVERSATION_FILE, PLAN_FILE, TRANSCRIPT_FILE
+from pipeline.core.records import MediaPart
 from pipeline.core.redact import redact
 from pipeline.core.transcript import TranscriptWriter
+from pipeline.data.media import user_parts
 
-HELP = "commands: /system <text>, /clear, /retry, /save [path], /exit"
+HELP = "commands: /system <text>, /clear, /retry, /save [path], /image <path>, /audio <path>, /exit"
 PROMPT = "you> "
 
 
@@ -54,6 +58,7 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
     session = client.session(system_prompt=client.config.session.system_prompt,
                              autosave_path=run_dir / CONVERSATION_FILE)
     sink, turns = TerminalSink(out), 0
+    attached: list[MediaPart] = []  # /image and /audio parts waiting for the next message
     with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
         while True:
             out.write(PROMPT)
@@ -76,16 +81,37 @@ def chat(client: RuntimeClient, run_dir: Path, lines: TextIO, out: TextIO) -> in
                     out.write("model> ")
                     _record(writer, session.retry(sink), turns)
                     turns += 1
+                elif command in ("/image", "/audio"):
+                    attached.append(_attach(client, command[1:], argument.strip()))
+                    part = attached[-1]
+                    size = f"{part.width}x{part.height}" if part.kind == "image" else f"{part.seconds} s"
+                    out.write(f"({part.kind} {part.path} attached, {size}: it goes with your next message)\n")
                 elif command.startswith("/"):
                     out.write(f"(unknown command {command}; {HELP})\n")
                 elif text.strip():
                     out.write("model> ")
-                    _record(writer, session.send(text, sink), turns)
+                    media, attached = attached, []
+                    _record(writer, session.send(text, sink, media), turns)
                     turns += 1
             except (UserError, ValueError) as error:
                 out.write(f"(error: {error})\n")
+            except BackendUnavailable as error:  # the conversation is kept: the next line may find the server back
+                out.write(f"(error: {error}; nothing was added to the conversation)\n")
             out.flush()
     return turns
+
+
+def _attach(client: RuntimeClient, kind: str, path: str) -> MediaPart:
+    """A file the user named, checked (readable, decodable, within dataset.max_media_mb) and of a
+    kind the model takes."""
+    if not path:
+        raise UserError(f"/{kind} needs a path: /{kind} <path>")
+    model = client.resolve()
+    if kind not in model.modalities:
+        raise UserError(f"model {model.reference!r} takes {' and '.join(model.modalities)} only, not {kind}")
+    images, audio = ([path], []) if kind == "image" else ([], [path])
+    (part,) = user_parts(images, audio, client.config.dataset.max_media_mb)
+    return part
 
 
 def _record(writer: TranscriptWriter, response: PromptResponse, turn: int) -> None:
@@ -110,7 +136,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG_FILE, redact(client.config.to_dict()))
         write_json(run_dir / PLAN_FILE, plan.to_dict())
-        print(f"loading {plan.model.reference} on {plan.device} ({plan.dtype})…", file=sys.stderr)
+        if client.served:
+            print(f"talking to {plan.model.reference} at {plan.backend_plan['identity']['endpoint']}…", file=sys.stderr)
+        else:
+            print(f"loading {plan.model.reference} on {plan.device} ({plan.dtype})…", file=sys.stderr)
         client.load()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -121,6 +150,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\n(interrupted; the transcript keeps every finished turn)", file=sys.stderr)
         return 130
+    finally:
+        client.close()
     return 0
 
 

@@ -31,7 +31,7 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 # the project's Hydra configs: conf/ at the top of a checkout (or an editable install); a wheel carries them
 # as pipeline/conf (setup.py)
 CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf"
-STAGES = ("resolve", "plan", "load", "execute", "summarize")
+STAGES = ("resolve", "plan", "load", "execute", "score", "summarize")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention")
@@ -41,6 +41,8 @@ BACKENDS = ("transformers", "openai")  # conf/backend/<name>.yaml
 SCORERS = ("exact_match", "contains", "regex", "numeric")
 DATASET_KINDS = ("generate", "multiple_choice", "perplexity")
 FEWSHOT_STYLES = ("inline", "turns")
+THINKING = ("auto", "on", "off")
+EFFORTS = ("low", "medium", "high")
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -193,8 +195,26 @@ class GenerationConfig:
     num_samples: int = 1  # completions per prompt (for pass@k); each is seeded on its own
     seed: int = 0  # seeds sampling: the same seed and sample give the same output, whatever the batch
     stop: List[str] = field(default_factory=list)  # generation ends at any of these strings
+    # reasoning models (pipeline.core.thinking): the plan says how the model's template switches thinking
+    thinking: str = "auto"  # auto (the template's default), on, off
+    reasoning_effort: Optional[str] = None  # low, medium, high: for templates that read reasoning_effort (gpt-oss)
+    thinking_budget: Optional[int] = None  # at most this many reasoning tokens per answer, then the thinking is closed
+    thinking_wrapup: str = ""  # text forced before the closing tag when the budget ends the thinking
+    continue_on_length: int = 0  # an answer cut by max_new_tokens is continued up to this many times
 
     def __post_init__(self) -> None:
+        # YAML 1.1 reads a bare on/off as a boolean, which the str field then holds as "True"/"False"
+        self.thinking = {"True": "on", "False": "off", "true": "on", "false": "off"}.get(str(self.thinking),
+                                                                                       self.thinking)
+        _check_choice("generation.thinking", self.thinking, THINKING)
+        _check(self.reasoning_effort is None or self.reasoning_effort in EFFORTS, "generation.reasoning_effort",
+               self.reasoning_effort, "null or one of " + ", ".join(EFFORTS))
+        _check(self.thinking_budget is None or (isinstance(self.thinking_budget, int) and self.thinking_budget >= 0),
+               "generation.thinking_budget", self.thinking_budget, "null (no budget) or an integer >= 0")
+        _check(self.continue_on_length >= 0, "generation.continue_on_length", self.continue_on_length,
+               "an integer >= 0")
+        _check(not self.thinking_wrapup or self.thinking_budget is not None, "generation.thinking_wrapup",
+               self.thinking_wrapup, "empty unless generation.thinking_budget is set")
         _check(self.temperature >= 0, "generation.temperature", self.temperature, "a number >= 0 (0 = greedy)")
         _check(self.top_p is None or 0 < self.top_p <= 1, "generation.top_p", self.top_p, "null or a number in (0, 1]")
         _check(self.top_k is None or self.top_k >= 0, "generation.top_k", self.top_k, "null or an integer >= 0 (0 = off)")
@@ -353,12 +373,16 @@ class DatasetConfig:
     template: TemplateConfig = field(default_factory=TemplateConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
     target_delimiter: str = " "  # multiple choice: between the context and each choice
+    # image and audio parts are read from the dataset's folder, or from these folders
+    media_dirs: List[str] = field(default_factory=list)
+    max_media_mb: float = 20.0  # the largest image or audio part read (MB, each)
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "dataset.path", self.path,
                "a .jsonl, .json, .csv or .parquet file, or a Hub dataset id")
         _check(self.limit is None or self.limit >= 1, "dataset.limit", self.limit, "null or an integer >= 1")
         _check_choice("dataset.kind", self.kind, DATASET_KINDS)
+        _check(self.max_media_mb > 0, "dataset.max_media_mb", self.max_media_mb, "a number of megabytes > 0")
 
 
 @dataclass
@@ -390,8 +414,8 @@ class ExecuteConfig:
 class PipelineConfig:
     """Which stages run."""
 
-    until: str = "summarize"  # stop after this stage: resolve, plan, load, execute, summarize
-    from_transcript: Optional[str] = None  # a run folder: re-score and summarize its transcript (no model runs)
+    until: str = "summarize"  # stop after this stage: resolve, plan, load, execute, score, summarize
+    from_transcript: Optional[str] = None  # a run folder: its answers scored again in a new run (no model runs)
     objective: str = "accuracy"  # the summary metric a sweep job returns (what an Optuna search optimises)
 
     def __post_init__(self) -> None:
@@ -400,6 +424,8 @@ class PipelineConfig:
         _check_choice("pipeline.until", self.until, STAGES)
         _check(self.from_transcript is None or bool(self.from_transcript.strip()), "pipeline.from_transcript",
                self.from_transcript, "null or a run folder")
+        _check(self.from_transcript is None or self.until in ("score", "summarize"), "pipeline.until", self.until,
+               "score or summarize with pipeline.from_transcript (it starts at the score stage)")
         _check(is_objective(self.objective), "pipeline.objective", self.objective,
                "a numeric summary field (" + ", ".join(objective_names()) + ") or pass_at_<k>")
 

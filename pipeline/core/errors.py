@@ -37,6 +37,12 @@ class RequestFailure(Exception):
     """A request the backend could not answer, and execute.fail_fast=true asked to stop there (a failure)."""
 
 
+class BackendUnavailable(Exception):
+    """The backend stopped answering altogether (a server that no longer accepts connections, after the
+    retries): the run stops and keeps what it wrote, so that a resume finishes it once the backend is back.
+    Not a request's failure (that is an error record), and not a mistake (a failure of the run)."""
+
+
 class StorageError(Exception):
     """A run-folder write failed (a full disk): what was written before is kept (a failure, not a mistake)."""
 

@@ -1,8 +1,8 @@
 """The typed records that flow between stages.
 
 resolve -> ResolvedModel, plan -> RuntimePlan, load -> LoadedRuntime, execute -> TranscriptRecord
-(one per sample), summarize -> Summary. Records are plain dataclasses that serialise to JSON;
-they hold no behaviour beyond small derived views.
+(one per sample; score fills in its score and extracted answer), summarize -> Summary. Records
+are plain dataclasses that serialise to JSON; they hold no behaviour beyond small derived views.
 """
 
 from __future__ import annotations
@@ -15,10 +15,19 @@ TRANSCRIPT_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class MediaPart:
-    """A non-text part of a message: an image or audio clip, by path or URL."""
+    """A non-text part of a message: an image or audio clip, by path, data URL or URL.
+
+    The fields after `source` are filled in when the part is checked (pipeline.data.media.check_part)."""
 
     kind: str  # image or audio
-    source: str
+    source: str  # as written: a path, a data: URL or an http(s) URL
+    path: Optional[str] = None  # the checked local file, resolved
+    sha256: Optional[str] = None  # of the bytes (a file's or a data URL's)
+    size_bytes: int = 0
+    mime: Optional[str] = None  # a data URL's media type
+    width: Optional[int] = None  # an image's, as decoded
+    height: Optional[int] = None
+    seconds: Optional[float] = None  # an audio clip's length
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class RuntimePlan:
     # a server backend's own plan (pipeline.backends.base.BackendPlan as a dict: identity with the masked
     # base URL, what the server reports, options with reasons, token source); {} for the in-process model
     backend_plan: dict[str, Any] = field(default_factory=dict)
+    thinking: dict[str, Any] = field(default_factory=dict)  # pipeline.core.thinking.ThinkingPlan as a dict
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +175,7 @@ class LoadedRuntime:
     tokenizer: Any
     model: Any
     chat_template: Any = None  # a ChatTemplate (pipeline.backends.transformers.chat_template); None: plain text
+    processor: Any = None  # a multimodal model's processor (images, audio -> model inputs); None: text only
 
 
 @dataclass
@@ -195,11 +206,16 @@ class TranscriptRecord:
     status: str = "ok"  # ok, or error: the sample could not be completed (see error)
     error: Optional[str] = None
     started_at: Optional[float] = None  # unix seconds when its batch started (a tool step: when the tool ran)
-    extracted: Optional[str] = None  # dataset.scorer.extract: what was taken from the response and scored
+    extracted: Optional[str] = None  # the answer the scorer was given (the score stage's; None until scored)
     # dataset.kind=multiple_choice: {loglikelihoods, is_greedy, tokens, chars, bytes, prediction, answer};
     # perplexity: {loglikelihood, tokens, words, bytes}
     loglikelihood: Optional[dict[str, Any]] = None
     schema_version: int = TRANSCRIPT_SCHEMA_VERSION
+    reasoning: str = ""  # the model's thinking, kept apart from `response` (the answer alone)
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0  # completion_tokens without the reasoning (and the thinking tags)
+    reasoning_truncated: bool = False  # the thinking never closed: no answer, scored as none
+    continuations: int = 0  # generation.continue_on_length: the answer is this many continuations longer
 
     def to_dict(self) -> dict[str, Any]:
         # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
@@ -261,6 +277,11 @@ class Summary:
     ttft_p95_s: float = 0.0
     peak_memory_bytes: Optional[int] = None  # see peak_memory_kind
     peak_memory_kind: str = ""  # cuda_max_allocated (GPU) or process_peak_rss (the whole process, CPU runs)
+    # reasoning models: over the answers (0 where the model did not think)
+    reasoning_tokens_mean: float = 0.0
+    reasoning_tokens_p95: float = 0.0
+    reasoning_truncated_share: float = 0.0  # answers whose thinking never closed (scored as no answer)
+    answer_tokens_mean: float = 0.0
     # scored by log-likelihood (pipeline.scoring.choices): acc, acc_norm, acc_bytes with _ci_low/_ci_high, or
     # word_perplexity, byte_perplexity, bits_per_byte
     likelihood: dict[str, float] = field(default_factory=dict)
@@ -285,6 +306,10 @@ class Summary:
             "prefill_tokens_per_second": self.prefill_tokens_per_second,
             "decode_tokens_per_second": self.decode_tokens_per_second,
             "ttft_p95_s": self.ttft_p95_s,
+            "reasoning_tokens_mean": self.reasoning_tokens_mean,
+            "reasoning_tokens_p95": self.reasoning_tokens_p95,
+            "reasoning_truncated_share": self.reasoning_truncated_share,
+            "answer_tokens_mean": self.answer_tokens_mean,
             **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()},
         }
         optional = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,

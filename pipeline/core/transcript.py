@@ -45,11 +45,18 @@ class TranscriptWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = size
 
-    def write_batch(self, records: Iterable[TranscriptRecord]) -> None:
-        lines = [(json.dumps(record.to_dict(), ensure_ascii=False) + "\n").encode() for record in records]
+    def write_batch(self, records: Iterable[TranscriptRecord | dict[str, Any]], sync: bool = True) -> None:
+        """Append the records; with `sync`, fsync them (without, they survive a crash of this process, not of
+        the machine, until the next sync: the score stage's journal syncs every so often instead of every line)."""
+        lines = [(json.dumps(record if isinstance(record, dict) else record.to_dict(), ensure_ascii=False)
+                  + "\n").encode() for record in records]
         for line in lines:
             self._append(line)
             self.written += 1
+        if sync:
+            self._sync()
+
+    def sync(self) -> None:
         self._sync()
 
     def _append(self, data: bytes) -> None:

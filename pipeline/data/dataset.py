@@ -7,8 +7,9 @@ examples from pipeline.data.fewshot. A file may be gzip, bzip2 or xz-compressed 
 Today's JSONL format, read when the mapping is left at its defaults: each line is a JSON object with an `id` (string or integer; the line number when absent),
 either a `prompt` (a string, sent as one user message) or `messages` (a list of
 `{"role", "content"}`, where content is a string or a list of parts: `{"type": "text", "text"}`,
-`{"type": "image" | "audio", "path" | "url": ...}`), and an optional `reference` answer; or a
-scripted conversation: `turns` (user messages, each a string or `{content, reference}`), after an
+`{"type": "image" | "audio", "path" | "url": ...}`, checked and decoded once by
+pipeline.data.media: under the dataset's folder or dataset.media_dirs, within dataset.max_media_mb),
+and an optional `reference` answer; or a scripted conversation: `turns` (user messages, each a string or `{content, reference}`), after an
 optional `messages` history. Messages may carry tool steps as a saved conversation has them
 (assistant `tool_calls`, `tool` results). Whether
 the model can take image or audio parts is the plan's business; nothing here touches a model.
@@ -16,6 +17,7 @@ the model can take image or audio parts is the plan's business; nothing here tou
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.core.config import DatasetConfig
@@ -23,6 +25,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.records import MediaPart, Message, Sample, Turn
 from pipeline.data.fewshot import draw, with_examples
 from pipeline.data.mapping import Mapper
+from pipeline.data.media import MediaRules, check_part, dataset_rules
 from pipeline.data.prompts import from_dict, is_message
 from pipeline.data.sources import read_records
 
@@ -32,8 +35,11 @@ MEDIA_KINDS = ("image", "audio")
 
 def load_samples(config: DatasetConfig, allow_download: bool = False) -> list[Sample]:
     """The dataset's samples (the first dataset.limit), mapped (pipeline.data.mapping) and with their
-    few-shot examples (pipeline.data.fewshot); a UserError naming the record for any mistake."""
-    mapper = Mapper(config, _to_sample)
+    few-shot examples (pipeline.data.fewshot); a UserError naming the record for any mistake.
+    `allow_download` (runtime.allow_download): a Hub dataset missing from the cache may be fetched, and
+    media parts may name http(s) URLs."""
+    rules = dataset_rules(Path(config.path), config.media_dirs, config.max_media_mb, allow_download)
+    mapper = Mapper(config, lambda record, where, number: _to_sample(record, where, number, rules))
     samples = _mapped(config.path, config.split, config.subset, allow_download, mapper, config.limit, "dataset.path")
     if not samples:
         what = f"split {config.split!r} of " if config.split else ""
@@ -86,7 +92,7 @@ def _with_fewshot(config: DatasetConfig, samples: list[Sample], mapper: Mapper, 
     return [with_examples(s, draw(fewshot.seed, s.id, shots, fewshot.k, same_source), config) for s in samples]
 
 
-def _to_sample(record: Any, where: str, line_number: int) -> Sample:
+def _to_sample(record: Any, where: str, line_number: int, rules: MediaRules) -> Sample:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     sample_id = record.get("id", line_number)
@@ -96,7 +102,8 @@ def _to_sample(record: Any, where: str, line_number: int) -> Sample:
     if "prompt" in record and ("messages" in record or "turns" in record):
         raise UserError(f"{where}: give a prompt, or messages and/or turns, not both")
     if "turns" in record:
-        history = _messages(record["messages"], where, may_end_with_assistant=True) if "messages" in record else ()
+        history = (_messages(record["messages"], where, rules, may_end_with_assistant=True)
+                   if "messages" in record else ())
         return Sample(id=str(sample_id), messages=history, turns=_turns(record["turns"], where))
     if "prompt" in record:
         prompt = record["prompt"]
@@ -104,7 +111,7 @@ def _to_sample(record: Any, where: str, line_number: int) -> Sample:
             raise UserError(f"{where}: prompt must be a non-empty string")
         messages: tuple[Message, ...] = (Message("user", prompt),)
     elif "messages" in record:
-        messages = _messages(record["messages"], where)
+        messages = _messages(record["messages"], where, rules)
     else:
         raise UserError(f"{where}: a record needs a prompt (string), messages (list of role/content) "
                         "or turns (list of user messages, each a string or {content, reference})")
@@ -126,7 +133,7 @@ def _turns(raw: Any, where: str) -> tuple[Turn, ...]:
     return tuple(turns)
 
 
-def _messages(raw: Any, where: str, may_end_with_assistant: bool = False) -> tuple[Message, ...]:
+def _messages(raw: Any, where: str, rules: MediaRules, may_end_with_assistant: bool = False) -> tuple[Message, ...]:
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
     messages = []
@@ -140,20 +147,21 @@ def _messages(raw: Any, where: str, may_end_with_assistant: bool = False) -> tup
                                 "\"function\": {\"name\": a string, \"arguments\": an object}}")
             messages.append(from_dict(item))
         else:
-            messages.append(_message_from_parts(item["role"], item["content"], f"{where}: messages[{index}]"))
+            messages.append(_message_from_parts(item["role"], item["content"], f"{where}: messages[{index}]", rules))
     if messages[-1].role == "assistant" and not may_end_with_assistant:
         raise UserError(f"{where}: the last message must not be the assistant's: there is nothing to answer")
     return tuple(messages)
 
 
-def _message_from_parts(role: str, parts: list, where: str) -> Message:
+def _message_from_parts(role: str, parts: list, where: str, rules: MediaRules) -> Message:
     texts, media = [], []
     for number, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind in MEDIA_KINDS and isinstance(part.get("path") or part.get("url") or part.get(kind), str):
-            media.append(MediaPart(kind, part.get("path") or part.get("url") or part.get(kind)))
+            source = part.get("path") or part.get("url") or part.get(kind)
+            media.append(check_part(MediaPart(kind, source), rules, f"{where}.content[{number}]"))
         else:
             raise UserError(f"{where}.content[{number}] must be {{\"type\": \"text\", \"text\": ...}} or "
                             f"{{\"type\": one of {', '.join(MEDIA_KINDS)}, \"path\" or \"url\": ...}}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.core.config import SessionConfig
 from pipeline.core.errors import UserError
-from pipeline.core.records import Message, Sample, ToolCall
+from pipeline.core.records import MediaPart, Message, Sample, ToolCall
 from pipeline.core.text_files import read_json
+from pipeline.data.media import describe, from_description
 
 
 def conversation(sample: Sample, session: SessionConfig) -> list[Message]:
@@ -33,7 +34,7 @@ def render(template: Optional[ChatTemplate], messages: list[Message], session: S
     session's prefill, which the model continues."""
     if session.chat_template:
         assert template is not None, "the plan refuses chat sessions on models without a chat template"
-        text = template.render([as_dict(m) for m in messages], add_generation_prompt=True, tools=tools or None,
+        text = template.render([template_dict(m) for m in messages], add_generation_prompt=True, tools=tools or None,
                                **session.template_args)
     else:
         text = "\n\n".join(m.content for m in messages)
@@ -41,8 +42,11 @@ def render(template: Optional[ChatTemplate], messages: list[Message], session: S
 
 
 def as_dict(message: Message) -> dict[str, Any]:
-    """A message as chat templates and history files take it (tool calls in the OpenAI shape)."""
+    """A message as chat templates and history files take it (tool calls in the OpenAI shape; media
+    parts described by path and sha256, never their bytes)."""
     data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.media:
+        data["media"] = [describe(part) for part in message.media]
     if message.tool_calls:
         data["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                               for c in message.tool_calls]
@@ -51,10 +55,23 @@ def as_dict(message: Message) -> dict[str, Any]:
     return data
 
 
+def template_dict(message: Message) -> dict[str, Any]:
+    """A message as a chat template takes it: a message with media has a list of parts, the media
+    first ({"type": "image"} / {"type": "audio"}: the template writes the model's placeholder, the
+    processor expands it), then the text."""
+    data = as_dict(message)
+    if message.media:
+        del data["media"]
+        data["content"] = [{"type": part.kind} for part in message.media] + \
+            ([{"type": "text", "text": message.content}] if message.content else [])
+    return data
+
+
 def from_dict(data: dict[str, Any]) -> Message:
     """The inverse of as_dict, for messages already checked by read_history."""
     calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"]) for c in data.get("tool_calls", ()))
-    return Message(data["role"], data["content"], tool_calls=calls, name=data.get("name"))
+    media = tuple(from_description(part) for part in data.get("media", ()) if isinstance(part, dict))
+    return Message(data["role"], data["content"], media, tool_calls=calls, name=data.get("name"))
 
 
 def adds_special_tokens(session: SessionConfig) -> bool:
@@ -66,12 +83,15 @@ def adds_special_tokens(session: SessionConfig) -> bool:
 
 def count_prompt_tokens(samples: list[Sample], session: SessionConfig, template: Optional[ChatTemplate],
                         counter: TokenCounter, reply_tokens: int = 0,
-                        tools: Optional[list[dict[str, Any]]] = None) -> dict[str, int]:
+                        tools: Optional[list[dict[str, Any]]] = None,
+                        media_counter: Optional[Callable[[str, list[MediaPart]], int]] = None) -> dict[str, int]:
     """Sample id -> tokens of its rendered prompt (with the tools' schemas), as the model will see it.
 
     A scripted conversation counts its last turn's prompt, with `reply_tokens` (max_new_tokens) for
     each earlier answer of the model: an upper bound, since the answers are not known yet. Tool
-    round trips are not counted: their results are not known either (execute checks each round)."""
+    round trips are not counted: their results are not known either (execute checks each round).
+    A prompt with images or audio is counted by `media_counter(text, parts)` (the model's processor,
+    which expands each part's placeholder into its tokens)."""
     counts = {}
     for sample in samples:
         messages = conversation(sample, session)
@@ -80,8 +100,12 @@ def count_prompt_tokens(samples: list[Sample], session: SessionConfig, template:
             if index < len(sample.turns) - 1:
                 messages.append(Message("assistant", ""))
         extra = reply_tokens * max(0, len(sample.turns) - 1)
-        counts[sample.id] = counter.count(render(template, messages, session, tools),
-                                          adds_special_tokens(session)) + extra
+        text = render(template, messages, session, tools)
+        media = [part for message in messages for part in message.media]
+        if media and media_counter is not None:
+            counts[sample.id] = media_counter(text, media) + extra
+        else:
+            counts[sample.id] = counter.count(text, adds_special_tokens(session)) + extra
     return counts
 
 

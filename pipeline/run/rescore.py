@@ -1,51 +1,72 @@
-"""Re-scoring: `pipeline.from_transcript=<run dir>` summarizes an earlier run's transcript again.
+"""Re-scoring: `pipeline.from_transcript=<run dir>` is a new run that starts at the score stage.
 
-No model is resolved, loaded or run. The earlier (source) run folder is only read; the results go
-to this run's own folder, which Hydra created as for any run:
+No model is resolved, loaded or run: the runner (pipeline.run.runner) takes this run straight to
+score -> summarize over the source run's answers. The source run folder is only read; this module
+seeds the new run's own folder (Hydra created it as for any run) before the score stage:
 - config.json: the source's config, with this run's dataset.scorer, tracking and
-  pipeline.from_transcript (so `python -m pipeline.report --diff <source> <this>` shows the change);
+  pipeline (from_transcript, until), so `python -m pipeline.report --diff <source> <this>` shows the change;
 - plan.json: the source's (the generation it describes is the source's);
-- transcript.jsonl: the source's records, each answer scored again;
-- source.json: the source folder, its MLflow run id (when found in this store), both scorers and
-  how many scores changed;
-- summary.json, status.json, run.log as usual; speed and peak memory come from the source's
-  records and summary (they describe its generation), stage seconds are the source's plus this
-  summarize.
-The scorer is the source's unless `dataset.scorer.*` is set on the command line, key by key; any
-other setting that would change the generation is refused. The MLflow run (named `rescore
-<source>`) is tagged source_run_dir and source_run_id.
+- transcript.jsonl: the source's records, their scores cleared (the score stage scores them again);
+- source.json (once scored): the source folder, its MLflow run id (when found in this store), both
+  scorers and how many scores changed.
+Speed and peak memory come from the source's records and summary (they describe its generation);
+stage seconds are the source's plus this run's score and summarize. The scorer is the source's
+unless `dataset.scorer.*` is set on the command line, key by key; any other setting that would
+change the generation is refused, before anything is written. The MLflow run (named `rescore
+<source>`) is tagged run_type=rescore, source_run_dir and source_run_id. Like any run it can be
+resumed (`resume=<its folder>`): the answers the score stage's journal holds are not scored again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-import jsonlines
-
-from pipeline.core.config import Config, ScorerConfig, flatten
+from pipeline.core.config import STAGES, Config, ScorerConfig, flatten
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json, write_json
-from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SOURCE_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
+from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import redact
-from pipeline.core.transcript import read_transcript
-from pipeline.run.runner import RunResult, close_run, set_status
-from pipeline.scoring.extract import score_response
-from pipeline.scoring.scorers import Scorer, check_scorer
-from pipeline.stages.summarize import summarize
+from pipeline.core.transcript import read_transcript, rewrite_transcript
+from pipeline.run.resume import HASHED_SECTIONS, ran_until
+from pipeline.run.status import read_status, set_status
+from pipeline.scoring.scorers import check_scorer
+from pipeline.stages.score import is_answer
 from pipeline.tracking.runs import PLAN_PARAMS, Tracker, run_tags
 
 log = logging.getLogger(__name__)
 # settings that may be given with pipeline.from_transcript: none of them changes the transcript
-APPLICABLE = ("dataset.scorer", "tracking", "pipeline.", "hydra.")
+APPLICABLE = ("dataset.scorer", "tracking", "pipeline.", "hydra.", "resume")
 
 
-def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), parent_run_id: Optional[str] = None,
-            run_name: Optional[str] = None) -> RunResult:
-    """Re-score the source run's transcript into `run_dir`. Raises UserError for mistakes, before writing."""
+@dataclasses.dataclass
+class Rescore:
+    """A re-scoring run, checked: where its answers come from, its scorer and what it starts from."""
+
+    source: Path
+    scorer: ScorerConfig
+    config: dict[str, Any]  # the run's config.json: the source's, with this run's scorer, tracking and pipeline
+    plan: dict[str, Any]
+    source_config: dict[str, Any]
+    source_summary: dict[str, Any]
+    complete: bool = False  # a resume of a re-scoring run that had completed: nothing to do
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """The source's stages that made the answers (its own scoring and summary are not this run's)."""
+        seconds = self.source_summary.get("stage_seconds", {})
+        return {k: v for k, v in seconds.items() if k not in ("score", "summarize")}
+
+    @property
+    def peak_memory(self) -> tuple[Optional[int], str]:
+        return self.source_summary.get("peak_memory_bytes"), self.source_summary.get("peak_memory_kind", "")
+
+
+def prepare(config: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> Rescore:
+    """The re-scoring run `config` asks for, checked; writes nothing. UserError for mistakes."""
     source = source_folder(config.pipeline.from_transcript)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -55,55 +76,82 @@ def rescore(config: Config, run_dir: Path, overrides: tuple[str, ...] = (), pare
     source_config = read_json(source / CONFIG_FILE) if (source / CONFIG_FILE).is_file() else config.to_dict()
     scorer_config = merged_scorer(source_config, config.dataset.scorer, overrides)
     records = read_transcript(source / TRANSCRIPT_FILE)
-    scorer = check_scorer(scorer_config, [(r.get("sample_id", "?"), r.get("reference")) for r in records
-                                          if r.get("kind", "answer") == "answer"])
-    new_config = {**source_config, "dataset": {**source_config.get("dataset", {}),
-                                               "scorer": dataclasses.asdict(scorer_config)},
-                  "tracking": dataclasses.asdict(config.tracking),
-                  "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source)}}
-    source_summary = read_json(source / SUMMARY_FILE) if (source / SUMMARY_FILE).is_file() else {}
-    plan = read_json(source / PLAN_FILE) if (source / PLAN_FILE).is_file() else {}
-    state = read_json(source / STATUS_FILE).get("state") if (source / STATUS_FILE).is_file() else None
+    check_scorer(scorer_config, [(r.get("sample_id", "?"), r.get("reference")) for r in records if is_answer(r)])
+    new_config = json.loads(json.dumps(redact({
+        **source_config, "dataset": {**source_config.get("dataset", {}), "scorer": dataclasses.asdict(scorer_config)},
+        "tracking": dataclasses.asdict(config.tracking),
+        "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source),
+                     "until": config.pipeline.until}}), default=str))
+    prepared = Rescore(source, scorer_config, new_config,
+                       read_json(source / PLAN_FILE) if (source / PLAN_FILE).is_file() else {}, source_config,
+                       read_json(source / SUMMARY_FILE) if (source / SUMMARY_FILE).is_file() else {})
+    if config.resume is not None:
+        prepared.complete = _resumed(prepared, run_dir, config.pipeline.until)
+    state = read_status(source).get("state")
     if state != "success":
         log.warning("the source run's state is %s: its transcript may hold only part of the dataset", state)
+    return prepared
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG_FILE, redact(new_config))
+
+def _resumed(prepared: Rescore, run_dir: Path, until: str) -> bool:
+    """Whether the re-scoring run in `run_dir` had completed; a UserError when it re-scored something else."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return False  # stopped before it wrote anything: it starts again
+    stored = read_json(run_dir / CONFIG_FILE)
+    keys = [f"{section}." for section in HASHED_SECTIONS] + ["pipeline.from_transcript"]
+    old, new = flatten(stored), flatten(prepared.config)
+    differ = [key for key in sorted(set(old) | set(new))
+              if key.startswith(tuple(keys)) and old.get(key) != new.get(key)]
+    if differ:
+        raise UserError(f"resume={run_dir}: it re-scored with other settings ({', '.join(differ)}); start a new run "
+                        "with pipeline.from_transcript instead")
+    return read_status(run_dir).get("state") == "success" and STAGES.index(until) <= STAGES.index(ran_until(run_dir))
+
+
+def seed(prepared: Rescore, run_dir: Path) -> None:
+    """Write the run's config, plan and (unless a resume finds it there) its transcript: the source's answers."""
+    write_json(run_dir / CONFIG_FILE, prepared.config)
     set_status(run_dir, "started")
-    if plan:
-        write_json(run_dir / PLAN_FILE, plan)
-    result = RunResult(run_dir)
-    tracker = Tracker(config.tracking)
-    try:
-        source_run_id = find_run_id(tracker, source)
-        tracker.start(run_name=run_name or f"rescore {source.name}", parent_run_id=parent_run_id,
-                      tags=_tags(config, run_dir, source, source_run_id, records, plan, overrides))
-        result.tracker = tracker
-        tracker.log_params(_params(new_config, plan))
-        started = time.perf_counter()
-        rescored = [rescore_record(record, scorer, scorer_config.extract) for record in records]
-        with jsonlines.open(run_dir / TRANSCRIPT_FILE, "w", compact=True) as writer:
-            writer.write_all(rescored)
-        changed = sum(a.get("score") != b.get("score") for a, b in zip(records, rescored))
-        seconds = {k: v for k, v in source_summary.get("stage_seconds", {}).items() if k != "summarize"}
-        result.summary = summarize(rescored, seconds, scorer.label,
-                                   (source_summary.get("peak_memory_bytes"), source_summary.get("peak_memory_kind", "")))
-        result.summary.stage_seconds["summarize"] = time.perf_counter() - started
-        write_json(run_dir / SOURCE_FILE, {
-            "run_dir": str(source), "mlflow_run_id": source_run_id, "scorer_before": _scorer_label(source_config),
-            "scorer_after": scorer.label, "scores_changed": changed})
-        write_json(run_dir / SUMMARY_FILE, result.summary.to_dict())
-        tracker.log_metrics({**result.summary.metrics(), "scores_changed": float(changed)})
-        log.info("re-scored %d records of %s with %s: %d scores changed", len(records), source, scorer.label, changed)
-    except KeyboardInterrupt:
-        close_run(run_dir, tracker, "interrupted", "KILLED", "interrupted by the user")
-        raise
-    except Exception as error:
-        close_run(run_dir, tracker, "failed", "FAILED",
-                  str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
-        raise
-    close_run(run_dir, tracker, "success", "FINISHED", "")
-    return result
+    if prepared.plan:
+        write_json(run_dir / PLAN_FILE, prepared.plan)
+    if not (run_dir / TRANSCRIPT_FILE).is_file():  # a resume keeps it: the score stage's journal goes with it
+        rewrite_transcript(run_dir / TRANSCRIPT_FILE, [
+            {**r, "score": None, "extracted": None} if is_answer(r) else r
+            for r in read_transcript(prepared.source / TRANSCRIPT_FILE)])
+
+
+def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir: Path, run_name: Optional[str],
+                   parent_run_id: Optional[str], overrides: tuple[str, ...]) -> Optional[str]:
+    """Open the run's MLflow run, tagged with its source; returns the source's MLflow run id (None if not found)."""
+    source_run_id = find_run_id(tracker, prepared.source)
+    records = read_transcript(run_dir / TRANSCRIPT_FILE)
+    tags = run_tags(config, run_dir, {
+        "run_type": "rescore", "source_run_dir": str(prepared.source), "source_run_id": source_run_id or "",
+        "overrides": " ".join(overrides), "device": prepared.plan.get("device", ""),
+        "weights_digest": prepared.plan.get("model", {}).get("weights_digest", "")})
+    if records:
+        tags["config_hash"] = records[0].get("config_hash", "")  # the generation's, which is the source's
+    tracker.start(run_name=run_name or f"rescore {prepared.source.name}", parent_run_id=parent_run_id, tags=tags)
+    params = flatten(prepared.config)
+    params.update({f"plan.{key}": prepared.plan[key] for key in PLAN_PARAMS if key in prepared.plan})
+    params.update({f"effective.generation.{k}": v for k, v in prepared.plan.get("generation", {}).items()})
+    tracker.log_params(params)
+    return source_run_id
+
+
+def record_source(prepared: Rescore, run_dir: Path, source_run_id: Optional[str], scorer_label: str) -> int:
+    """source.json, once the answers are scored; returns how many scores differ from the source's."""
+    before = {(r["sample_id"], r.get("sample_index", 0)): r.get("score")
+              for r in read_transcript(prepared.source / TRANSCRIPT_FILE) if is_answer(r)}
+    after = [r for r in read_transcript(run_dir / TRANSCRIPT_FILE) if is_answer(r)]
+    changed = sum(before.get((r["sample_id"], r.get("sample_index", 0))) != r.get("score") for r in after)
+    write_json(run_dir / SOURCE_FILE, {
+        "run_dir": str(prepared.source), "mlflow_run_id": source_run_id,
+        "scorer_before": _scorer_label(prepared.source_config), "scorer_after": scorer_label,
+        "scores_changed": changed})
+    log.info("re-scored %d answers of %s with %s: %d scores changed", len(after), prepared.source, scorer_label,
+             changed)
+    return changed
 
 
 def source_folder(value: Optional[str]) -> Path:
@@ -134,30 +182,10 @@ def merged_scorer(source_config: dict[str, Any], composed: ScorerConfig, overrid
     return ScorerConfig(**merged)
 
 
-def rescore_record(record: dict[str, Any], scorer: Scorer, extract: Optional[str] = None) -> dict[str, Any]:
-    """The record with its answer scored again (after dataset.scorer.extract); tool steps, answers that could not
-    be completed, and log-likelihood records (scored by their numbers, not their text) stay as they were."""
-    if record.get("kind", "answer") != "answer" or record.get("status", "ok") != "ok" or record.get("loglikelihood"):
-        return record
-    score, extracted = score_response(scorer, extract, record["response"], record.get("reference"))
-    return {**record, "score": score, "extracted": extracted}
-
-
 def _scorer_label(config: dict[str, Any]) -> str:
     """A saved config's scorer as summaries name it (exact_match for folders from before scorers were chosen)."""
     scorer = config.get("dataset", {}).get("scorer") or {}
     return scorer.get("_target_") or scorer.get("name") or "exact_match"
-
-
-def _tags(config: Config, run_dir: Path, source: Path, source_run_id: Optional[str], records: list[dict[str, Any]],
-          plan: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, str]:
-    tags = run_tags(config, run_dir, {
-        "run_type": "rescore", "source_run_dir": str(source), "source_run_id": source_run_id or "",
-        "overrides": " ".join(overrides), "device": plan.get("device", ""),
-        "weights_digest": plan.get("model", {}).get("weights_digest", "")})
-    if records:
-        tags["config_hash"] = records[0].get("config_hash", "")  # the generation's, which is the source's
-    return tags
 
 
 def find_run_id(tracker: Tracker, source: Path) -> Optional[str]:
@@ -165,13 +193,10 @@ def find_run_id(tracker: Tracker, source: Path) -> Optional[str]:
     if not tracker.enabled or "'" in str(source):
         return None
     tracker.connect()
+    if tracker.client is None:  # the store could not be reached (a guarded tracker went on without it)
+        return None
     runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.run_dir = '{source}'",
                                       max_results=1)
     return runs[0].info.run_id if runs else None
 
 
-def _params(new_config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    params = flatten(new_config)
-    params.update({f"plan.{key}": plan[key] for key in PLAN_PARAMS if key in plan})
-    params.update({f"effective.generation.{k}": v for k, v in plan.get("generation", {}).items()})
-    return params

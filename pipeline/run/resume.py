@@ -11,8 +11,12 @@ Inside the run, `begin` decides what is left, writing nothing: a folder that alr
 is refused unless resuming; a resumed run keeps every complete answer (an answer with tool steps
 is complete only once its `answer` record is there; the steps of an unfinished one are dropped by
 `settle`, once the resume is accepted, to be generated again) and hands execute the keys to
-skip: (sample id, sample index), where a conversation's turn is `<id>#<turn>`. A resume that is
-refused, for whatever reason, leaves the run folder and its MLflow run as they were.
+skip: (sample id, sample index), where a conversation's turn is `<id>#<turn>`. A run whose
+execute stage had finished (`executed`: its score stage began, or it ended with success after
+`pipeline.until=execute`) resumes at the score stage: no model is resolved or loaded, and its
+input files are not read again. A run that ended with success is complete unless the resume asks
+for a later stage than it ran to (`pipeline.until=summarize` after `pipeline.until=execute`). A
+resume that is refused, for whatever reason, leaves the run folder and its MLflow run as they were.
 
 This module does not generate anything, and does not talk to MLflow (pipeline.tracking.guard
 continues the run's MLflow run).
@@ -32,11 +36,18 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core.config import Config, flatten, to_config
+from pipeline.core.config import STAGES, Config, flatten, to_config
 from pipeline.core.config_search import initialize_configs
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_json
-from pipeline.core.folder_names import CONFIG_FILE, HYDRA_FOLDER, MULTIRUN_FILE, SWEEP_SUMMARY_FILE, TRANSCRIPT_FILE
+from pipeline.core.folder_names import (
+    CONFIG_FILE,
+    HYDRA_FOLDER,
+    MULTIRUN_FILE,
+    SCORES_FILE,
+    SWEEP_SUMMARY_FILE,
+    TRANSCRIPT_FILE,
+)
 from pipeline.core.records import ResolvedModel
 from pipeline.core.redact import MASK, redact, redact_overrides
 from pipeline.core.transcript import rewrite_transcript, scan
@@ -58,6 +69,7 @@ class Previous:
     complete: bool = False  # the run had already ended with success: nothing to do
     kept: list[dict[str, Any]] = field(default_factory=list)  # the transcript's records to keep, in order
     dropped: int = 0  # tool steps of unfinished answers, taken out of the transcript by `settle`
+    executed: bool = False  # the execute stage had finished: the run goes on at the score stage
 
 
 def expand_command_line(argv: list[str]) -> list[str]:
@@ -215,8 +227,10 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
         records, _ = scan(folder / TRANSCRIPT_FILE)  # corruption is reported before anything is written
     except UserError as error:
         return str(error)
+    if config.pipeline.from_transcript:  # its config is its source's: pipeline.run.rescore checks it
+        return None
     return config_difference(folder, config) or records_difference(folder, config, records) \
-        or _inputs_problem(folder, config)
+        or (None if executed(folder, records) else _inputs_problem(folder, config))  # none is read again
 
 
 def records_difference(folder: Path, config: Config, records: list[dict[str, Any]]) -> Optional[str]:
@@ -308,7 +322,7 @@ def begin(run_dir: Path, config: Config) -> Previous:
             raise UserError(f"{run_dir} already holds a run ({status.get('state', 'a transcript')}): continue it "
                             f"with python -m pipeline resume={run_dir}, or choose another folder (hydra.run.dir=...)")
         return Previous()
-    if status.get("state") == "success":
+    if status.get("state") == "success" and STAGES.index(config.pipeline.until) <= STAGES.index(ran_until(run_dir)):
         return Previous(complete=True)
     problem = config_difference(run_dir, config)
     if problem:
@@ -321,7 +335,26 @@ def begin(run_dir: Path, config: Config) -> Previous:
     kept = [r for r in records if _key(r) in answered]
     return Previous(done={_key(r): r for r in kept if r.get("kind", "answer") == "answer"},
                     next_batch=max((r.get("batch", -1) for r in kept), default=-1) + 1,
-                    kept=kept, dropped=len(records) - len(kept))
+                    kept=kept, dropped=len(records) - len(kept), executed=executed(run_dir, records))
+
+
+def executed(folder: Path, records: Optional[list[dict[str, Any]]] = None) -> bool:
+    """Whether the run in `folder` finished its execute stage: its score stage began (the journal is
+    there, created once execute had finished, and every answer it scored is in the transcript), or
+    it ended with success at or after execute. `records`: the transcript's, when already read."""
+    if (folder / SCORES_FILE).is_file():
+        answers = {_key(r) for r in (scan(folder / TRANSCRIPT_FILE)[0] if records is None else records)
+                   if r.get("kind", "answer") == "answer"}
+        return {_key(entry) for entry in scan(folder / SCORES_FILE)[0]} <= answers
+    return read_status(folder).get("state") == "success" and \
+        STAGES.index(ran_until(folder)) >= STAGES.index("execute")
+
+
+def ran_until(folder: Path) -> str:
+    """The pipeline.until of the run's last start (config.json; summarize for folders from before it was kept)."""
+    path = folder / CONFIG_FILE
+    until = (read_json(path).get("pipeline") or {}).get("until") if path.is_file() else None
+    return until if until in STAGES else "summarize"
 
 
 def settle(run_dir: Path, previous: Previous) -> None:

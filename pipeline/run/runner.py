@@ -1,9 +1,12 @@
-"""The runner: calls the five stages in order, times each, and keeps the run folder and MLflow in step.
+"""The runner: calls the six stages in order, times each, and keeps the run folder and MLflow in step.
 
-resolve -> plan -> load -> execute -> summarize, stopping after `pipeline.until`. The run folder
-gets config.json, plan.json, transcript.jsonl, summary.json and status.json as each becomes
-known. The MLflow run is opened once the plan holds (a mistake found while planning leaves no
-run in MLflow), and is ended FINISHED, FAILED or KILLED to match status.json.
+resolve -> plan -> load -> execute -> score -> summarize, stopping after `pipeline.until`. The run
+folder gets config.json, plan.json, transcript.jsonl, scores.jsonl, summary.json and status.json
+as each becomes known. The MLflow run is opened once the plan holds (a mistake found while
+planning leaves no run in MLflow), and is ended FINISHED, FAILED or KILLED to match status.json.
+A run starts at the score stage, with no model, when its answers are all there already
+(`_run_from_score`): a resume of a run whose execute stage had finished (pipeline.run.resume),
+and a re-scoring run (`pipeline.from_transcript`: another run's answers, seeded by pipeline.run.rescore).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from pipeline.backends.openai.plan import SERVER, served_tags
 from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
 from pipeline.core.config import Config
 from pipeline.core.console import ProgressSink
-from pipeline.core.errors import Interrupted, TrackingError, UserError
+from pipeline.core.errors import BackendUnavailable, Interrupted, TrackingError, UserError
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import (
     CONFIG_FILE,
     INPUTS_FILE,
     LOAD_FILE,
     PLAN_FILE,
+    STAGES_FILE,
     STATUS_FILE,
     SUMMARY_FILE,
     TRANSCRIPT_FILE,
@@ -36,13 +40,15 @@ from pipeline.core.folder_names import (
 from pipeline.core.records import RuntimePlan, Summary
 from pipeline.core.redact import redact
 from pipeline.core.transcript import TranscriptWriter, read_transcript
+from pipeline.run import rescore
 from pipeline.run.files import run_files
 from pipeline.run.inputs import fingerprint
-from pipeline.run.resume import begin, inputs_difference, settle
+from pipeline.run.resume import Previous, begin, inputs_difference, settle
 from pipeline.run.status import locked, set_status
 from pipeline.stages.execute import execute
 from pipeline.stages.plan import plan
 from pipeline.stages.resolve import resolve
+from pipeline.stages.score import score
 from pipeline.stages.summarize import summarize
 from pipeline.tracking.guard import GuardedTracker
 from pipeline.tracking.runs import Tracker, config_params, run_tags
@@ -74,24 +80,20 @@ def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
 
 def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
          run_name: Optional[str]) -> RunResult:
-    previous = begin(run_dir, config)
+    rescoring = rescore.prepare(config, run_dir, overrides) if config.pipeline.from_transcript else None
+    previous = Previous(complete=rescoring.complete) if rescoring else begin(run_dir, config)
     result = RunResult(run_dir)
     if previous.complete:
         result.complete, result.summary = True, _read_summary(run_dir)
         return result
+    if rescoring or previous.executed:
+        return _run_from_score(config, run_dir, parent_run_id, overrides, run_name, previous, rescoring)
     resuming = config.resume is not None  # until accepted, a resume must leave the run folder as it found it
     if not resuming:
         _start(run_dir, config)
     seconds: dict[str, float] = {}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming)
-
-    def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
-        started = time.perf_counter()
-        value = function(*args)
-        seconds[stage] = time.perf_counter() - started
-        tracker.log_metrics({f"stage/{stage}/seconds": seconds[stage]})
-        log.info("%s: %.2f s", stage, seconds[stage])
-        return value
+    timed = _timer(seconds, tracker)
 
     until = config.pipeline.until
     try:
@@ -141,19 +143,87 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
                 finally:
                     progress.close()
                     backend.close()
+            write_json(run_dir / STAGES_FILE, seconds)  # what a later start at the score stage cannot time itself
+        if until in ("score", "summarize"):
+            timed("score", score, run_dir, config.dataset.scorer)
         if until == "summarize":
-            records = read_transcript(run_dir / TRANSCRIPT_FILE)
-            result.summary = timed("summarize", summarize, records, seconds, config.dataset.scorer.label,
-                                   _peak_memory(result.plan.device))
-            result.summary.stage_seconds = dict(seconds)  # now including summarize itself
-            write_json(run_dir / SUMMARY_FILE, result.summary.to_dict())
-            tracker.log_metrics(result.summary.metrics())
+            result.summary = _summarize(run_dir, seconds, config.dataset.scorer.label, _peak_memory(result.plan.device),
+                                        tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
             close_run(run_dir, tracker, *_ending(error))
         raise
     close_run(run_dir, tracker, "success", "FINISHED", "")
     return result
+
+
+def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
+                    run_name: Optional[str], previous: Previous, rescoring: Optional[rescore.Rescore]) -> RunResult:
+    """score -> summarize over answers that are all there already: a resumed run's (`previous`, accepted
+    by begin: its execute stage had finished), or another run's (`rescoring`). No model is resolved or loaded."""
+    result = RunResult(run_dir)
+    # the stages that made the answers ran before: their seconds (for tokens per second) are the source's, or
+    # what this run's execute left in stages.json
+    earlier = rescoring.stage_seconds if rescoring else read_json(run_dir / STAGES_FILE) \
+        if (run_dir / STAGES_FILE).is_file() else {}
+    seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
+    tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
+    timed = _timer(seconds, tracker)
+    scorer = rescoring.scorer if rescoring else config.dataset.scorer
+    try:
+        tracker.check_reachable()
+        if rescoring:  # the source run's answers, to be scored again in this folder
+            rescore.seed(rescoring, run_dir)
+            source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, run_name, parent_run_id,
+                                                   overrides)
+        else:  # nothing to settle: an answer's unfinished tool steps cannot outlive the execute stage
+            _start(run_dir, config)
+            tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id,
+                          tags=run_tags(config, run_dir, {"overrides": " ".join(overrides)}))
+            tracker.log_params(config_params(config))
+            log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",
+                     run_dir / TRANSCRIPT_FILE)
+        result.tracker = tracker
+        if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
+            close_run(run_dir, tracker, "success", "FINISHED", "")
+            return result
+        timed("score", score, run_dir, scorer)
+        if rescoring:
+            tracker.log_metrics({"scores_changed": float(rescore.record_source(rescoring, run_dir, source_run_id,
+                                                                               scorer.label))})
+        if config.pipeline.until == "summarize":
+            # the answers' generation ran elsewhere (another process, or the source run): its peak memory is the
+            # source's when known; this process's would say nothing about it
+            result.summary = _summarize(run_dir, seconds, scorer.label,
+                                        rescoring.peak_memory if rescoring else (None, ""), tracker, timed)
+    except (KeyboardInterrupt, Exception) as error:
+        close_run(run_dir, tracker, *_ending(error))
+        raise
+    close_run(run_dir, tracker, "success", "FINISHED", "")
+    return result
+
+
+def _timer(seconds: dict[str, float], tracker: Tracker) -> Callable[..., Any]:
+    """timed(stage, function, *args): the function's value; its seconds go to `seconds`, MLflow and the log."""
+    def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        value = function(*args)
+        seconds[stage] = time.perf_counter() - started
+        tracker.log_metrics({f"stage/{stage}/seconds": seconds[stage]})
+        log.info("%s: %.2f s", stage, seconds[stage])
+        return value
+    return timed
+
+
+def _summarize(run_dir: Path, seconds: dict[str, float], scorer: str, peak: tuple[Optional[int], str],
+               tracker: Tracker, timed: Callable[..., Any]) -> Summary:
+    """The summarize stage over the scored transcript: summary.json and the run's MLflow metrics."""
+    records = read_transcript(run_dir / TRANSCRIPT_FILE)
+    summary = timed("summarize", summarize, records, seconds, scorer, peak)
+    summary.stage_seconds = dict(seconds)  # now including summarize itself
+    write_json(run_dir / SUMMARY_FILE, summary.to_dict())
+    tracker.log_metrics(summary.metrics())
+    return summary
 
 
 def _start(run_dir: Path, config: Config) -> None:
@@ -166,7 +236,7 @@ def _ending(error: BaseException) -> tuple[str, str, str]:
     if isinstance(error, KeyboardInterrupt):
         reason = "stopped by SIGTERM" if isinstance(error, Interrupted) else "interrupted by the user (Ctrl-C)"
         return "interrupted", "KILLED", reason
-    if isinstance(error, UserError):
+    if isinstance(error, (UserError, BackendUnavailable)):
         return "failed", "FAILED", str(error)
     return "failed", "FAILED", f"{type(error).__name__}: {error}"
 

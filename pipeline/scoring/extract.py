@@ -5,7 +5,7 @@ any other value is a regular expression whose first group is the answer ("#### (
 strict match). A response where nothing is found has no answer: it scores 0 (None without a
 reference), and the record keeps `extracted: null` beside the raw response.
 
-Pure functions over strings; the answering loop and re-scoring call `score_response`.
+Pure functions over strings; the score stage (pipeline.stages.score.scored_text) calls `extract_answer`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from typing import Optional
 
-from pipeline.scoring.scorers import NUMBER, Scorer
+from pipeline.scoring.scorers import NUMBER
 
 LAST_NUMBER = "last_number"
 
@@ -26,17 +26,6 @@ def extract_answer(response: str, extract: str) -> Optional[str]:
         return numbers[-1] if numbers else None
     match = _compiled(extract).search(response)
     return None if match is None else match.group(1)
-
-
-def score_response(scorer: Scorer, extract: Optional[str], response: str,
-                   reference: Optional[str]) -> tuple[Optional[float], Optional[str]]:
-    """(score, extracted answer): the scorer over the extracted answer when `extract` is set, else over the response."""
-    if extract is None:
-        return scorer(response, reference), None
-    found = extract_answer(response, extract)
-    if found is None:
-        return (None if reference is None and not scorer.user else 0.0), None
-    return scorer(found, reference), found
 
 
 @lru_cache(maxsize=16)

@@ -45,6 +45,8 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
     latencies = sorted(r["latency_s"] for r in completed)
     ttfts = sorted(r.get("ttft_s", 0.0) for r in completed)
     prefill, decode = _throughput(generations)
+    reasoning = sorted(r.get("reasoning_tokens", 0) for r in completed)
+    answer_tokens = [r.get("answer_tokens", r["completion_tokens"]) for r in completed]
     return Summary(
         num_samples=len(answers),
         num_scored=len(scores),
@@ -71,6 +73,11 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
         ttft_p95_s=percentile(ttfts, 95),
         peak_memory_bytes=peak_memory[0],
         peak_memory_kind=peak_memory[1],
+        reasoning_tokens_mean=sum(reasoning) / len(reasoning) if reasoning else 0.0,
+        reasoning_tokens_p95=float(percentile(reasoning, 95)),
+        reasoning_truncated_share=(sum(bool(r.get("reasoning_truncated")) for r in completed) / len(completed)
+                                   if completed else 0.0),
+        answer_tokens_mean=sum(answer_tokens) / len(answer_tokens) if answer_tokens else 0.0,
         likelihood=likelihood_metrics(records),
     )
 

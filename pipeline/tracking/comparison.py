@@ -23,7 +23,10 @@ from pipeline.core.redact import MASK, hide_credentials, is_secret_key
 
 # The summary's headline numbers, in the order they are shown; pass_at_<k> follow accuracy.
 METRICS = ("accuracy", "tokens_per_second", "decode_tokens_per_second", "prefill_tokens_per_second",
-           "latency_p50_s", "latency_p95_s", "ttft_p50_s", "ttft_p95_s", "peak_memory_bytes")
+           "latency_p50_s", "latency_p95_s", "ttft_p50_s", "ttft_p95_s", "peak_memory_bytes",
+           "reasoning_tokens_mean", "reasoning_tokens_p95", "reasoning_truncated_share", "answer_tokens_mean")
+# shown only where some job thought (else every sweep of a model that does not think gets columns of zeros)
+REASONING_METRICS = ("reasoning_tokens_mean", "reasoning_tokens_p95", "reasoning_truncated_share", "answer_tokens_mean")
 CI_LOW, CI_HIGH = "accuracy_ci_low", "accuracy_ci_high"
 FOLDER = "comparison"
 
@@ -67,7 +70,9 @@ def metric_names(rows: list[dict[str, Any]], swept: list[str]) -> list[str]:
     """The metric columns that at least one job has a number for (the CI columns go with accuracy)."""
     columns = [c for row in rows for c in row if c not in ("job", "state", CI_LOW, CI_HIGH, *swept)]
     seen = list(dict.fromkeys(columns))
-    return [c for c in seen if any(isinstance(row.get(c), (int, float)) for row in rows)]
+    thought = any(row.get("reasoning_tokens_mean") or row.get("reasoning_truncated_share") for row in rows)
+    return [c for c in seen if any(isinstance(row.get(c), (int, float)) for row in rows)
+            and (thought or c not in REASONING_METRICS)]
 
 
 def write_comparison(sweep_dir: Path, jobs: list[dict[str, Any]], swept: list[str],

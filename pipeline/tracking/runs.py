@@ -17,6 +17,7 @@ import re
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +31,7 @@ from pipeline.core.transcript import read_transcript
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_TYPE, EVALUATION_RUN = "mlflow.runType", "genai_evaluate"  # as mlflow.genai.evaluate tags its runs
 MAX_PARAM_LENGTH = 6000  # MLflow 3's limits: a param value, a tag value, a param/tag/metric name
 MAX_TAG_LENGTH = 8000
 MAX_KEY_LENGTH = 250
@@ -78,6 +80,14 @@ def quiet_mlflow_logs() -> None:
         logger.setLevel(logging.WARNING)  # MLflow sets INFO on import
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What a run's answers are assessed with and against: the scorer's label and the dataset's name."""
+
+    scorer: str
+    dataset: str
+
+
 class Tracker:
     """One MLflow run (or nothing, when tracking is disabled)."""
 
@@ -89,6 +99,7 @@ class Tracker:
         self.client: Any = None
         self.experiment_id: Optional[str] = None
         self.run_id: Optional[str] = None
+        self.evaluation: Optional[Evaluation] = None  # what the traces are assessed against (log_dataset)
 
     def connect(self) -> None:
         """Open the store and the experiment, creating both if needed (safe against a parallel creator)."""
@@ -143,6 +154,7 @@ class Tracker:
 
         from pipeline.data.sources import source_kind
 
+        self.evaluation = Evaluation(config.scorer.label, config.name)
         profile = json.dumps({"samples": samples, "limit": config.limit, "split": config.split,
                               "subset": config.subset})
         if source_kind(config.path) == "hub":  # named by its cached snapshot's commit (pipeline.data.hub)
@@ -176,6 +188,30 @@ class Tracker:
             log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
             return
         self.log_metrics({"traces": count, "traces/seconds": time.perf_counter() - started})
+        self.log_assessments(transcript)
+
+    def log_assessments(self, transcript: Path) -> None:
+        """Each trace's Feedback and Expectation (see pipeline.tracking.assessments), after its traces;
+        the score's mean as MLflow's evaluation runs name it (`<scorer>/mean`).
+
+        Never fails the run: the transcript, uploaded with the artifacts, holds the same scores."""
+        if not (self.run_id and self.evaluation):
+            return
+        from pipeline.tracking.assessments import log_assessments
+
+        evaluation, started = self.evaluation, time.perf_counter()
+        records = read_transcript(transcript)
+        try:
+            written = log_assessments(self.uri, self.experiment_id, self.run_id, records, evaluation.scorer,
+                                      evaluation.dataset)
+        except Exception as error:  # noqa: BLE001 - an assessment store problem is reported, not fatal
+            log.warning("assessments not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
+            return
+        self.log_metrics({"assessments": written.written + written.kept,
+                          "assessments/seconds": time.perf_counter() - started})
+        scores = [r["score"] for r in records if r.get("kind", "answer") == "answer" and r.get("score") is not None]
+        if scores:  # the same number as accuracy, under the name MLflow's own evaluations give it
+            self.log_metrics({f"{mlflow_key(evaluation.scorer)}/mean": sum(scores) / len(scores)})
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if not self.run_id:
@@ -306,7 +342,8 @@ PLAN_PARAMS = ("backend", "device", "dtype", "attn_implementation", "batch_size"
 
 
 def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    return {"config_hash": config.config_hash(), "run_dir": str(run_dir), **_software_tags(), **extra}
+    return {"config_hash": config.config_hash(), "run_dir": str(run_dir), **_software_tags(),
+            RUN_TYPE: EVALUATION_RUN, **extra}
 
 
 @functools.lru_cache(maxsize=1)

@@ -95,6 +95,8 @@ def _step_span(mlflow_id: str, otel_id: int, root_id: int, step: dict[str, Any],
                           attributes={"kind": step.get("kind"), "prompt_tokens": step.get("prompt_tokens", 0),
                                       "completion_tokens": step.get("completion_tokens", 0),
                                       "ttft_s": step.get("ttft_s"), "finish_reason": step.get("finish_reason"),
+                                      "reasoning_tokens": step.get("reasoning_tokens", 0),
+                                      "reasoning_truncated": step.get("reasoning_truncated", False),
                                       "mlflow.chat.tokenUsage": _usage(step)})
     tool = step.get("tool") or {}
     return _span_dict(mlflow_id, otel_id, span_id, root_id, name=tool.get("name") or step.get("kind", "tool"),
@@ -142,8 +144,10 @@ def log_traces(tracking_uri: str, experiment_id: str, run_id: str, records: list
 
 def chat_output(step: dict[str, Any]) -> dict[str, Any]:
     """A response in the chat-completion shape that MLflow's UI shows as the assistant's message."""
-    return {"choices": [{"message": {"role": "assistant", "content": step.get("response", "")},
-                         "finish_reason": step.get("finish_reason")}]}
+    message = {"role": "assistant", "content": step.get("response", "")}
+    if step.get("reasoning") or step.get("reasoning_truncated"):  # the thinking beside the answer, as servers send it
+        message["reasoning_content"] = step.get("reasoning", "")
+    return {"choices": [{"message": message, "finish_reason": step.get("finish_reason")}]}
 
 
 def _usage(step: dict[str, Any]) -> dict[str, int]:

@@ -4,7 +4,9 @@ llama.cpp's server, Ollama, LM Studio, `transformers serve`, OpenAI and Azure Op
 Planning checks the server before anything is sent for generation (pipeline.backends.openai.client).
 Generation streams every request (time to first token is measured, not estimated) with at most
 `max_concurrency` in flight, retries what can succeed on retry with jittered exponential backoff
-that honours Retry-After, and turns a request that still fails into a Completion with `error`.
+that honours Retry-After, and turns a request that still fails into a Completion with `error`; one
+that still could not reach the server at all (refused, reset, dropped mid-answer) is marked
+`unavailable`, which stops the run rather than filling its transcript with errors.
 The openai client's own retries are off: it would retry 409 and 429 without our jitter and cap,
 and this module must count attempts.
 
@@ -41,9 +43,12 @@ from pipeline.backends.base import (Backend, BackendOption, BackendPlan, Capabil
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
 from pipeline.core.errors import UserError, one_line
-from pipeline.core.records import Message, ToolCall
+from pipeline.core.reasoning import THINK_TAGS, split_reasoning
+from pipeline.core.records import MediaPart, Message, ToolCall
 from pipeline.core.streaming import StreamSink
+from pipeline.core.thinking import ThinkingPlan
 from pipeline.core.tool_calls import OPEN, parse_tool_calls
+from pipeline.data.media import read_bytes
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool", "function_call": "tool",
            "content_filter": "stop", "eos": "stop"}
@@ -68,9 +73,10 @@ class _signals_held:
 class RetryableFailure(Exception):
     """An attempt failed in a way that may succeed next time; carries the server's Retry-After."""
 
-    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+    def __init__(self, message: str, retry_after: Optional[float] = None, connection: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.connection = connection  # no answer at all (refused, reset, dropped): the server may be gone
 
 
 class FinalFailure(Exception):
@@ -93,6 +99,9 @@ class OpenAIBackend(Backend):
         self._tokenize_works: Optional[bool] = None  # None: not tried yet
         self._local: Optional[tuple[Any, Any]] = None  # backend.tokenizer's chat template and token counter, once read
         self.attempts = 0  # requests sent for generation, retries included (for tests and stats)
+        # the plan's thinking switch (pipeline.core.thinking): chat_template_kwargs / reasoning_effort sent as is,
+        # and the markers an answer is read with when the server leaves the thinking in the text
+        self.thinking = ThinkingPlan()
 
     # --- log-likelihoods (dataset.kind=multiple_choice; pipeline.backends.openai.loglikelihood) ----------
 
@@ -315,9 +324,11 @@ class OpenAIBackend(Backend):
                 failure = error
             if isinstance(failure, FinalFailure) or attempt >= self.config.max_retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
+                gone = getattr(failure, "connection", False)  # not this request's fault: the server is not there
+                said = (f"the server at {server.endpoint(self.config)} stopped answering: {failure}{tries}" if gone
+                        else f"{request.key + ': ' if request.key else ''}{failure}{tries}")
                 completion = Completion(finish_reason="error", latency_s=time.monotonic() - started,
-                                        error=self.secrets.wipe(f"{request.key + ': ' if request.key else ''}"
-                                                                f"{failure}{tries}"))
+                                        error=self.secrets.wipe(said), unavailable=gone)
                 break
             await asyncio.sleep(server.backoff_s(self.config, attempt, getattr(failure, "retry_after", None)))
             attempt += 1
@@ -359,8 +370,11 @@ class OpenAIBackend(Backend):
             if error.status_code in server.RETRYABLE_STATUS or error.status_code >= 500:
                 raise RetryableFailure(message, server.retry_after_s(error.response.headers)) from None
             raise FinalFailure(message) from None
+        except (openai.APITimeoutError, httpx.TimeoutException):  # a slow server, not a gone one
+            raise RetryableFailure(f"no complete answer within {PREFIX}.timeout_s={self.config.timeout_s:g}s") from None
         except (openai.APIConnectionError, httpx.TransportError) as error:
-            raise RetryableFailure(f"connection to the server failed: {one_line(error, 200) or type(error).__name__}") from None
+            raise RetryableFailure(f"connection to the server failed: {_connection_reason(error)}",
+                                   connection=True) from None
         except openai.APIError as error:  # an error event inside the stream
             raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
         done = time.monotonic()
@@ -383,6 +397,11 @@ class OpenAIBackend(Backend):
             body["stop"] = list(request.stop)
         if request.tools:
             body["tools"] = list(request.tools)
+        if self.thinking.template_args.get("enable_thinking") is not None:  # vLLM, SGLang: the template's variable
+            extra = body.setdefault("extra_body", {})
+            extra["chat_template_kwargs"] = {"enable_thinking": self.thinking.template_args["enable_thinking"]}
+        if self.thinking.reasoning_effort is not None:
+            body["reasoning_effort"] = self.thinking.reasoning_effort
         return body
 
     def _completion(self, request: Request, text: str, reasoning: str, calls: dict[int, dict], finish: Optional[str],
@@ -392,14 +411,23 @@ class OpenAIBackend(Backend):
         if cut is not None:
             text, finish_reason = cut, "stop"
         tool_calls = [ToolCall(call["name"], _arguments(call["arguments"])) for _, call in sorted(calls.items())]
+        message_text: Optional[str] = None
         if request.tools and not tool_calls and OPEN in text:
             parsed = parse_tool_calls(text)  # the model's own format, passed through as text by the server
             if parsed.calls and not parsed.problems:
-                text, tool_calls = parsed.text, parsed.calls
+                # as in process: the text (and the transcript) keeps what the model wrote, markup included;
+                # the conversation's assistant message carries the calls as tool_calls instead
+                message_text, tool_calls = parsed.text, parsed.calls
         if tool_calls:
             finish_reason = "tool"
+        truncated = False
+        markers = self.thinking.reading_markers or THINK_TAGS
+        if not reasoning and markers.format == "tags" and (markers.open in text or markers.close in text):
+            split = split_reasoning(text, markers)  # a server without a reasoning parser: the tags are in the text
+            text, reasoning, truncated = split.answer, split.reasoning, split.truncated
         details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
-        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls,
+        return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls, message_text=message_text,
+                          reasoning_truncated=truncated,
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                           reasoning_tokens=getattr(details, "reasoning_tokens", 0) or 0,
@@ -430,29 +458,38 @@ def to_openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             if message.name:
                 entry["name"] = message.name
             out.append(entry)
-        elif message.media:
-            parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-            parts.extend(_media_part(part.kind, part.source) for part in message.media)
+        elif message.media:  # the media first, then the text: as the transformers backend renders them
+            parts: list[dict[str, Any]] = [_media_part(part) for part in message.media]
+            if message.content:
+                parts.append({"type": "text", "text": message.content})
             out.append({"role": message.role, "content": parts})
         else:
             out.append({"role": message.role, "content": message.content})
     return out
 
 
-def _media_part(kind: str, source: str) -> dict[str, Any]:
-    if kind == "image":
-        url = source if source.startswith(("http://", "https://", "data:")) else _data_url(source)
-        return {"type": "image_url", "image_url": {"url": url}}
-    if kind == "audio":
-        path = Path(source)
-        return {"type": "input_audio", "input_audio": {"data": base64.b64encode(path.read_bytes()).decode(),
-                                                        "format": path.suffix.lstrip(".").lower() or "wav"}}
-    raise UserError(f"a media part of kind {kind!r} cannot be sent to an OpenAI-compatible server: image or audio")
+def _media_part(part: MediaPart) -> dict[str, Any]:
+    """An image as an image_url part (a local file as a data URL; an http(s) URL, which the plan let
+    through only with runtime.allow_download=true, as is), audio as an input_audio part."""
+    remote = part.path is None and part.source.lower().startswith(("http://", "https://"))
+    if part.kind == "image":
+        if remote or part.source.startswith("data:"):
+            return {"type": "image_url", "image_url": {"url": part.source}}
+        mime = mimetypes.guess_type(part.path or part.source)[0] or "application/octet-stream"
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{_base64(part)}"}}
+    if part.kind == "audio":
+        if remote:
+            raise UserError(f"audio {part.source!r}: an OpenAI-compatible server takes audio as data, not a URL; "
+                            "download it and name the file")
+        kind = (part.mime or mimetypes.guess_type(part.path or "")[0] or "audio/wav").split("/")[-1]
+        return {"type": "input_audio", "input_audio": {"data": _base64(part),
+                                                        "format": {"x-wav": "wav", "mpeg": "mp3"}.get(kind, kind)}}
+    raise UserError(f"a media part of kind {part.kind!r} cannot be sent to an OpenAI-compatible server: image or audio")
 
 
-def _data_url(path: str) -> str:
-    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+def _base64(part: MediaPart) -> str:
+    """The part's checked bytes (read again, and refused if the file changed since the plan), in base64."""
+    return base64.b64encode(read_bytes(part)).decode()
 
 
 def _estimate(messages: Sequence[Message]) -> int:
@@ -500,5 +537,20 @@ def _reason(error: Any) -> str:
         inner = body.get("error")
         detail = body.get("message") or body.get("detail") or (inner.get("message") if isinstance(inner, dict) else inner)
     return one_line(detail or getattr(error, "message", "") or type(error).__name__, 200)
+
+
+def _connection_reason(error: BaseException) -> str:
+    """What went wrong on the wire in a few words: the openai client says only "Connection error.", httpx
+    says more ("peer closed connection without sending complete message body"), the socket most."""
+    chain: list[BaseException] = []
+    current: Optional[BaseException] = error
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for kind, words in ((ConnectionRefusedError, "connection refused"), (ConnectionResetError, "connection reset")):
+        if any(isinstance(link, kind) for link in chain):
+            return words
+    said = [one_line(link, 200) for link in chain if isinstance(link, httpx.TransportError) and one_line(link, 200)]
+    return said[0] if said else (one_line(error, 200) or type(error).__name__)
 
 

@@ -39,15 +39,15 @@ class TransformersServe:
 
     OMP_NUM_THREADS=1: the server shares the machine with its client (and, in tests, other workers)."""
 
-    def __init__(self, model: Path, log: Path) -> None:
+    def __init__(self, model: Path, log: Path, port: Optional[int] = None) -> None:
         self.model = str(Path(model).resolve())  # the id /v1/models lists
-        self.port = free_port()
+        self.port = port or free_port()  # a port: the same server again, after a test killed it
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         script = Path(sys.executable).parent / "transformers"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "transformers.cli.transformers"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [*command, "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
                  "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -16,14 +16,17 @@ reports, options with reasons, token source) is kept whole under `backend_plan`.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
 from pipeline.answering.tools import load_tools
 from pipeline.backends.base import BackendPlan, Request
 from pipeline.core.config import Config, SessionConfig
 from pipeline.core.errors import UserError
 from pipeline.core.generation_settings import LIBRARY, NEUTRAL, command_line_keys, effective_generation
+from pipeline.core.reasoning import THINK_TAGS, thinking_support
 from pipeline.core.records import MemoryEstimate, Message, ResolvedModel, RuntimePlan, Sample
+from pipeline.core.thinking import ThinkingPlan, plan_thinking
 from pipeline.data.dataset import load_samples
 from pipeline.data.prompts import conversation
 from pipeline.scoring.scorers import check_scorer, sample_references
@@ -34,10 +37,11 @@ SERVER_DEFAULT = "the server's default"  # a generation setting left null: not s
 UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backends.openai does not send
 
 
-def plan_served(config: Config, model: ResolvedModel, backend: Any,
-                overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample]]:
-    """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer."""
-    samples = load_samples(config.dataset, config.runtime.allow_download)
+def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: Iterable[str] = (),
+                samples: Optional[list[Sample]] = None) -> tuple[RuntimePlan, list[Sample]]:
+    """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer
+    (`samples`, or the dataset's: the Python client plans for prompts it does not know yet)."""
+    samples = load_samples(config.dataset, config.runtime.allow_download) if samples is None else samples
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     if config.dataset.kind == "multiple_choice":
         if config.session.chat_template:  # /completions takes raw text; the server's chat template is not applied
@@ -55,6 +59,7 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any,
                                     "or remove the part")
     schemas = [tool.schema for tool in load_tools(config.session.tools)]
     generation = _generation(config, overrides)
+    backend.thinking = plan_served_thinking(config, backend)
     requests = [_first_request(sample, config, schemas, generation) for sample in samples]
     served: BackendPlan = backend.plan(requests)  # UserError: unreachable, not OpenAI-shaped, key refused, not served
     counts = dict(zip((s.id for s in samples), served.prompt_tokens))
@@ -79,7 +84,13 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any,
     if schemas:
         checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import; they are sent as the "
                       "API's tools")
+    checks.append(f"thinking: {backend.thinking.found}; this run: {backend.thinking.how}")
     concurrency = backend.config.max_concurrency
+    if generation["values"].get("do_sample") and concurrency > 1:
+        warnings.append(f"sampling with backend.max_concurrency={concurrency}: each request's seed is sent, but the "
+                        "answers repeat run to run only on a server that seeds each request on its own (vLLM, SGLang); "
+                        "transformers serve seeds one global generator, so requests in flight together change each "
+                        "other's draws (backend.max_concurrency=1 makes them repeat there)")
     reasons = {
         "backend": "backend=openai: the model is served at " + (served.identity.endpoint or ""),
         "device": "the server holds the model; its device is the server's",
@@ -100,8 +111,40 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any,
         reasons=reasons, num_samples=len(samples), longest_prompt_tokens=longest, longest_prompt_sample=longest_id,
         max_new_tokens=max_new, context_length=context, truncation=config.session.truncation, truncated_samples=[],
         generation=generation["values"], generation_sources=generation["sources"], checks=checks, warnings=warnings,
-        tools=schemas, backend_plan=served.to_dict(),
+        tools=schemas, backend_plan=served.to_dict(), thinking=backend.thinking.to_dict(),
     ), samples
+
+
+def plan_served_thinking(config: Config, backend: Any) -> ThinkingPlan:
+    """How thinking is switched on the server: the template variable enable_thinking as chat_template_kwargs
+    (vLLM, SGLang), reasoning_effort as the API's field. Checked against the chat template of
+    backend.tokenizer where one is named; otherwise sent as asked, unverified."""
+    generation = config.generation
+    if generation.thinking_budget is not None:
+        raise UserError(f"generation.thinking_budget={generation.thinking_budget}: not enforced with backend=openai "
+                        "yet (needs the server's own budget field or an assistant continuation); leave it null, or "
+                        "use backend=transformers")
+    if generation.continue_on_length:
+        raise UserError(f"generation.continue_on_length={generation.continue_on_length}: the chat completions API "
+                        "cannot continue an answer; leave it 0 with backend=openai")
+    folder = backend.config.tokenizer
+    if folder:
+        from pipeline.backends.transformers.chat_template import ChatTemplate  # jinja only, no torch
+        from pipeline.backends.transformers.plan import added_tokens
+
+        template = ChatTemplate.from_folder(Path(folder))
+        support = thinking_support(template.source if template else None, added_tokens(Path(folder)))
+        return plan_thinking(generation, support, backend.model)
+    args = {} if generation.thinking == "auto" else {"enable_thinking": generation.thinking == "on"}
+    how = [f"chat_template_kwargs enable_thinking={str(args['enable_thinking']).lower()}"] if args else []
+    if generation.reasoning_effort is not None:
+        how.append(f"reasoning_effort={generation.reasoning_effort}")
+    return ThinkingPlan(mode=generation.thinking, can_think=True, template_args=args,
+                        markers={"format": "tags", "open": THINK_TAGS.open, "close": THINK_TAGS.close},
+                        reasoning_effort=generation.reasoning_effort,
+                        found="not verified (the server's chat template is not visible; backend.tokenizer names "
+                              "none): the server's reasoning field, else <think> tags in the text",
+                        how="; ".join(how) or "the server's default")
 
 
 def _check_session(session: SessionConfig) -> None:

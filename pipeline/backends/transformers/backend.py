@@ -17,7 +17,7 @@ follows does not encode them a second time (that was 4% of the demo's execute ti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -25,10 +25,17 @@ from pipeline.backends.base import (Backend, BackendOption, BackendPlan, Capabil
                                     Completion, Identity, Request, RollingResult)
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.backends.transformers.generate import generate_batch
+from pipeline.backends.transformers.media_inputs import count as count_media_tokens
+from pipeline.backends.transformers.media_inputs import encode as encode_media
+from pipeline.backends.transformers.media_inputs import load_processor, media_of
 from pipeline.backends.transformers.reuse import LoadRecord, acquire
+from pipeline.backends.transformers.thinking import (ANSWER, FORCING, THINKING, RowState, ThinkingBudget,
+                                                     ThinkingTokens, split_ids, thinking_tokens)
 from pipeline.core.config import SessionConfig
-from pipeline.core.records import LoadedRuntime, RuntimePlan
+from pipeline.core.reasoning import StreamSplitter, opens_thinking, split_reasoning
+from pipeline.core.records import LoadedRuntime, MediaPart, RuntimePlan
 from pipeline.core.streaming import StreamSink
+from pipeline.core.thinking import ThinkingPlan
 from pipeline.core.tool_calls import parse_tool_calls
 from pipeline.data.prompts import adds_special_tokens, render
 
@@ -46,6 +53,7 @@ class _Prompt:
     prompt: str
     prompt_ids: list[int]
     seed: Optional[int]
+    media: tuple[MediaPart, ...] = ()  # its images and audio, in the order the chat template writes them
 
 
 class TransformersBackend(Backend):
@@ -54,16 +62,20 @@ class TransformersBackend(Backend):
     def __init__(self, plan: RuntimePlan, session: SessionConfig, chat_template: Optional[ChatTemplate] = None,
                  trust_remote_code: bool = False, run_dir: Optional[Path] = None, reuse: bool = True) -> None:
         self.runtime_plan = plan
+        self.thinking = ThinkingPlan.from_dict(plan.thinking)
+        if self.thinking.template_args:  # the switch the plan chose (enable_thinking, reasoning_effort)
+            session = replace(session, template_args={**session.template_args, **self.thinking.template_args})
         self.session = session
         self.chat_template = chat_template
         self.trust_remote_code = trust_remote_code
         self.run_dir = run_dir
         self.reuse = reuse
-        self.capabilities = Capabilities(modalities=("text",), tools=True, per_request_seed=True, streaming=True,
-                                         loglikelihood=True)
+        self.capabilities = Capabilities(modalities=tuple(plan.model.modalities), tools=True, per_request_seed=True,
+                                         streaming=True, thinking_switch=bool(self.thinking.template_args), loglikelihood=True)
         self.runtime: Optional[LoadedRuntime] = None
         self.load_record: Optional[LoadRecord] = None  # how load() got the model (load.json)
         self._encoded: dict[int, tuple[Request, _Prompt]] = {}  # id(request) -> what count_tokens encoded
+        self._plan_processor: Any = None  # a multimodal model's processor, for counting before load()
 
     @classmethod
     def from_runtime(cls, runtime: LoadedRuntime, session: SessionConfig) -> "TransformersBackend":
@@ -101,7 +113,8 @@ class TransformersBackend(Backend):
         options = [BackendOption(name, values.get(name), plan.reasons.get(name, "")) for name in OPTIONS]
         counter = TokenCounter.from_folder(Path(plan.model.path)) if requests else None
         special = adds_special_tokens(self.session)
-        counts = [counter.count(self._render(request), special) for request in requests] if counter else []
+        counts = [self._count_media(request) if media_of(request.messages) else counter.count(self._render(request), special)
+                  for request in requests] if counter else []
         return BackendPlan(identity=self.identity(), capabilities=self.capabilities, options=options,
                            context_length=self.context_length, prompt_tokens=counts, token_source="tokenizer",
                            checks=list(plan.checks), warnings=list(plan.warnings))
@@ -141,10 +154,9 @@ class TransformersBackend(Backend):
             rows = [self._prompt(requests[i]) for i in indexes]
             settings = self._settings(requests[indexes[0]])
             whole = indexes == list(range(len(requests)))  # else the sink is told rows as numbered in `requests`
-            counts, outputs = generate_batch(runtime, rows, settings, adds_special_tokens(self.session),
-                                             sink if sink is None or whole else _RowSink(sink, indexes))
-            for i, tokens, output in zip(indexes, counts, outputs):
-                completions[i] = self._completion(requests[i], tokens, output)
+            row_sink = sink if sink is None or whole else _RowSink(sink, indexes)
+            for i, output in zip(indexes, self._generate_rows(runtime, rows, settings, row_sink)):
+                completions[i] = self._completion(requests[i], *output)
         return [c for c in completions if c is not None]
 
     def loglikelihoods(self, requests: Sequence[ChoicesRequest]) -> list[ChoicesResult]:
@@ -191,8 +203,26 @@ class TransformersBackend(Backend):
         texts = [self._render(request) for request in requests]
         if not texts:
             return []
-        encoded = runtime.tokenizer(texts, add_special_tokens=adds_special_tokens(self.session))["input_ids"]
-        return [_Prompt(text, ids, request.seed) for request, text, ids in zip(requests, texts, encoded)]
+        special = adds_special_tokens(self.session)
+        encoded = runtime.tokenizer(texts, add_special_tokens=special)["input_ids"]
+        prompts = []
+        for request, text, ids in zip(requests, texts, encoded):
+            media = tuple(media_of(request.messages))
+            if media:  # the processor expands each part's placeholder: these are the tokens the model sees
+                ids = encode_media(self._processor(), [text], [media], special)["input_ids"][0].tolist()
+            prompts.append(_Prompt(text, ids, request.seed, media))
+        return prompts
+
+    def _processor(self) -> Any:
+        if self.runtime is not None and self.runtime.processor is not None:
+            return self.runtime.processor
+        if self._plan_processor is None:
+            self._plan_processor = load_processor(self.runtime_plan.model.path, self.trust_remote_code)
+        return self._plan_processor
+
+    def _count_media(self, request: Request) -> int:
+        return count_media_tokens(self._processor(), self._render(request), media_of(request.messages),
+                                  adds_special_tokens(self.session))
 
     def _render(self, request: Request) -> str:
         return render(self.chat_template, request.messages, self.session, request.tools or None)
@@ -201,7 +231,7 @@ class TransformersBackend(Backend):
         known = self._encoded.pop(id(request), None)
         if known is not None and known[0] is request:
             return known[1]
-        return _Prompt(self._render(request), [], request.seed)  # generate_batch encodes it
+        return _Prompt(self._render(request), [], request.seed, tuple(media_of(request.messages)))  # encoded there
 
     def _settings(self, request: Request) -> dict[str, Any]:
         settings = dict(self.runtime_plan.generation)
@@ -210,6 +240,84 @@ class TransformersBackend(Backend):
         settings.update({name: getattr(request, name) for name in REQUEST_SETTINGS
                          if getattr(request, name) is not None})
         return settings
+
+    def _generate_rows(self, runtime: LoadedRuntime, rows: list[_Prompt], settings: dict[str, Any],
+                       sink: Optional[StreamSink]) -> list[tuple[int, Any, dict[str, Any]]]:
+        """(prompt tokens, generate's completion, its reasoning fields) per row: thinking bounded by the
+        plan's budget, the answer by max_new_tokens, an answer cut by it continued as the plan says."""
+        special = adds_special_tokens(self.session)
+        markers = self.thinking.reading_markers if self.thinking.can_think else None
+        tokens = thinking_tokens(runtime.tokenizer, markers, self.thinking.wrapup,
+                                 _end_ids(runtime)) if markers is not None else None
+        starts = [opens_thinking(row.prompt, markers) for row in rows]
+        states = [RowState(phase=THINKING if start else "before") for start in starts]
+        if sink is not None and markers is not None:
+            sink = _ReasoningSink(sink, [StreamSplitter(markers, start) for start in starts])
+        counts: list[int] = [0] * len(rows)
+        outputs: list[Any] = [None] * len(rows)
+        parts = [0] * len(rows)
+        pending = list(range(len(rows)))
+        prompts = list(rows)
+        while pending:
+            batch = [prompts[i] for i in pending]
+            limit = settings["max_new_tokens"]
+            budget_states = [states[i] for i in pending]
+            step_settings = dict(settings, max_new_tokens=self._total_tokens(
+                lambda: [len(_ids(runtime, row, special)) for row in batch], limit, tokens))
+            factory = None
+            if tokens is not None:
+                factory = (lambda length, s=budget_states:  # noqa: E731
+                           ThinkingBudget(tokens, self.thinking.budget, limit, length, s))
+            step_sink = sink if sink is None or pending == list(range(len(rows))) else _RowSink(sink, pending)
+            got_counts, got = generate_batch(runtime, batch, step_settings, special, step_sink, factory)
+            going_on = []
+            for i, count, output in zip(pending, got_counts, got):
+                if states[i].cut:
+                    output.finish_reason = "length"
+                if outputs[i] is None:
+                    counts[i], outputs[i] = count, output
+                else:  # a continuation: one answer made of its parts
+                    first = outputs[i]
+                    first.text, first.ids = first.text + output.text, first.ids + output.ids
+                    first.tokens += output.tokens
+                    first.latency_s += output.latency_s
+                    first.finish_reason = output.finish_reason
+                    parts[i] += 1
+                if output.finish_reason == "length" and parts[i] < self.thinking.continue_on_length \
+                        and output.ids:
+                    going_on.append(i)
+                    prompts[i] = _Prompt(prompts[i].prompt + output.text, _ids(runtime, prompts[i], special)
+                                         + output.ids, prompts[i].seed)
+                    state = states[i]
+                    states[i] = RowState(phase=THINKING, reasoning=state.reasoning) \
+                        if state.phase in (THINKING, FORCING) else RowState(phase=ANSWER)
+            pending = going_on
+        results = []
+        for i, output in enumerate(outputs):
+            fields: dict[str, Any] = {"continuations": parts[i]}
+            if markers is not None:
+                split = split_reasoning(output.text, markers, starts[i])
+                output.text = split.answer
+                fields.update(reasoning=split.reasoning, reasoning_truncated=split.truncated)
+                if tokens is not None:
+                    by_tokens = split_ids(output.ids, tokens, starts[i])
+                    fields.update(reasoning_tokens=by_tokens.reasoning_tokens, answer_tokens=by_tokens.answer_tokens)
+                elif split.thought:  # tags of several tokens: count the texts
+                    encode = runtime.tokenizer
+                    fields.update(reasoning_tokens=len(encode(split.reasoning, add_special_tokens=False)["input_ids"]),
+                                  answer_tokens=len(encode(split.answer, add_special_tokens=False)["input_ids"]))
+            results.append((counts[i], output, fields))
+        return results
+
+    def _total_tokens(self, prompt_lengths: Any, answer_limit: int, tokens: Optional[ThinkingTokens]) -> int:
+        """generate's max_new_tokens: the answer's limit, and room for the thinking before it (the budget,
+        forced tags and wrap-up; without a budget, what the context leaves)."""
+        if tokens is None or self.thinking.mode == "off":
+            return answer_limit
+        if self.thinking.budget is not None:
+            return 1 + self.thinking.budget + len(tokens.wrapup_ids) + len(tokens.close_ids) + answer_limit + 1
+        context = self.context_length or 4096
+        return max(answer_limit, context - max(prompt_lengths(), default=0))
 
     def _over_context(self, request: Request) -> Optional[Completion]:
         """An error Completion for a prompt that leaves no room for its answer (unless it may be cut)."""
@@ -230,10 +338,10 @@ class TransformersBackend(Backend):
                           error=f"{tokens} prompt tokens + max_new_tokens={request.max_new_tokens} do not fit the "
                                 f"model's context of {context} tokens")
 
-    def _completion(self, request: Request, prompt_tokens: int, output: Any) -> Completion:
+    def _completion(self, request: Request, prompt_tokens: int, output: Any, fields: dict[str, Any]) -> Completion:
         completion = Completion(text=output.text, prompt_tokens=prompt_tokens, completion_tokens=output.tokens,
                                 finish_reason=output.finish_reason, ttft_s=output.ttft_s, latency_s=output.latency_s,
-                                truncated=output.truncated)
+                                truncated=output.truncated, **fields)
         if request.tools:  # the calls are in the text, in the chat template's markup; the prefill starts the answer
             parsed = parse_tool_calls(self.session.prefill + output.text)
             if parsed.wants_tools:
@@ -242,6 +350,41 @@ class TransformersBackend(Backend):
                 completion.finish_reason = "tool" if parsed.calls and output.finish_reason == "stop" else \
                     output.finish_reason
         return completion
+
+
+def _end_ids(runtime: LoadedRuntime) -> set[int]:
+    eos = runtime.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if runtime.tokenizer.eos_token_id is not None:
+        ids.add(runtime.tokenizer.eos_token_id)
+    return ids
+
+
+def _ids(runtime: LoadedRuntime, prompt: _Prompt, special: bool) -> list[int]:
+    return prompt.prompt_ids or runtime.tokenizer(prompt.prompt, add_special_tokens=special)["input_ids"]
+
+
+class _ReasoningSink:
+    """A sink told only the answer's text as it comes (`on_reasoning(row, text)` too, where the sink has it)."""
+
+    def __init__(self, sink: StreamSink, splitters: list[StreamSplitter]) -> None:
+        self.sink, self.splitters = sink, splitters
+        self.streams_text = getattr(sink, "streams_text", True)
+
+    def on_text(self, row: int, text: str) -> None:
+        reasoning, answer = self.splitters[row].feed(text)
+        if reasoning and hasattr(self.sink, "on_reasoning"):
+            self.sink.on_reasoning(row, reasoning)
+        if answer:
+            self.sink.on_text(row, answer)
+
+    def on_complete(self, row: int, text: str) -> None:
+        reasoning, answer, split = self.splitters[row].finish()
+        if reasoning and hasattr(self.sink, "on_reasoning"):
+            self.sink.on_reasoning(row, reasoning)
+        if answer:
+            self.sink.on_text(row, answer)
+        self.sink.on_complete(row, split.answer)
 
 
 class _RowSink:

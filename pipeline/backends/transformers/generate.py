@@ -6,16 +6,19 @@ and its own latency. A completion ends at the end-of-turn token or at the first 
 The plan's backend options apply here: a static KV cache (prompts padded to a multiple of
 STATIC_PAD, so a compiled step sees few shapes), torch.compile, or transformers' continuous
 batching (`generate_batch`: the whole batch of greedy prompts at once, timed from its per-token
-timestamps). Knows nothing of samples, tools or transcripts: it takes prompts and gives completions.
+timestamps). A batch with images or audio is encoded by the model's processor (media_inputs.encode),
+rows with different numbers of parts together. Knows nothing of samples, tools or transcripts: it
+takes prompts and gives completions.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
 from pipeline.backends.transformers.sampling import GenerationObserver, PerRowSampler
+from pipeline.backends.transformers.media_inputs import encode
 from pipeline.core.records import LoadedRuntime
 from pipeline.core.streaming import StreamSink
 
@@ -28,6 +31,7 @@ class Prompted(Protocol):
     prompt: str
     prompt_ids: list[int]  # the prompt's tokens as encoded for the batching, when known (else empty)
     seed: Optional[int]  # this row's own sampling seed (pipeline.core.streaming.sample_seed); None when greedy
+    # and, optionally, `media`: the prompt's images and audio (MediaParts), in the order of its placeholders
 
 
 @dataclass
@@ -38,18 +42,20 @@ class Completion:
     ttft_s: float = 0.0
     latency_s: float = 0.0
     truncated: bool = False  # its prompt was cut from the left to fit the context
+    ids: list[int] = field(default_factory=list)  # the generated tokens, the end of turn left out
 
 
 def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: dict[str, Any], special: bool,
-                   sink: Optional[StreamSink] = None) -> tuple[list[int], list[Completion]]:
+                   sink: Optional[StreamSink] = None, thinking: Any = None) -> tuple[list[int], list[Completion]]:
     """Generate for one batch of prompts with one set of generation `settings` (the plan's
-    `generation` shape); `special`: the tokenizer adds its special tokens. Returns (prompt token
-    counts, completions)."""
-    import torch
-
-    tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
+    `generation` shape); `special`: the tokenizer adds its special tokens; `thinking`: a factory
+    of the thinking-budget logits processor (pipeline.backends.transformers.thinking), given the
+    padded prompt length. Returns (prompt token counts, completions)."""
+    tokenizer, plan = runtime.tokenizer, runtime.plan
     started = time.perf_counter()
     prompts = [job.prompt for job in batch]
+    if any(getattr(job, "media", ()) for job in batch):
+        return _generate_media(runtime, batch, settings, special, sink, started, thinking)
     known = [job.prompt_ids for job in batch]
     if not all(known):  # a caller that did not encode the prompts for batching
         known = tokenizer(prompts, add_special_tokens=special)["input_ids"]
@@ -68,7 +74,28 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: 
     if options.get("continuous_batching"):
         return _continuous(runtime, ids, cut, settings, started, sink)
     encoded = left_padded(ids, tokenizer.pad_token_id, STATIC_PAD if static else 1, plan.device)
-    prompt_tokens = [len(row) for row in ids]
+    return _generate(runtime, batch, encoded, [len(row) for row in ids], cut, settings, started, sink, thinking)
+
+
+def _generate_media(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: dict[str, Any], special: bool,
+                    sink: Optional[StreamSink], started: float,
+                    thinking: Any = None) -> tuple[list[int], list[Completion]]:
+    """A batch with images or audio: the processor encodes each text with its own parts (the plan
+    counted their tokens the same way, and never cuts such a prompt)."""
+    encoded = encode(runtime.processor, [job.prompt for job in batch], [getattr(job, "media", ()) for job in batch],
+                     special, runtime.plan.device, getattr(runtime.model, "dtype", None))
+    prompt_tokens = [int(n) for n in encoded["attention_mask"].sum(1).tolist()]
+    return _generate(runtime, batch, encoded, prompt_tokens, [False] * len(batch), settings, started, sink, thinking)
+
+
+def _generate(runtime: LoadedRuntime, batch: Sequence[Prompted], encoded: dict[str, Any], prompt_tokens: list[int],
+              cut: list[bool], settings: dict[str, Any], started: float,
+              sink: Optional[StreamSink], thinking: Any = None) -> tuple[list[int], list[Completion]]:
+    """model.generate over encoded, left-padded prompts; the completions cut and timed."""
+    import torch
+
+    tokenizer, model, plan = runtime.tokenizer, runtime.model, runtime.plan
+    options = plan.backend_options
     prompt_length = encoded["input_ids"].shape[1]
     stop_ids = _stop_token_ids(model, tokenizer)
     observer = GenerationObserver(prompt_length, started, tokenizer, sink)
@@ -77,6 +104,8 @@ def generate_batch(runtime: LoadedRuntime, batch: Sequence[Prompted], settings: 
         seeds = [job.seed if job.seed is not None else settings["seed"] for job in batch]
         processors.append(PerRowSampler(seeds, settings["temperature"], settings["top_k"], settings["top_p"],
                                         settings["min_p"], plan.device))
+    if thinking is not None:  # after the sampler: a forced token wins over the one drawn
+        processors.append(thinking(prompt_length))
     generate_options: dict[str, Any] = {
         "max_new_tokens": settings["max_new_tokens"],
         "do_sample": False,  # greedy over what PerRowSampler left: the drawn token, when sampling
@@ -176,5 +205,5 @@ def _completion(tokenizer: Any, tokens: list[int], stop_ids: set[int], stop_stri
     text = tokenizer.decode(kept, skip_special_tokens=True)
     cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
     if cut >= 0:
-        return Completion(text[:cut], count, "stop")
-    return Completion(text, count, "length" if ended is None else "stop")
+        return Completion(text[:cut], count, "stop", ids=kept)
+    return Completion(text, count, "length" if ended is None else "stop", ids=kept)

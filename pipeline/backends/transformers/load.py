@@ -1,6 +1,7 @@
 """Load stage: the only place weights are read into memory.
 
-The tokenizer and model come from the resolved local folder only, in the planned dtype and
+The tokenizer and model come from the resolved local folder only (a multimodal model's processor
+too, and the model through its image-text-to-text or multimodal auto class), in the planned dtype and
 attention implementation, on the planned device, or spread over device, CPU and disk through
 accelerate's device map when the plan says the weights do not fit. Safetensors only unless
 pickle was allowed; no remote code unless trusted. A weight file that cannot be read is reported
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.backends.transformers.media_inputs import is_multimodal, load_processor, model_class
 from pipeline.core.errors import LoadError, UserError, first_line
 from pipeline.core.records import LoadedRuntime, ResolvedModel, RuntimePlan
 
@@ -38,16 +40,26 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False) -> Any
 
 def load(plan: RuntimePlan, chat_template: Any = None, trust_remote_code: bool = False,
          offload_folder: Optional[Path] = None) -> LoadedRuntime:
-    """Tokenizer and model in memory as planned. `offload_folder` receives disk-offloaded weights."""
-    tokenizer = load_tokenizer(plan.model, trust_remote_code)
+    """Tokenizer and model in memory as planned. `offload_folder` receives disk-offloaded weights.
+
+    A multimodal model comes with its processor, and its tokenizer is the processor's."""
+    processor = None
+    if is_multimodal(plan.model.modalities):
+        processor = load_processor(plan.model.path, trust_remote_code)
+        tokenizer = processor.tokenizer
+        tokenizer.truncation_side = "left"
+    else:
+        tokenizer = load_tokenizer(plan.model, trust_remote_code)
     model = _load_model(plan, trust_remote_code, offload_folder)
     model.eval()
-    return LoadedRuntime(plan=plan, tokenizer=tokenizer, model=model, chat_template=chat_template)
+    return LoadedRuntime(plan=plan, tokenizer=tokenizer, model=model, chat_template=chat_template, processor=processor)
 
 
 def _load_model(plan: RuntimePlan, trust_remote_code: bool, offload_folder: Optional[Path]) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
+
+    auto_class = model_class(plan.model.modalities) if is_multimodal(plan.model.modalities) else AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the run log, not a progress bar, records the load
@@ -64,13 +76,13 @@ def _load_model(plan: RuntimePlan, trust_remote_code: bool, offload_folder: Opti
         options["offload_folder"] = str(offload_folder or tempfile.mkdtemp(prefix="pipeline-offload-"))
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(plan.model.path, **options)
+            model = auto_class.from_pretrained(plan.model.path, **options)
         except ValueError as error:
             if plan.attn_implementation != "sdpa" or "sdpa" not in str(error).lower():
                 raise
             log.warning("%s has no sdpa attention; falling back to eager", plan.model.architecture)
             plan.attn_implementation = "eager"
-            model = AutoModelForCausalLM.from_pretrained(plan.model.path, **{**options, "attn_implementation": "eager"})
+            model = auto_class.from_pretrained(plan.model.path, **{**options, "attn_implementation": "eager"})
     except Exception as error:
         bad_file = _unreadable_weight_file(plan, error)
         if bad_file is None:

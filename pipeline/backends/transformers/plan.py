@@ -1,7 +1,8 @@
 """Plan stage: decide backend, device, dtype, attention, batch size and offload, and check the run fits.
 
 Input is what resolve found and the prompts' token counts (pipeline.data.prompts counts them with the
-light tokenizer: no transformers, no torch on a CPU-only machine). Every decision is recorded with
+light tokenizer: no transformers, no torch on a CPU-only machine; prompts with images or audio are
+counted by the model's processor, which expands each part into its tokens). Every decision is recorded with
 its reason; every failed check raises a UserError naming the setting to change, so a run that
 cannot work stops before any weight loads. The memory arithmetic lives in pipeline.backends.transformers.memory.
 """
@@ -9,6 +10,7 @@ cannot work stops before any weight loads. The memory arithmetic lives in pipeli
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -16,15 +18,20 @@ from pipeline.answering.tools import load_tools
 from pipeline.backends.transformers.backend_options import choose_backend_options
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
+from pipeline.backends.transformers.media_inputs import count as count_media_tokens
+from pipeline.backends.transformers.media_inputs import load_processor
 from pipeline.backends.transformers.memory import Need, free_memory, free_ram, gib, need
 from pipeline.backends.transformers.model_files import read_generation_config
 from pipeline.backends.transformers.placement import parallel_job_device
 from pipeline.core.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.core.errors import UserError
 from pipeline.core.generation_settings import command_line_keys, effective_generation
+from pipeline.core.reasoning import thinking_support
 from pipeline.core.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
+from pipeline.core.text_files import read_json
+from pipeline.core.thinking import budget_warnings, plan_thinking
 from pipeline.data.dataset import load_samples
-from pipeline.data.prompts import count_prompt_tokens
+from pipeline.data.prompts import adds_special_tokens, count_prompt_tokens
 from pipeline.scoring.scorers import check_scorer, sample_references
 
 BACKEND = "transformers"
@@ -42,14 +49,29 @@ def plan_from_config(config: Config, model: ResolvedModel,
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
     schemas = tool_schemas(model, config.session, template)
+    support = thinking_support(template.source if template is not None else None, added_tokens(folder))
+    thinking = plan_thinking(config.generation, support, model.reference, config.session.template_args)
+    # the prompts are counted as they will be rendered: with the template variables that switch thinking
+    session = replace(config.session, template_args={**config.session.template_args, **thinking.template_args})
     counter = TokenCounter.from_folder(folder)
-    tokens = count_prompt_tokens(samples, config.session, template, counter, config.generation.max_new_tokens,
-                                 schemas or None)
+    media_counter = None
+    if check_media(model, samples, config):  # before the processor loads: a part the model cannot take is refused
+        processor = load_processor(model.path, config.runtime.trust_remote_code)
+        special = adds_special_tokens(config.session)
+        media_counter = lambda text, parts: count_media_tokens(processor, text, parts, special)  # noqa: E731
+    tokens = count_prompt_tokens(samples, session, template, counter, config.generation.max_new_tokens,
+                                 schemas or None, media_counter)
     if config.dataset.kind == "perplexity" and model.context_length:  # read in windows of the context: any length fits
         tokens = {key: min(count, model.context_length - config.generation.max_new_tokens) for key, count in tokens.items()}
     planned = plan(model, config, samples, tokens, overrides)
     if config.dataset.kind == "perplexity":
         planned.checks.append(f"documents are scored in rolling windows of {model.context_length or 2048} tokens")
+    if media_counter is not None:
+        planned.checks.append("prompts with images or audio counted by the model's processor (each part's "
+                              "placeholder expanded into its tokens)")
+    planned.thinking = thinking.to_dict()
+    planned.checks.append(f"thinking: {thinking.found}; this run: {thinking.how}")
+    planned.warnings.extend(budget_warnings(config.generation, thinking))
     planned.checks.append(f"scorer {scorer.label} is ready for every reference in the dataset")
     if schemas:
         planned.tools = schemas
@@ -75,13 +97,23 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
 
     if require_chat_template(model, config.session):
         checks.append("the tokenizer has a chat template")
-    checks.append(_check_media(model, samples))
+    media = check_media(model, samples, config)
+    checks.append(f"{media} image or audio part(s), each readable and of a kind the model takes "
+                  f"({', '.join(model.modalities)})" if media else
+                  f"every sample is {' or '.join(model.modalities)} the model accepts")
 
     max_new = config.generation.max_new_tokens
     longest_id = max(prompt_tokens, key=prompt_tokens.get)
     longest = prompt_tokens[longest_id]
     conversations = {s.id for s in samples if s.turns}
     truncated = _check_context(model, config, prompt_tokens, checks, warnings, conversations)
+    with_media = {s.id for s in samples if any(m.media for m in s.messages)}
+    for sample_id in truncated:
+        if sample_id in with_media:  # cutting from the left would cut into an image's or clip's tokens
+            raise UserError(f"sample {sample_id!r}: its prompt with images or audio ({prompt_tokens[sample_id]} tokens) "
+                            f"+ generation.max_new_tokens={max_new} exceeds the model's context of "
+                            f"{model.context_length} tokens, and such a prompt is never cut (session.truncation=left); "
+                            "shorten it or lower generation.max_new_tokens")
     sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
 
     device, reasons["device"] = choose_device(runtime)
@@ -126,6 +158,18 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     )
 
 
+def added_tokens(folder: Path) -> list[str]:
+    """The tokenizer's added tokens as written in tokenizer.json (where thinking tags are declared)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return []
+    try:
+        data = read_json(path)
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is reported where it is read for counting
+        return []
+    return [token.get("content", "") for token in data.get("added_tokens") or [] if isinstance(token, dict)]
+
+
 def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
     """Whether the session renders through a chat template; a UserError when it needs one the model lacks."""
     if session.chat_template and not model.has_chat_template:
@@ -150,18 +194,30 @@ def tool_schemas(model: ResolvedModel, session: SessionConfig, template: Optiona
     return schemas
 
 
-def _check_media(model: ResolvedModel, samples: list[Sample]) -> str:
+def check_media(model: ResolvedModel, samples: list[Sample], config: Config) -> int:
+    """How many image and audio parts the samples have, once each is one this backend can give the
+    model (the dataset reader already found each file readable); a UserError for the first that is not."""
+    parts = 0
     for sample in samples:
         for message in sample.messages:
             for part in message.media:
+                parts += 1
                 if part.kind not in model.modalities:
                     raise UserError(
                         f"sample {sample.id!r} has an {part.kind} part but model {model.reference!r} "
                         f"({model.architecture}) takes {' and '.join(model.modalities)} only; use a model that "
                         f"accepts {part.kind}s or remove the part")
-                raise UserError(f"sample {sample.id!r} has an {part.kind} part: {part.kind} input is not supported "
-                                f"by the {BACKEND} text backend yet; remove the part")
-    return f"every sample is {' or '.join(model.modalities)} the model accepts"
+                if part.path is None and not part.source.startswith("data:"):
+                    raise UserError(f"sample {sample.id!r}: {part.kind} {part.source!r} is a URL; the {BACKEND} "
+                                    "backend reads local files and data: URLs only (a server backend passes URLs on); "
+                                    "download it and name the file")
+    if parts and not config.session.chat_template:
+        raise UserError("session.chat_template=false sends plain text, which cannot carry the dataset's image or audio "
+                        "parts; set session.chat_template=true")
+    if parts and config.runtime.continuous_batching:
+        raise UserError("runtime.continuous_batching=true takes token ids only, not the dataset's image or audio parts; "
+                        "set runtime.continuous_batching=false")
+    return parts
 
 
 def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], checks: list[str],

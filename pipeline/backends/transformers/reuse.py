@@ -75,7 +75,8 @@ def acquire(plan: RuntimePlan, chat_template: Any, trust_remote_code: bool, run_
     if reuse and _held is not None and _held.key == key:
         held = _held.runtime
         plan.attn_implementation = held.plan.attn_implementation  # what the load really used (eager fallback)
-        runtime = LoadedRuntime(plan=plan, tokenizer=held.tokenizer, model=held.model, chat_template=chat_template)
+        runtime = LoadedRuntime(plan=plan, tokenizer=held.tokenizer, model=held.model, chat_template=chat_template,
+                                processor=held.processor)
         return runtime, LoadRecord(True, _held.loaded_by, key, _loads, True,
                                    "same model, revision, device, dtype and backend options as the run that loaded it")
     if _held is not None:
