@@ -12,7 +12,7 @@ from conftest import only_run_dir, run_pipeline
 from pipeline.core.config import ASSETS_DIR
 
 DATASET = {r["id"]: r for r in map(json.loads, (ASSETS_DIR / "datasets" / "addition_choice.jsonl").read_text().splitlines())}
-ARGS = ["+experiment=multiple_choice", "tracking=none", "dataset.limit=10", "runtime.batch_size=4"]
+ARGS = ["dataset=addition_choice", "tracking=none", "dataset.limit=10", "runtime.batch_size=4"]
 
 
 def _records(folder):
@@ -59,7 +59,7 @@ def test_multiple_choice_run_and_resume_in_the_middle(tmp_path):
 
 
 def test_perplexity_through_a_server_is_refused_in_one_line(tmp_path):
-    result = run_pipeline(["+experiment=perplexity", "tracking=none", "backend=openai",
+    result = run_pipeline(["dataset=addition_text", "tracking=none", "backend=openai",
                            "backend.base_url=http://127.0.0.1:9/v1"], tmp_path)
     assert result.returncode == 2
     assert "dataset.kind=perplexity scores by log-likelihood, which backend=openai does not give yet" in result.stderr

@@ -11,7 +11,7 @@ from conftest import only_run_dir, run_pipeline
 
 
 def test_perplexity_of_the_shipped_text(tmp_path):
-    result = run_pipeline(["+experiment=perplexity", "tracking=none"], tmp_path)
+    result = run_pipeline(["dataset=addition_text", "tracking=none"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = only_run_dir(tmp_path)
     records = [json.loads(line) for line in (folder / "transcript.jsonl").read_text().splitlines()]

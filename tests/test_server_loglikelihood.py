@@ -12,7 +12,7 @@ from openai_server import StubServer
 
 MODEL = "demo-served"
 MODELS = {("GET", "/v1/models"): lambda h, b: (200, json.dumps({"object": "list", "data": [{"id": MODEL}]}))}
-COMMON = ["+experiment=multiple_choice", "tracking=none", "dataset.limit=6", "session.chat_template=false",
+COMMON = ["dataset=addition_choice", "tracking=none", "dataset.limit=6", "session.chat_template=false",
           "dataset.target_delimiter=' '"]
 
 
