@@ -57,7 +57,8 @@ def answer_assessments(run_id: str, steps: list[dict[str, Any]], scorer: str, da
     trace = trace_id(run_id, steps)
     found = []
     if final.get("score") is not None:
-        extracted = final.get("extracted", final.get("response"))
+        # the score stage's `extracted` (null for an answer that could not be completed); older records: the response
+        extracted = final.get("extracted") if final.get("extracted") is not None else final.get("response")
         feedback = Feedback(name=scorer, value=float(final["score"]), trace_id=trace,
                             source=AssessmentSource(AssessmentSourceType.CODE, scorer),
                             rationale=None if extracted is None else str(extracted)[:MAX_RATIONALE],
