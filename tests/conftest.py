@@ -103,10 +103,17 @@ def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
     """`python -m pipeline ARGV` in this process (for mistakes refused before anything runs): (exit code, stderr)."""
     from pipeline.__main__ import main
 
+    import logging
+
     monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
     monkeypatch.delenv("PIPELINE_RUN_TOKEN", raising=False)
-    with pytest.raises(SystemExit) as exited:
-        main()
+    # a job configures logging onto this test's captured streams: the next test must not log into them closed
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
     return exited.value.code, capsys.readouterr().err
 
 

@@ -170,8 +170,11 @@ def test_the_client_answers_through_a_server_streaming_as_in_process(served, cli
         assert chat.retry().text == "20"
         saved = json.loads((tmp_path / "chat.json").read_text())
         assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
-        with pytest.raises(UserError, match="image input is not supported by the openai backend"):
-            remote.prompt("What is this?", images=["cat.png"])
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), "white").save(tmp_path / "cat.png")  # a real image: refused for the model, not the file
+        with pytest.raises(UserError, match=r"image input: backend.modalities=\[.text.\]; add image there"):
+            remote.prompt("What is this?", images=[str(tmp_path / "cat.png")])
 
 
 @pytest.mark.slow

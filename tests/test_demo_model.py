@@ -12,10 +12,17 @@ from conftest import in_process
 
 from pipeline.backends.transformers.load import load, load_tokenizer
 from pipeline.backends.transformers.plan import plan_from_config
-from pipeline.core.config import ASSETS_DIR, Config, DatasetConfig, GenerationConfig, SessionConfig
+from pipeline.core.config import (
+    ASSETS_DIR,
+    Config,
+    DatasetConfig,
+    GenerationConfig,
+    SessionConfig,
+)
 from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.stages.execute import execute
 from pipeline.stages.resolve import resolve
+from pipeline.stages.score import score_records
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY_FLOOR = 0.9  # measured greedy accuracy is in README.md; the floor leaves room for other CPUs
@@ -71,7 +78,7 @@ def accuracy(tmp_path: Path, generation: GenerationConfig, session: SessionConfi
     path.unlink(missing_ok=True)
     with TranscriptWriter(path) as writer:
         execute(in_process(runtime, config), samples, config, writer, config.config_hash())
-    records = read_transcript(path)
+    records = score_records(read_transcript(path), config.dataset.scorer)  # the score stage's part
     return sum(r["score"] for r in records) / len(records)
 
 
