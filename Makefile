@@ -37,7 +37,7 @@ browser: ## Debian's chromium, when missing (apt-get needs root): make test then
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 test-ui: browser $(STAMP) ## the MLflow UI in headless Chromium, alone (installs chromium as make browser does)
-	$(PY) -m pytest tests/test_ui.py -m ui -rs
+	$(PY) -m pytest tests/tracking/test_ui.py -m ui -rs
 
 sweep: $(STAMP) ## run the saved temperature sweep (one MLflow parent run, a child per job)
 	$(PY) -m pipeline +experiment=temperature_sweep

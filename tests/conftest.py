@@ -17,10 +17,14 @@ from typing import Callable
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_model  # noqa: E402
-
-from pipeline.core.config import ASSETS_DIR, Config, DatasetConfig, RuntimeConfig, register  # noqa: E402
+from pipeline.core.config import (
+    ASSETS_DIR,
+    Config,
+    DatasetConfig,
+    RuntimeConfig,
+    register,
+)
+from tests.helpers.tiny_model import build_tiny_model
 
 DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
 DEMO_MODEL = ASSETS_DIR / "demo_model"
@@ -101,9 +105,9 @@ def run_pipeline(args: list[str], cwd: Path, timeout: float = 300, module: str =
 
 def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
     """`python -m pipeline ARGV` in this process (for mistakes refused before anything runs): (exit code, stderr)."""
-    from pipeline.__main__ import main
-
     import logging
+
+    from pipeline.__main__ import main
 
     monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
     monkeypatch.delenv("PIPELINE_RUN_TOKEN", raising=False)
@@ -120,7 +124,7 @@ def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """`transformers serve` over the demo model on a free loopback port, shared by the server tests."""
-    from openai_server import TransformersServe
+    from tests.helpers.openai_server import TransformersServe
 
     server = TransformersServe(DEMO_MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
     try:
@@ -133,7 +137,7 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tool_served(tmp_path_factory):
     """`transformers serve` over the tool demo model (it calls `add` in its own <tool_call> format)."""
-    from openai_server import TransformersServe
+    from tests.helpers.openai_server import TransformersServe
 
     server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
     try:
