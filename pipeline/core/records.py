@@ -228,6 +228,7 @@ class TranscriptRecord:
         known = {f.name for f in fields(cls)}
         values = {**OLD_RECORD_DEFAULTS, **{k: v for k, v in data.items() if k in known}}
         values.setdefault("sample_id", "?")
+        values.setdefault("answer_tokens", values["completion_tokens"])  # before reasoning was counted apart
         return cls(**values)
 
     @property

@@ -1,7 +1,7 @@
 """Summarize stage: the transcript's records -> a Summary (scores, their interval, pass@k, speed).
 
-Pure computation over what execute wrote (old transcripts lacking a field are read with its
-default); writing summary.json and logging to MLflow are the runner's and the tracker's jobs, and
+Pure computation over what execute and score wrote, read as TranscriptRecords (what older
+transcripts lack is filled in by TranscriptRecord.from_dict); writing summary.json and logging to MLflow are the runner's and the tracker's jobs, and
 peak memory is measured by the caller (pipeline.backends.transformers.memory.peak_memory).
 
 Scores: `accuracy` is the mean score of the answers that have one. Its 95% interval is taken over
@@ -21,32 +21,32 @@ import math
 from collections import defaultdict
 from typing import Any, Optional
 
-from pipeline.core.records import Summary
+from pipeline.core.records import Summary, TranscriptRecord
 from pipeline.scoring.choices import likelihood_metrics
 from pipeline.scoring.intervals import k_values, mean_interval, pass_at_k
 
 
 def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], scorer: str = "",
               peak_memory: tuple[Optional[int], str] = (None, "")) -> Summary:
-    prompt_tokens = sum(r["prompt_tokens"] for r in records)  # tool-call steps count: they ran the model
-    completion_tokens = sum(r["completion_tokens"] for r in records)
-    kinds = [r.get("kind", "answer") for r in records]
-    generations = [r for r in records if r.get("kind", "answer") in ("answer", "tool_call")
-                   and r.get("status", "ok") == "ok" and r.get("finish_reason") != "tool"]
-    answers = [r for r, kind in zip(records, kinds) if kind == "answer"]
-    scored = [r for r in answers if r.get("score") is not None]
-    scores = [r["score"] for r in scored]
+    rows = [TranscriptRecord.from_dict(record) for record in records]  # older records' defaults filled in
+    prompt_tokens = sum(r.prompt_tokens for r in rows)  # tool-call steps count: they ran the model
+    completion_tokens = sum(r.completion_tokens for r in rows)
+    kinds = [r.kind for r in rows]
+    generations = [r for r in rows if r.kind in ("answer", "tool_call") and r.ok and r.finish_reason != "tool"]
+    answers = [r for r in rows if r.is_answer]
+    scored = [r for r in answers if r.score is not None]
+    scores = [r.score for r in scored]
     by_sample: dict[str, list[float]] = defaultdict(list)
-    for index, record in enumerate(scored):
-        by_sample[record.get("sample_id", str(index))].append(record["score"])
+    for record in scored:
+        by_sample[record.sample_id].append(record.score)
     low, high, method = mean_interval([sum(s) / len(s) for s in by_sample.values()])
     execute_seconds = stage_seconds.get("execute", 0.0)
-    completed = [r for r in answers if r.get("status", "ok") == "ok"]
-    latencies = sorted(r["latency_s"] for r in completed)
-    ttfts = sorted(r.get("ttft_s", 0.0) for r in completed)
+    completed = [r for r in answers if r.ok]
+    latencies = sorted(r.latency_s for r in completed)
+    ttfts = sorted(r.ttft_s for r in completed)
     prefill, decode = _throughput(generations)
-    reasoning = sorted(r.get("reasoning_tokens", 0) for r in completed)
-    answer_tokens = [r.get("answer_tokens", r["completion_tokens"]) for r in completed]
+    reasoning = sorted(r.reasoning_tokens for r in completed)
+    answer_tokens = [r.answer_tokens for r in completed]
     return Summary(
         num_samples=len(answers),
         num_scored=len(scores),
@@ -75,7 +75,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
         peak_memory_kind=peak_memory[1],
         reasoning_tokens_mean=sum(reasoning) / len(reasoning) if reasoning else 0.0,
         reasoning_tokens_p95=float(percentile(reasoning, 95)),
-        reasoning_truncated_share=(sum(bool(r.get("reasoning_truncated")) for r in completed) / len(completed)
+        reasoning_truncated_share=(sum(r.reasoning_truncated for r in completed) / len(completed)
                                    if completed else 0.0),
         answer_tokens_mean=sum(answer_tokens) / len(answer_tokens) if answer_tokens else 0.0,
         likelihood=likelihood_metrics(records),
@@ -91,18 +91,18 @@ def pass_at_ks(by_sample: dict[str, list[float]]) -> dict[str, float]:
     return {str(k): sum(pass_at_k(tries, passed, k) for tries, passed in counts) / len(counts) for k in k_values(n)}
 
 
-def _throughput(generations: list[dict[str, Any]]) -> tuple[float, float]:
+def _throughput(generations: list[TranscriptRecord]) -> tuple[float, float]:
     """(prefill, decode) tokens per second over the batches these model generations ran in."""
-    batches: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for index, record in enumerate(generations):
-        batches[record.get("batch", f"row {index}")].append(record)
+    batches: dict[Any, list[TranscriptRecord]] = defaultdict(list)
+    for record in generations:
+        batches[record.batch].append(record)
     prefill_tokens = prefill_seconds = decode_tokens = decode_seconds = 0.0
-    for rows in batches.values():
-        ttft = max(r.get("ttft_s", 0.0) for r in rows)
-        prefill_tokens += sum(r["prompt_tokens"] for r in rows)
+    for batch in batches.values():
+        ttft = max(r.ttft_s for r in batch)
+        prefill_tokens += sum(r.prompt_tokens for r in batch)
         prefill_seconds += ttft
-        decode_tokens += sum(max(r["completion_tokens"] - 1, 0) for r in rows)
-        decode_seconds += max(max(r["latency_s"] for r in rows) - ttft, 0.0)
+        decode_tokens += sum(max(r.completion_tokens - 1, 0) for r in batch)
+        decode_seconds += max(max(r.latency_s for r in batch) - ttft, 0.0)
     return (prefill_tokens / prefill_seconds if prefill_seconds > 0 else 0.0,
             decode_tokens / decode_seconds if decode_seconds > 0 else 0.0)
 
