@@ -150,7 +150,7 @@ def test_a_tool_past_its_time_is_a_tool_error_and_the_run_goes_on(tmp_path, ques
     Gated.GATE.clear()
     Gated.RETURNED.clear()
     try:
-        records = run(tmp_path, questions, tools=[{"_target_": "test_tool_loop.Gated.add"}],
+        records = run(tmp_path, questions, tools=[{"_target_": "tests.answering.test_tool_loop.Gated.add"}],
                       tool_budget=ToolBudgetConfig(max_round_trips=1, seconds_per_turn=30, seconds_per_call=0.1))
         assert Gated.RETURNED == []  # the run ended while every call was still running: none was waited for
     finally:
@@ -163,7 +163,7 @@ def test_a_tool_past_its_time_is_a_tool_error_and_the_run_goes_on(tmp_path, ques
 
 
 def test_the_turn_budget_in_seconds_ends_tool_use(tmp_path, questions):
-    records = run(tmp_path, questions, tools=[{"_target_": "test_tool_loop.Slow.add"}],
+    records = run(tmp_path, questions, tools=[{"_target_": "tests.answering.test_tool_loop.Slow.add"}],
                   tool_budget=ToolBudgetConfig(max_round_trips=5, seconds_per_turn=1.5, seconds_per_call=10))
     q0 = steps(records, "q0")
     assert q0[1]["kind"] == "tool_error" and q0[1]["error"].startswith("add did not finish within")
@@ -173,7 +173,7 @@ def test_the_turn_budget_in_seconds_ends_tool_use(tmp_path, questions):
 
 def test_a_tool_that_raises_is_reported_to_the_model_and_the_run_goes_on(tmp_path, questions):
     CALLS.clear()
-    records = run(tmp_path, questions, tools=[{"_target_": "test_tool_loop.Broken.add"}],
+    records = run(tmp_path, questions, tools=[{"_target_": "tests.answering.test_tool_loop.Broken.add"}],
                   tool_budget=ToolBudgetConfig(max_round_trips=2))
     errors = [r for r in records if r["kind"] == "tool_error"]
     assert errors and errors[0]["error"] == "add failed: RuntimeError: the adding machine is broken"
@@ -185,7 +185,7 @@ def test_a_tool_that_raises_is_reported_to_the_model_and_the_run_goes_on(tmp_pat
 
 
 def test_fail_fast_stops_at_the_first_tool_error_and_keeps_what_was_written(tmp_path, questions):
-    config = make_config(TOOL_MODEL, questions, session=SessionConfig(tools=[{"_target_": "test_tool_loop.Broken.add"}]),
+    config = make_config(TOOL_MODEL, questions, session=SessionConfig(tools=[{"_target_": "tests.answering.test_tool_loop.Broken.add"}]),
                          generation=GenerationConfig(max_new_tokens=64), execute=ExecuteConfig(fail_fast=True))
     plan, samples, template = plan_from_config(config, resolve(config.runtime))
     with TranscriptWriter(tmp_path / "t.jsonl") as writer, pytest.raises(ToolFailure) as failure:
@@ -197,7 +197,7 @@ def test_fail_fast_stops_at_the_first_tool_error_and_keeps_what_was_written(tmp_
 
 
 def test_an_unknown_tool_name_is_reported_like_a_failure(tmp_path, questions):
-    records = run(tmp_path, questions, tools=[{"_target_": "test_tool_loop.multiply"}],
+    records = run(tmp_path, questions, tools=[{"_target_": "tests.answering.test_tool_loop.multiply"}],
                   tool_budget=ToolBudgetConfig(max_round_trips=1))
     # the model was trained to call "add"; offered only multiply, it still asks for add
     unknown = [r for r in records if r["kind"] == "tool_error" and r["tool"]["name"] == "add"]

@@ -83,19 +83,19 @@ def test_schema_shape_and_descriptions():
 
 
 def test_load_tools_binds_config_keys_and_hides_them_from_the_model():
-    (tool,) = load_tools([{"_target_": "test_tools.lookup", "table": "capitals"}])
+    (tool,) = load_tools([{"_target_": "tests.answering.test_tools.lookup", "table": "capitals"}])
     assert list(tool.schema["function"]["parameters"]["properties"]) == ["key"]
     assert call_tool(tool, {"key": "France"}, 5).text == "capitals:France"
 
 
 @pytest.mark.parametrize("spec, message", [
     ({"_target_": "nowhere.at_all"}, r"session.tools\[0\]._target_=nowhere.at_all: cannot import nowhere; the module"),
-    ({"_target_": "test_tools.Calculator.nothing"}, "test_tools has no attribute 'Calculator.nothing'"),
-    ({"_target_": "test_tools.missing"}, "test_tools has no attribute 'missing'"),
+    ({"_target_": "tests.answering.test_tools.Calculator.nothing"}, "tests.answering.test_tools has no attribute 'Calculator.nothing'"),
+    ({"_target_": "tests.answering.test_tools.missing"}, "tests.answering.test_tools has no attribute 'missing'"),
     ({"_target_": "add"}, "give a dotted path"),
-    ({"_target_": "test_tools.ToolCall"}, "not a function"),
-    ({"_target_": "test_tools.lookup", "colour": 1}, r"session.tools\[0\].colour: .*has no parameter 'colour'"),
-    ({"_target_": "test_tools.untyped"}, "parameter 'x' of untyped has no type hint"),
+    ({"_target_": "tests.answering.test_tools.ToolCall"}, "not a function"),
+    ({"_target_": "tests.answering.test_tools.lookup", "colour": 1}, r"session.tools\[0\].colour: .*has no parameter 'colour'"),
+    ({"_target_": "tests.answering.test_tools.untyped"}, "parameter 'x' of untyped has no type hint"),
 ])
 def test_bad_tool_entries_are_refused_by_name(spec, message):
     with pytest.raises(UserError, match=message):
@@ -120,17 +120,17 @@ class Calculator:
 
 
 def test_a_function_inside_a_class_is_found_by_its_dotted_path():
-    (tool,) = load_tools([{"_target_": "test_tools.Calculator.add"}])
+    (tool,) = load_tools([{"_target_": "tests.answering.test_tools.Calculator.add"}])
     assert tool.name == "add" and call_tool(tool, {"a": 2, "b": 3}, 5).text == "5"
 
 
 def test_two_tools_with_one_name_are_refused():
     with pytest.raises(UserError, match="a second tool named 'slow'"):
-        load_tools([{"_target_": "test_tools.slow"}, {"_target_": "test_tools.slow"}])
+        load_tools([{"_target_": "tests.answering.test_tools.slow"}, {"_target_": "tests.answering.test_tools.slow"}])
 
 
 def test_a_call_that_fails_overruns_or_has_wrong_arguments_is_text_for_the_model():
-    slow_tool, broken_tool = load_tools([{"_target_": "test_tools.slow"}, {"_target_": "test_tools.broken"}])
+    slow_tool, broken_tool = load_tools([{"_target_": "tests.answering.test_tools.slow"}, {"_target_": "tests.answering.test_tools.broken"}])
     fine = call_tool(slow_tool, {"seconds": 0}, 5)
     assert fine.ok and fine.text == "done"
     started = time.perf_counter()
@@ -143,7 +143,7 @@ def test_a_call_that_fails_overruns_or_has_wrong_arguments_is_text_for_the_model
 
 
 def test_arguments_of_the_wrong_json_type_are_refused_before_the_call():
-    (tool,) = load_tools([{"_target_": "test_tools.get_weather"}])
+    (tool,) = load_tools([{"_target_": "tests.answering.test_tools.get_weather"}])
     assert call_tool(tool, {"city": "Oslo", "days": None}, 5).ok
     wrong = call_tool(tool, {"city": 7}, 5)
     assert not wrong.ok and wrong.text == "wrong arguments for get_weather: city must be a JSON string, got 7"
