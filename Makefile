@@ -9,8 +9,8 @@ PY := $(VENV)/bin/python
 # torch first, pinned: this version has a CPU wheel on our machines; a looser pin pulls CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 UI_PORT ?= 5000
-# three workers (a test file each) on 2 cores: most end-to-end tests wait on subprocesses, not on the CPU
-TEST_WORKERS ?= 3
+# two workers (a test file each) took the suite from 14 to 10 minutes on 2 cores: its end-to-end tests wait on subprocesses
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup browser run test test-ui sweep ui bench clean demo-model tool-model thinking-model vision-model

@@ -166,7 +166,9 @@ def test_the_turn_budget_in_seconds_ends_tool_use(tmp_path, questions):
     records = run(tmp_path, questions, tools=[{"_target_": "tests.answering.test_tool_loop.Slow.add"}],
                   tool_budget=ToolBudgetConfig(max_round_trips=5, seconds_per_turn=1.5, seconds_per_call=10))
     q0 = steps(records, "q0")
-    assert q0[1]["kind"] == "tool_error" and q0[1]["error"].startswith("add did not finish within")
+    # the call is cut by what was left of the turn; on a loaded machine generation may spend it all before the call
+    assert q0[1]["kind"] == "tool_error" and q0[1]["error"].startswith(
+        ("add did not finish within", "add not run: this answer's 1.5 s are spent")), q0[1]["error"]
     assert q0[1]["tool"]["seconds"] < 1.5  # the call had what was left of the turn's 1.5 s, not 10 s
     assert q0[-1]["kind"] == "answer" and q0[-1]["tool_budget_spent"] == "seconds" and q0[-1]["tools"] == []
 
