@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from pipeline.core.errors import UserError
-from pipeline.data.sources import RawRecord
+from pipeline.core.errors import UserError, first_line
+from pipeline.data.sources import RawRecord, choose_split
 
 
 def find_dataset(repo_id: str, revision: Optional[str]) -> Optional[Path]:
@@ -62,7 +62,7 @@ def _download(repo_id: str, revision: Optional[str], where: str) -> Path:
         return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
     except Exception as error:  # offline, not found, gated: one line
         raise UserError(f"{where}: could not download Hub dataset {repo_id}: "
-                        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+                        f"{type(error).__name__}: {first_line(str(error))}") from None
 
 
 def _read(folder: Path, repo_id: str, split: Optional[str], subset: Optional[str], where: str) -> Iterator[RawRecord]:
@@ -83,14 +83,8 @@ def _read(folder: Path, repo_id: str, split: Optional[str], subset: Optional[str
         splits = datasets.load_dataset(str(folder), name=subset, streaming=True)
     except Exception as error:
         raise UserError(f"{where}: {repo_id} cannot be read from {folder}: "
-                        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
-    names = list(splits)
-    if split is None and len(names) == 1:
-        split = names[0]
-    if split not in names:
-        named = f"dataset.split={split!r}" if split is not None else "dataset.split=null"
-        raise UserError(f"{named}: {repo_id}{'/' + subset if subset else ''} has the splits {', '.join(names)}; "
-                        "choose one with dataset.split=NAME")
+                        f"{type(error).__name__}: {first_line(str(error))}") from None
+    split = choose_split(split, list(splits), f"{repo_id}{'/' + subset if subset else ''} has the splits")
     label = f"{repo_id}{'/' + subset if subset else ''} [{split}]"
     for number, record in enumerate(splits[split], 1):
         yield RawRecord(f"{label} row {number}", number, record)

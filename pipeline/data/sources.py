@@ -112,13 +112,8 @@ def _json(path: str, split: Optional[str], key: str) -> Iterator[RawRecord]:
         raise UserError(f"{file}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})") from None
     where = str(file)
     if isinstance(data, dict):
-        splits = [name for name, value in data.items() if isinstance(value, list)]
-        if split is None and len(splits) == 1:
-            split = splits[0]
-        if split not in splits:
-            named = f"dataset.split={split!r}" if split is not None else "dataset.split=null"
-            raise UserError(f"{named}: {file} holds the splits {', '.join(splits) or '(none)'}; choose one "
-                            "with dataset.split=NAME")
+        split = choose_split(split, [name for name, value in data.items() if isinstance(value, list)],
+                             f"{file} holds the splits")
         data, where = data[split], f"{file} [{split}]"
     elif split is not None:
         _no_split(split, path, key)
@@ -165,3 +160,14 @@ def _parquet(path: str, key: str) -> Iterator[RawRecord]:
         for record in batch.to_pylist():
             number += 1
             yield RawRecord(f"{file} row {number}", number, record)
+
+
+def choose_split(split: Optional[str], names: list[str], holder: str) -> str:
+    """`dataset.split`, or the only split there is; anything else is one line listing the splits
+    (`holder` says whose: "<file> holds the splits", "<repo> has the splits")."""
+    if split is None and len(names) == 1:
+        return names[0]
+    if split not in names:
+        named = f"dataset.split={split!r}" if split is not None else "dataset.split=null"
+        raise UserError(f"{named}: {holder} {', '.join(names) or '(none)'}; choose one with dataset.split=NAME")
+    return split
