@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from pipeline.answering.tools import load_tools
+from pipeline.backends.transformers import media_fetch
 from pipeline.backends.transformers.backend_options import choose_backend_options
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
@@ -43,7 +44,9 @@ def plan_from_config(config: Config, model: ResolvedModel,
     """The plan stage as the runner runs it: read the samples, count their tokens, plan.
 
     Returns the samples and chat template too, so execute uses exactly what was planned."""
-    samples = load_samples(config.dataset, config.runtime.allow_download)
+    # the model reads bytes: with runtime.allow_download=true an http(s) part is fetched now (once, into a cache),
+    # so it is decoded, counted and fingerprinted like a local file
+    samples = load_samples(config.dataset, config.runtime.allow_download, media_fetch.fetcher(config))
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     require_chat_template(model, config.session)
     folder = Path(model.path)
@@ -208,8 +211,8 @@ def check_media(model: ResolvedModel, samples: list[Sample], config: Config) -> 
                         f"({model.architecture}) takes {' and '.join(model.modalities)} only; use a model that "
                         f"accepts {part.kind}s or remove the part")
                 if part.path is None and not part.source.startswith("data:"):
-                    raise UserError(f"sample {sample.id!r}: {part.kind} {part.source!r} is a URL; the {BACKEND} "
-                                    "backend reads local files and data: URLs only (a server backend passes URLs on); "
+                    raise UserError(f"sample {sample.id!r}: {part.kind} {part.source!r} is a URL the {BACKEND} "
+                                    "backend has not fetched; set runtime.allow_download=true to fetch it, or "
                                     "download it and name the file")
     if parts and not config.session.chat_template:
         raise UserError("session.chat_template=false sends plain text, which cannot carry the dataset's image or audio "
