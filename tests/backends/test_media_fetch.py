@@ -156,6 +156,14 @@ def test_a_vision_run_reads_a_url_as_the_file_and_a_resume_refuses_a_changed_one
     inputs = json.loads((run_dir / "inputs.json").read_text())
     assert inputs["dataset.media"]["parts"][url] == by_url["sha256"]
 
+    from pipeline.client import RuntimeClient  # the Python API fetches the same way
+
+    client = RuntimeClient.from_overrides(["runtime.model=vision-demo", "runtime.device=cpu", "runtime.allow_download=true"])
+    assert client.prompt("What number is this?", images=[url]).text == rows["file"]["response"]
+    with pytest.raises(UserError, match="nothing is downloaded unless runtime.allow_download=true"):
+        RuntimeClient.from_overrides(["runtime.model=vision-demo", "runtime.device=cpu"]).prompt("?", images=[url])
+    client.close()
+
     # a resume that would read other content under the same URL is refused, naming the URL
     code, err = run_here([*common, "runtime.allow_download=true", "pipeline.until=load", "tracking=none",
                           "hydra.run.dir=runs/again"], monkeypatch, capsys)
