@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from pipeline.core.errors import UserError, first_line
+from pipeline.core.redact import hide_credentials
 from pipeline.core.records import MediaPart
 
 DEFAULT_MAX_MB = 20.0
@@ -82,7 +83,7 @@ def check_part(part: MediaPart, rules: MediaRules, where: str) -> MediaPart:
                             "runtime.allow_download=true; use a local file or a data: URL")
         if rules.fetch is None:
             return part  # passed on as it is (a server backend fetches it)
-        what = f"{where}: {part.kind} {source!r}"
+        what = f"{where}: {part.kind} {hide_credentials(source)!r}"  # user:password@ of a URL stays out of logs
         fetched = rules.fetch(source, part.kind, what, rules.max_bytes,
                               lambda data: _decode_facts(part.kind, data, what))
         return _checked_file(part, fetched, source, rules, where)

@@ -26,6 +26,7 @@ from pipeline.core.config import Config
 from pipeline.core.files import read_json
 from pipeline.core.folder_names import INPUTS_FILE
 from pipeline.core.records import ResolvedModel, Sample
+from pipeline.core.redact import hide_credentials
 
 # Small files of a model folder that shape the prompt or the decoding (the weights have their own digest).
 MODEL_FILE_SUFFIXES = (".json", ".jinja", ".model", ".txt")
@@ -57,7 +58,7 @@ def fingerprint(config: Config, model: ResolvedModel,
 def media_fingerprint(samples: Sequence[Sample]) -> Optional[dict[str, Any]]:
     """The sha256 of each image and audio part by its source (path or URL; a data URL is part of the
     dataset file, fingerprinted with it); None when there are none."""
-    parts = {part.source: part.sha256 for sample in samples for message in sample.messages for part in message.media
+    parts = {hide_credentials(part.source): part.sha256 for sample in samples for message in sample.messages for part in message.media
              if not part.source.startswith("data:")}
     if not parts:
         return None

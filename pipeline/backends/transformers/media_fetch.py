@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from pipeline.backends.transformers.digest import cache_dir
 from pipeline.core.errors import UserError
+from pipeline.core.redact import hide_credentials
 
 if TYPE_CHECKING:
     from pipeline.core.config import Config
@@ -69,7 +70,7 @@ def fetch(url: str, kind: str, what: str, max_bytes: int, check: Callable[[bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, data)
     _write_atomically(path.with_name(path.name + ".json"), json.dumps({
-        "url": url, "content_type": content_type, "size": len(data),
+        "url": hide_credentials(url), "content_type": content_type, "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(), "fetched_at": time.time()}, indent=1).encode())
     return path
 
