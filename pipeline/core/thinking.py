@@ -133,7 +133,8 @@ def new_tokens(generation: GenerationConfig, plan: ThinkingPlan, tokens_of: Call
         tags = tokens_of(markers.open) + tokens_of(markers.close)
         wrapup = tokens_of(plan.wrapup) if plan.wrapup else 0
         total += budget + tags + wrapup
-        terms.append(f"generation.thinking_budget={budget} + {tags} tag" + (f" + {wrapup} wrap-up" if wrapup else ""))
+        terms.append(f"generation.thinking_budget={budget} + {tags} tag tokens"
+                     + (f" + {wrapup} wrap-up tokens" if wrapup else ""))
     terms.append(f"generation.max_new_tokens={max_new}" + (f" x {parts} (continue_on_length="
                                                            f"{generation.continue_on_length})" if parts > 1 else ""))
-    return NewTokens(total, f"{total} new tokens ({' + '.join(terms)})")
+    return NewTokens(total, f"{total} new tokens at most ({' + '.join(terms)})")
