@@ -423,6 +423,9 @@ class OpenAIBackend(Backend):
                                 sink: Optional[StreamSink]) -> Completion:
         from pipeline.backends.openai import budgeted
 
+        if any(message.media for message in request.messages):  # planned without them (the Python client's probe)
+            raise FinalFailure("an image or audio part cannot be sent as text to /v1/completions, where a thinking "
+                               "budget, continue_on_length or backend.tokenizer with a thinking model sends prompts")
         _, counter = self._local_files()
         prompt = self._render(request)
         markers = self.thinking.reading_markers
