@@ -127,3 +127,14 @@ def test_a_model_that_answers_at_once_keeps_its_answer_limit():
     result = run(model, budget=4, answer_limit=4)
     assert (result.text, result.reasoning, result.answer_tokens, result.finish_reason) == ("\n\n12", "", 4, "length")
     assert [max_tokens for _, max_tokens, _ in model.sent] == [1, 3]  # the probe's token counts against the limit
+
+
+def test_an_end_of_turn_inside_the_thinking_leaves_no_answer():
+    class EndsInThought(FakeModel):
+        def plan(self, written):
+            return tokens("<think>abc") + [EOT]
+
+    for budget in (4, 8):  # the end of turn as the budget's last token, or before it: never a forced close
+        result = run(EndsInThought(), budget=budget)
+        assert (result.text, result.reasoning, result.reasoning_truncated) == ("", "abc", True), budget
+        assert (result.reasoning_tokens, result.answer_tokens, result.finish_reason) == (3, 0, "stop"), budget

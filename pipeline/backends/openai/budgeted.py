@@ -114,19 +114,24 @@ async def generate(prompt: str, complete: Complete, *, markers: Optional[Markers
             if markers.close not in part.text:  # a server that leaves the stop string out (vLLM)
                 written += markers.close
             reasoning -= sizes.close
-        elif part is None or (part.finish == "length" and budget is not None):  # the budget is spent: close it
+        elif part is None or (part.finish == "length" and budget is not None
+                              and not _ended(part, stops, sizes)):  # the budget is spent: close it
             written += wrapup + markers.close
             reasoning += sizes.wrapup
             out.completion_tokens += sizes.wrapup + sizes.close
         else:  # the end of turn (or a stop string, or the context) came inside the thinking: no answer
             out.reasoning_tokens = reasoning - _end_of_turn(part, stops, sizes)
-            return _finish(out, written, markers, starts, "length" if part.finish == "length" else "stop")
+            cut = part.finish == "length" and not _ended(part, stops, sizes)
+            return _finish(out, written, markers, starts, "length" if cut else "stop")
         out.reasoning_tokens = reasoning
     while True:  # the answer, and its continuations
         limit = answer_limit - answer_used
         answer_used = 0
-        if limit <= 0:
+        if limit <= 0:  # the probe's answer already reached the limit
             finish = "length"
+            if out.continuations < continue_on_length:
+                out.continuations += 1
+                continue
         else:
             part = await ask(limit, stops)
             written += part.text
