@@ -32,7 +32,8 @@ def write_user_tool(folder, module: str, body: str, api_key: bool = False) -> No
 
 
 def test_the_tools_experiment_shows_the_tool_changing_accuracy(tmp_path):
-    result = run_pipeline(["+experiment=tools", "tracking=none", "hydra.sweep.dir=runs/tools", UNHURRIED], cwd=tmp_path)
+    result = run_pipeline(["+experiment=tools", "tracking=none", "hydra.sweep.dir=runs/tools", "dataset.limit=40",
+                           UNHURRIED], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summaries = {}
     for job in (tmp_path / "runs" / "tools").iterdir():
@@ -41,10 +42,10 @@ def test_the_tools_experiment_shows_the_tool_changing_accuracy(tmp_path):
             summaries[session] = json.loads((job / "summary.json").read_text())
     assert set(summaries) == {"default", "calculator_tools"}
     with_tools, without = summaries["calculator_tools"], summaries["default"]
-    assert with_tools["num_samples"] == without["num_samples"] == 100
+    assert with_tools["num_samples"] == without["num_samples"] == 40
     assert with_tools["accuracy"] >= 0.95 and without["accuracy"] <= 0.2
-    assert with_tools["tool_calls"] >= 100 and without["tool_calls"] == 0
-    assert "session=calculator_tools" in result.stdout and "tools     100 calls, 0 failed" in result.stdout
+    assert with_tools["tool_calls"] >= 40 and without["tool_calls"] == 0
+    assert "session=calculator_tools" in result.stdout and "tools     40 calls, 0 failed" in result.stdout
 
 
 def test_a_tool_that_does_not_import_is_a_config_error(tmp_path):
