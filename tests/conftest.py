@@ -56,6 +56,23 @@ def _registered(tmp_path_factory):
     os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def _logging_kept():
+    """A run in this process configures logging (Hydra's job logging) onto the test's captured streams,
+    which close with the test: put every logger's handlers and level back, so that no later test logs
+    into a closed stream ("--- Logging error ---" and a traceback in its stderr)."""
+    import logging
+
+    loggers = [logging.root, *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    kept = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger) and logger not in loggers:
+            logger.handlers[:] = []
+    for logger, handlers, level, propagate in kept:
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
@@ -124,19 +141,12 @@ def run_pipeline(args: list[str], cwd: Path, timeout: float = 300, module: str =
 
 def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
     """`python -m pipeline ARGV` in this process (for mistakes refused before anything runs): (exit code, stderr)."""
-    import logging
-
     from pipeline.__main__ import main
 
     monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
     monkeypatch.delenv("PIPELINE_RUN_TOKEN", raising=False)
-    # a job configures logging onto this test's captured streams: the next test must not log into them closed
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main()
-    finally:
-        logging.root.handlers[:], logging.root.level = handlers, level
+    with pytest.raises(SystemExit) as exited:  # the logging it configures is undone by _logging_kept
+        main()
     return exited.value.code, capsys.readouterr().err
 
 
