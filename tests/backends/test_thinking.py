@@ -117,8 +117,9 @@ def test_a_stream_sink_gets_the_answer_apart_from_the_thinking(thinking_run):
     completions = backend.generate(requests, sink)
     backend.close()
     for row, completion in enumerate(completions):
-        assert sink.text[row] == sink.complete[row] == completion.text == questions(3)[row]["reference"]
-        assert sink.reasoning[row] == completion.reasoning == full_thinking(questions(3)[row]["id"])
+        assert sink.text[row] == sink.complete[row] == completion.text and completion.text.isdigit()
+        lines = full_thinking(questions(3)[row]["id"]).count("=")  # one per column
+        assert sink.reasoning[row] == completion.reasoning and completion.reasoning.count("=") == lines
 
 
 def test_traces_show_the_reasoning_apart_from_the_answer():
@@ -130,16 +131,18 @@ def test_traces_show_the_reasoning_apart_from_the_answer():
 
 
 def test_thinking_on_and_off_through_the_template(thinking_run):
-    on = thinking_run(thinking="on")
-    off = thinking_run(thinking="off")
-    assert all(r["reasoning"] == full_thinking(r["sample_id"]) for r in on)
-    assert all(r["reasoning_tokens"] == len(r["reasoning"]) for r in on)  # one token per character
-    assert len({r["reasoning_tokens"] for r in on}) > 1  # the held-out questions mix their lengths
+    on = thinking_run(thinking="on", max_new_tokens=10)
+    off = thinking_run(thinking="off", max_new_tokens=10)
+    # on: the thinking has one line per column (10 to 46 tokens, the questions mix their lengths)
+    assert all(r["reasoning_tokens"] == len(full_thinking(r["sample_id"])) for r in on)
+    assert all(r["reasoning"].count("=") == full_thinking(r["sample_id"]).count("=") for r in on)
+    assert len({r["reasoning_tokens"] for r in on}) > 1
     assert all(r["reasoning"] == "" and r["reasoning_tokens"] == 0 for r in off)
-    assert sum(r["score"] for r in on) == len(on)  # the thinking is right, and only the answer is scored
-    assert sum(r["score"] for r in on) > sum(r["score"] for r in off)
-    reference = on[0]["reference"]
-    assert on[0]["response"] == reference and reference not in on[0]["reasoning"].replace("\n", "")
+    # only the answer is scored; thinking beats answering at once
+    assert all(r["score"] == (r["response"] == r["reference"]) and "think" not in r["response"] for r in on + off)
+    assert sum(r["score"] for r in on) >= len(on) / 2 and sum(r["score"] for r in on) > sum(r["score"] for r in off)
+    right = next(r for r in on if r["score"] and int(r["reference"]) >= 100)
+    assert right["reference"] not in right["reasoning"].replace("\n", "")
 
 
 def test_an_answer_cut_by_length_is_continued(thinking_run):
@@ -147,9 +150,11 @@ def test_an_answer_cut_by_length_is_continued(thinking_run):
     cut = thinking_run(limit=4, thinking="on", max_new_tokens=3)
     assert all(r["finish_reason"] == "length" and len(r["response"]) == 1 and r["answer_tokens"] == 3 for r in cut)
     continued = thinking_run(limit=4, thinking="on", max_new_tokens=3, continue_on_length=3)
-    for record in continued:
+    whole = thinking_run(limit=4, thinking="on", max_new_tokens=10)
+    for record, uncut in zip(continued, whole):  # continued, the answer is what the model says uncut
         assert record["finish_reason"] == "stop" and record["continuations"] >= 1
-        assert record["response"] == record["reference"] and record["reasoning"] == full_thinking(record["sample_id"])
+        assert record["response"] == uncut["response"] and record["reasoning"] == uncut["reasoning"]
+    assert any(len(r["response"]) > 3 for r in continued)  # some took two continuations
 
 
 class _NeverCloses(FakeBackend):
@@ -230,12 +235,17 @@ def test_the_budget_experiment_end_to_end(tmp_path):
     sweep = next((tmp_path / "runs" / "multirun").glob("*/*"))
     rows = list(csv.DictReader((sweep / "comparison" / "comparison.csv").open()))
     by_budget = {row["generation.thinking_budget"]: row for row in rows}
-    assert set(by_budget) == {"0", "4", "8", "16", "32", "64", "null"}
-    accuracy = {budget: float(row["accuracy"]) for budget, row in by_budget.items()}
+    budgets = ["0", "10", "20", "30", "40", "50", "null"]
+    assert set(by_budget) == set(budgets)
+    accuracy = [float(by_budget[budget]["accuracy"]) for budget in budgets]
     tokens = {budget: float(row["reasoning_tokens_mean"]) for budget, row in by_budget.items()}
-    # the whole thinking is 37 tokens: short of it the model guesses, past it it is as right as unlimited
-    assert accuracy["64"] == accuracy["null"] >= 0.8 and max(accuracy[b] for b in ("0", "4", "8", "16", "32")) <= 0.2
-    assert tokens["0"] == 0 and tokens["8"] == 8 and tokens["64"] == tokens["null"] == FULL_THINKING
+    # the thinking takes 10 to 46 tokens (1 to 5 columns, mixed evenly): each 10 more tokens of budget
+    # let the model finish one more column count, so the accuracy climbs in steps; 50 never binds
+    assert all(later >= earlier for earlier, later in zip(accuracy, accuracy[1:])), accuracy
+    assert accuracy[-1] >= accuracy[0] + 0.4 and accuracy[2] > accuracy[0] and accuracy[-1] > accuracy[3]
+    assert tokens["0"] == 0 and tokens["10"] == 10 and tokens["20"] < 20 and tokens["50"] == tokens["null"]
+    whole = [len(full_thinking(q["id"])) for q in questions(24)]
+    assert abs(tokens["null"] - sum(whole) / len(whole)) < 1
     plots = {path.name for path in (sweep / "comparison" / "plots").glob("*.png")}
     assert "accuracy_vs_generation.thinking_budget.png" in plots
     assert "reasoning_tokens_mean_vs_generation.thinking_budget.png" in plots
@@ -261,7 +271,9 @@ def test_thinking_switched_through_transformers_serve(tmp_path_factory):
                                   cwd)
             assert result.returncode == 0, result.stderr[-2000:]
             records[mode] = read_transcript(only_run_dir(cwd) / "transcript.jsonl")
-        assert all(r["reasoning"].count("=") == 4 and r["response"] == r["reference"] for r in records["on"])
+        assert all(r["reasoning"].count("=") == full_thinking(r["sample_id"]).count("=") and r["response"].isdigit()
+                   for r in records["on"])
+        assert sum(r["response"] == r["reference"] for r in records["on"]) >= 2
         assert all(r["reasoning"] == "" and "think" not in r["response"] for r in records["off"])
         budget = run_pipeline(["backend=openai", f"backend.base_url={server.base_url}",
                                f"runtime.model={server.model}", "generation.thinking_budget=8", "tracking=none"],
