@@ -50,6 +50,7 @@ import json
 import random
 import time
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -302,7 +303,7 @@ def evaluate(assets: Path) -> None:
     # A budget of 10 x k tokens lets the model finish the problems of up to k columns; the rest it
     # answers from the columns it has and a guess, so the accuracy climbs in steps of about a fifth.
     steps = list(by_budget.values())
-    falls = any(later < earlier - 0.02 for earlier, later in zip(steps, steps[1:]))
+    falls = any(later < earlier - 0.02 for earlier, later in pairwise(steps))
     if on < 0.7 or off > on - 0.3 or by_budget[50] < on - 0.02 or falls or steps[-1] < steps[0] + 0.5:
         raise SystemExit("the thinking model misses its targets")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,7 @@ def test_the_budget_experiment_end_to_end(tmp_path):
     tokens = {budget: float(row["reasoning_tokens_mean"]) for budget, row in by_budget.items()}
     # the thinking takes 10 to 46 tokens (1 to 5 columns, mixed evenly): each 10 more tokens of budget
     # let the model finish one more column count, so the accuracy climbs in steps; 50 never binds
-    assert all(later >= earlier for earlier, later in zip(accuracy, accuracy[1:])), accuracy
+    assert all(later >= earlier for earlier, later in pairwise(accuracy)), accuracy
     assert accuracy[-1] >= accuracy[0] + 0.4 and accuracy[2] > accuracy[0] and accuracy[-1] > accuracy[3]
     assert tokens["0"] == 0 and tokens["10"] == 10 and tokens["20"] < 20 and tokens["50"] == tokens["null"]
     whole = [len(full_thinking(q["id"])) for q in questions(24)]
