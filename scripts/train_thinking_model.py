@@ -27,8 +27,8 @@ accuracy climbs with the budget in steps of about a fifth, one per column count 
 the model finish (figures: docs/thinking.md).
 
 Run from the repository root (deterministic: fixed seeds, ``torch.use_deterministic_algorithms``,
-one thread; 2800 steps, about 0.2 s a step alone, 27 minutes on the clock on a shared 2-core machine
-at nice 10 with a load of 6 to 12):
+one thread; 2800 steps, 526 s on the clock on a shared 2-core machine at nice 10 with a load of
+about 4, 27 minutes with a load of 6 to 12):
 
     .venv/bin/python scripts/train_thinking_model.py
 
