@@ -31,7 +31,7 @@ run: $(STAMP) ## run the default pipeline: demo model over the demo dataset, tra
 	$(PY) -m pipeline
 
 test: $(STAMP) ## run the whole test suite (CPU, no network), a file per worker
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder  # files in conftest's order: longest first
 
 browser: ## Debian's chromium, when missing (apt-get needs root): make test then runs the browser test too
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)

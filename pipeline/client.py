@@ -156,10 +156,17 @@ class RuntimeClient:
 
         `images` and `audio` are paths (any you name, within dataset.max_media_mb) or data: URLs,
         checked and decoded once here; a multimodal model takes them through its processor."""
-        dataset = self.config.dataset
-        media = user_parts(images, audio, dataset.max_media_mb, self.config.runtime.allow_download)
+        media = self.media_parts(images, audio)
         messages = [Message("system", system_prompt)] if system_prompt is not None else []
         return self.prompt_parts([Message("user", text, media)], history=messages, sink=sink)
+
+    def media_parts(self, images: Sequence[str] = (), audio: Sequence[str] = ()) -> tuple[MediaPart, ...]:
+        """Paths, data: URLs or (runtime.allow_download=true) http(s) URLs, checked; a model in this process
+        has a URL fetched now (once, into the media cache), a served one gets it passed on."""
+        from pipeline.backends.transformers.media_fetch import fetcher  # the in-process backend's HTTP client
+
+        return user_parts(images, audio, self.config.dataset.max_media_mb, self.config.runtime.allow_download,
+                          fetcher(self.config))
 
     def prompt_parts(self, parts: Sequence[Message], history: Sequence[Message] = (),
                      sink: Optional[StreamSink] = None) -> PromptResponse:
@@ -181,8 +188,8 @@ class RuntimeClient:
                                     f"not {part.kind}; use a model that accepts {part.kind}s")
                 remote = part.path is None and not part.source.startswith("data:") and "://" in part.source
                 if remote and not self.served:
-                    raise UserError(f"{part.kind} {part.source!r} is a URL; the model in this process reads local "
-                                    "files and data: URLs only: download it and name the file")
+                    raise UserError(f"{part.kind} {part.source!r} is a URL not fetched: pass it to prompt(images=..., "
+                                    "audio=...) with runtime.allow_download=true, or download it and name the file")
                 if part.sha256 is None and not remote:  # built by the caller, not by prompt(): not checked
                     raise UserError(f"{part.kind} {part.source!r} was not checked: build parts with "
                                     "pipeline.data.media.user_parts, or pass them to prompt(images=..., audio=...)")

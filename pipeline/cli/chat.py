@@ -25,7 +25,6 @@ from pipeline.core.folder_names import CONFIG_FILE, CONVERSATION_FILE, PLAN_FILE
 from pipeline.core.records import MediaPart
 from pipeline.core.redact import redact
 from pipeline.core.transcript import TranscriptWriter
-from pipeline.data.media import user_parts
 
 HELP = "commands: /system <text>, /clear, /retry, /save [path], /image <path>, /audio <path>, /exit"
 PROMPT = "you> "
@@ -110,7 +109,7 @@ def _attach(client: RuntimeClient, kind: str, path: str) -> MediaPart:
     if kind not in model.modalities:
         raise UserError(f"model {model.reference!r} takes {' and '.join(model.modalities)} only, not {kind}")
     images, audio = ([path], []) if kind == "image" else ([], [path])
-    (part,) = user_parts(images, audio, client.config.dataset.max_media_mb)
+    (part,) = client.media_parts(images, audio)
     return part
 
 

@@ -14,7 +14,7 @@ budget thinking may run until the context is full.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pipeline.core.config import GenerationConfig
 from pipeline.core.errors import UserError
@@ -106,3 +106,35 @@ def budget_warnings(generation: GenerationConfig, plan: ThinkingPlan) -> list[st
     elif generation.thinking_budget is not None and plan.mode == "off":
         warnings.append(f"generation.thinking_budget={generation.thinking_budget} has no effect: thinking is off")
     return warnings
+
+
+@dataclass(frozen=True)
+class NewTokens:
+    """The most tokens one answer may add to its prompt, and how that adds up in words (for the plan's context
+    check and the KV-cache estimate)."""
+
+    total: int
+    how: str  # "generation.max_new_tokens=8", or the sum with the thinking's and the continuations' parts
+
+
+def new_tokens(generation: GenerationConfig, plan: ThinkingPlan, tokens_of: Callable[[str], int]) -> NewTokens:
+    """The worst case of one answer: with a budget, the thinking (open tag, N reasoning tokens, the wrap-up, the
+    close tag) comes on top of the answer's max_new_tokens; each continuation adds max_new_tokens more.
+    `tokens_of` counts a text's tokens in the model's tokenizer. Thinking without a budget is not bounded
+    here (it may run until the context is full), so it adds nothing."""
+    max_new, parts = generation.max_new_tokens, 1 + generation.continue_on_length
+    markers = plan.reading_markers
+    thinks = plan.can_think and plan.mode != "off" and markers is not None and markers.format == "tags"
+    budget = plan.budget if thinks else None
+    if budget is None and parts == 1:
+        return NewTokens(max_new, f"generation.max_new_tokens={max_new}")
+    terms, total = [], max_new * parts
+    if budget is not None:
+        tags = tokens_of(markers.open) + tokens_of(markers.close)
+        wrapup = tokens_of(plan.wrapup) if plan.wrapup else 0
+        total += budget + tags + wrapup
+        terms.append(f"generation.thinking_budget={budget} + {tags} tag tokens"
+                     + (f" + {wrapup} wrap-up tokens" if wrapup else ""))
+    terms.append(f"generation.max_new_tokens={max_new}" + (f" x {parts} (continue_on_length="
+                                                           f"{generation.continue_on_length})" if parts > 1 else ""))
+    return NewTokens(total, f"{total} new tokens at most ({' + '.join(terms)})")

@@ -25,7 +25,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.records import MediaPart, Message, Sample, Turn
 from pipeline.data.fewshot import draw, with_examples
 from pipeline.data.mapping import Mapper
-from pipeline.data.media import MediaRules, check_part, dataset_rules
+from pipeline.data.media import Fetcher, MediaRules, check_part, dataset_rules
 from pipeline.data.prompts import from_dict, is_message
 from pipeline.data.sources import read_records
 
@@ -33,12 +33,12 @@ ROLES = ("system", "user", "assistant", "tool")
 MEDIA_KINDS = ("image", "audio")
 
 
-def load_samples(config: DatasetConfig, allow_download: bool = False) -> list[Sample]:
+def load_samples(config: DatasetConfig, allow_download: bool = False, fetch: Optional[Fetcher] = None) -> list[Sample]:
     """The dataset's samples (the first dataset.limit), mapped (pipeline.data.mapping) and with their
     few-shot examples (pipeline.data.fewshot); a UserError naming the record for any mistake.
     `allow_download` (runtime.allow_download): a Hub dataset missing from the cache may be fetched, and
-    media parts may name http(s) URLs."""
-    rules = dataset_rules(Path(config.path), config.media_dirs, config.max_media_mb, allow_download)
+    media parts may name http(s) URLs, which `fetch` (a backend's) turns into local files, if given."""
+    rules = dataset_rules(Path(config.path), config.media_dirs, config.max_media_mb, allow_download, fetch)
     mapper = Mapper(config, lambda record, where, number: _to_sample(record, where, number, rules))
     samples = _mapped(config.path, config.split, config.subset, allow_download, mapper, config.limit, "dataset.path")
     if not samples:

@@ -5,7 +5,10 @@ A part names a local path, a data URL (``data:image/png;base64,...``) or an http
 path (a dataset's parts only under the dataset's folder or a folder named in dataset.media_dirs;
 a path a user hands the Python API or the chat directly is theirs to name), refuses a URL unless
 runtime.allow_download=true, keeps each part under dataset.max_media_mb, decodes the bytes once
-(Pillow for images, soundfile for audio) and records the sha256 and what the decoding found.
+(Pillow for images, soundfile for audio) and records the sha256 and what the decoding found. A URL
+is fetched then only when the backend hands the rules a `fetch` (the transformers backend's
+pipeline.backends.transformers.media_fetch, which keeps one file per URL in a cache): the part
+then has that file as its path, checked like any other, and its URL as its source.
 A file that is missing, unreadable or not an image / audio clip is a UserError naming where the
 part was written (file:line of the dataset, or the argument).
 
@@ -14,7 +17,7 @@ Backends read the bytes again with `read_bytes` and decode them with `decode_ima
 data URL) and sha256, never the bytes.
 
 Not here: fetching an http(s) URL (a backend's business: nothing above backends/ opens a
-connection), and whether a model takes a kind of part (the plan's).
+connection; the backend passes its fetcher in), and whether a model takes a kind of part (the plan's).
 """
 
 from __future__ import annotations
@@ -26,15 +29,18 @@ import io
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from pipeline.core.errors import UserError, first_line
+from pipeline.core.redact import hide_credentials
 from pipeline.core.records import MediaPart
 
 DEFAULT_MAX_MB = 20.0
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<base64>;base64)?,",
                       re.IGNORECASE)
 AUDIO_SAMPLE_RATE = 16000  # what the audio processors of the supported models expect, and what clips are resampled to
+# fetch(url, kind, what, max_bytes, check) -> the local file holding the URL's bytes (a backend's; see MediaRules.fetch)
+Fetcher = Callable[[str, str, str, int, Callable[[bytes], object]], Path]
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,16 @@ class MediaRules:
     max_bytes: int = int(DEFAULT_MAX_MB * 2**20)
     allow_download: bool = False  # http(s) URLs (fetched by the backend that needs the bytes)
     base: Optional[Path] = None  # relative paths are taken from here (the dataset's folder); else the cwd
+    fetch: Optional[Fetcher] = None  # a backend that reads bytes fetches URLs with this; None: URLs are passed on
 
 
-def dataset_rules(dataset_path: Path, media_dirs: Sequence[str], max_mb: float, allow_download: bool) -> MediaRules:
+def dataset_rules(dataset_path: Path, media_dirs: Sequence[str], max_mb: float, allow_download: bool,
+                  fetch: Optional[Fetcher] = None) -> MediaRules:
     """The rules for a dataset file's parts: under its folder or a dataset.media_dirs folder."""
     folder = dataset_path.expanduser().resolve().parent
     roots = (folder, *(Path(d).expanduser().resolve() for d in media_dirs))
-    return MediaRules(roots=roots, max_bytes=int(max_mb * 2**20), allow_download=allow_download, base=folder)
+    return MediaRules(roots=roots, max_bytes=int(max_mb * 2**20), allow_download=allow_download, base=folder,
+                      fetch=fetch)
 
 
 def check_part(part: MediaPart, rules: MediaRules, where: str) -> MediaPart:
@@ -72,8 +81,18 @@ def check_part(part: MediaPart, rules: MediaRules, where: str) -> MediaPart:
         if not rules.allow_download:
             raise UserError(f"{where}: {part.kind} {source!r} is a URL, and nothing is downloaded unless "
                             "runtime.allow_download=true; use a local file or a data: URL")
-        return part  # fetched (and checked) by the backend that needs the bytes
+        if rules.fetch is None:
+            return part  # passed on as it is (a server backend fetches it)
+        what = f"{where}: {part.kind} {hide_credentials(source)!r}"  # user:password@ of a URL stays out of logs
+        fetched = rules.fetch(source, part.kind, what, rules.max_bytes,
+                              lambda data: _decode_facts(part.kind, data, what))
+        return _checked_file(part, fetched, source, rules, where)
     path = _local_path(source, rules, part.kind, where)
+    return _checked_file(part, path, source, rules, where)
+
+
+def _checked_file(part: MediaPart, path: Path, source: str, rules: MediaRules, where: str) -> MediaPart:
+    """The part read from `path` (a local file, or the one a URL was fetched into): size, decoding, sha256."""
     try:
         size = path.stat().st_size
         if size > rules.max_bytes:
@@ -87,9 +106,9 @@ def check_part(part: MediaPart, rules: MediaRules, where: str) -> MediaPart:
 
 
 def user_parts(images: Sequence[str], audio: Sequence[str], max_mb: float = DEFAULT_MAX_MB,
-               allow_download: bool = False) -> tuple[MediaPart, ...]:
+               allow_download: bool = False, fetch: Optional[Fetcher] = None) -> tuple[MediaPart, ...]:
     """Parts a user named directly (the Python API, the chat's /image): any local path, checked the same way."""
-    rules = MediaRules(max_bytes=int(max_mb * 2**20), allow_download=allow_download)
+    rules = MediaRules(max_bytes=int(max_mb * 2**20), allow_download=allow_download, fetch=fetch)
     checked = [check_part(MediaPart("image", str(i)), rules, f"images[{n}]") for n, i in enumerate(images)]
     checked += [check_part(MediaPart("audio", str(a)), rules, f"audio[{n}]") for n, a in enumerate(audio)]
     return tuple(checked)
@@ -135,6 +154,8 @@ def describe(part: MediaPart) -> dict[str, Any]:
     """What a transcript keeps of a part: where it came from and its sha256, not its bytes."""
     if part.source.startswith("data:"):
         where = {"source": f"data URL ({part.mime or 'no type'}, {part.size_bytes} bytes)"}
+    elif part.path is not None and _is_url(part.source):  # fetched: the URL, and the file it was fetched into
+        where = {"url": part.source, "path": part.path}
     elif part.path is not None:
         where = {"path": part.path}
     else:
@@ -147,7 +168,7 @@ def describe(part: MediaPart) -> dict[str, Any]:
 def from_description(data: dict[str, Any]) -> MediaPart:
     """A part back from `describe` (a resumed run's history): a data URL's bytes are gone, so it keeps
     only its description."""
-    source = data.get("path") or data.get("url") or data.get("source") or ""
+    source = data.get("url") or data.get("path") or data.get("source") or ""
     return MediaPart(data["type"], source, path=data.get("path"), sha256=data.get("sha256"),
                      width=data.get("width"), height=data.get("height"), seconds=data.get("seconds"))
 
@@ -200,6 +221,10 @@ def _decode_facts(kind: str, data: bytes, what: str) -> dict[str, Any]:
     except (RuntimeError, ValueError, TypeError, soundfile.LibsndfileError) as error:
         raise UserError(f"{what} is not a readable audio clip: {first_line(error)}") from None
     return {"seconds": round(len(samples) / rate, 3)}
+
+
+def _is_url(source: str) -> bool:
+    return source.lower().startswith(("http://", "https://"))
 
 
 def _mb(size: int) -> str:

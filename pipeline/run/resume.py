@@ -48,11 +48,11 @@ from pipeline.core.folder_names import (
     SWEEP_SUMMARY_FILE,
     TRANSCRIPT_FILE,
 )
-from pipeline.core.records import ResolvedModel
+from pipeline.core.records import ResolvedModel, Sample
 from pipeline.core.redact import MASK, redact, redact_overrides
 from pipeline.core.transcript import rewrite_transcript, scan
 from pipeline.run.files import folder_problem, shown
-from pipeline.run.inputs import differences, fingerprint, read_inputs
+from pipeline.run.inputs import MEDIA, differences, fingerprint, read_inputs
 from pipeline.run.status import in_use_message, is_locked, read_status
 
 log = logging.getLogger(__name__)
@@ -243,22 +243,36 @@ def records_difference(folder: Path, config: Config, records: list[dict[str, Any
 
 
 def _inputs_problem(folder: Path, config: Config) -> Optional[str]:
-    """inputs_difference, for the command-line check, which has no resolved model yet."""
-    if read_inputs(folder) is None:
+    """inputs_difference, for the command-line check, which has no resolved model yet. A run with image or
+    audio parts has its samples read (a URL fetched unless cached, as the plan would) to compare their content."""
+    recorded = read_inputs(folder)
+    if recorded is None:
         return None
     from pipeline.stages.resolve import resolve  # reads the model folder's files, loads nothing
 
     try:
         model = resolve(config.runtime, config.backend)
+        samples = _samples(config) if MEDIA in recorded else None
     except UserError as error:
         return f"resume={folder}: {error}"
-    return inputs_difference(folder, config, model)
+    return inputs_difference(folder, config, model, samples)
 
 
-def inputs_difference(folder: Path, config: Config, model: ResolvedModel) -> Optional[str]:
-    """Why the run in `folder` cannot go on with these input files, naming each that changed; None if it can."""
+def _samples(config: Config) -> list[Sample]:
+    from pipeline.backends.transformers.media_fetch import fetcher
+    from pipeline.data.dataset import load_samples
+
+    return load_samples(config.dataset, config.runtime.allow_download, fetcher(config))
+
+
+def inputs_difference(folder: Path, config: Config, model: ResolvedModel,
+                      samples: Optional[list[Sample]] = None) -> Optional[str]:
+    """Why the run in `folder` cannot go on with these input files, naming each that changed; None if it can.
+    Without `samples` (the command-line check, before the plan reads them) image and audio parts are not compared."""
     recorded = read_inputs(folder)
-    changed = differences(recorded, fingerprint(config, model)) if recorded else []
+    if recorded and samples is None:
+        recorded = {key: value for key, value in recorded.items() if key != MEDIA}
+    changed = differences(recorded, fingerprint(config, model, samples)) if recorded else []
     if not changed:
         return None
     return (f"resume={folder}: the input files differ from the run's, so its records would not match: "

@@ -104,9 +104,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             set_status(run_dir, "success")
             return result
         result.plan, samples, backend = timed("plan", plan, config, resolved, run_dir, overrides)
-        inputs = fingerprint(config, resolved)
+        inputs = fingerprint(config, resolved, samples)
         if resuming:
-            problem = inputs_difference(run_dir, config, resolved)
+            problem = inputs_difference(run_dir, config, resolved, samples)
             if problem:
                 raise UserError(problem)
             settle(run_dir, previous)

@@ -11,8 +11,9 @@ one transaction for many traces) and `link_traces_to_run`, 100 traces at a time.
 `start_trace`/`end_trace` round trip per sample costs about 45 ms on SQLite, which would add
 9 s to a 200-sample run. Trace and span ids are derived from the run id and the answer, so
 logging the same transcript again (a resumed run) updates the traces instead of repeating them.
-Secrets in messages and tool arguments are masked as everywhere else. Nothing here scores,
-generates or uploads files.
+Secrets in messages and tool arguments are masked as everywhere else. Image parts of the messages
+are shown as thumbnails beside their path and sha256 (pipeline.tracking.trace_images). Nothing
+here scores, generates or uploads files.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from typing import Any, Iterable, Optional
 
 from pipeline.core.redact import redact
+from pipeline.tracking.trace_images import with_images
 
 LINKS_PER_CALL = 100  # MLflow refuses more traces per link_traces_to_run
 TRACES_PER_CALL = 200  # traces per log_spans call: one transaction each, kept to a bounded size
@@ -43,10 +45,13 @@ def trace_id(run_id: str, steps: list[dict[str, Any]]) -> str:
     return "tr-" + _digest(run_id, steps[0]["sample_id"], steps[0].get("sample_index", 0))[:32]
 
 
-def answer_spans(run_id: str, steps: list[dict[str, Any]], fallback_start: float) -> list[dict[str, Any]]:
+def answer_spans(run_id: str, steps: list[dict[str, Any]], fallback_start: float,
+                 thumbnails: Optional[dict[str, Optional[str]]] = None) -> list[dict[str, Any]]:
     """The spans of one answer's trace as MLflow span dicts: the root first, then its children.
 
-    `fallback_start` stands in for `started_at` in transcripts written before it existed."""
+    `fallback_start` stands in for `started_at` in transcripts written before it existed;
+    `thumbnails` caches the images' thumbnails across the answers of a run."""
+    thumbnails = {} if thumbnails is None else thumbnails
     mlflow_id = trace_id(run_id, steps)
     otel_id = int(mlflow_id[3:], 16)
     final = steps[-1]
@@ -54,7 +59,7 @@ def answer_spans(run_id: str, steps: list[dict[str, Any]], fallback_start: float
     children = []
     if len(steps) > 1:
         for step in steps:
-            children.append(_step_span(mlflow_id, otel_id, root_id, step, fallback_start))
+            children.append(_step_span(mlflow_id, otel_id, root_id, step, fallback_start, thumbnails))
     start = min((c["start_time_unix_nano"] for c in children), default=_start_ns(final, fallback_start))
     end = max((c["end_time_unix_nano"] for c in children), default=start + _ns(final.get("latency_s", 0.0)))
     root_attributes = {
@@ -76,13 +81,15 @@ def answer_spans(run_id: str, steps: list[dict[str, Any]], fallback_start: float
         events = _first_token(final, start)
     root = _span_dict(mlflow_id, otel_id, root_id, None, name=final["sample_id"],
                       span_type="AGENT" if children else "CHAT_MODEL", start=start, end=end,
-                      inputs={"messages": steps[0].get("messages", [])}, outputs=chat_output(final),
+                      inputs={"messages": with_images(steps[0].get("messages", []), thumbnails)},
+                      outputs=chat_output(final),
                       attributes=root_attributes, events=events, ok=final.get("status", "ok") == "ok",
                       message=final.get("error") or "")
     return [root, *children]
 
 
-def _step_span(mlflow_id: str, otel_id: int, root_id: int, step: dict[str, Any], fallback_start: float) -> dict:
+def _step_span(mlflow_id: str, otel_id: int, root_id: int, step: dict[str, Any], fallback_start: float,
+               thumbnails: dict[str, Optional[str]]) -> dict:
     """A child span: a generation on the way to the answer, or a tool call."""
     start = _start_ns(step, fallback_start)
     span_id = _span_id(mlflow_id, str(step.get("step", 0)))
@@ -90,7 +97,8 @@ def _step_span(mlflow_id: str, otel_id: int, root_id: int, step: dict[str, Any],
     if step.get("kind") in MODEL_RAN and step.get("finish_reason") != "tool":
         return _span_dict(mlflow_id, otel_id, span_id, root_id, name=f"generate {step.get('step', 0)}",
                           span_type="CHAT_MODEL", start=start, end=start + _ns(step.get("latency_s", 0.0)),
-                          inputs={"messages": step.get("messages", []), "tools": step.get("tools", [])},
+                          inputs={"messages": with_images(step.get("messages", []), thumbnails),
+                                  "tools": step.get("tools", [])},
                           outputs=chat_output(step), events=_first_token(step, start), ok=ok,
                           attributes={"kind": step.get("kind"), "prompt_tokens": step.get("prompt_tokens", 0),
                                       "completion_tokens": step.get("completion_tokens", 0),
@@ -130,10 +138,11 @@ def log_traces(tracking_uri: str, experiment_id: str, run_id: str, records: list
 
     answers = group_answers(records)
     fallback_start = time.time()
+    thumbnails: dict[str, Optional[str]] = {}
     store = TracingClient(tracking_uri)
     for first in range(0, len(answers), TRACES_PER_CALL):
         spans = [Span.from_dict(span) for steps in answers[first:first + TRACES_PER_CALL]
-                 for span in answer_spans(run_id, steps, fallback_start)]
+                 for span in answer_spans(run_id, steps, fallback_start, thumbnails)]
         store.log_spans(experiment_id, spans)
     client = MlflowClient(tracking_uri)
     ids = [trace_id(run_id, steps) for steps in answers]

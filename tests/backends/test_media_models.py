@@ -165,9 +165,7 @@ def test_images_on_a_text_model_and_urls_are_refused_at_plan_time(tiny_model, vi
     config = make_config(vision_model, remote)
     with pytest.raises(UserError, match="nothing is downloaded unless runtime.allow_download=true"):
         plan_from_config(config, resolve(config.runtime))
-    config.runtime.allow_download = True
-    with pytest.raises(UserError, match="reads local files and data: URLs only"):
-        plan_from_config(config, resolve(config.runtime))
+    # with runtime.allow_download=true the plan fetches it: tests/backends/test_media_fetch.py
 
 
 def test_audio_through_the_processor(audio_model, tmp_path, monkeypatch, capsys):

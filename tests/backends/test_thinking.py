@@ -17,6 +17,7 @@ from pipeline.backends.base import Completion
 from pipeline.backends.fake import FakeBackend
 from pipeline.core.config import (
     ASSETS_DIR,
+    BackendConfig,
     Config,
     DatasetConfig,
     GenerationConfig,
@@ -55,12 +56,20 @@ def thinking_run(tmp_path_factory):
     from pipeline.stages.resolve import resolve
 
     folder = tmp_path_factory.mktemp("thinking")
+    done: dict[str, list[dict]] = {}  # in-process records by settings: the server test compares with the same runs
 
-    def run(limit: int = 8, backend_only: bool = False, **generation):
-        config = Config(runtime=RuntimeConfig(model=str(MODEL), device="cpu", batch_size=8),
-                        dataset=DatasetConfig(path=str(DATASET), limit=limit),
+    def run(limit: int = 8, backend_only: bool = False, served=None, **generation):
+        """`served`: a TransformersServe of the model, reached with backend=openai (backend.tokenizer named)."""
+        key = repr((limit, GenerationConfig(**generation)))
+        if served is None and not backend_only and key in done:
+            return [dict(record) for record in done[key]]
+        runtime = RuntimeConfig(model=served.model) if served else RuntimeConfig(model=str(MODEL), device="cpu",
+                                                                                 batch_size=8)
+        backend = BackendConfig(name="openai", base_url=served.base_url, tokenizer=str(MODEL)) if served else \
+            BackendConfig()
+        config = Config(runtime=runtime, backend=backend, dataset=DatasetConfig(path=str(DATASET), limit=limit),
                         generation=GenerationConfig(**generation))
-        resolved = resolve(config.runtime)
+        resolved = resolve(config.runtime, config.backend)
         runtime_plan, samples, backend = plan(config, resolved, folder, [])
         backend.load()
         if backend_only:
@@ -69,7 +78,10 @@ def thinking_run(tmp_path_factory):
         with TranscriptWriter(path) as writer:
             execute(backend, samples, config, writer, config.config_hash())
         backend.close()
-        return score_records(read_transcript(path), config.dataset.scorer)  # the score stage's part
+        records = score_records(read_transcript(path), config.dataset.scorer)  # the score stage's part
+        if served is None:
+            done[key] = [dict(record) for record in records]
+        return records
 
     return run
 
@@ -198,6 +210,14 @@ def test_earlier_turns_lose_their_thinking_as_the_template_says():
     (["generation.thinking=on"], "model 'demo' cannot think"),
     (["generation.reasoning_effort=high", "runtime.model=thinking-demo"], "does not read reasoning_effort"),
     (["generation.thinking_wrapup=Done.", "runtime.model=thinking-demo"], "generation.thinking_wrapup"),
+    # refused before any request (nothing listens on port 9: a request would fail otherwise)
+    (["backend=openai", "backend.base_url=http://127.0.0.1:9/v1", "runtime.model=m", "generation.thinking_budget=8"],
+     "generation.thinking_budget=8 with backend=openai: the prompt is rendered here and sent in parts to the "
+     "server's /v1/completions, which needs the served model's chat template and tokenizer; name a local folder "
+     "with them in backend.tokenizer"),
+    (["runtime.model=thinking-demo", "generation.thinking_budget=240"],
+     "prompt of 18 tokens + 250 new tokens at most (generation.thinking_budget=240 + 2 tag tokens + "
+     "generation.max_new_tokens=8) exceeds the model's context of 256 tokens"),
 ])
 def test_bad_thinking_settings_are_one_line_and_exit_2(args, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -253,9 +273,11 @@ def test_the_budget_experiment_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_thinking_switched_through_transformers_serve(tmp_path_factory):
+def test_thinking_switched_through_transformers_serve(tmp_path_factory, thinking_run):
     """backend=openai: enable_thinking goes as chat_template_kwargs; the server streams the tags in the text
-    (no response template for this model type) and the answer is split from the thinking as in process."""
+    (no response template for this model type) and the answer is split from the thinking as in process.
+    With backend.tokenizer the prompt is rendered here and sent in parts to /v1/completions: the same budget
+    gives the same split, token for token, as in process."""
     from tests.helpers.openai_server import TransformersServe, serving_extra_missing
 
     if serving_extra_missing() is not None:
@@ -276,10 +298,22 @@ def test_thinking_switched_through_transformers_serve(tmp_path_factory):
                    for r in records["on"])
         assert sum(r["response"] == r["reference"] for r in records["on"]) >= 2
         assert all(r["reasoning"] == "" and "think" not in r["response"] for r in records["off"])
-        budget = run_pipeline(["backend=openai", f"backend.base_url={server.base_url}",
-                               f"runtime.model={server.model}", "generation.thinking_budget=8", "tracking=none"],
-                              tmp_path_factory.mktemp("budget"))
-        assert budget.returncode == 2 and "generation.thinking_budget=8: not enforced" in budget.stderr
+        cwd = tmp_path_factory.mktemp("budget")
+        result = run_pipeline(["backend=openai", f"backend.base_url={server.base_url}", f"runtime.model={server.model}",
+                               f"backend.tokenizer={MODEL}", "dataset=thinking_addition", "dataset.limit=8",
+                               "generation.thinking=on", "generation.max_new_tokens=8", "generation.thinking_budget=11",
+                               "tracking=none"], cwd)
+        assert result.returncode == 0, result.stderr[-2000:]
+        fields = ("response", "reasoning", "reasoning_tokens", "answer_tokens", "reasoning_truncated", "finish_reason",
+                  "completion_tokens", "prompt_tokens")
+        # 11 through the entry point; 0 and none through the stages, in this process. The in-process runs are
+        # those of the tests above (the fixture keeps them): same samples, same settings
+        for budget in (11, 0, None):
+            served = read_transcript(only_run_dir(cwd) / "transcript.jsonl") if budget == 11 else \
+                thinking_run(served=server, thinking="on", thinking_budget=budget)
+            local = thinking_run(thinking="on", thinking_budget=budget)
+            assert [[r[f] for f in fields] for r in served] == [[r[f] for f in fields] for r in local], budget
+            assert {r["reasoning_tokens"] for r in served} == {budget if budget is not None else FULL_THINKING}
     finally:
         server.stop()
 
@@ -321,3 +355,33 @@ def test_the_thinking_model_is_small_held_out_and_its_template_is_the_trained_on
     rng = random.Random(5)
     drawn = {script.sample_training_pair(rng) for _ in range(2000)}
     assert not drawn & script.HELD_OUT_SET
+
+
+def test_a_budget_past_the_served_context_is_refused_before_any_request(tmp_path, monkeypatch, capsys):
+    """backend=openai: the plan adds the budget, the tags and the answer's limit to each prompt (counted with
+    backend.tokenizer, rendered as the parts will send it) against the context the server reports."""
+    import logging
+    import sys
+
+    from pipeline.__main__ import main
+    from tests.helpers.openai_server import StubServer
+
+    def models(handler, body):
+        return 200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 64}]})
+
+    monkeypatch.chdir(tmp_path)
+    with StubServer({("GET", "/v1/models"): models}) as stub:
+        argv = ["backend=openai", f"backend.base_url={stub.base_url}", "runtime.model=m", f"backend.tokenizer={MODEL}",
+                "dataset=thinking_addition", "generation.thinking=on", "tracking=none"]
+        code, err = run_main([*argv, "generation.thinking_budget=40"], monkeypatch, capsys)
+        assert code == 2 and "Traceback" not in err
+        assert ("prompt of 22 tokens + 50 new tokens at most (generation.thinking_budget=40 + 2 tag tokens + "
+                "generation.max_new_tokens=8) exceeds the served model's context of 64 tokens") in err, err
+        assert not [path for _, path, _, _ in stub.seen if path.endswith("completions")]
+        monkeypatch.setattr(sys, "argv", ["pipeline", *argv, "generation.thinking_budget=30", "pipeline.until=plan"])
+        handlers, level = logging.root.handlers[:], logging.root.level
+        try:
+            main()  # 22 + 40 fits in 64
+        finally:  # as run_main: the job's logging onto this test's captured streams goes with it
+            logging.root.handlers[:], logging.root.level = handlers, level
+        assert '"budget": 30' in capsys.readouterr().out

@@ -13,7 +13,7 @@ import pytest
 import pipeline.core.transcript as transcript_module
 from pipeline.backends.transformers.load import load
 from pipeline.backends.transformers.plan import plan_from_config
-from pipeline.core.config import ASSETS_DIR, GenerationConfig, SessionConfig
+from pipeline.core.config import ASSETS_DIR, GenerationConfig, SessionConfig, ToolBudgetConfig
 from pipeline.core.errors import StorageError, UserError
 from pipeline.core.records import TranscriptRecord
 from pipeline.core.transcript import (
@@ -131,7 +131,9 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
         {"id": "talk", "turns": [{"content": "What is 1234+5678?", "reference": "6912"},
                                  {"content": "What is 9000+1001?", "reference": "10001"}]},
     ])
-    config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[{"_target_": "pipeline.answering.demo_tools.add"}]),
+    config = make_config(TOOL_MODEL, dataset, # a loaded machine must not spend the turn: a record cut short by time would differ between runs
+                         session=SessionConfig(tools=[{"_target_": "pipeline.answering.demo_tools.add"}],
+                                               tool_budget=ToolBudgetConfig(seconds_per_turn=600)),
                          generation=GenerationConfig(max_new_tokens=64, temperature=0.2, num_samples=2, seed=5))
     plan, samples, template = plan_from_config(config, resolve(config.runtime))
     runtime = load(plan, template)

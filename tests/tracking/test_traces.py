@@ -147,3 +147,43 @@ def test_the_dataset_input_is_named_and_digested_by_content(tmp_path, tracker):
     (entry,) = tracker.client.get_run(tracker.run_id).inputs.dataset_inputs
     assert entry.dataset.name == "mine" and entry.dataset.digest == hashlib.sha256(data.read_bytes()).hexdigest()[:32]
     assert json.loads(entry.dataset.source) == {"uri": str(data)}
+
+
+def test_a_trace_shows_each_image_as_a_thumbnail_beside_its_path_and_sha256(tmp_path, tracker):
+    """The chat view's image_url parts hold the image (small ones as they are, large ones cut to a
+    thumbnail); a file changed since the run is not shown in its new state; audio keeps its description."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pipeline.data.media import describe, user_parts
+    from pipeline.tracking.trace_images import MAX_BYTES, THUMBNAIL_SIDE
+    from tests.conftest import ASSETS_DIR
+    from tests.helpers.tiny_media_models import wav
+
+    digit = tmp_path / "digit.png"
+    digit.write_bytes((ASSETS_DIR / "datasets" / "vision_digits" / "digits-000.png").read_bytes())
+    Image.open(digit).resize((600, 600)).save(tmp_path / "large.png")
+    Image.open(digit).save(tmp_path / "changed.png")
+    parts = user_parts([str(digit), str(tmp_path / "large.png"), str(tmp_path / "changed.png")],
+                       [str(wav(tmp_path / "tone.wav", 440))])
+    (tmp_path / "changed.png").write_bytes((ASSETS_DIR / "datasets" / "vision_digits" / "digits-001.png").read_bytes())
+    media = [describe(part) for part in parts]
+    messages = [{"role": "user", "content": "What number is this?", "media": media}]
+    tracker.log_traces(write_transcript(tmp_path / "transcript.jsonl", [record("pic", messages=messages)]))
+
+    (trace,) = tracker.client.search_traces(locations=[tracker.experiment_id], run_id=tracker.run_id,
+                                            filter_string="trace.name = 'pic'")
+    (message,) = trace.data.spans[0].inputs["messages"]
+    assert message["media"] == media  # path and sha256 of every part, as the transcript keeps them
+    *pictures, text = message["content"]
+    assert text == {"type": "text", "text": "What number is this?"} and len(pictures) == 2  # not the changed file
+    shown = []
+    for picture in pictures:
+        header, data = picture["image_url"]["url"].split(",", 1)
+        assert header == "data:image/png;base64" and len(base64.b64decode(data)) <= MAX_BYTES
+        shown.append(Image.open(io.BytesIO(base64.b64decode(data))))
+    assert shown[0].size == (32, 32) and shown[0].convert("L").tobytes() == Image.open(digit).tobytes()
+    assert shown[1].size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    assert shown[1].convert("L").resize((32, 32)).tobytes() != Image.new("L", (32, 32), 255).tobytes()

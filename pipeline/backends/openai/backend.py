@@ -102,6 +102,8 @@ class OpenAIBackend(Backend):
         # the plan's thinking switch (pipeline.core.thinking): chat_template_kwargs / reasoning_effort sent as is,
         # and the markers an answer is read with when the server leaves the thinking in the text
         self.thinking = ThinkingPlan()
+        # the plan's choice: requests rendered here and sent in parts to /completions (pipeline.backends.openai.budgeted)
+        self.parts = False
 
     # --- log-likelihoods (dataset.kind=multiple_choice; pipeline.backends.openai.loglikelihood) ----------
 
@@ -226,7 +228,8 @@ class OpenAIBackend(Backend):
             return self._count_locally(requests)
         return [_estimate(request.messages) for request in requests]
 
-    def _count_locally(self, requests: Sequence[Request]) -> list[int]:
+    def _local_files(self) -> tuple[Any, Any]:
+        """backend.tokenizer's chat template (None if it has none) and token counter, read once."""
         if self._local is None:
             from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 
@@ -235,7 +238,13 @@ class OpenAIBackend(Backend):
                 raise UserError(f"{PREFIX}.tokenizer={self.config.tokenizer!r} is not a folder: name a local model "
                                 "folder with the served model's tokenizer, or null")
             self._local = ChatTemplate.from_folder(folder), TokenCounter.from_folder(folder)
-        template, counter = self._local
+        return self._local
+
+    def _count_locally(self, requests: Sequence[Request]) -> list[int]:
+        if self.parts:  # the prompt /completions is sent: rendered here, with the plan's thinking switch
+            counter = self._local_files()[1]
+            return [counter.count(self._render(request), add_special_tokens=True) for request in requests]
+        template, counter = self._local_files()
         counts = []
         for request in requests:
             if template is None:
@@ -339,32 +348,10 @@ class OpenAIBackend(Backend):
     async def _attempt(self, client: Any, row: int, request: Request, sink: Optional[StreamSink]) -> Completion:
         import openai
 
-        sent = time.monotonic()
-        first: Optional[float] = None
-        text, reasoning, calls, finish, usage = [], [], {}, None, None
-        streams_text = sink is not None and getattr(sink, "streams_text", True)
         try:
-            stream = await client.chat.completions.create(**self._body(request))
-            async with stream:
-                async for chunk in stream:
-                    if getattr(chunk, "usage", None) is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices or ():
-                        delta = choice.delta
-                        piece = getattr(delta, "content", None) if delta is not None else None
-                        thought = _reasoning(delta)
-                        if piece or thought or (delta is not None and delta.tool_calls):
-                            first = first if first is not None else time.monotonic()
-                        if piece:
-                            text.append(piece)
-                            if streams_text:
-                                sink.on_text(row, piece)
-                        if thought:
-                            reasoning.append(thought)
-                        for call in (delta.tool_calls or ()) if delta is not None else ():
-                            _add_delta(calls, call)
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
+            if self.parts:
+                return await self._attempt_budgeted(client, row, request, sink)
+            return await self._attempt_chat(client, row, request, sink)
         except openai.APIStatusError as error:
             message = f"{error.status_code} {_reason(error)}"
             if error.status_code in server.RETRYABLE_STATUS or error.status_code >= 500:
@@ -377,9 +364,119 @@ class OpenAIBackend(Backend):
                                    connection=True) from None
         except openai.APIError as error:  # an error event inside the stream
             raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
+
+    async def _attempt_chat(self, client: Any, row: int, request: Request, sink: Optional[StreamSink]) -> Completion:
+        """One streamed chat completions request."""
+        sent = time.monotonic()
+        first: Optional[float] = None
+        text, reasoning, calls, finish, usage = [], [], {}, None, None
+        streams_text = sink is not None and getattr(sink, "streams_text", True)
+        stream = await client.chat.completions.create(**self._body(request))
+        async with stream:
+            async for chunk in stream:
+                if getattr(chunk, "usage", None) is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices or ():
+                    delta = choice.delta
+                    piece = getattr(delta, "content", None) if delta is not None else None
+                    thought = _reasoning(delta)
+                    if piece or thought or (delta is not None and delta.tool_calls):
+                        first = first if first is not None else time.monotonic()
+                    if piece:
+                        text.append(piece)
+                        if streams_text:
+                            sink.on_text(row, piece)
+                    if thought:
+                        reasoning.append(thought)
+                    for call in (delta.tool_calls or ()) if delta is not None else ():
+                        _add_delta(calls, call)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
         done = time.monotonic()
         return self._completion(request, "".join(text), "".join(reasoning), calls, finish, usage,
                                 ttft=(first if first is not None else done) - sent, latency=done - sent)
+
+    # --- a thinking budget or continuation: the rendered prompt in parts through /completions ----------
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the model may think in this run, in tags the parts can be split at."""
+        markers = self.thinking.reading_markers
+        return self.thinking.can_think and self.thinking.mode != "off" and markers is not None \
+            and markers.format == "tags"
+
+    def _render(self, request: Request) -> str:
+        """The prompt as the served model's chat template writes it, with the plan's thinking switch; without
+        the template's start token when the server's tokenizer adds it again (it encodes /completions'
+        prompt with its special tokens)."""
+        from pipeline.data.prompts import template_dict
+
+        template, counter = self._local_files()
+        prompt = template.render([template_dict(m) for m in request.messages], add_generation_prompt=True,
+                                 tools=request.tools or None, **self.thinking.template_args)
+        bos = template.special_tokens.get("bos_token")
+        if bos and prompt.startswith(bos) and counter.count("", add_special_tokens=True):
+            prompt = prompt[len(bos):]
+        return prompt
+
+    async def _attempt_budgeted(self, client: Any, row: int, request: Request,
+                                sink: Optional[StreamSink]) -> Completion:
+        from pipeline.backends.openai import budgeted
+
+        if any(message.media for message in request.messages):  # planned without them (the Python client's probe)
+            raise FinalFailure("an image or audio part cannot be sent as text to /v1/completions, where a thinking "
+                               "budget, continue_on_length or backend.tokenizer with a thinking model sends prompts")
+        _, counter = self._local_files()
+        prompt = self._render(request)
+        markers = self.thinking.reading_markers
+        thinks = self.thinks
+        count = (lambda text: counter.count(text, add_special_tokens=False))  # noqa: E731
+        sizes = budgeted.Sizes(open=count(markers.open) if thinks else 0, close=count(markers.close) if thinks else 0,
+                               wrapup=count(self.thinking.wrapup) if self.thinking.wrapup else 0, count=count)
+        context = self._served.context_length if self._served else None
+        room = context - counter.count(prompt, add_special_tokens=True) if context else None
+        sent = time.monotonic()
+        answered: list[float] = []
+
+        async def complete(text: str, max_tokens: Optional[int], stop: list[str]) -> budgeted.Part:
+            body: dict[str, Any] = {"model": self.model, "prompt": text, "temperature": request.temperature,
+                                    "stream": False}
+            if max_tokens is not None:
+                body["max_tokens"] = max_tokens
+            if stop:
+                body["stop"] = list(stop)
+            if request.top_p is not None:
+                body["top_p"] = request.top_p
+            if request.top_k is not None:
+                body["extra_body"] = {"top_k": request.top_k}
+            if request.seed is not None:
+                body["seed"] = request.seed
+            response = await client.completions.create(**body)
+            answered.append(time.monotonic())
+            choice = response.choices[0]
+            usage = response.usage
+            return budgeted.Part(text=choice.text or "", tokens=getattr(usage, "completion_tokens", 0) or 0,
+                                 finish=choice.finish_reason or "stop", stop_reason=getattr(choice, "stop_reason", None),
+                                 prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0)
+
+        result = await budgeted.generate(
+            prompt, complete, markers=markers if thinks else None, thinks=thinks, sizes=sizes,
+            budget=self.thinking.budget, wrapup=self.thinking.wrapup, answer_limit=request.max_new_tokens,
+            continue_on_length=self.thinking.continue_on_length, stops=request.stop, room=room)
+        done = time.monotonic()
+        # the text is read as the chat path reads it (stop strings, tool calls); the split and counts are the parts'
+        completion = self._completion(request, result.text, result.reasoning, {}, result.finish_reason, None,
+                                      ttft=(answered[0] if answered else done) - sent, latency=done - sent)
+        completion.reasoning_truncated = result.reasoning_truncated
+        completion.prompt_tokens, completion.completion_tokens = result.prompt_tokens, result.completion_tokens
+        completion.reasoning_tokens, completion.answer_tokens = result.reasoning_tokens, result.answer_tokens
+        completion.continuations = result.continuations
+        if sink is not None:  # not streamed: the sink is told each part once, when the answer is whole
+            if completion.reasoning and hasattr(sink, "on_reasoning"):
+                sink.on_reasoning(row, completion.reasoning)
+            if completion.text and getattr(sink, "streams_text", True):
+                sink.on_text(row, completion.text)
+        return completion
 
     def _body(self, request: Request) -> dict[str, Any]:
         body: dict[str, Any] = {

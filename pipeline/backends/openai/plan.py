@@ -26,7 +26,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.generation_settings import LIBRARY, NEUTRAL, command_line_keys, effective_generation
 from pipeline.core.reasoning import THINK_TAGS, thinking_support
 from pipeline.core.records import MemoryEstimate, Message, ResolvedModel, RuntimePlan, Sample
-from pipeline.core.thinking import ThinkingPlan, plan_thinking
+from pipeline.core.thinking import NewTokens, ThinkingPlan, budget_warnings, new_tokens, plan_thinking
 from pipeline.data.dataset import load_samples
 from pipeline.data.prompts import conversation
 from pipeline.scoring.scorers import check_scorer, sample_references
@@ -60,6 +60,14 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
     schemas = [tool.schema for tool in load_tools(config.session.tools)]
     generation = _generation(config, overrides)
     backend.thinking = plan_served_thinking(config, backend)
+    backend.parts = _in_parts(config, backend, samples)
+    if backend.parts:
+        backend.thinking.how += ("; the prompt rendered here with backend.tokenizer's chat template and sent in parts "
+                                 "to /v1/completions (the thinking, then the answer)")
+        new = new_tokens(config.generation, backend.thinking,
+                         lambda text: backend._local_files()[1].count(text, add_special_tokens=False))
+    else:
+        new = NewTokens(config.generation.max_new_tokens, f"generation.max_new_tokens={config.generation.max_new_tokens}")
     requests = [_first_request(sample, config, schemas, generation) for sample in samples]
     served: BackendPlan = backend.plan(requests)  # UserError: unreachable, not OpenAI-shaped, key refused, not served
     counts = dict(zip((s.id for s in samples), served.prompt_tokens))
@@ -67,18 +75,19 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
     longest = counts.get(longest_id, 0)
     max_new = config.generation.max_new_tokens
     context = served.context_length or 0
+    most = new.total  # the most one answer adds: a thinking budget and continuations come on top of max_new_tokens
     checks = list(served.checks) + [f"scorer {scorer.label} is ready for every reference in the dataset"]
     if config.dataset.kind == "multiple_choice":
         checks.append(backend.check_prompt_logprobs())
-    warnings = list(served.warnings) + generation["warnings"]
-    if context and max_new >= context:
-        raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the served model's "
+    warnings = list(served.warnings) + generation["warnings"] + budget_warnings(config.generation, backend.thinking)
+    if context and most >= context:
+        raise UserError(f"{new.how} leaves no room for a prompt in the served model's "
                         f"context of {context} tokens; lower it")
     if context and served.token_source != "estimate":
-        over = [sid for sid, tokens in counts.items() if tokens + max_new > context]
+        over = [sid for sid, tokens in counts.items() if tokens + most > context]
         if over:
             worst = max(over, key=counts.get)
-            raise UserError(f"sample {worst!r}: prompt of {counts[worst]} tokens + generation.max_new_tokens={max_new} "
+            raise UserError(f"sample {worst!r}: prompt of {counts[worst]} tokens + {new.how} "
                             f"exceeds the served model's context of {context} tokens ({len(over)} sample(s) too long, "
                             f"counted by {served.token_source}); shorten the prompts or lower generation.max_new_tokens")
     if schemas:
@@ -105,7 +114,7 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
         batch_size=concurrency, offload="none", max_memory=None,
         memory=MemoryEstimate(device=SERVER, weights_bytes=0, kv_cache_bytes=0, kv_bytes_per_token=0,
                               activation_bytes=0, total_bytes=0, batch_size=concurrency,
-                              sequence_tokens=longest + max_new, available_bytes=None,
+                              sequence_tokens=longest + most, available_bytes=None,
                               available_source="not known: the server manages its own memory", margin=0.0,
                               usable_bytes=None, fits=True),
         reasons=reasons, num_samples=len(samples), longest_prompt_tokens=longest, longest_prompt_sample=longest_id,
@@ -120,21 +129,36 @@ def plan_served_thinking(config: Config, backend: Any) -> ThinkingPlan:
     (vLLM, SGLang), reasoning_effort as the API's field. Checked against the chat template of
     backend.tokenizer where one is named; otherwise sent as asked, unverified."""
     generation = config.generation
-    if generation.thinking_budget is not None:
-        raise UserError(f"generation.thinking_budget={generation.thinking_budget}: not enforced with backend=openai "
-                        "yet (needs the server's own budget field or an assistant continuation); leave it null, or "
-                        "use backend=transformers")
-    if generation.continue_on_length:
-        raise UserError(f"generation.continue_on_length={generation.continue_on_length}: the chat completions API "
-                        "cannot continue an answer; leave it 0 with backend=openai")
     folder = backend.config.tokenizer
+    parts = [f"generation.thinking_budget={generation.thinking_budget}"] if generation.thinking_budget is not None \
+        else []
+    parts += [f"generation.continue_on_length={generation.continue_on_length}"] if generation.continue_on_length else []
+    if parts and not folder:  # before any request: the prompt must be rendered here, with the model's own template
+        raise UserError(f"{' and '.join(parts)} with backend=openai: the prompt is rendered here and sent in parts to "
+                        "the server's /v1/completions, which needs the served model's chat template and tokenizer; "
+                        "name a local folder with them in backend.tokenizer, or leave "
+                        f"{'them' if len(parts) > 1 else 'it'} unset")
     if folder:
         from pipeline.backends.transformers.chat_template import ChatTemplate  # jinja only, no torch
         from pipeline.backends.transformers.plan import added_tokens
 
-        template = ChatTemplate.from_folder(Path(folder))
-        support = thinking_support(template.source if template else None, added_tokens(Path(folder)))
-        return plan_thinking(generation, support, backend.model)
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"backend.tokenizer={folder!r} is not a folder: name a local model folder with the served "
+                            "model's tokenizer, or null")
+        template = ChatTemplate.from_folder(Path(folder).expanduser())
+        if parts and template is None:
+            raise UserError(f"{' and '.join(parts)} with backend=openai renders the prompt with the chat template of "
+                            f"backend.tokenizer={folder!r}, which has none; name the served model's own folder")
+        support = thinking_support(template.source if template else None, added_tokens(Path(folder).expanduser()))
+        planned = plan_thinking(generation, support, backend.model)
+        markers = planned.reading_markers
+        if generation.thinking_budget is not None and planned.can_think and planned.mode != "off" \
+                and (markers is None or markers.format != "tags"):
+            raise UserError(f"generation.thinking_budget={generation.thinking_budget}: with backend=openai a budget "
+                            f"needs thinking tags, and model {backend.model!r} marks its thinking with "
+                            f"{markers.describe() if markers else 'nothing known'}; leave it null, or use "
+                            "backend=transformers")
+        return planned
     args = {} if generation.thinking == "auto" else {"enable_thinking": generation.thinking == "on"}
     how = [f"chat_template_kwargs enable_thinking={str(args['enable_thinking']).lower()}"] if args else []
     if generation.reasoning_effort is not None:
@@ -145,6 +169,21 @@ def plan_served_thinking(config: Config, backend: Any) -> ThinkingPlan:
                         found="not verified (the server's chat template is not visible; backend.tokenizer names "
                               "none): the server's reasoning field, else <think> tags in the text",
                         how="; ".join(how) or "the server's default")
+
+
+def _in_parts(config: Config, backend: Any, samples: list[Sample]) -> bool:
+    """Whether requests go to /completions in parts: always for a thinking budget (on a model that thinks in this
+    run) or continue_on_length; and whenever backend.tokenizer is named and the model thinks, so that
+    max_new_tokens counts answer tokens and the counts are the same as in process. Prompts with images or
+    audio cannot go as text: refused for a budget or continuation, otherwise sent through the chat API."""
+    generation = config.generation
+    asked = (generation.thinking_budget is not None and backend.thinks) or generation.continue_on_length > 0
+    media = next((sample for sample in samples if any(m.media for m in sample.messages)), None)
+    if asked and media is not None:
+        raise UserError(f"sample {media.id!r} has an image or audio part, and with generation.thinking_budget or "
+                        "continue_on_length backend=openai sends the prompt as text to /v1/completions; leave both "
+                        "unset for this dataset, or use backend=transformers")
+    return asked or (bool(backend.config.tokenizer) and backend.thinks and media is None)
 
 
 def _check_session(session: SessionConfig) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from pipeline.answering.tools import load_tools
+from pipeline.backends.transformers import media_fetch
 from pipeline.backends.transformers.backend_options import choose_backend_options
 from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
 from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
@@ -29,7 +30,7 @@ from pipeline.core.generation_settings import command_line_keys, effective_gener
 from pipeline.core.reasoning import thinking_support
 from pipeline.core.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
 from pipeline.core.text_files import read_json
-from pipeline.core.thinking import budget_warnings, plan_thinking
+from pipeline.core.thinking import NewTokens, budget_warnings, new_tokens, plan_thinking
 from pipeline.data.dataset import load_samples
 from pipeline.data.prompts import adds_special_tokens, count_prompt_tokens
 from pipeline.scoring.scorers import check_scorer, sample_references
@@ -43,7 +44,9 @@ def plan_from_config(config: Config, model: ResolvedModel,
     """The plan stage as the runner runs it: read the samples, count their tokens, plan.
 
     Returns the samples and chat template too, so execute uses exactly what was planned."""
-    samples = load_samples(config.dataset, config.runtime.allow_download)
+    # the model reads bytes: with runtime.allow_download=true an http(s) part is fetched now (once, into a cache),
+    # so it is decoded, counted and fingerprinted like a local file
+    samples = load_samples(config.dataset, config.runtime.allow_download, media_fetch.fetcher(config))
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     require_chat_template(model, config.session)
     folder = Path(model.path)
@@ -63,7 +66,8 @@ def plan_from_config(config: Config, model: ResolvedModel,
                                  schemas or None, media_counter)
     if config.dataset.kind == "perplexity" and model.context_length:  # read in windows of the context: any length fits
         tokens = {key: min(count, model.context_length - config.generation.max_new_tokens) for key, count in tokens.items()}
-    planned = plan(model, config, samples, tokens, overrides)
+    new = new_tokens(config.generation, thinking, lambda text: counter.count(text, add_special_tokens=False))
+    planned = plan(model, config, samples, tokens, overrides, new)
     if config.dataset.kind == "perplexity":
         planned.checks.append(f"documents are scored in rolling windows of {model.context_length or 2048} tokens")
     if media_counter is not None:
@@ -86,8 +90,9 @@ def plan_from_config(config: Config, model: ResolvedModel,
 
 
 def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tokens: dict[str, int],
-         overrides: Iterable[str] = ()) -> RuntimePlan:
-    """Decide how the run will go, or raise a UserError saying why it cannot."""
+         overrides: Iterable[str] = (), new: Optional[NewTokens] = None) -> RuntimePlan:
+    """Decide how the run will go, or raise a UserError saying why it cannot. `new`: the most tokens one answer
+    adds (pipeline.core.thinking.new_tokens: a thinking budget and continuations add to max_new_tokens)."""
     runtime, reasons = config.runtime, {}
     checks = [f"model folder {model.path} has config.json and {len(model.weight_files)} "
               f"{model.weights_format} weight file(s)"]
@@ -103,24 +108,25 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
                   f"every sample is {' or '.join(model.modalities)} the model accepts")
 
     max_new = config.generation.max_new_tokens
+    new = new or NewTokens(max_new, f"generation.max_new_tokens={max_new}")
     longest_id = max(prompt_tokens, key=prompt_tokens.get)
     longest = prompt_tokens[longest_id]
     conversations = {s.id for s in samples if s.turns}
-    truncated = _check_context(model, config, prompt_tokens, checks, warnings, conversations)
+    truncated = _check_context(model, config, prompt_tokens, checks, warnings, conversations, new)
     with_media = {s.id for s in samples if any(m.media for m in s.messages)}
     for sample_id in truncated:
         if sample_id in with_media:  # cutting from the left would cut into an image's or clip's tokens
             raise UserError(f"sample {sample_id!r}: its prompt with images or audio ({prompt_tokens[sample_id]} tokens) "
-                            f"+ generation.max_new_tokens={max_new} exceeds the model's context of "
+                            f"+ {new.how} exceeds the model's context of "
                             f"{model.context_length} tokens, and such a prompt is never cut (session.truncation=left); "
                             "shorten it or lower generation.max_new_tokens")
-    sequence_prompt = min(longest, model.context_length - max_new) if truncated else longest
+    sequence_prompt = min(longest, model.context_length - new.total) if truncated else longest
 
     device, reasons["device"] = choose_device(runtime)
     dtype, reasons["dtype"] = choose_dtype(runtime, device, model.weights_dtype)
     attention, reasons["attn_implementation"] = choose_attention(runtime, device, dtype)
     completions = len(samples) * config.generation.num_samples
-    estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, max_new,
+    estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, new.total,
                                                 completions, reasons, warnings)
     backend_options, option_reasons = choose_backend_options(config, device, offload, batch, completions)
     reasons.update(option_reasons)
@@ -208,8 +214,8 @@ def check_media(model: ResolvedModel, samples: list[Sample], config: Config) -> 
                         f"({model.architecture}) takes {' and '.join(model.modalities)} only; use a model that "
                         f"accepts {part.kind}s or remove the part")
                 if part.path is None and not part.source.startswith("data:"):
-                    raise UserError(f"sample {sample.id!r}: {part.kind} {part.source!r} is a URL; the {BACKEND} "
-                                    "backend reads local files and data: URLs only (a server backend passes URLs on); "
+                    raise UserError(f"sample {sample.id!r}: {part.kind} {part.source!r} is a URL the {BACKEND} "
+                                    "backend has not fetched; set runtime.allow_download=true to fetch it, or "
                                     "download it and name the file")
     if parts and not config.session.chat_template:
         raise UserError("session.chat_template=false sends plain text, which cannot carry the dataset's image or audio "
@@ -221,14 +227,15 @@ def check_media(model: ResolvedModel, samples: list[Sample], config: Config) -> 
 
 
 def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str, int], checks: list[str],
-                   warnings: list[str], conversations: set[str]) -> list[str]:
-    """The ids to truncate from the left (session.truncation=left), or a UserError for prompts that do not fit."""
-    max_new, context = config.generation.max_new_tokens, model.context_length
+                   warnings: list[str], conversations: set[str], new: NewTokens) -> list[str]:
+    """The ids to truncate from the left (session.truncation=left), or a UserError for prompts that do not fit
+    with the most tokens an answer may add (`new`)."""
+    max_new, context = new.total, model.context_length
     if not context:
         warnings.append("the model's config.json states no context length; prompt lengths were not checked")
         return []
     if max_new >= context:
-        raise UserError(f"generation.max_new_tokens={max_new} leaves no room for a prompt in the model's context "
+        raise UserError(f"{new.how} leaves no room for a prompt in the model's context "
                         f"of {context} tokens; lower it")
     budget = context - max_new
     over = [sample_id for sample_id, tokens in prompt_tokens.items() if tokens > budget and sample_id not in conversations]
@@ -249,7 +256,7 @@ def _check_context(model: ResolvedModel, config: Config, prompt_tokens: dict[str
         return over + growing
     worst = max(over, key=prompt_tokens.get)  # the longest prompt may be a conversation, which is not refused
     raise UserError(f"sample {worst!r}: prompt of {prompt_tokens[worst]} tokens + "
-                    f"generation.max_new_tokens={max_new} exceeds the model's context of {context} tokens "
+                    f"{new.how} exceeds the model's context of {context} tokens "
                     f"({len(over)} sample(s) too long); shorten the prompts, lower generation.max_new_tokens, "
                     "or set session.truncation=left to keep each prompt's end")
 
