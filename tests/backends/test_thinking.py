@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -312,8 +313,11 @@ def test_thinking_switched_through_transformers_serve(tmp_path_factory, thinking
             served = read_transcript(only_run_dir(cwd) / "transcript.jsonl") if budget == 11 else \
                 thinking_run(served=server, thinking="on", thinking_budget=budget)
             local = thinking_run(thinking="on", thinking_budget=budget)
+            # in process, an answer at its limit ends with a forced end of turn, a token the server never generates
+            local = [{**r, "completion_tokens": r["completion_tokens"] - (r["finish_reason"] == "length")} for r in local]
             assert [[r[f] for f in fields] for r in served] == [[r[f] for f in fields] for r in local], budget
-            assert {r["reasoning_tokens"] for r in served} == {budget if budget is not None else FULL_THINKING}
+            assert [r["reasoning_tokens"] for r in served] == [  # the budget binds the longer thinkings only
+                min(budget if budget is not None else 99, len(full_thinking(r["sample_id"]))) for r in served], budget
     finally:
         server.stop()
 
@@ -375,13 +379,13 @@ def test_a_budget_past_the_served_context_is_refused_before_any_request(tmp_path
                 "dataset=thinking_addition", "generation.thinking=on", "tracking=none"]
         code, err = run_main([*argv, "generation.thinking_budget=40"], monkeypatch, capsys)
         assert code == 2 and "Traceback" not in err
-        assert ("prompt of 22 tokens + 50 new tokens at most (generation.thinking_budget=40 + 2 tag tokens + "
-                "generation.max_new_tokens=8) exceeds the served model's context of 64 tokens") in err, err
+        assert re.search(r"prompt of 2\d tokens \+ 50 new tokens at most \(generation.thinking_budget=40 \+ 2 tag "
+                         r"tokens \+ generation.max_new_tokens=8\) exceeds the served model's context of 64 tokens", err), err
         assert not [path for _, path, _, _ in stub.seen if path.endswith("completions")]
-        monkeypatch.setattr(sys, "argv", ["pipeline", *argv, "generation.thinking_budget=30", "pipeline.until=plan"])
+        monkeypatch.setattr(sys, "argv", ["pipeline", *argv, "generation.thinking_budget=25", "pipeline.until=plan"])
         handlers, level = logging.root.handlers[:], logging.root.level
         try:
-            main()  # 22 + 40 fits in 64
+            main()  # the longest prompt (2x tokens) + 35 fits in 64
         finally:  # as run_main: the job's logging onto this test's captured streams goes with it
             logging.root.handlers[:], logging.root.level = handlers, level
-        assert '"budget": 30' in capsys.readouterr().out
+        assert '"budget": 25' in capsys.readouterr().out
