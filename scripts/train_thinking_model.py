@@ -1,9 +1,11 @@
-"""Train the project's third demo model: a tiny character-level Llama that adds four-digit numbers,
-better when it thinks first.
+"""Train the project's third demo model: a tiny character-level Llama that adds numbers of one to five
+digits, better when it thinks first, and the more the longer it may think.
 
-Four-digit sums are beyond a model this small when it must answer at once; written out column by
+Multi-digit sums are beyond a model this small when it must answer at once; written out column by
 column (digits, carry in, two-digit column sum), each step is a look-up, and the answer is the
-column sums' last digits read back. The model is a hybrid thinker in the Qwen3 style: its chat
+column sums' last digits read back. The problems mix their lengths: the longer operand has 1 to 5
+digits (as many problems of each), the other 1 to as many, so the thinking takes from 10 to 46
+tokens and a thinking budget lets the model finish the short problems but not the long ones. The model is a hybrid thinker in the Qwen3 style: its chat
 template takes ``enable_thinking`` (default true); switched off, the template writes an empty
 thinking block ``<think>\\n\\n</think>\\n\\n`` and the model answers at once.
 
@@ -17,15 +19,16 @@ answer keeps them; ``<|end|>`` is the end-of-turn / eos token):
     <s><|user|>What is 4821+3907?<|end|><|assistant|><think>\\n\\n</think>\\n\\n   (enable_thinking=false)
     8728<|end|>                                                                       (model)
 
-A full thinking block is 37 tokens between the tags (4 columns of 9 characters and the leading
-newline). Trained also on thinking cut short after a random number of its tokens and closed by a
-forced ``</think>`` (as a thinking budget does), the model still answers then, with a guess at the
-columns it did not write. Held out (measured): thinking off 0.005, on 0.955; a budget short of the
-37 tokens gives at most 0.02, a budget of 64 gives 0.955.
+A full thinking block is 1 + 9 x columns tokens between the tags (a leading newline, then a line of
+9 characters per column of the longer operand: 10, 19, 28, 37 or 46). Trained also on thinking cut
+short after a random number of its tokens and closed by a forced ``</think>`` (as a thinking budget
+does), the model still answers then, with a guess at the columns it did not write. Held out, the
+accuracy climbs with the budget in steps of about a fifth, one per column count the budget lets
+the model finish (figures: docs/thinking.md).
 
 Run from the repository root (deterministic: fixed seeds, ``torch.use_deterministic_algorithms``,
-one thread; 219 s of CPU for 1200 steps, 36 minutes on the clock on a shared 2-core machine at
-nice 10 with a load of about 18):
+one thread; 2800 steps, 526 s on the clock on a shared 2-core machine at nice 10 with a load of
+about 4, 27 minutes with a load of 6 to 12):
 
     .venv/bin/python scripts/train_thinking_model.py
 
@@ -34,7 +37,7 @@ It writes
                                                        tokenizer, chat_template.jinja
     pipeline/assets/datasets/thinking_addition.jsonl   200 held-out questions {"id", "prompt", "reference"}
 and prints the held-out accuracy of the saved files, reloaded from disk: thinking off, thinking on,
-and thinking on under budgets of 0 to 64 reasoning tokens.
+and thinking on under budgets of 0 to 50 reasoning tokens, overall and by column count.
 
 Held out by pair: ``held_out_pairs()`` draws the pairs from their own seeded generator; training
 never sees one of them, in either order. ``--assets DIR`` writes under another folder instead.
@@ -47,6 +50,7 @@ import json
 import random
 import time
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -59,11 +63,11 @@ from tiny_training import (TrainingSettings, build_model, deterministic, pad_bat
 # --- The task -------------------------------------------------------------------------------------
 
 SEED = 0
-LOW, HIGH = 1000, 9999             # both operands are four-digit numbers
+MAX_DIGITS = 5                     # the longer operand has 1 to 5 digits (columns), as many of each
 HELD_OUT = 200                     # pairs kept for thinking_addition.jsonl, never trained on
 OFF_SHARE = 0.3                    # of the training examples, this share has thinking switched off
 CUT_SHARE = 0.3                    # this share thinks, is cut off after a random number of tokens, answers
-BUDGETS = (0, 4, 8, 16, 32, 64)    # reasoning tokens, checked after training (and None: no budget)
+BUDGETS = (0, 10, 20, 30, 40, 50)  # reasoning tokens, checked after training (and None: no budget)
 
 # --- Tokenizer and model --------------------------------------------------------------------------
 
@@ -92,11 +96,11 @@ CHAT_TEMPLATE = (
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
                    tie_word_embeddings=True)
-MAX_NEW_TOKENS = 64                # thinking (39 tokens with its tags), "\n\n", 5 digits and <|end|>
+MAX_NEW_TOKENS = 64                # thinking (up to 48 tokens with its tags), "\n\n", 6 digits and <|end|>
 
 # --- Training -------------------------------------------------------------------------------------
 
-STEPS = 1200
+STEPS = 2800
 BATCH = 32
 PEAK_LR = 3e-3
 WARMUP_STEPS = 50
@@ -127,11 +131,17 @@ def question(a: int, b: int) -> str:
     return f"What is {a}+{b}?"
 
 
+def columns(a: int, b: int) -> int:
+    """How many columns the thinking works through: the digits of the longer operand."""
+    return max(len(str(a)), len(str(b)))
+
+
 def reasoning_text(a: int, b: int) -> str:
-    """The thinking between the tags: a leading newline, then one fixed-width line per column,
-    ones first: "digit+digit+carry=two-digit sum"."""
+    """The thinking between the tags: a leading newline, then one fixed-width line per column of the
+    longer operand, ones first: "digit+digit+carry=two-digit sum" (a shorter operand's missing digits
+    are 0)."""
     lines, carry = [], 0
-    for column in range(4):
+    for column in range(columns(a, b)):
         x, y = a // 10 ** column % 10, b // 10 ** column % 10
         total = x + y + carry
         lines.append(f"{x}+{y}+{carry}={total:02d}\n")
@@ -156,18 +166,29 @@ def check_tokenizer(tokenizer) -> None:
     for marker in ["<s>", "<|user|>", "<|end|>", "<|assistant|>", THINK_OPEN, THINK_CLOSE]:
         assert marker in tokens, f"{marker} is not one token in {tokens}"
     assert tokens.count("\n") == 9, tokens
+    assert reasoning_text(7, 385) == "\n7+5+0=12\n0+8+1=09\n0+3+0=03\n"
     ids = tokenizer(THINK_OPEN + reasoning_text(12, 34), add_special_tokens=False)["input_ids"]
-    assert len(ids) == 38
+    assert len(ids) == 1 + 1 + 9 * 2
     assert tokenizer.decode(ids + [tokenizer.eos_token_id], skip_special_tokens=True) == THINK_OPEN + reasoning_text(12, 34)
 
 
+def draw_pair(rng: random.Random, width: int) -> tuple[int, int]:
+    """A pair whose longer operand has `width` digits, the other 1 to `width`, in either order."""
+    def number(digits: int) -> int:
+        return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+    a, b = number(width), number(rng.randint(1, width))
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
 def held_out_pairs() -> list[tuple[int, int]]:
-    """The evaluation pairs, in order, fixed by SEED; distinct even when swapped."""
+    """The evaluation pairs, in order, fixed by SEED; distinct even when swapped. Their column counts
+    cycle 1, 2, ..., MAX_DIGITS, so any first N of them (dataset.limit) mix the lengths evenly."""
     rng = random.Random(SEED)
     pairs: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()
     while len(pairs) < HELD_OUT:
-        a, b = rng.randint(LOW, HIGH), rng.randint(LOW, HIGH)
+        a, b = draw_pair(rng, 1 + len(pairs) % MAX_DIGITS)
         if (a, b) not in seen and (b, a) not in seen:
             pairs.append((a, b))
             seen.update({(a, b), (b, a)})
@@ -179,7 +200,7 @@ HELD_OUT_SET = {pair for a, b in held_out_pairs() for pair in ((a, b), (b, a))}
 
 def sample_training_pair(rng: random.Random) -> tuple[int, int]:
     while True:
-        a, b = rng.randint(LOW, HIGH), rng.randint(LOW, HIGH)
+        a, b = draw_pair(rng, rng.randint(1, MAX_DIGITS))
         if (a, b) not in HELD_OUT_SET:
             return a, b
 
@@ -225,7 +246,7 @@ def training_batches(tokenizer):
             a, b = sample_training_pair(rng)
             draw = rng.random()
             mode = "off" if draw < OFF_SHARE else "cut" if draw < OFF_SHARE + CUT_SHARE else "on"
-            cut = rng.randint(0, 36)  # of the 37 reasoning tokens: at least the last one is missing
+            cut = rng.randint(0, len(reasoning_text(a, b)) - 1)  # at least the last reasoning token is missing
             rows.append(encode_example(tokenizer, a, b, mode, cut))
         yield pad_batch(rows, tokenizer.pad_token_id)
 
@@ -253,7 +274,8 @@ def answers(model, tokenizer, questions: list[str], thinking: bool, budget: int 
 
 
 def evaluate(assets: Path) -> None:
-    """Reload the saved model and dataset from disk and measure accuracy by thinking mode and budget.
+    """Reload the saved model and dataset from disk and measure accuracy by thinking mode and budget,
+    overall and by column count.
 
     Exits non-zero if the model misses its purpose: thinking on nearly perfect and clearly better
     than off, accuracy rising with the budget."""
@@ -263,19 +285,26 @@ def evaluate(assets: Path) -> None:
     records = read_jsonl(assets / "datasets" / "thinking_addition.jsonl")
     questions = [record["prompt"] for record in records]
     references = [record["reference"] for record in records]
+    widths = [columns(*map(int, q.removeprefix("What is ").removesuffix("?").split("+"))) for q in questions]
 
     def accuracy(thinking: bool, budget: int | None) -> float:
-        got = answers(model, tokenizer, questions, thinking, budget)
-        return sum(answer == reference for answer, reference in zip(got, references)) / len(records)
+        right = [answer == reference for answer, reference
+                 in zip(answers(model, tokenizer, questions, thinking, budget), references)]
+        by_width = {width: sum(r for r, w in zip(right, widths) if w == width) / widths.count(width)
+                    for width in sorted(set(widths))}
+        label = "off" if not thinking else f"budget {budget}" if budget is not None else "on"
+        print(f"  {label:>10}: {sum(right) / len(right):.3f}   by columns "
+              + "  ".join(f"{width}: {value:.2f}" for width, value in by_width.items()), flush=True)
+        return sum(right) / len(right)
 
+    print("thinking_addition.jsonl, held out:")
     off, on = accuracy(False, None), accuracy(True, None)
     by_budget = {budget: accuracy(True, budget) for budget in BUDGETS}
-    print(f"thinking_addition.jsonl: thinking off {off:.3f}, on {on:.3f}; by budget "
-          + ", ".join(f"{budget}: {value:.3f}" for budget, value in by_budget.items()))
-    # Measured: a budget short of the whole thinking (37 tokens) leaves the model guessing the columns
-    # it did not write, about as badly as with thinking off; one past it gives all of thinking's accuracy.
-    cut_short = [value for budget, value in by_budget.items() if budget < 37]
-    if on < 0.9 or off > on - 0.3 or by_budget[64] < on - 0.02 or max(cut_short) > by_budget[64] - 0.3:
+    # A budget of 10 x k tokens lets the model finish the problems of up to k columns; the rest it
+    # answers from the columns it has and a guess, so the accuracy climbs in steps of about a fifth.
+    steps = list(by_budget.values())
+    falls = any(later < earlier - 0.02 for earlier, later in pairwise(steps))
+    if on < 0.7 or off > on - 0.3 or by_budget[50] < on - 0.02 or falls or steps[-1] < steps[0] + 0.5:
         raise SystemExit("the thinking model misses its targets")
 
 
