@@ -364,7 +364,6 @@ def test_the_thinking_model_is_small_held_out_and_its_template_is_the_trained_on
 def test_a_budget_past_the_served_context_is_refused_before_any_request(tmp_path, monkeypatch, capsys):
     """backend=openai: the plan adds the budget, the tags and the answer's limit to each prompt (counted with
     backend.tokenizer, rendered as the parts will send it) against the context the server reports."""
-    import logging
     import sys
 
     from pipeline.__main__ import main
@@ -383,9 +382,5 @@ def test_a_budget_past_the_served_context_is_refused_before_any_request(tmp_path
                          r"tokens \+ generation.max_new_tokens=8\) exceeds the served model's context of 64 tokens", err), err
         assert not [path for _, path, _, _ in stub.seen if path.endswith("completions")]
         monkeypatch.setattr(sys, "argv", ["pipeline", *argv, "generation.thinking_budget=25", "pipeline.until=plan"])
-        handlers, level = logging.root.handlers[:], logging.root.level
-        try:
-            main()  # the longest prompt (2x tokens) + 35 fits in 64
-        finally:  # as run_main: the job's logging onto this test's captured streams goes with it
-            logging.root.handlers[:], logging.root.level = handlers, level
+        main()  # the longest prompt (2x tokens) + 35 fits in 64 (conftest's _logging_kept undoes its logging)
         assert '"budget": 25' in capsys.readouterr().out
