@@ -1,4 +1,4 @@
-"""The kill test: SIGKILL the demo evaluation at 20 random moments, resume until done, and get
+"""The kill test: SIGKILL the demo evaluation at 12 random moments, resume until done, and get
 exactly the transcript of an uninterrupted run, in one MLflow run.
 
 Each attempt is `python -m pipeline ...` (a fresh run while no run folder holds its command line
@@ -6,7 +6,7 @@ yet, then `resume=last` or `resume=<folder>`), forked by tests/fork_runner.py so
 the run's own time and not Python's start-up. Kill moments are drawn (seeded; the seed is in the
 failure message) as the earlier of a random time over an uninterrupted run's length (start-up,
 planning, loading, execute, summarize) and a random point further on in the transcript (at most
-a quarter of what is left, so that 20 kills never finish the run). Batches of one make execute
+a quarter of what is left, so that 12 kills never finish the run). Batches of one make execute
 long enough to be cut in the middle. Every attempt must keep, byte for byte (timings included),
 the whole records it found, and the attempt that finishes must generate only what was missing (its
 run.log counts the records it wrote and the answers it kept): a resume that started over would
@@ -29,7 +29,7 @@ from tests.conftest import mlflow_client, pipeline_env, unscored
 
 pytestmark = pytest.mark.slow
 SEED = 20261122
-KILLS = 20
+KILLS = 12
 ARGS = ["runtime.batch_size=1", "dataset.limit=80"]
 
 
@@ -67,7 +67,7 @@ def whole_records(cwd: Path) -> bytes:
     return unscored(transcripts[0].read_bytes()[:size])
 
 
-def test_a_run_killed_at_20_random_moments_resumes_to_the_uninterrupted_transcript(tmp_path):
+def test_a_run_killed_at_12_random_moments_resumes_to_the_uninterrupted_transcript(tmp_path):
     rng = random.Random(SEED)
     runner = ForkRunner()
     try:

@@ -65,7 +65,7 @@ def test_a_run_and_a_resumed_sweep_are_recorded_on_the_server(server, tmp_path):
 
 
 def test_a_server_stopped_mid_run_fails_it_quickly_and_a_resume_finishes_the_same_run(server, tmp_path):
-    total = 200  # one record a batch: execute runs for many seconds, so the fault lands in it
+    total = 80  # one record a batch: execute runs for many seconds, so the fault lands in it
     process = subprocess.Popen([sys.executable, "-m", "pipeline", f"tracking.uri={server.uri}",
                                 f"dataset.limit={total}", "runtime.batch_size=1"], cwd=tmp_path, env=pipeline_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
