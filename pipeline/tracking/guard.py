@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from pipeline.core.config import TrackingConfig
+from pipeline.core.config import DatasetConfig, TrackingConfig
 from pipeline.core.errors import TrackingError, UserError, first_line
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import TRACKING_FILE
@@ -136,6 +136,13 @@ class GuardedTracker(Tracker):
 
     def _batch(self, params: Any = (), metrics: Any = ()) -> None:
         self._guard(functools.partial(Tracker._batch, self, params, metrics))
+
+    def log_dataset(self, config: DatasetConfig, samples: int) -> None:
+        # parallel jobs logging the same dataset race to insert it: the loser's retry finds it (_is_race)
+        self._guard(functools.partial(Tracker.log_dataset, self, config, samples))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._guard(functools.partial(Tracker.set_tags, self, tags))
 
     def log_artifact(self, path: Path, subfolder: Optional[str] = None) -> None:
         self._guard(functools.partial(Tracker.log_artifact, self, path, subfolder))

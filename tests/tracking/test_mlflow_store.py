@@ -230,3 +230,26 @@ def test_the_runner_refuses_a_bad_store_before_it_resolves_the_model(tmp_path):
     with pytest.raises(UserError, match=f"tracking.uri='sqlite:///{store}': {store} is not a SQLite database"):
         run(config, tmp_path / "run")  # the model would be refused too: the store is checked first
     assert store.read_text() == "my notes\n" and not (tmp_path / "mlartifacts").exists()
+
+
+def test_a_dataset_insert_lost_to_a_parallel_job_is_tried_again(tracker, monkeypatch):
+    """Two joblib jobs logging the same dataset at once: MLflow looks it up, then inserts it, so one of
+    them hits the unique constraint; its retry finds the other's row (seen failing a job on CI)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.config import DatasetConfig
+    from tests.conftest import DEMO_DATASET
+
+    real, calls = tracker.client.log_inputs, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_inputs", racing)
+    tracker.log_dataset(DatasetConfig(path=str(DEMO_DATASET)), 5)
+    assert len(calls) == 2 and tracker.offline_reason is None
+    assert [d.dataset.name for d in tracker.client.get_run(tracker.run_id).inputs.dataset_inputs] == ["addition"]
