@@ -154,27 +154,19 @@ def run_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """`transformers serve` over the demo model on a free loopback port, shared by the server tests."""
-    from tests.helpers.openai_server import TransformersServe
+    from tests.helpers.openai_server import serving
 
-    server = TransformersServe(DEMO_MODEL, tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        server.wait()
+    with serving(DEMO_MODEL, tmp_path_factory.mktemp("serve") / "serve.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def tool_served(tmp_path_factory):
     """`transformers serve` over the tool demo model (it calls `add` in its own <tool_call> format)."""
-    from tests.helpers.openai_server import TransformersServe
+    from tests.helpers.openai_server import serving
 
-    server = TransformersServe(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log")
-    try:
-        server.wait()
+    with serving(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def mlflow_client(cwd: Path):

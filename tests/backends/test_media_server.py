@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import only_run_dir, run_pipeline, write_jsonl
-from tests.helpers.openai_server import TransformersServe, serving_extra_missing
+from tests.helpers.openai_server import serving, serving_extra_missing
 from tests.helpers.tiny_media_models import build_tiny_vision_model, png
 
 pytestmark = [pytest.mark.slow,
@@ -18,12 +18,8 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def vision_server(tmp_path_factory):
     folder = build_tiny_vision_model(tmp_path_factory.mktemp("models") / "llava")
-    server = TransformersServe(folder, tmp_path_factory.mktemp("serve") / "serve.log")
-    try:
-        server.wait()
+    with serving(folder, tmp_path_factory.mktemp("serve") / "serve.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_images_reach_the_server_as_data_urls_and_answer_as_in_process(vision_server, tmp_path):

@@ -12,12 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.backends.openai.local_server import (  # noqa: F401
@@ -159,3 +161,14 @@ class _StubHandler(_Quiet):
 def sse(chunks: list[dict]) -> str:
     """A chat completion stream as a server sends it."""
     return "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+
+
+@contextlib.contextmanager
+def serving(model_folder, log: Path):
+    """`transformers serve` over `model_folder` on a free loopback port, ready, and stopped afterwards."""
+    server = TransformersServe(model_folder, log)
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
