@@ -8,7 +8,9 @@ that honours Retry-After, and turns a request that still fails into a Completion
 that still could not reach the server at all (refused, reset, dropped mid-answer) is marked
 `unavailable`, which stops the run rather than filling its transcript with errors.
 The openai client's own retries are off: it would retry 409 and 429 without our jitter and cap,
-and this module must count attempts.
+and this module must count attempts. The client only carries the requests: what the server answers
+is read by pipeline.backends.openai.answers, and an answer the API does not promise is that
+request's error (never retried), naming the server and what was wrong.
 
 Servers differ in small ways this module evens out:
 - stop strings: some include the matched stop string in the text (`transformers serve` does),
