@@ -118,6 +118,13 @@ def test_a_body_that_is_neither_a_stream_nor_json_is_refused_at_its_first_line(c
     with pytest.raises(BadAnswer) as error:
         stream.feed("  upstream   busy " + "x" * 100)
     assert str(error.value) == f"{kind}, not an event stream: '{'upstream busy ' + 'x' * 66}...'"
+    mislabelled = ChatStream(content_type)  # an event stream under another content type is read
+    for line in ("", ": a comment", f"data: {json.dumps(chunk({'content': 'ok'}))}", ""):
+        mislabelled.feed(line)
+    assert mislabelled.answer().text == "ok"
+    empty = ChatStream(content_type)
+    with pytest.raises(BadAnswer, match=rf"^{kind}, not an event stream: an empty body$"):
+        empty.answer()
 
 
 BAD_WHOLE = [

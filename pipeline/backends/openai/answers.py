@@ -110,8 +110,8 @@ class ChatAnswer:
 class ChatStream:
     """A streamed chat completion read line by line: `feed` each line as it arrives (it returns the pieces
     it completed, for a sink to show at once), then `answer()` for the whole. A body that is JSON (a server
-    that ignores stream=true) is read as one answer; any other body that is not an event stream is refused
-    at its first line."""
+    that ignores stream=true) is read as one answer; a body of another type is read as an event stream up to
+    its first line that is not one (a proxy's text/plain or HTML page), where it is refused."""
 
     def __init__(self, content_type: Optional[str]) -> None:
         self.content_type = content_type
@@ -129,18 +129,17 @@ class ChatStream:
         if self._whole:
             self._lines.append(line)
             return []
-        if not self._stream:
-            if not line.strip():
-                return []
-            raise BadAnswer(f"{_kind(self.content_type)}, not an event stream: {_excerpt(line)}")
         if line.startswith("data:"):
             self._lines.append(line[5:].removeprefix(" "))
             return []
-        if line.strip():  # event:, id:, retry: and comments (":") carry nothing an answer needs
-            if not line.startswith((":", "event:", "id:", "retry:")):
-                self._stray = self._stray or line
-            return []
-        return self._event()
+        if not line.strip():
+            return self._event()
+        if line.startswith((":", "event:", "id:", "retry:")):
+            return []  # comments and the fields besides data carry nothing an answer needs
+        if not self._stream:  # an event stream under another content type is read; anything else is refused
+            raise BadAnswer(f"{_kind(self.content_type)}, not an event stream: {_excerpt(line)}")
+        self._stray = self._stray or line
+        return []
 
     def answer(self) -> ChatAnswer:
         """The whole answer, once the body has ended; BadAnswer when no chunk had a choice."""
@@ -152,7 +151,8 @@ class ChatStream:
         self._event()  # a last event without the blank line after it
         if not self._chose:
             raise BadAnswer('a stream without any choice (each chunk had "choices": [] or none)' if self._events
-                            else f"an event stream without data: {_excerpt(self._stray)}")
+                            else f"an event stream without data: {_excerpt(self._stray)}" if self._stream
+                            else f"{_kind(self.content_type)}, not an event stream: an empty body")
         return self._answer
 
     def _event(self) -> list[Piece]:
