@@ -369,7 +369,7 @@ def _type(value: Any) -> str:
 
 def _kind(content_type: Optional[str]) -> str:
     mime = (content_type or "").split(";")[0].strip()
-    return f"{_a(mime)} body" if mime else "a body without a content type"
+    return f"{'an' if mime[:1].lower() in 'aeiou' else 'a'} {mime} body" if mime else "a body without a content type"
 
 
 def _excerpt(text: str) -> str:
@@ -381,7 +381,3 @@ def _error_message(error: Any) -> str:
     if isinstance(error, dict):
         error = error.get("message") or error.get("detail") or json.dumps(error)
     return " ".join(str(error).split())[:200]
-
-
-def _a(word: str) -> str:
-    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
