@@ -17,6 +17,7 @@ from tests.conftest import only_run_dir, run_main, run_pipeline
 from tests.helpers.bad_server import MODEL, BadServer
 
 pytestmark = pytest.mark.slow
+SECRET = "sk-bad-answers-5c2e81"
 
 # the first questions of the addition datasets (addition.jsonl and addition_choice.jsonl share them)
 Q = ["What is 86+87?", "What is 45+15?", "What is 78+99?", "What is 91+12?", "What is 48+35?", "What is 13+71?",
@@ -49,14 +50,16 @@ CHAT_MODES = {Q[0]: "wrong_type", Q[1]: "not_json", Q[2]: "empty_choices", Q[3]:
 CHAT_DEFECTS = {"add-000": "a delta whose content is 173 (a number), not text",
                 "add-001": "a streamed chunk that is not JSON: '{\"choices\": [{\"delta\": {\"content\": \"60'",
                 "add-002": 'a stream without any choice (each chunk had "choices": [] or none)',
-                "add-004": "a text/plain body, not an event stream: 'upstream busy, try again later'",
+                "add-004": "a text/plain body, not an event stream: 'upstream busy, try again later (Bearer ***)'",
                 "add-005": "a chat completion whose choice has no message"}
 
 
 def test_bad_chat_answers_are_error_records_and_the_good_ones_are_scored(tmp_path):
     with BadServer(CHAT_MODES) as server:
-        result = run_pipeline(through(server, "dataset.limit=8", "backend.max_concurrency=3"), tmp_path)
+        result = run_pipeline(through(server, "dataset.limit=8", "backend.max_concurrency=3"), tmp_path,
+                              env={"OPENAI_API_KEY": SECRET})
     records, summary = outcome(result, tmp_path)
+    assert SECRET not in result.stderr + json.dumps(records)  # a bad answer that repeats the key is masked
     check_errors(records, server, "POST /chat/completions", CHAT_DEFECTS)
     right = {sample for sample, r in records.items() if r["score"] == 1.0}
     assert right == {"add-003", "add-006", "add-007"}  # the streamed answers and the whole one (add-003)

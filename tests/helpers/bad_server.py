@@ -6,7 +6,8 @@ The question is read from what was sent ("What is 86+87?"): a question without a
 answer (the sum, computed here), so a run mixes good and bad answers at will. Modes, on each route:
 
 - chat (/v1/chat/completions, streamed): `whole` (a right answer as one JSON body, as a server that
-  ignores stream=true), `not_json` (a chunk cut in half), `empty_choices`, `text_plain`,
+  ignores stream=true), `not_json` (a chunk cut in half), `empty_choices`, `text_plain` (with the
+  Authorization header in it, if one came),
   `missing_field` (a JSON body whose choice has no message), `wrong_type` (content a number),
   `error_object` (an error object in the stream);
 - text completions (/v1/completions, the parts of continue_on_length): `empty_choices`, `text_plain`,
@@ -60,8 +61,9 @@ class BadServer(StubServer):
             return {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-        if mode == "text_plain":
-            return 200, PLAIN, "text/plain"
+        if mode == "text_plain":  # a proxy's page that repeats the request's key, as careless ones do
+            key = handler.headers.get("authorization")
+            return 200, PLAIN + (f" ({key})" if key else ""), "text/plain"
         if mode in ("whole", "missing_field"):
             choice = {"index": 0, "finish_reason": "stop"}
             if mode == "whole":
