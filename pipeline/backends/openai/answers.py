@@ -34,6 +34,9 @@ class BadAnswer(Exception):
 class ServerError(Exception):
     """A 200 answer (or a streamed chunk) that is an `error` object: the server's own words."""
 
+    def at(self, server: str) -> str:
+        return f"the server at {server} reported an error: {self}"
+
 
 # --- bodies -----------------------------------------------------------------------------------------
 

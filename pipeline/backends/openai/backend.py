@@ -369,7 +369,7 @@ class OpenAIBackend(Backend):
             route = "POST /completions" if self.parts else "POST /chat/completions"
             raise FinalFailure(error.at(server.endpoint(self.config), route)) from None
         except answers.ServerError as error:  # an error object in a 200 answer, or inside the stream
-            raise FinalFailure(f"the server at {server.endpoint(self.config)} reported an error: {error}") from None
+            raise FinalFailure(error.at(server.endpoint(self.config))) from None
 
     async def _attempt_chat(self, client: Any, row: int, request: Request, sink: Optional[StreamSink]) -> Completion:
         """One streamed chat completions request, its answer read (and checked) by pipeline.backends.openai.answers."""

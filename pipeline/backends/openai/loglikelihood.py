@@ -11,9 +11,9 @@ its position's top log-probability.
 
 `probe` asks once, at plan time, whether the server really returns prompt log-probabilities: some
 return them only for the generated tokens (or ignore echo), and a multiple-choice run would then
-score at chance without a word. The answers are read and checked by pipeline.backends.openai.answers: one that
-is not what the API promises is that request's error, naming the server. Nothing here renders chat
-templates: completions take raw text.
+score at chance without a word. The answers are read and checked by pipeline.backends.openai.answers:
+one that is not what the API promises is that request's error, naming the server. Nothing here
+renders chat templates: completions take raw text.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def score_all(config: OpenAIConfig, secrets: server.Secrets, model: str,
             except answers.BadAnswer as error:
                 return secrets.wipe(error.at(where, ROUTE))
             except answers.ServerError as error:
-                return secrets.wipe(f"the server at {where} reported an error: {error}")
+                return secrets.wipe(error.at(where))
             except httpx.HTTPError as error:
                 return secrets.wipe(str(error)) or type(error).__name__
             return continuation(logprobs, len(context) - spaces, len(context + text))
