@@ -38,20 +38,23 @@ def outcome(result, cwd):
 
 
 def check_errors(records, server: BadServer, route: str, defects: dict[str, str]) -> None:
-    """Exactly the samples in `defects` are error records, each naming the server, the request and its defect."""
+    """Exactly the samples in `defects` are error records, each naming the server, the request and its defect (or
+    the server's own error)."""
     failed = {sample: r["error"] for sample, r in records.items() if r["status"] == "error"}
     assert failed.keys() == defects.keys(), failed
     for sample, defect in defects.items():
-        assert f"the server at {server.base_url} answered {route} with {defect}" in failed[sample], failed[sample]
+        said = defect if defect.startswith("reported") else f"answered {route} with {defect}"
+        assert f"the server at {server.base_url} {said}" in failed[sample], failed[sample]
 
 
 CHAT_MODES = {Q[0]: "wrong_type", Q[1]: "not_json", Q[2]: "empty_choices", Q[3]: "whole", Q[4]: "text_plain",
-              Q[5]: "missing_field"}
+              Q[5]: "missing_field", Q[6]: "error_object"}
 CHAT_DEFECTS = {"add-000": "a delta whose content is 173 (a number), not text",
                 "add-001": "a streamed chunk that is not JSON: '{\"choices\": [{\"delta\": {\"content\": \"60'",
                 "add-002": 'a stream without any choice (each chunk had "choices": [] or none)',
                 "add-004": "a text/plain body, not an event stream: 'upstream busy, try again later (Bearer ***)'",
-                "add-005": "a chat completion whose choice has no message"}
+                "add-005": "a chat completion whose choice has no message",
+                "add-006": "reported an error: model overloaded"}
 
 
 def test_bad_chat_answers_are_error_records_and_the_good_ones_are_scored(tmp_path):
@@ -62,8 +65,8 @@ def test_bad_chat_answers_are_error_records_and_the_good_ones_are_scored(tmp_pat
     assert SECRET not in result.stderr + json.dumps(records)  # a bad answer that repeats the key is masked
     check_errors(records, server, "POST /chat/completions", CHAT_DEFECTS)
     right = {sample for sample, r in records.items() if r["score"] == 1.0}
-    assert right == {"add-003", "add-006", "add-007"}  # the streamed answers and the whole one (add-003)
-    assert (summary["num_samples"], summary["num_errors"], summary["correct"]) == (8, 5, 3)
+    assert right == {"add-003", "add-007"}  # a whole answer (add-003) and a streamed one
+    assert (summary["num_samples"], summary["num_errors"], summary["correct"]) == (8, 6, 2)
 
 
 def test_with_fail_fast_the_first_bad_answer_stops_the_run_in_one_line(tmp_path):
