@@ -85,15 +85,16 @@ def test_a_server_without_prompt_logprobs_is_refused_before_anything_runs(tmp_pa
 
 
 def test_continuation_from_echoed_tokens_splits_as_in_process():
+    from pipeline.backends.openai.answers import Logprobs
     from pipeline.backends.openai.loglikelihood import continuation
 
     # "Answer: yes" as a server tokenizes it: "Answer", ":", " yes", then the generated token
     logprobs = {"tokens": ["Answer", ":", " yes", "!"], "token_logprobs": [None, -1.0, -2.0, -0.5],
                 "top_logprobs": [None, {":": -1.0}, {" no": -1.5}, {"!": -0.5}], "text_offset": [0, 6, 7, 11]}
-    scored = continuation(logprobs, context_chars=len("Answer:"), prompt_chars=len("Answer: yes"))
+    scored = continuation(Logprobs(**logprobs), context_chars=len("Answer:"), prompt_chars=len("Answer: yes"))
     assert (scored.loglikelihood, scored.tokens, scored.is_greedy, scored.merged) == (-2.0, 1, False, False)
     # "hel" + "lo" echoed as one token "hello" that starts in the context: counted with the continuation
     merged = {"tokens": ["say", " hello", "."], "token_logprobs": [None, -3.0, -0.1],
               "top_logprobs": [None, {" hello": -3.0}, {".": -0.1}], "text_offset": [0, 3, 9]}
-    scored = continuation(merged, context_chars=len("say hel"), prompt_chars=len("say hello"))
+    scored = continuation(Logprobs(**merged), context_chars=len("say hel"), prompt_chars=len("say hello"))
     assert (scored.loglikelihood, scored.tokens, scored.is_greedy, scored.merged) == (-3.0, 1, True, True)

@@ -8,7 +8,9 @@ that honours Retry-After, and turns a request that still fails into a Completion
 that still could not reach the server at all (refused, reset, dropped mid-answer) is marked
 `unavailable`, which stops the run rather than filling its transcript with errors.
 The openai client's own retries are off: it would retry 409 and 429 without our jitter and cap,
-and this module must count attempts.
+and this module must count attempts. The client only carries the requests: what the server answers
+is read by pipeline.backends.openai.answers, and an answer the API does not promise is that
+request's error (never retried), naming the server and what was wrong.
 
 Servers differ in small ways this module evens out:
 - stop strings: some include the matched stop string in the text (`transformers serve` does),
@@ -40,6 +42,7 @@ import httpx
 
 from pipeline.backends.base import (Backend, BackendOption, BackendPlan, Capabilities, ChoicesRequest, ChoicesResult,
                                     Completion, Identity, Request)
+from pipeline.backends.openai import answers
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
 from pipeline.core.errors import UserError, one_line
@@ -362,38 +365,28 @@ class OpenAIBackend(Backend):
         except (openai.APIConnectionError, httpx.TransportError) as error:
             raise RetryableFailure(f"connection to the server failed: {_connection_reason(error)}",
                                    connection=True) from None
-        except openai.APIError as error:  # an error event inside the stream
-            raise FinalFailure(f"the server reported an error: {one_line(error, 200)}") from None
+        except answers.BadAnswer as error:  # an answer the API does not promise: a retry would read the same
+            route = "POST /completions" if self.parts else "POST /chat/completions"
+            raise FinalFailure(error.at(server.endpoint(self.config), route)) from None
+        except answers.ServerError as error:  # an error object in a 200 answer, or inside the stream
+            raise FinalFailure(error.at(server.endpoint(self.config))) from None
 
     async def _attempt_chat(self, client: Any, row: int, request: Request, sink: Optional[StreamSink]) -> Completion:
-        """One streamed chat completions request."""
+        """One streamed chat completions request, its answer read (and checked) by pipeline.backends.openai.answers."""
         sent = time.monotonic()
         first: Optional[float] = None
-        text, reasoning, calls, finish, usage = [], [], {}, None, None
         streams_text = sink is not None and getattr(sink, "streams_text", True)
-        stream = await client.chat.completions.create(**self._body(request))
-        async with stream:
-            async for chunk in stream:
-                if getattr(chunk, "usage", None) is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices or ():
-                    delta = choice.delta
-                    piece = getattr(delta, "content", None) if delta is not None else None
-                    thought = _reasoning(delta)
-                    if piece or thought or (delta is not None and delta.tool_calls):
-                        first = first if first is not None else time.monotonic()
-                    if piece:
-                        text.append(piece)
-                        if streams_text:
-                            sink.on_text(row, piece)
-                    if thought:
-                        reasoning.append(thought)
-                    for call in (delta.tool_calls or ()) if delta is not None else ():
-                        _add_delta(calls, call)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+        async with client.chat.completions.with_streaming_response.create(**self._body(request)) as response:
+            stream = answers.ChatStream(response.headers.get("content-type"))
+            async for line in response.iter_lines():
+                for piece in stream.feed(line):
+                    if piece.says_something and first is None:
+                        first = time.monotonic()
+                    if piece.content and streams_text:
+                        sink.on_text(row, piece.content)
+            answer = stream.answer()
         done = time.monotonic()
-        return self._completion(request, "".join(text), "".join(reasoning), calls, finish, usage,
+        return self._completion(request, answer.text, answer.reasoning, answer.calls, answer.finish, answer.usage,
                                 ttft=(first if first is not None else done) - sent, latency=done - sent)
 
     # --- a thinking budget or continuation: the rendered prompt in parts through /completions ----------
@@ -451,13 +444,11 @@ class OpenAIBackend(Backend):
                 body["extra_body"] = {"top_k": request.top_k}
             if request.seed is not None:
                 body["seed"] = request.seed
-            response = await client.completions.create(**body)
+            raw = (await client.completions.with_raw_response.create(**body)).http_response
             answered.append(time.monotonic())
-            choice = response.choices[0]
-            usage = response.usage
-            return budgeted.Part(text=choice.text or "", tokens=getattr(usage, "completion_tokens", 0) or 0,
-                                 finish=choice.finish_reason or "stop", stop_reason=getattr(choice, "stop_reason", None),
-                                 prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0)
+            answer = answers.text_completion(answers.json_body(raw.text, raw.headers.get("content-type")))
+            return budgeted.Part(text=answer.text, tokens=answer.usage.completion_tokens, finish=answer.finish or "stop",
+                                 stop_reason=answer.stop_reason, prompt_tokens=answer.usage.prompt_tokens)
 
         result = await budgeted.generate(
             prompt, complete, markers=markers if thinks else None, thinks=thinks, sizes=sizes,
@@ -465,7 +456,7 @@ class OpenAIBackend(Backend):
             continue_on_length=self.thinking.continue_on_length, stops=request.stop, room=room)
         done = time.monotonic()
         # the text is read as the chat path reads it (stop strings, tool calls); the split and counts are the parts'
-        completion = self._completion(request, result.text, result.reasoning, {}, result.finish_reason, None,
+        completion = self._completion(request, result.text, result.reasoning, {}, result.finish_reason, answers.Usage(),
                                       ttft=(answered[0] if answered else done) - sent, latency=done - sent)
         completion.reasoning_truncated = result.reasoning_truncated
         completion.prompt_tokens, completion.completion_tokens = result.prompt_tokens, result.completion_tokens
@@ -502,7 +493,7 @@ class OpenAIBackend(Backend):
         return body
 
     def _completion(self, request: Request, text: str, reasoning: str, calls: dict[int, dict], finish: Optional[str],
-                    usage: Any, ttft: float, latency: float) -> Completion:
+                    usage: answers.Usage, ttft: float, latency: float) -> Completion:
         finish_reason = _FINISH.get(finish or "stop", "stop")
         cut = _cut_at_stop(text, request.stop)
         if cut is not None:
@@ -522,12 +513,9 @@ class OpenAIBackend(Backend):
         if not reasoning and markers.format == "tags" and (markers.open in text or markers.close in text):
             split = split_reasoning(text, markers)  # a server without a reasoning parser: the tags are in the text
             text, reasoning, truncated = split.answer, split.reasoning, split.truncated
-        details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
         return Completion(text=text, reasoning=reasoning, tool_calls=tool_calls, message_text=message_text,
-                          reasoning_truncated=truncated,
-                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                          reasoning_tokens=getattr(details, "reasoning_tokens", 0) or 0,
+                          reasoning_truncated=truncated, prompt_tokens=usage.prompt_tokens,
+                          completion_tokens=usage.completion_tokens, reasoning_tokens=usage.reasoning_tokens,
                           finish_reason=finish_reason, ttft_s=min(ttft, latency), latency_s=latency)
 
 
@@ -592,25 +580,6 @@ def _base64(part: MediaPart) -> str:
 def _estimate(messages: Sequence[Message]) -> int:
     """A rough prompt length: 4 characters a token, plus a few tokens a message for the template's markers."""
     return sum(-(-len(message.content) // 4) + 4 for message in messages)
-
-
-def _reasoning(delta: Any) -> Optional[str]:
-    if delta is None:
-        return None
-    for name in ("reasoning_content", "reasoning"):
-        value = getattr(delta, name, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _add_delta(calls: dict[int, dict], delta: Any) -> None:
-    """Tool calls arrive in pieces: the name first, the arguments' JSON text in several deltas."""
-    call = calls.setdefault(getattr(delta, "index", None) or 0, {"name": "", "arguments": ""})
-    function = getattr(delta, "function", None)
-    if function is not None:
-        call["name"] += getattr(function, "name", None) or ""
-        call["arguments"] += getattr(function, "arguments", None) or ""
 
 
 def _arguments(text: str) -> dict[str, Any]:

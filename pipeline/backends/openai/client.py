@@ -11,7 +11,6 @@ values are wiped from any text the server sends back before it reaches a message
 from __future__ import annotations
 
 import email.utils
-import json
 import os
 import random
 import time
@@ -20,6 +19,7 @@ from typing import Any, Optional
 
 import httpx
 
+from pipeline.backends.openai import answers
 from pipeline.backends.openai.config import PREFIX, OpenAIConfig
 from pipeline.core.errors import UserError
 from pipeline.core.redact import MASK, hide_credentials
@@ -117,9 +117,9 @@ def list_models(config: OpenAIConfig, secrets: Secrets, model: str) -> Served:
     if response.status_code != 200:
         raise UserError(f"the server at {where} answered GET /models with {response.status_code} "
                         f"{response.reason_phrase}: {_excerpt(response, secrets)}")
-    data = _json(response)
-    entries = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries):
+    try:
+        entries = answers.model_list(answers.json_body(response.text, response.headers.get("content-type")))
+    except answers.BadAnswer:
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise UserError(f"the server at {where} is not OpenAI-compatible: GET /models answered {kind}, "
                         f"not a model list ({_excerpt(response, secrets)})")
@@ -141,13 +141,10 @@ def tokenize(client: httpx.Client, config: OpenAIConfig, model: str, messages: l
         return None
     if response.status_code != 200:
         return None
-    data = _json(response)
-    if isinstance(data, dict):
-        if isinstance(data.get("count"), int):
-            return data["count"]
-        if isinstance(data.get("tokens"), list):
-            return len(data["tokens"])
-    return None
+    try:
+        return answers.token_count(answers.json_body(response.text, response.headers.get("content-type")))
+    except answers.BadAnswer:  # not vLLM's or SGLang's /tokenize: counted another way
+        return None
 
 
 def retry_after_s(headers: Any) -> Optional[float]:
@@ -175,13 +172,6 @@ def backoff_s(config: OpenAIConfig, attempt: int, retry_after: Optional[float]) 
     if retry_after is not None:
         wait = max(wait, retry_after + random.uniform(0, 0.1 * config.backoff_s))
     return min(wait, config.max_backoff_s)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        return None
 
 
 def _excerpt(response: httpx.Response, secrets: Secrets, limit: int = 120) -> str:

@@ -11,7 +11,9 @@ its position's top log-probability.
 
 `probe` asks once, at plan time, whether the server really returns prompt log-probabilities: some
 return them only for the generated tokens (or ignore echo), and a multiple-choice run would then
-score at chance without a word. Nothing here renders chat templates: completions take raw text.
+score at chance without a word. The answers are read and checked by pipeline.backends.openai.answers:
+one that is not what the API promises is that request's error, naming the server. Nothing here
+renders chat templates: completions take raw text.
 """
 
 from __future__ import annotations
@@ -22,39 +24,37 @@ from typing import Any, Optional
 import httpx
 
 from pipeline.backends.base import Continuation
+from pipeline.backends.openai import answers
 from pipeline.backends.openai import client as server
 from pipeline.backends.openai.config import OpenAIConfig
 
 PROBE_CONTEXT = "The capital of France is"
 PROBE_CONTINUATION = " Paris"
+ROUTE = "POST /completions"
 
 
 class NoPromptLogprobs(Exception):
     """The server's answer has no log-probabilities for the prompt's tokens (why, in words)."""
 
 
-def request_logprobs(client: httpx.Client, config: OpenAIConfig, model: str, prompt: str) -> dict[str, Any]:
-    """The `logprobs` object of a completion that echoes `prompt`; NoPromptLogprobs when there is none."""
+def request_logprobs(client: httpx.Client, config: OpenAIConfig, model: str, prompt: str) -> answers.Logprobs:
+    """The log-probabilities of a completion that echoes `prompt`; NoPromptLogprobs when there are none for the
+    prompt, answers.BadAnswer (or ServerError) when the answer is not what the API promises."""
     body = {"model": model, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
     response = client.post(config.base_url.rstrip("/") + "/completions", json=body)
     if response.status_code != 200:
         raise NoPromptLogprobs(f"POST /completions answered {response.status_code} {response.reason_phrase}")
-    try:
-        logprobs = response.json()["choices"][0]["logprobs"]
-        tokens, values, offsets = logprobs["tokens"], logprobs["token_logprobs"], logprobs["text_offset"]
-    except (ValueError, LookupError, TypeError):
-        raise NoPromptLogprobs("its completion has no logprobs with tokens, token_logprobs and text_offset") from None
-    echoed = [i for i, offset in enumerate(offsets) if offset < len(prompt)]
-    if len(echoed) < 2 or len(values) != len(tokens) or all(values[i] is None for i in echoed):
+    logprobs = answers.echoed_logprobs(answers.json_body(response.text, response.headers.get("content-type")))
+    echoed = [i for i, offset in enumerate(logprobs.text_offset) if offset < len(prompt)]
+    if len(echoed) < 2 or all(logprobs.token_logprobs[i] is None for i in echoed):
         raise NoPromptLogprobs("it returned log-probabilities for the generated token only, not for the prompt's "
                                "(echo ignored)")
     return logprobs
 
 
-def continuation(logprobs: dict[str, Any], context_chars: int, prompt_chars: int) -> Continuation:
+def continuation(logprobs: answers.Logprobs, context_chars: int, prompt_chars: int) -> Continuation:
     """The continuation's log-likelihood from an echoed prompt's logprobs (see the module docstring)."""
-    tokens, values, offsets = logprobs["tokens"], logprobs["token_logprobs"], logprobs["text_offset"]
-    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    tokens, values, offsets, tops = logprobs.tokens, logprobs.token_logprobs, logprobs.text_offset, logprobs.top_logprobs
     picked = [i for i, (token, offset) in enumerate(zip(tokens, offsets))
               if offset < prompt_chars and offset + len(token) > context_chars]
     merged = bool(picked) and offsets[picked[0]] < context_chars
@@ -70,6 +70,10 @@ def probe(config: OpenAIConfig, secrets: server.Secrets, model: str) -> Optional
             logprobs = request_logprobs(client, config, model, PROBE_CONTEXT + PROBE_CONTINUATION)
     except NoPromptLogprobs as error:
         return str(error)
+    except answers.BadAnswer as error:
+        return secrets.wipe(f"it answered {ROUTE} with {error}")
+    except answers.ServerError as error:
+        return secrets.wipe(f"it reported an error: {error}")
     except httpx.HTTPError as error:
         return secrets.wipe(str(error)) or type(error).__name__
     scored = continuation(logprobs, len(PROBE_CONTEXT), len(PROBE_CONTEXT + PROBE_CONTINUATION))
@@ -78,7 +82,9 @@ def probe(config: OpenAIConfig, secrets: server.Secrets, model: str) -> Optional
 
 def score_all(config: OpenAIConfig, secrets: server.Secrets, model: str,
               jobs: list[tuple[str, str]]) -> list[Any]:
-    """(context, continuation) -> Continuation, or the error message (a string), max_concurrency at a time."""
+    """(context, continuation) -> Continuation, or the error message (a string, naming the server), max_concurrency
+    at a time."""
+    where = server.endpoint(config)
     with server.http_client(config, secrets) as client:
         def one(job: tuple[str, str]) -> Any:
             context, text = job
@@ -86,7 +92,11 @@ def score_all(config: OpenAIConfig, secrets: server.Secrets, model: str,
             try:
                 logprobs = request_logprobs(client, config, model, context + text)
             except NoPromptLogprobs as error:
-                return str(error)
+                return secrets.wipe(f"the server at {where}: {error}")
+            except answers.BadAnswer as error:
+                return secrets.wipe(error.at(where, ROUTE))
+            except answers.ServerError as error:
+                return secrets.wipe(error.at(where))
             except httpx.HTTPError as error:
                 return secrets.wipe(str(error)) or type(error).__name__
             return continuation(logprobs, len(context) - spaces, len(context + text))
