@@ -1,0 +1,114 @@
+"""The response cache's storage: JSON entries by key in a diskcache folder (SQLite index, large values as files).
+
+Why diskcache and not our own files or sqlite3 directly (docs/cache.md has the longer version): it is
+process- and thread-safe (SQLite transactions in WAL mode, a busy timeout), so joblib workers and
+SLURM jobs can share one folder; an entry is visible only once its transaction commits, so a process
+killed mid-write leaves no half entry (at worst an orphaned value file, which is never served); it
+keeps the folder under a size limit by evicting the oldest entries; and it is small and pure Python.
+
+Values are stored as JSON text, never pickled: a shared cache folder must not be a way to run code in
+whoever reads it. Each entry carries its own key and format number and is checked when read; anything
+that does not read back whole is a miss. The store knows nothing of backends or requests
+(pipeline.backends.cache makes the keys and the entries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from pipeline.core.config import CacheConfig, parse_bytes
+from pipeline.core.errors import UserError
+from pipeline.core.files import cache_dir
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # of the entries; an entry of another format is a miss
+TIMEOUT_S = 60.0  # how long a write waits for another process's transaction before it gives up (and is skipped)
+
+
+def default_folder() -> Path:
+    return cache_dir() / "responses"
+
+
+def folder_of(settings: CacheConfig) -> Path:
+    return Path(settings.dir).expanduser().absolute() if settings.dir else default_folder()
+
+
+class ResponseStore:
+    """Entries (JSON objects) by key in one folder, shared safely by every process that opens it."""
+
+    def __init__(self, folder: Path, size_limit: int) -> None:
+        import diskcache
+
+        self.folder = folder
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, diskcache.Timeout)
+        self._warned = False
+        try:
+            self._cache = diskcache.Cache(str(folder), size_limit=size_limit, timeout=TIMEOUT_S,
+                                          eviction_policy="least-recently-stored")  # a read costs no write
+        except self._errors as error:
+            raise UserError(f"cache.dir={folder}: the response cache cannot be opened there ({error}); "
+                            "set cache.dir to a folder you can write, or cache.enabled=false")
+
+    @classmethod
+    def open(cls, settings: CacheConfig) -> "ResponseStore":
+        size = parse_bytes(settings.size_limit)
+        assert size is not None, "CacheConfig checks its size limit"
+        return cls(folder_of(settings), size)
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        """The entry stored under `key`; None when there is none, or none that reads back whole."""
+        try:
+            text = self._cache.get(key)
+        except self._errors as error:
+            self._warn("read", error)
+            return None
+        if not isinstance(text, str):
+            return None
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or entry.get("format") != FORMAT:
+            return None
+        return entry
+
+    def put_many(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Store the entries in one transaction: all of them or, if the process dies first, none.
+
+        A store that cannot be written (a full disk, a lock held past the timeout) costs this run nothing
+        but the entries: it is warned about once and the run goes on."""
+        if not entries:
+            return
+        try:
+            with self._cache.transact():
+                for key, entry in entries.items():
+                    self._cache.set(key, json.dumps({**entry, "key": key, "format": FORMAT}, sort_keys=True))
+        except self._errors as error:
+            self._warn("write", error)
+
+    def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key, entry) for every entry that reads back whole, oldest first."""
+        for key in self._cache.iterkeys():
+            entry = self.get(key) if isinstance(key, str) else None
+            if entry is not None:
+                yield key, entry
+
+    def stats(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "entries": len(self._cache), "bytes": self._cache.volume(),
+                "size_limit": self._cache.size_limit}
+
+    def clear(self) -> int:
+        """Remove every entry; the number removed."""
+        return self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def _warn(self, what: str, error: BaseException) -> None:
+        if not self._warned:
+            log.warning("response cache at %s: could not %s (%s); going on without it", self.folder, what, error)
+            self._warned = True
