@@ -40,14 +40,16 @@ def folder_of(settings: CacheConfig) -> Path:
 class ResponseStore:
     """Entries (JSON objects) by key in one folder, shared safely by every process that opens it."""
 
-    def __init__(self, folder: Path, size_limit: int) -> None:
+    def __init__(self, folder: Path, size_limit: Optional[int] = None) -> None:
+        """`size_limit` in bytes is kept in the folder for every later writer; None: the folder's own (to look)."""
         import diskcache
 
         self.folder = folder
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, diskcache.Timeout)
         self._warned = False
+        limit = {} if size_limit is None else {"size_limit": size_limit}
         try:
-            self._cache = diskcache.Cache(str(folder), size_limit=size_limit, timeout=TIMEOUT_S,
+            self._cache = diskcache.Cache(str(folder), timeout=TIMEOUT_S, **limit,
                                           eviction_policy="least-recently-stored")  # a read costs no write
         except self._errors as error:
             raise UserError(f"cache.dir={folder}: the response cache cannot be opened there ({error}); "
@@ -102,8 +104,12 @@ class ResponseStore:
                 "size_limit": self._cache.size_limit}
 
     def clear(self) -> int:
-        """Remove every entry; the number removed."""
-        return self._cache.clear()
+        """Remove every entry, and the value files a killed writer left without an entry; the number of entries."""
+        removed = self._cache.clear()
+        for _ in range(3):  # a removed file can leave its folder empty, which the next pass removes
+            if not self._cache.check(fix=True):
+                break
+        return removed
 
     def close(self) -> None:
         self._cache.close()
