@@ -236,9 +236,14 @@ def test_the_same_model_in_another_folder_hits(tmp_path, demo_key):
     assert transformers_key(tmp_path, model_copy(tmp_path, lambda folder: None)) == demo_key
 
 
-@pytest.mark.parametrize("change", [_flip_last_byte, _edit_template,
+def _edit_tokenizer(folder: Path) -> None:  # the same prompt text, other tokens: only the files' digest shows it
+    path = folder / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": 77}))
+
+
+@pytest.mark.parametrize("change", [_flip_last_byte, _edit_template, _edit_tokenizer,
                                     lambda f: (f / "generation_config.json").write_text('{"top_k": 3}')],
-                         ids=["weights", "chat template file", "generation config"])
+                         ids=["weights", "chat template file", "tokenizer", "generation config"])
 def test_a_changed_model_file_misses(tmp_path, demo_key, change):
     assert transformers_key(tmp_path, model_copy(tmp_path, change)) != demo_key
 
