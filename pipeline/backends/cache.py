@@ -160,10 +160,9 @@ class CachingBackend(Backend):
         """The cache key of a generation request; None when its answer is not to be cached."""
         identity = self.inner.cache_identity()
         sampled = request.temperature > 0
-        if identity is None or (sampled and (request.seed is None or not self.capabilities.per_request_seed)):
+        if identity is None or _unread(request.messages) or (
+                sampled and (request.seed is None or not self.capabilities.per_request_seed)):
             return None
-        if any(part.sha256 is None for message in request.messages for part in message.media):
-            return None  # a part the plan did not read: where it came from cannot stand for what it holds
         settings = {k: v for k, v in (self.inner.generation or {}).items() if k not in PER_REQUEST}
         fields_ = {f.name: getattr(request, f.name) for f in fields(request) if f.name not in ("key", "messages")}
         return _digest("generate", identity, {"request": fields_, "settings": settings,
@@ -172,7 +171,7 @@ class CachingBackend(Backend):
 
     def choices_key(self, request: ChoicesRequest) -> Optional[str]:
         identity = self.inner.cache_identity()
-        if identity is None or any(part.sha256 is None for message in request.messages for part in message.media):
+        if identity is None or _unread(request.messages):
             return None
         return _digest("choices", identity, {"messages": _messages(request.messages),
                                               "continuations": list(request.continuations),
@@ -236,6 +235,11 @@ def _messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return [{"role": m.role, "content": m.content, "name": m.name,
              "tool_calls": [[c.name, c.arguments] for c in m.tool_calls],
              "media": [[part.kind, part.sha256] for part in m.media]} for m in messages]
+
+
+def _unread(messages: Sequence[Message]) -> bool:
+    """A media part the plan did not read (no digest): where it came from cannot stand for what it holds."""
+    return any(part.sha256 is None for message in messages for part in message.media)
 
 
 def _read(entry: Optional[dict[str, Any]], read: Callable[[dict[str, Any]], R]) -> Optional[R]:

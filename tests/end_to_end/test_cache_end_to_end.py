@@ -41,7 +41,7 @@ def test_a_second_run_is_read_from_the_cache_and_a_changed_setting_misses(tmp_pa
     again_dir = only_run_dir(folders["again"])
     assert answers(again_dir) == answers(first_dir)
     assert all(r["cached"] for r in records(again_dir)) and summary(again_dir)["cache_hits"] == 6
-    assert "cache     6 answer(s) read from the response cache" in again.stdout
+    assert "cache     6 model generation(s) read from the response cache" in again.stdout
     assert "deferred to the first request" not in (again_dir / "run.log").read_text()  # no model was loaded
     client = mlflow_client(folders["again"])
     (run,) = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
