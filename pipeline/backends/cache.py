@@ -117,6 +117,7 @@ class CachingBackend(Backend):
             log.info("response cache %s: %d hit(s), %d miss(es), %d not cacheable", self.store.folder, self.hits,
                      self.misses, self.uncacheable)
         self.inner.close()
+        self.store.close()
 
     def cache_identity(self) -> Optional[dict[str, Any]]:
         return self.inner.cache_identity()

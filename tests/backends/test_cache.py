@@ -385,3 +385,19 @@ def test_python_m_pipeline_cache_shows_lists_and_clears(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "pipeline.cache", "--dir", str(tmp_path / "file")],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "is a file" in refused.stderr
+
+
+@pytest.mark.parametrize("setting, said", [
+    ("cache.size_limit=lots", "cache.size_limit='lots' is not allowed: expected a size such as 512MiB"),
+    ("cache.dir={file}", "cache.dir={file}: the response cache cannot be opened there"),
+])
+def test_a_cache_setting_that_cannot_work_is_one_line_exit_2_and_nothing_is_created(tmp_path, monkeypatch, capsys,
+                                                                                    setting, said):
+    from tests.conftest import run_main
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["cache.enabled=true", "tracking=none", setting.format(file=tmp_path / "file")],
+                         monkeypatch, capsys)
+    assert code == 2 and said.format(file=tmp_path / "file") in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
