@@ -602,8 +602,6 @@ def print_report(results: dict) -> None:
         print(f"  bare interpreter              {plan['median_s']['interpreter']:.2f} s")
     if "traces" in results:
         print_traces(results["traces"], results["repeats"])
-    if results.get("cache"):
-        print_cache(results["cache"])
     for figures in results["execute"]:
         print(f"\nexecute: {figures['model']} ({figures['parameters'] / 1e6:.1f}M parameters, {figures['device']}, "
               f"{figures['dtype']}), {figures['prompts']} prompts x up to {figures['max_new_tokens']} tokens")
@@ -656,6 +654,8 @@ def print_report(results: dict) -> None:
             print(f"  (reuse: the run of median ratio of {len(sweep['reuse']['ratios_of_all_repeats'])}; all ratios "
                   + ", ".join(f"{r:.2f}" for r in sweep["reuse"]["ratios_of_all_repeats"]) + ")")
         print(f"  reuse is {sweep['speedup_from_reuse']:.2f}x faster than reloading in each job")
+    if results.get("cache"):
+        print_cache(results["cache"])
 
 
 def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
