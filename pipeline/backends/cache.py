@@ -31,14 +31,16 @@ import json
 import logging
 import time
 from dataclasses import asdict, fields
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 from pipeline.backends.base import (Backend, BackendPlan, Capabilities, ChoicesRequest, ChoicesResult, Completion,
                                     Continuation, Request, RollingResult)
-from pipeline.backends.cache_store import ResponseStore
 from pipeline.core.config import CacheConfig
 from pipeline.core.records import Message, ToolCall
 from pipeline.core.streaming import StreamSink
+
+if TYPE_CHECKING:
+    from pipeline.backends.cache_store import ResponseStore
 
 log = logging.getLogger(__name__)
 KEY_FORMAT = 1  # raise when what goes into a key changes meaning: every old entry then misses
@@ -49,13 +51,17 @@ R = TypeVar("R")
 def with_cache(backend: Backend, settings: CacheConfig, defer_load: bool = True) -> Backend:
     """The backend behind the response cache when `cache.enabled`, else the backend itself. `defer_load`: the
     model loads (or the server is asked) at the first request the cache does not have, not at `load`."""
-    return CachingBackend(backend, ResponseStore.open(settings), defer_load) if settings.enabled else backend
+    if not settings.enabled:
+        return backend
+    from pipeline.backends.cache_store import ResponseStore  # only a run with the cache on pays for diskcache
+
+    return CachingBackend(backend, ResponseStore.open(settings), defer_load)
 
 
 class CachingBackend(Backend):
     """A backend whose answers are read from the response cache where they are there (see the module)."""
 
-    def __init__(self, inner: Backend, store: ResponseStore, defer_load: bool = True) -> None:
+    def __init__(self, inner: Backend, store: "ResponseStore", defer_load: bool = True) -> None:
         self.inner, self.store, self.defer_load = inner, store, defer_load
         self.hits = self.misses = self.uncacheable = 0
         self._load_asked = self._loaded = False

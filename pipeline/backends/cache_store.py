@@ -6,8 +6,9 @@ SLURM jobs can share one folder; an entry is visible only once its transaction c
 killed mid-write leaves no half entry (at worst an orphaned value file, which is never served); it
 keeps the folder under a size limit by evicting the oldest entries; and it is small and pure Python.
 
-Values are stored as JSON text, never pickled: a shared cache folder must not be a way to run code in
-whoever reads it. Each entry carries its own key and format number and is checked when read; anything
+Values are stored as JSON text, never pickled, and a pickled key or value found in the folder (diskcache's
+default for objects, written by something else) is refused unread: a shared cache folder must not be a
+way to run code in whoever reads it. Each entry carries its own key and format number and is checked when read; anything
 that does not read back whole is a miss. The store knows nothing of backends or requests
 (pipeline.backends.cache makes the keys and the entries).
 """
@@ -19,6 +20,9 @@ import logging
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+import diskcache
+from diskcache.core import MODE_PICKLE
 
 from pipeline.core.config import CacheConfig, parse_bytes
 from pipeline.core.errors import UserError
@@ -37,19 +41,35 @@ def folder_of(settings: CacheConfig) -> Path:
     return Path(settings.dir).expanduser().absolute() if settings.dir else default_folder()
 
 
+class Unpickled(Exception):
+    """A pickled key or value in the folder: not written by this store, and never unpickled."""
+
+
+class _TextDisk(diskcache.Disk):
+    """diskcache's storage of keys and values, refusing to unpickle anything."""
+
+    def fetch(self, mode: int, filename: Optional[str], value: Any, read: bool) -> Any:
+        if mode == MODE_PICKLE:
+            raise Unpickled("a pickled value")
+        return super().fetch(mode, filename, value, read)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise Unpickled("a pickled key")
+        return super().get(key, raw)
+
+
 class ResponseStore:
     """Entries (JSON objects) by key in one folder, shared safely by every process that opens it."""
 
     def __init__(self, folder: Path, size_limit: Optional[int] = None) -> None:
         """`size_limit` in bytes is kept in the folder for every later writer; None: the folder's own (to look)."""
-        import diskcache
-
         self.folder = folder
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, diskcache.Timeout)
         self._warned = False
         limit = {} if size_limit is None else {"size_limit": size_limit}
         try:
-            self._cache = diskcache.Cache(str(folder), timeout=TIMEOUT_S, **limit,
+            self._cache = diskcache.Cache(str(folder), timeout=TIMEOUT_S, disk=_TextDisk, **limit,
                                           eviction_policy="least-recently-stored")  # a read costs no write
         except self._errors as error:
             raise UserError(f"cache.dir={folder}: the response cache cannot be opened there ({error}); "
@@ -65,6 +85,8 @@ class ResponseStore:
         """The entry stored under `key`; None when there is none, or none that reads back whole."""
         try:
             text = self._cache.get(key)
+        except Unpickled:
+            return None
         except self._errors as error:
             self._warn("read", error)
             return None
@@ -94,10 +116,13 @@ class ResponseStore:
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(key, entry) for every entry that reads back whole, oldest first."""
-        for key in self._cache.iterkeys():
-            entry = self.get(key) if isinstance(key, str) else None
-            if entry is not None:
-                yield key, entry
+        try:
+            for key in self._cache.iterkeys():
+                entry = self.get(key)
+                if entry is not None:
+                    yield key, entry
+        except Unpickled:  # keys come in order from one cursor: a pickled one ends the listing, unread
+            return
 
     def stats(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "entries": len(self._cache), "bytes": self._cache.volume(),

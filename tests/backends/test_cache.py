@@ -365,6 +365,28 @@ def test_an_entry_that_does_not_read_back_is_a_miss(tmp_path):
     assert store.get("a") is None and store.get("b") is None
 
 
+class Payload:
+    """What a pickled entry planted in a shared cache folder could run when unpickled: here, create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickled_entry_planted_in_the_folder_is_never_unpickled(tmp_path):
+    import diskcache
+
+    store = ResponseStore(tmp_path / "cache", 10**9)
+    store.put_many({"ours": {"value": 1}})
+    planted = diskcache.Cache(str(tmp_path / "cache"))  # diskcache's default: objects are pickled
+    planted.set("theirs", Payload(tmp_path / "ran"))
+    planted.set(("a", "tuple", "key"), "text")
+    assert store.get("theirs") is None and not (tmp_path / "ran").exists()
+    assert [key for key, _ in store.entries()] == ["ours"] and not (tmp_path / "ran").exists()
+
+
 def test_python_m_pipeline_cache_shows_lists_and_clears(tmp_path):
     backend = cached(tmp_path)
     backend.load()
