@@ -142,14 +142,14 @@ def test_a_hit_is_the_stored_answer_marked_cached_and_the_backend_is_asked_only_
     again = cached(tmp_path, inner)
     again.load()
     sink = Sink()
-    requests = [request(messages=[Message("user", "new")]), request(tools=[{"name": "add"}])]
-    assert again.count_tokens(requests)[1] == stored.prompt_tokens
+    requests = [request(tools=[{"name": "add"}]), request(messages=[Message("user", "new")])]
+    assert again.count_tokens(requests)[0] == stored.prompt_tokens
     hit_and_miss = again.generate(requests, sink)
-    assert [c.text for c in hit_and_miss] == ["fresh", "five"] and [c.cached for c in hit_and_miss] == [False, True]
-    assert hit_and_miss[1].tool_calls == [ToolCall("add", {"a": 2})] and hit_and_miss[1].finish_reason == "tool"
-    assert hit_and_miss[1].latency_s == stored.latency_s  # the answer's own timings, as generated
+    assert [c.text for c in hit_and_miss] == ["five", "fresh"] and [c.cached for c in hit_and_miss] == [True, False]
+    assert hit_and_miss[0].tool_calls == [ToolCall("add", {"a": 2})] and hit_and_miss[0].finish_reason == "tool"
+    assert hit_and_miss[0].latency_s == stored.latency_s  # the answer's own timings, as generated
     assert [len(b) for b in inner.batches] == [1]  # only the miss was generated
-    assert sink.completed == {0: "fresh", 1: "five"}  # each row told as numbered in the whole batch
+    assert sink.completed == {0: "five", 1: "fresh"}  # each row told as numbered in the whole batch
     assert (again.hits, again.misses) == (1, 1)
 
 
