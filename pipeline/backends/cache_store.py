@@ -8,9 +8,9 @@ keeps the folder under a size limit by evicting the oldest entries; and it is sm
 
 Values are stored as JSON text, never pickled, and a pickled key or value found in the folder (diskcache's
 default for objects, written by something else) is refused unread: a shared cache folder must not be a
-way to run code in whoever reads it. Each entry carries its own key and format number and is checked when read; anything
-that does not read back whole is a miss. The store knows nothing of backends or requests
-(pipeline.backends.cache makes the keys and the entries).
+way to run code in whoever reads it. Each entry carries its own key and format number and is checked
+when read; anything that does not read back whole is a miss. The store knows nothing of backends or
+requests (pipeline.backends.cache makes the keys and the entries).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pipeline.core.files import cache_dir
 log = logging.getLogger(__name__)
 FORMAT = 1  # of the entries; an entry of another format is a miss
 TIMEOUT_S = 60.0  # how long a write waits for another process's transaction before it gives up (and is skipped)
+STORE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)  # a store that cannot be read or written
 
 
 def default_folder() -> Path:
@@ -65,13 +66,12 @@ class ResponseStore:
     def __init__(self, folder: Path, size_limit: Optional[int] = None) -> None:
         """`size_limit` in bytes is kept in the folder for every later writer; None: the folder's own (to look)."""
         self.folder = folder
-        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, diskcache.Timeout)
         self._warned = False
         limit = {} if size_limit is None else {"size_limit": size_limit}
         try:
             self._cache = diskcache.Cache(str(folder), timeout=TIMEOUT_S, disk=_TextDisk, **limit,
                                           eviction_policy="least-recently-stored")  # a read costs no write
-        except self._errors as error:
+        except STORE_ERRORS as error:
             raise UserError(f"cache.dir={folder}: the response cache cannot be opened there ({error}); "
                             "set cache.dir to a folder you can write, or cache.enabled=false")
 
@@ -87,7 +87,7 @@ class ResponseStore:
             text = self._cache.get(key)
         except Unpickled:
             return None
-        except self._errors as error:
+        except STORE_ERRORS as error:
             self._warn("read", error)
             return None
         if not isinstance(text, str):
@@ -111,7 +111,7 @@ class ResponseStore:
             with self._cache.transact():
                 for key, entry in entries.items():
                     self._cache.set(key, json.dumps({**entry, "key": key, "format": FORMAT}, sort_keys=True))
-        except self._errors as error:
+        except STORE_ERRORS as error:
             self._warn("write", error)
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:

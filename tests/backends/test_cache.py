@@ -274,9 +274,9 @@ def test_no_secret_reaches_a_served_models_key_or_the_cache_files(tmp_path, monk
     from pipeline.backends.openai.config import OpenAIConfig
 
     monkeypatch.setenv("SECRET_KEY_ENV", "sk-key-hunter2")
-    served = OpenAIBackend(OpenAIConfig(base_url="http://user:pass-hunter2@127.0.0.1:9/v1", api_key_env="SECRET_KEY_ENV",
-                                        headers={"X-Token": "header-hunter2"}), "demo")
-    served.generate = lambda requests, sink=None: [Completion(text="5") for _ in requests]  # type: ignore[method-assign]
+    served = OpenAIBackend(OpenAIConfig(base_url="http://user:pass-hunter2@127.0.0.1:9/v1",
+                                        api_key_env="SECRET_KEY_ENV", headers={"X-Token": "header-hunter2"}), "demo")
+    served.generate = lambda requests, sink=None: [Completion(text="5") for _ in requests]  # type: ignore
     assert "hunter2" not in json.dumps(served.cache_identity())
     backend = cached(tmp_path, served)
     backend.generate([request()])
@@ -292,7 +292,8 @@ def _write_many(folder: str, writer: int, barrier) -> None:
     store = ResponseStore(Path(folder), 10**9)
     barrier.wait()  # both processes write from the same moment on
     for start in range(0, 200, 10):
-        store.put_many({f"k{i}": {"value": i, "by": writer} for i in range(start + writer * 100, start + writer * 100 + 10)})
+        first = start + writer * 100
+        store.put_many({f"k{i}": {"value": i, "by": writer} for i in range(first, first + 10)})
 
 
 def test_two_processes_write_at_once_and_every_entry_reads_back_whole(tmp_path):
