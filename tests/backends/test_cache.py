@@ -424,3 +424,17 @@ def test_a_cache_setting_that_cannot_work_is_one_line_exit_2_and_nothing_is_crea
                          monkeypatch, capsys)
     assert code == 2 and said.format(file=tmp_path / "file") in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_summary_counts_hits_and_leaves_them_out_of_the_speed_figures():
+    from pipeline.stages.summarize import summarize
+
+    def record(sample: str, cached: bool, latency: float) -> dict:
+        return {"sample_id": sample, "sample_index": 0, "messages": [], "response": "5", "reference": "5",
+                "score": 1.0, "prompt_tokens": 10, "completion_tokens": 4, "finish_reason": "stop", "ttft_s": latency / 2,
+                "latency_s": latency, "batch": int(cached), "config_hash": "", "cached": cached}
+
+    summary = summarize([record("a", False, 1.0), record("b", True, 100.0)], {"execute": 2.0})
+    assert summary.cache_hits == 1 and summary.metrics()["cache_hits"] == 1.0 and summary.num_samples == 2
+    assert summary.latency_p95_s == 1.0 and summary.tokens_per_second == 2.0  # 4 generated tokens in 2 s
+    assert summary.decode_tokens_per_second == pytest.approx(3 / 0.5)  # the generated batch's alone
