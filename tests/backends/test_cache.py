@@ -431,8 +431,8 @@ def test_the_summary_counts_hits_and_leaves_them_out_of_the_speed_figures():
 
     def record(sample: str, cached: bool, latency: float) -> dict:
         return {"sample_id": sample, "sample_index": 0, "messages": [], "response": "5", "reference": "5",
-                "score": 1.0, "prompt_tokens": 10, "completion_tokens": 4, "finish_reason": "stop", "ttft_s": latency / 2,
-                "latency_s": latency, "batch": int(cached), "config_hash": "", "cached": cached}
+                "score": 1.0, "prompt_tokens": 10, "completion_tokens": 4, "finish_reason": "stop",
+                "ttft_s": latency / 2, "latency_s": latency, "batch": int(cached), "config_hash": "", "cached": cached}
 
     summary = summarize([record("a", False, 1.0), record("b", True, 100.0)], {"execute": 2.0})
     assert summary.cache_hits == 1 and summary.metrics()["cache_hits"] == 1.0 and summary.num_samples == 2
