@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 from pipeline.answering.loop import Answering, Job, answer, tools_by_name
 from pipeline.answering.tools import Tool, load_tools
 from pipeline.backends.base import Backend
+from pipeline.backends.cache import with_cache
 from pipeline.core.config import CONF_DIR, Config, register, to_config
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_json
@@ -122,6 +123,7 @@ class RuntimeClient:
                 self._plan.tools = schemas
                 self._backend = TransformersBackend(self._plan, self.config.session, template,
                                                     self.config.runtime.trust_remote_code, reuse=False)
+            self._backend = with_cache(self._backend, self.config.cache, defer_load=False)  # load() returns the model
         return self._plan
 
     def describe_plan(self) -> dict[str, Any]:

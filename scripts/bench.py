@@ -42,6 +42,12 @@ runtime.reuse=false, against the issue's target: wall time at most 1.3 x (one lo
 execute stages), both taken from the jobs' own summary.json. The sweep with reuse runs three times
 (once with --quick); its figures are those of the run with the median ratio.
 
+cache: the response cache (cache.enabled=true): `python -m pipeline` on the demo model (tracking off),
+run first into an empty cache, then again (--repeats times, the median taken): the second run's wall
+time and execute stage against the first's (the ratio), beside the same run without the cache (what
+keying and storing cost a cold run) and `pipeline.until=plan` (the floor of any run: what is left
+when nothing is generated or loaded).
+
 Prints a table and writes the figures as JSON (default runs/bench/bench-<time>.json under the
 launch folder); with tracking on, also logs them to MLflow (experiment "bench" in runs/mlflow.db
 there). Figures are reported, never asserted.
@@ -529,6 +535,51 @@ def sweep_once(jobs: int, limit: int, base: list[str], tracking: bool, cwd: Path
             "meets_target": wall <= SWEEP_TARGET_RATIO * floor}
 
 
+def bench_cache(limit: int, repeats: int, scratch: Path) -> dict:
+    """Wall and execute seconds of the demo run without the cache, into an empty cache, and again from it."""
+    cache = ["cache.enabled=true", f"cache.dir={scratch / 'responses'}"]
+
+    def one(name: str, *extra: str) -> dict:
+        cwd = scratch / f"cache-{name}"
+        cwd.mkdir()
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline", "tracking=none", f"dataset.limit={limit}", *extra],
+                       cwd=cwd, env=child_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        if "pipeline.until=plan" in extra:
+            return {"wall_s": wall}
+        (path,) = cwd.glob("runs/*/*/summary.json")
+        summary = json.loads(path.read_text())
+        return {"wall_s": wall, "execute_s": summary["stage_seconds"]["execute"],
+                "load_s": summary["stage_seconds"].get("load", 0.0), "cache_hits": summary["cache_hits"],
+                "samples": summary["num_samples"]}
+
+    results = {"samples": limit, "no_cache": one("off"), "first": one("first", *cache)}
+    again = [one(f"again-{i}", *cache) for i in range(repeats)]
+    results["second"] = sorted(again, key=lambda run: run["wall_s"])[len(again) // 2]
+    results["second_wall_s_of_all_repeats"] = [run["wall_s"] for run in again]
+    results["plan_only"] = one("plan", "pipeline.until=plan")
+    results["ratio_second_to_first_wall"] = results["second"]["wall_s"] / results["first"]["wall_s"]
+    results["ratio_second_to_first_execute"] = results["second"]["execute_s"] / results["first"]["execute_s"]
+    results["ratio_first_to_no_cache_wall"] = results["first"]["wall_s"] / results["no_cache"]["wall_s"]
+    return results
+
+
+def print_cache(figures: dict) -> None:
+    first, second = figures["first"], figures["second"]
+    print(f"\ncache: the demo run of {figures['samples']} samples, run again from the response cache (tracking off)")
+    print(f"  without the cache        {figures['no_cache']['wall_s']:7.2f} s   execute "
+          f"{figures['no_cache']['execute_s']:.2f} s")
+    print(f"  first, into the cache    {first['wall_s']:7.2f} s   execute {first['execute_s']:.2f} s   (ratio to "
+          f"no cache {figures['ratio_first_to_no_cache_wall']:.2f})")
+    print(f"  second, from the cache   {second['wall_s']:7.2f} s   execute {second['execute_s']:.2f} s   "
+          f"{second['cache_hits']}/{second['samples']} hits, model load {second['load_s']:.2f} s")
+    print(f"  ratio second/first       {figures['ratio_second_to_first_wall']:.3f} wall, "
+          f"{figures['ratio_second_to_first_execute']:.3f} execute (the first's execute includes the model's load: "
+          "with the cache on it waits for the first request the cache does not have)")
+    print(f"  pipeline.until=plan      {figures['plan_only']['wall_s']:7.2f} s   (the floor: resolve and plan only)")
+
+
 # ---- report ----------------------------------------------------------------------------------------------------
 
 def print_report(results: dict) -> None:
@@ -603,6 +654,8 @@ def print_report(results: dict) -> None:
             print(f"  (reuse: the run of median ratio of {len(sweep['reuse']['ratios_of_all_repeats'])}; all ratios "
                   + ", ".join(f"{r:.2f}" for r in sweep["reuse"]["ratios_of_all_repeats"]) + ")")
         print(f"  reuse is {sweep['speedup_from_reuse']:.2f}x faster than reloading in each job")
+    if results.get("cache"):
+        print_cache(results["cache"])
 
 
 def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
@@ -627,6 +680,9 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
         metrics["server/ratio_ours_to_plain"] = results["server"]["ratio_ours_to_plain"]
         if "ratio_ours_to_lm_eval_generate" in results["server"].get("lm_eval", {}):
             metrics["server/ratio_ours_to_lm_eval_generate"] = results["server"]["lm_eval"]["ratio_ours_to_lm_eval_generate"]
+    if results.get("cache"):
+        metrics["cache/ratio_second_to_first_wall"] = results["cache"]["ratio_second_to_first_wall"]
+        metrics["cache/ratio_second_to_first_execute"] = results["cache"]["ratio_second_to_first_execute"]
     if results.get("sweep"):
         for name in ("reuse", "no_reuse"):
             metrics[f"sweep/{name}_wall_s"] = results["sweep"][name]["wall_s"]
@@ -645,7 +701,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="runtime.dtype for the execute benchmarks (default auto)")
     parser.add_argument("--tracking", choices=("on", "off"), default="on",
                         help="log the figures to MLflow and track the sweep jobs (default on)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep", "choices"),
+    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep", "choices", "cache"),
                         help="parts to leave out")
     parser.add_argument("--choices-questions", type=int, default=200,
                         help="questions of the multiple-choice part against lm-eval (4 choices each; default 200)")
@@ -708,6 +764,9 @@ def main() -> int:
                                                    else None)
             except Exception as error:  # a figure we cannot take is said, not a failure of the bench
                 results["choices"] = {"error": f"{type(error).__name__}: {error}"[:800]}
+            save()
+        if "cache" not in args.skip:
+            results["cache"] = bench_cache(16 if quick else 200, repeats, scratch)
             save()
         if "sweep" not in args.skip:
             results["sweep"] = bench_sweep(2 if quick else 8, 4 if quick else 200, base, tracking and not quick, scratch,

@@ -60,7 +60,7 @@ def score_choices(backend: Backend, samples: list[Sample], config: Config, emit:
             records.append(TranscriptRecord(
                 **base, response=sample.choices[chosen["acc"]], reference=sample.reference,
                 score=float(chosen["acc"] == sample.answer), prompt_tokens=result.context_tokens,
-                completion_tokens=0, finish_reason="stop", truncated=result.truncated,
+                completion_tokens=0, finish_reason="stop", truncated=result.truncated, cached=result.cached,
                 # nothing is generated: the whole batch is prefill, so its speed shows as prefill tokens/s
                 ttft_s=round(result.latency_s, 6), latency_s=round(result.latency_s, 6),
                 loglikelihood={"loglikelihoods": lls, "is_greedy": [c.is_greedy for c in result.continuations],
@@ -90,7 +90,7 @@ def score_documents(backend: Backend, samples: list[Sample], config: Config, emi
             raise RequestFailure(f"sample {sample.id!r}: the {backend.name} backend could not score it: {result.error}")
         emit([TranscriptRecord(**base, response="", reference=None, score=None, prompt_tokens=result.tokens,
                                completion_tokens=0, finish_reason="stop", latency_s=round(result.latency_s, 6),
-                               ttft_s=round(result.latency_s, 6),
+                               ttft_s=round(result.latency_s, 6), cached=result.cached,
                                loglikelihood={"loglikelihood": result.loglikelihood, "tokens": result.tokens,
                                               "windows": result.windows, **document_counts(text)})])
         if sink is not None and hasattr(sink, "on_complete"):

@@ -148,7 +148,8 @@ def _prepare(context: Answering, job: Job) -> None:
         min_p=settings["min_p"], repetition_penalty=settings["repetition_penalty"], stop=list(settings["stop"]),
         # each answer (and each step of it after a tool round) has its own seed: its batch does not matter
         seed=sample_seed(settings["seed"], job.seed_key, job.sample_index) if sampling else None,
-        tools=[context.tools[name].schema for name in job.offered], key=f"{job.record_id}/{job.sample_index}")
+        tools=[context.tools[name].schema for name in job.offered], key=f"{job.record_id}/{job.sample_index}",
+        sample_index=job.sample_index)
 
 
 def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[int, TranscriptRecord]) -> list[Job]:
@@ -169,7 +170,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
                 prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                 finish_reason=_finish_reason(completion), ttft_s=round(completion.ttft_s, 6),
                 latency_s=round(completion.latency_s, 6), truncated=completion.truncated, tools=list(job.offered),
-                started_at=round(started_at, 6), **_reasoning_fields(completion))
+                started_at=round(started_at, 6), cached=completion.cached, **_reasoning_fields(completion))
             if completion.failed:
                 message = f"{_describe(job)}: the {context.backend.name} backend could not answer: {completion.error}"
                 if config.execute.fail_fast:

@@ -90,6 +90,7 @@ class Request:
     key: str = ""  # the record it answers (sample id, turn, index): for logs and errors
     min_p: Optional[float] = None  # None: the backend's default (a server may not know it)
     repetition_penalty: Optional[float] = None  # None or 1.0: none
+    sample_index: int = 0  # which of generation.num_samples completions of its prompt (part of the cache key)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Completion:
     # the retries), not because of this request: the run stops instead of recording an error for it and for
     # every request after it, and a resume answers it once the backend is back (pipeline.core.errors)
     unavailable: bool = False
+    cached: bool = False  # read from the response cache (pipeline.backends.cache), not generated now
 
     @property
     def failed(self) -> bool:
@@ -154,6 +156,7 @@ class ChoicesResult:
     latency_s: float = 0.0
     truncated: bool = False  # the context was cut from the left to fit the model's context
     error: Optional[str] = None
+    cached: bool = False  # read from the response cache, not computed now
 
 
 @dataclass
@@ -165,6 +168,7 @@ class RollingResult:
     windows: int = 0
     latency_s: float = 0.0
     error: Optional[str] = None
+    cached: bool = False  # read from the response cache, not computed now
 
 
 class Backend(ABC):
@@ -211,3 +215,15 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free the model or the connection; a closed backend is not used again."""
+
+    def cache_identity(self) -> Optional[dict[str, Any]]:
+        """What decides this backend's answers besides each request, for the response cache's key
+        (pipeline.backends.cache): the model's identity (weights and files digests, or endpoint and served
+        id) and the settings the backend applies to every request (dtype, thinking plan, ...); never a
+        secret. None (this default): its answers are not cached, since who answers is unknown."""
+        return None
+
+    def cache_prompt(self, request: "Request | ChoicesRequest") -> Optional[str]:
+        """The request as the model will read it (e.g. rendered through its chat template), when the backend
+        renders it itself: the cache key then follows a changed template. None: the messages are the request."""
+        return None

@@ -67,6 +67,9 @@ class FakeBackend(Backend):
     def identity(self) -> Identity:
         return Identity(backend=self.name, model=self.model)
 
+    def cache_identity(self) -> Optional[dict[str, str]]:
+        return {"backend": self.name, "model": self.model}
+
     def plan(self, requests: Sequence[Request]) -> BackendPlan:
         kind = "none" if self._script is None else "a function" if callable(self._script) else "a list"
         return BackendPlan(identity=self.identity(), capabilities=self.capabilities,

@@ -411,6 +411,21 @@ class ExecuteConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The response cache (pipeline.backends.cache): completions kept by everything that decides them, shared by
+    runs, sweeps, parallel jobs and judges. Off unless enabled; see docs/cache.md."""
+
+    enabled: bool = False  # true: a request answered before (same model, prompt, settings, seed) is read, not generated
+    dir: Optional[str] = None  # null: $PIPELINE_CACHE_DIR/responses, else ~/.cache/pipeline/responses
+    size_limit: str = "4GiB"  # the oldest entries are evicted past this size
+
+    def __post_init__(self) -> None:
+        _check(parse_bytes(self.size_limit) is not None, "cache.size_limit", self.size_limit,
+               "a size such as 512MiB, 4GiB or 10GB")
+        _check(self.dir is None or bool(self.dir.strip()), "cache.dir", self.dir, "null or a folder")
+
+
+@dataclass
 class PipelineConfig:
     """Which stages run."""
 
@@ -440,6 +455,7 @@ class Config:
     execute: ExecuteConfig = field(default_factory=ExecuteConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     resume: Optional[str] = None  # a run folder to continue (python -m pipeline resume=<folder> or resume=last)
 
     def __post_init__(self) -> None:

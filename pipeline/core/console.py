@@ -28,6 +28,8 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
            f"{summary.reasoning_truncated_share:.1%} never closed (scored as no answer); answer tokens mean "
            f"{summary.answer_tokens_mean:.1f}"]
           if summary.reasoning_tokens_mean or summary.reasoning_truncated_share else []),
+        *([f"cache     {summary.cache_hits} model generation(s) read from the response cache (cached: true in the "
+           "transcript); the speed figures count only what was generated"] if summary.cache_hits else []),
         f"speed     prefill {summary.prefill_tokens_per_second:.0f} tok/s, decode {summary.decode_tokens_per_second:.0f} "
         f"tok/s, {summary.tokens_per_second:.1f} completion tok/s overall; TTFT p50 {summary.ttft_p50_s:.3f} s, "
         f"p95 {summary.ttft_p95_s:.3f} s; latency p50 {summary.latency_p50_s:.3f} s, p95 {summary.latency_p95_s:.3f} s",

@@ -1,4 +1,4 @@
-"""Small, durable file writes for the run folder."""
+"""Small, durable file writes for the run folder, and where the project's caches live."""
 
 from __future__ import annotations
 
@@ -31,3 +31,10 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cache_dir() -> Path:
+    """Where the project's caches live: $PIPELINE_CACHE_DIR, else $XDG_CACHE_HOME/pipeline, else ~/.cache/pipeline."""
+    if os.environ.get("PIPELINE_CACHE_DIR"):
+        return Path(os.environ["PIPELINE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pipeline"

@@ -216,6 +216,7 @@ class TranscriptRecord:
     answer_tokens: int = 0  # completion_tokens without the reasoning (and the thinking tags)
     reasoning_truncated: bool = False  # the thinking never closed: no answer, scored as none
     continuations: int = 0  # generation.continue_on_length: the answer is this many continuations longer
+    cached: bool = False  # read from the response cache (cache.enabled), not generated now; timings as first generated
 
     def to_dict(self) -> dict[str, Any]:
         # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
@@ -286,6 +287,7 @@ class Summary:
     # scored by log-likelihood (pipeline.scoring.choices): acc, acc_norm, acc_bytes with _ci_low/_ci_high, or
     # word_perplexity, byte_perplexity, bits_per_byte
     likelihood: dict[str, float] = field(default_factory=dict)
+    cache_hits: int = 0  # model generations (answers, tool calls) or log-likelihoods read from the response cache
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,6 +313,7 @@ class Summary:
             "reasoning_tokens_p95": self.reasoning_tokens_p95,
             "reasoning_truncated_share": self.reasoning_truncated_share,
             "answer_tokens_mean": self.answer_tokens_mean,
+            "cache_hits": float(self.cache_hits),
             **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()},
         }
         optional = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,

@@ -21,15 +21,13 @@ import hashlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pipeline.backends.transformers.digest import file_sha256
+from pipeline.backends.transformers.digest import file_sha256, model_files_digest
 from pipeline.core.config import Config
 from pipeline.core.files import read_json
 from pipeline.core.folder_names import INPUTS_FILE
 from pipeline.core.records import ResolvedModel, Sample
 from pipeline.core.redact import hide_credentials
 
-# Small files of a model folder that shape the prompt or the decoding (the weights have their own digest).
-MODEL_FILE_SUFFIXES = (".json", ".jinja", ".model", ".txt")
 MISSING = "missing"
 MEDIA = "dataset.media"  # the samples' image and audio parts: known once the plan has read (and fetched) them
 
@@ -84,13 +82,6 @@ def _dataset(typed: str) -> dict[str, Any]:
 def _file(typed: str) -> dict[str, Any]:
     path = Path(typed).expanduser().absolute()  # relative to the launch folder, where a resume runs too
     return {"as typed": typed, "path": str(path), "sha256": file_sha256(path) if path.is_file() else MISSING}
-
-
-def model_files_digest(folder: Path) -> str:
-    """sha256 over the `name:sha256` lines of the model folder's tokenizer, template and config files."""
-    lines = [f"{p.name}:{file_sha256(p)}\n" for p in sorted(folder.iterdir(), key=lambda p: p.name)
-             if p.suffix in MODEL_FILE_SUFFIXES and p.is_file()]
-    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def read_inputs(run_dir: Path) -> Optional[dict[str, dict[str, Any]]]:

@@ -2,7 +2,8 @@
 from that plan; nothing is loaded and no request is sent.
 
 The planning itself is each backend's: pipeline.backends.transformers.plan for the in-process model,
-pipeline.backends.openai.plan for a served one. This module only picks one by `backend.name`.
+pipeline.backends.openai.plan for a served one. This module only picks one by `backend.name`, and puts
+it behind the response cache when `cache.enabled` (pipeline.backends.cache).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.backends.base import Backend
+from pipeline.backends.cache import with_cache
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.records import ResolvedModel, RuntimePlan, Sample
@@ -29,10 +31,11 @@ def plan(config: Config, resolved: ResolvedModel, run_dir: Path,
         served = OpenAIBackend(config.backend.openai(), resolved.reference)
         runtime_plan, samples = plan_served(config, resolved, served, overrides)
         served.generation = runtime_plan.generation  # requests are made from what the plan recorded
-        return runtime_plan, samples, served
+        return runtime_plan, samples, with_cache(served, config.cache)
     from pipeline.backends.transformers.backend import TransformersBackend
     from pipeline.backends.transformers.plan import plan_from_config
 
     runtime_plan, samples, template = plan_from_config(config, resolved, overrides)
-    return runtime_plan, samples, TransformersBackend(runtime_plan, config.session, template,
-                                                      config.runtime.trust_remote_code, run_dir, config.runtime.reuse)
+    return runtime_plan, samples, with_cache(TransformersBackend(runtime_plan, config.session, template,
+                                                                 config.runtime.trust_remote_code, run_dir,
+                                                                 config.runtime.reuse), config.cache)

@@ -13,6 +13,8 @@ Speed: a batch's rows share one prefill, which ends at their common ttft_s, and 
 together until the batch's slowest row ends. So prefill tokens/s = the batches' real (unpadded)
 prompt tokens / the sum of their ttft_s, and decode tokens/s = the tokens generated after the
 first (which the prefill yields) / the sum of (slowest latency_s - ttft_s) over the batches.
+Answers read from the response cache (`cached`) are counted (`cache_hits`) and left out of the speed
+figures: this run did not generate them, and their timings are the run's that did.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
     prompt_tokens = sum(r.prompt_tokens for r in rows)  # tool-call steps count: they ran the model
     completion_tokens = sum(r.completion_tokens for r in rows)
     kinds = [r.kind for r in rows]
-    generations = [r for r in rows if r.kind in ("answer", "tool_call") and r.ok and r.finish_reason != "tool"]
+    ran_model = [r for r in rows if r.kind in ("answer", "tool_call") and r.ok and r.finish_reason != "tool"]
+    generations = [r for r in ran_model if not r.cached]
     answers = [r for r in rows if r.is_answer]
     scored = [r for r in answers if r.score is not None]
     scores = [r.score for r in scored]
@@ -42,8 +45,9 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
     low, high, method = mean_interval([sum(s) / len(s) for s in by_sample.values()])
     execute_seconds = stage_seconds.get("execute", 0.0)
     completed = [r for r in answers if r.ok]
-    latencies = sorted(r.latency_s for r in completed)
-    ttfts = sorted(r.ttft_s for r in completed)
+    latencies = sorted(r.latency_s for r in completed if not r.cached)
+    ttfts = sorted(r.ttft_s for r in completed if not r.cached)
+    generated_tokens = sum(r.completion_tokens for r in rows if not r.cached)
     prefill, decode = _throughput(generations)
     reasoning = sorted(r.reasoning_tokens for r in completed)
     answer_tokens = [r.answer_tokens for r in completed]
@@ -55,7 +59,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
         correct=sum(score == 1.0 for score in scores),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        tokens_per_second=completion_tokens / execute_seconds if execute_seconds > 0 else 0.0,
+        tokens_per_second=generated_tokens / execute_seconds if execute_seconds > 0 else 0.0,
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
         ttft_p50_s=percentile(ttfts, 50),
@@ -79,6 +83,7 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
                                    if completed else 0.0),
         answer_tokens_mean=sum(answer_tokens) / len(answer_tokens) if answer_tokens else 0.0,
         likelihood=likelihood_metrics(records),
+        cache_hits=sum(r.cached for r in ran_model),
     )
 
 

@@ -4,7 +4,8 @@ Each backend enters through a fixture named `<name>_subject` that returns a `Sub
 loaded, and the tool schemas it offers for the tool round trip (the `add` calculator). The
 fixtures here are the scripted fake (no model) and the transformers backend over the tool demo
 model (pipeline/assets/tool_model, which calls `add` when offered it and answers a number
-otherwise), and the OpenAI-compatible backend against a real `transformers serve` over a sampling copy
+otherwise), the fake behind the response cache (pipeline.backends.cache: every check's repeated
+requests are read back from it, beside new ones in the same batch), and the OpenAI-compatible backend against a real `transformers serve` over a sampling copy
 of the tool model (started once for the module, about 10 s; it counts tokens with the tool model's own tokenizer, named in
 backend.tokenizer, since transformers serve has no /tokenize). To add a backend, add its name to
 BACKENDS and a module- or session-scoped fixture `<name>_subject`; nothing else changes.
@@ -26,7 +27,7 @@ from pipeline.core.config import ASSETS_DIR, SessionConfig
 from pipeline.core.records import Message, ToolCall
 from tests.conftest import make_config, write_jsonl
 
-BACKENDS = ["fake", "transformers", "openai"]
+BACKENDS = ["fake", "cached", "transformers", "openai"]
 TOOL_MODEL = ASSETS_DIR / "tool_model"
 QUESTION = "What is 4821+3907?"
 SUM = "8728"
@@ -62,6 +63,19 @@ def fake_subject():
     backend.load()
     yield Subject(backend, [{"type": "function", "function": {"name": "add", "parameters": {}}}])
     backend.close()
+
+
+@pytest.fixture(scope="module")
+def cached_subject(tmp_path_factory):
+    from pipeline.backends.cache import with_cache
+    from pipeline.core.config import CacheConfig
+
+    backend = with_cache(FakeBackend(arithmetic, context_length=256),
+                         CacheConfig(enabled=True, dir=str(tmp_path_factory.mktemp("cache"))))
+    backend.load()
+    yield Subject(backend, [{"type": "function", "function": {"name": "add", "parameters": {}}}])
+    backend.close()
+    assert backend.hits > 0 and backend.misses > 0  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,11 @@ def test_bench_quick_writes_every_figure(tmp_path):
     assert sweep["reuse"]["weights_loads"] == 1 and sweep["no_reuse"]["weights_loads"] == sweep["no_reuse"]["jobs"] == 2
     assert sweep["reuse"]["one_load_plus_executes_s"] == pytest.approx(
         sweep["reuse"]["load_s"][0] + sum(sweep["reuse"]["execute_s"]))
-    for line in ("ratio ours/this", "ratio (b)/(a)", "(c) ours, runtime.batch_size=auto", "reuse is"):
+    cache = figures["cache"]
+    assert cache["first"]["cache_hits"] == 0 and cache["second"]["cache_hits"] == cache["second"]["samples"] == 16
+    assert cache["ratio_second_to_first_wall"] == pytest.approx(cache["second"]["wall_s"] / cache["first"]["wall_s"])
+    for line in ("ratio ours/this", "ratio (b)/(a)", "(c) ours, runtime.batch_size=auto", "reuse is",
+                 "ratio second/first"):
         assert line in result.stdout
 
     client = mlflow_client(tmp_path)  # the figures are an MLflow run too

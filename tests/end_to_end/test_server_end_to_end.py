@@ -164,6 +164,20 @@ def test_a_seed_sweep_runs_each_job_through_the_server(tmp_path, served):
     assert all(c.data.params["backend.name"] == "openai" for c in children)
 
 
+def test_the_response_cache_answers_a_served_run_again_and_a_changed_setting_misses(tmp_path, served):
+    cache = ["tracking=none", "dataset.limit=5", "cache.enabled=true", f"cache.dir={tmp_path / 'cache'}"]
+    runs = {}
+    for name, more in (("first", []), ("again", []), ("changed", ["generation.max_new_tokens=7"])):
+        (tmp_path / name).mkdir()
+        result = run_pipeline(through(served, *cache, *more), cwd=tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        runs[name] = only_run_dir(tmp_path / name)
+    hits = {name: json.loads((folder / "summary.json").read_text())["cache_hits"] for name, folder in runs.items()}
+    assert hits == {"first": 0, "again": 5, "changed": 0}
+    first, again = (read_transcript(runs[name] / "transcript.jsonl") for name in ("first", "again"))
+    assert [r["response"] for r in again] == [r["response"] for r in first] and all(r["cached"] for r in again)
+
+
 @pytest.mark.parametrize("setting, said", [
     ("session.prefill=The", "session.prefill='The': the chat completions API has no way to start the answer"),
     ("session.chat_template=false", "session.chat_template=false: a server always applies its own chat template"),

@@ -160,6 +160,16 @@ class OpenAIBackend(Backend):
         return Identity(backend=self.name, model=self.model, endpoint=server.endpoint(self.config),
                         reported=json.loads(self.secrets.wipe(json.dumps(reported, default=str))))
 
+    def cache_identity(self) -> Optional[dict[str, Any]]:
+        """The server's word for its model: the endpoint (credentials masked) and the served id, with what this
+        backend adds to every request; header names only (their values may be secrets)."""
+        config = self.config
+        thinking = {k: v for k, v in self.thinking.to_dict().items() if k not in ("found", "how")}
+        return {"backend": self.name, "endpoint": server.endpoint(config), "model": self.model,
+                "api_version": config.api_version, "token_limit_param": config.token_limit_param,
+                "headers": sorted(config.headers), "parts": self.parts, "tokenizer": config.tokenizer,
+                "thinking": thinking}
+
     def plan(self, requests: Sequence[Request]) -> BackendPlan:
         self._served = server.list_models(self.config, self.secrets, self.model)
         context = self._served.context_length

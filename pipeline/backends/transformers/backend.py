@@ -76,6 +76,7 @@ class TransformersBackend(Backend):
         self.load_record: Optional[LoadRecord] = None  # how load() got the model (load.json)
         self._encoded: dict[int, tuple[Request, _Prompt]] = {}  # id(request) -> what count_tokens encoded
         self._plan_processor: Any = None  # a multimodal model's processor, for counting before load()
+        self._cache_identity: Optional[dict[str, Any]] = None  # computed once (it hashes the model's small files)
 
     @classmethod
     def from_runtime(cls, runtime: LoadedRuntime, session: SessionConfig) -> "TransformersBackend":
@@ -103,6 +104,29 @@ class TransformersBackend(Backend):
     def identity(self) -> Identity:
         model = self.runtime_plan.model
         return Identity(backend=self.name, model=model.path, digest=model.weights_digest)
+
+    def cache_identity(self) -> Optional[dict[str, Any]]:
+        """The weights and the small files (tokenizer, template, config) by digest, not by folder: the same
+        model copied elsewhere hits, a changed file misses; and what the plan fixed for every request that
+        can change an answer (dtype and attention change the numbers; the thinking plan bounds the reasoning)."""
+        plan = self.runtime_plan
+        if not plan.model.weights_digest:
+            return None
+        if self._cache_identity is None:
+            from pipeline.backends.transformers.digest import model_files_digest
+
+            thinking = {k: v for k, v in self.thinking.to_dict().items() if k not in ("found", "how")}  # words only
+            self._cache_identity = {
+                "backend": self.name, "weights": plan.model.weights_digest,
+                "files": model_files_digest(Path(plan.model.path)), "device": plan.device.split(":", 1)[0],
+                "dtype": plan.dtype, "attn_implementation": plan.attn_implementation, "offload": plan.offload,
+                "options": dict(plan.backend_options), "context_length": plan.context_length,
+                "truncation": self.session.truncation, "chat_template": self.session.chat_template,
+                "thinking": thinking}
+        return self._cache_identity
+
+    def cache_prompt(self, request: Any) -> Optional[str]:
+        return self._render(request)
 
     # --- the contract ------------------------------------------------------------------------------
 
@@ -224,8 +248,8 @@ class TransformersBackend(Backend):
         return count_media_tokens(self._processor(), self._render(request), media_of(request.messages),
                                   adds_special_tokens(self.session))
 
-    def _render(self, request: Request) -> str:
-        return render(self.chat_template, request.messages, self.session, request.tools or None)
+    def _render(self, request: Request | ChoicesRequest) -> str:
+        return render(self.chat_template, request.messages, self.session, getattr(request, "tools", None) or None)
 
     def _prompt(self, request: Request) -> _Prompt:
         known = self._encoded.pop(id(request), None)

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 from pipeline.backends.transformers.hub import blob_sha256
-from pipeline.core.files import write_json
+from pipeline.core.files import cache_dir, write_json
 
 CACHE_FILE = "file-digests.json"
-
-
-def cache_dir() -> Path:
-    """Where small caches live: $PIPELINE_CACHE_DIR, else $XDG_CACHE_HOME/pipeline, else ~/.cache/pipeline."""
-    if os.environ.get("PIPELINE_CACHE_DIR"):
-        return Path(os.environ["PIPELINE_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pipeline"
+# Small files of a model folder that shape the prompt or the decoding (the weights have their own digest).
+MODEL_FILE_SUFFIXES = (".json", ".jinja", ".model", ".txt")
 
 
 def weights_digest(files: list[Path] | tuple[Path, ...]) -> str:
@@ -52,6 +46,13 @@ def weights_digest(files: list[Path] | tuple[Path, ...]) -> str:
             write_json(cache_path, cache)
         except OSError:
             pass  # a read-only home only costs hashing again next time
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def model_files_digest(folder: Path) -> str:
+    """sha256 over the `name:sha256` lines of the model folder's tokenizer, template and config files."""
+    lines = [f"{p.name}:{file_sha256(p)}\n" for p in sorted(folder.iterdir(), key=lambda p: p.name)
+             if p.suffix in MODEL_FILE_SUFFIXES and p.is_file()]
     return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
