@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
@@ -39,10 +40,23 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
     ]
     if mlflow:
         lines.append(f"mlflow    run {mlflow['run_id']} in experiment '{mlflow['experiment']}' "
-                     f"({mlflow['uri']}); `make ui`, then http://127.0.0.1:5000/{mlflow['url']}")
+                     f"({mlflow['uri']}); {ui_hint(mlflow['uri'], mlflow['url'])}")
     else:
         lines.append("mlflow    off (tracking=none)")
     return "\n".join(lines)
+
+
+def ui_hint(uri: str, page: str) -> str:
+    """How to see `page` (an address in the MLflow UI, `#/experiments/...`) of the store at `uri` (credentials
+    masked): a tracking server is its own UI; `make ui` only where this folder's Makefile serves that store
+    (a checkout of the project); elsewhere (an installed `llm-pipeline`) the `mlflow ui` command line."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {re.sub(r'://[^/@]*@', '://', uri).rstrip('/')}/{page}"
+    makefile = Path("Makefile")
+    serves = makefile.is_file() and re.search(r"^ui:", makefile.read_text(errors="replace"), re.MULTILINE) and \
+        uri.removeprefix("sqlite:///") == str(Path("runs/mlflow.db").absolute())
+    command = "`make ui`" if serves else f"`mlflow ui --backend-store-uri {uri}`"
+    return f"{command}, then http://127.0.0.1:5000/{page}"
 
 
 def likelihood_text(metrics: dict[str, float]) -> str:
