@@ -183,6 +183,9 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             tracker.log_params(config_params(config))
             log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",
                      run_dir / TRANSCRIPT_FILE)
+        # an evaluation run like any other: each trace gets its score and its reference as assessments
+        tracker.evaluate_with(scorer.label, rescoring.config["dataset"].get("name", "") if rescoring
+                              else config.dataset.name)
         result.tracker = tracker
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
             close_run(run_dir, tracker, "success", "FINISHED", "")
