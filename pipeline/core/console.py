@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -103,16 +104,25 @@ def _relative(path: Path) -> str:
 class ProgressSink:
     """A StreamSink that shows, on one rewritten terminal line, how many generations are done.
 
-    Shown only on a terminal (a log file gets execute's progress lines instead), at most every
-    `every_s` seconds, and cleared at the end. Counts completions only: it asks for no per-token text."""
+    Shown only on a terminal (a log file gets execute's progress lines instead): at the first
+    completion, then at most every `every_s` seconds, and cleared at the end. `total` is what is
+    left to answer; a resumed run says how many answers it `kept` from before. A log line that a
+    terminal handler prints meanwhile clears the progress line first (the next completion draws it
+    again), so the two never run together. Counts completions only: it asks for no per-token text."""
 
     streams_text = False
 
-    def __init__(self, total: int, out: TextIO, every_s: float = 0.2) -> None:
-        self.total, self.out, self.every_s = total, out, every_s
+    def __init__(self, total: int, out: TextIO, every_s: float = 0.2, kept: int = 0) -> None:
+        self.total, self.out, self.every_s, self.kept = total, out, every_s, kept
         self.done = 0
-        self.started = self.shown = time.perf_counter()
+        self.started = time.perf_counter()
+        self.shown = self.started - every_s  # the first completion is shown at once
         self.enabled = out.isatty()
+        self.on_screen = False
+        # handlers that print to a terminal: a log record clears the progress line before it is printed
+        self.handlers = [h for h in logging.getLogger().handlers if _on_terminal(h)] if self.enabled else []
+        for handler in self.handlers:
+            handler.addFilter(self)
 
     def on_text(self, row: int, text: str) -> None:
         pass
@@ -123,10 +133,31 @@ class ProgressSink:
         if self.enabled and now - self.shown >= self.every_s:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
-            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give)")
+            kept = f"; {self.kept} kept from before" if self.kept else ""
+            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give{kept})")
             self.out.flush()
+            self.on_screen = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """logging's filter hook on the terminal's handlers: clear the progress line; the record goes on."""
+        self._clear()
+        return True
 
     def close(self) -> None:
-        if self.enabled:
+        for handler in self.handlers:
+            handler.removeFilter(self)
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.on_screen:
             self.out.write("\r\033[K")
             self.out.flush()
+            self.on_screen = False
+
+
+def _on_terminal(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    try:
+        return isinstance(handler, logging.StreamHandler) and bool(stream) and stream.isatty()
+    except (AttributeError, ValueError):  # a closed stream
+        return False

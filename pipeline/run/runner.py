@@ -135,7 +135,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             write_json(run_dir / LOAD_FILE, loaded.to_dict())
             tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
-            progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
+            answers = [(s.id, i) for s in samples for i in range(config.generation.num_samples)]
+            kept = sum(key in previous.done for key in answers)  # a resume's: not generated again
+            progress = ProgressSink(len(answers) - kept, sys.stderr, kept=kept)
             with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
                 try:
                     timed("execute", execute, backend, samples, config, writer, config.config_hash(), progress,

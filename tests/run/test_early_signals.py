@@ -36,8 +36,10 @@ def importing(pid: int) -> bool:
 
 def signalled(cwd: Path, name: str, delay: float) -> tuple[int, str]:
     """`python -m pipeline` in cwd, sent the signal `delay` seconds after its imports began: (exit code, stderr)."""
+    # Ctrl-C as from a terminal even where this test runs with it ignored (started as `cmd &` in a script)
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "dataset.limit=3", "tracking=none"], cwd=cwd,
-                               env=pipeline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=pipeline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not importing(process.pid):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
