@@ -199,12 +199,14 @@ def test_a_url_with_credentials_is_fetched_with_basic_auth_and_they_are_masked_e
     result = run_pipeline([*common, "runtime.allow_download=true", "hydra.run.dir=runs/r"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert web.asked == ["/d.png"]  # once, and let in
-    rows = {row["sample_id"]: row for row in map(json.loads, (tmp_path / "runs/r/transcript.jsonl").read_text().splitlines())}
+    lines = (tmp_path / "runs" / "r" / "transcript.jsonl").read_text().splitlines()
+    rows = {row["sample_id"]: row for row in map(json.loads, lines)}
     assert rows["url"]["response"] == rows["file"]["response"]
     masked = web.base.replace("://", "://***@") + "/d.png"
     assert rows["url"]["messages"][0]["media"][0]["url"] == masked
 
-    wrong = write_jsonl(tmp_path / "data" / "wrong.jsonl", [{"id": "w", "messages": url_part(url.replace("w0rd", "x"))}])
+    wrong = write_jsonl(tmp_path / "data" / "wrong.jsonl",
+                        [{"id": "w", "messages": url_part(url.replace("w0rd", "x"))}])
     refused = run_pipeline([*common, f"dataset.path={wrong}", "runtime.allow_download=true", "hydra.run.dir=runs/w"],
                            cwd=tmp_path)
     assert refused.returncode == 2 and one_error(refused.stderr), refused.stderr

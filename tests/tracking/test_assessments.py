@@ -224,7 +224,8 @@ def test_a_rescore_is_an_evaluation_run_too_alone_and_as_a_sweep(tmp_path):
         assert result.returncode == 0, result.stderr
     client = mlflow_client(tmp_path)
     experiment = client.get_experiment_by_name("pipeline")
-    rescores = [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get("run_type") == "rescore"]
+    rescores = [run for run in client.search_runs([experiment.experiment_id])
+                if run.data.tags.get("run_type") == "rescore"]
     assert sorted(run.data.params["dataset.scorer.name"] for run in rescores) == ["contains", "exact_match", "numeric"]
     for run in rescores:
         scorer = run.data.params["dataset.scorer.name"]

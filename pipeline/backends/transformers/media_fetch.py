@@ -12,8 +12,9 @@ the cache never holds a half-written or undecodable file. Every failure is one U
 Not here: deciding whether URLs may be fetched (pipeline.data.media refuses them without
 runtime.allow_download), recording the sha256 (pipeline.data.media.check_part), or a server
 backend's URLs (passed on to the server as they are). A URL's `user:password@` goes as HTTP basic
-auth, to that host only (not to one it redirects to); it is masked in every line and file. This module is the HTTP client of the
-in-process backend; nothing above pipeline/backends/ opens a connection.
+auth, to that host only (not to one it redirects to); it is masked in every line and file. This
+module is the HTTP client of the in-process backend; nothing above pipeline/backends/ opens a
+connection.
 """
 
 from __future__ import annotations
