@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from pipeline.cli import early_signals
 from pipeline.cli.precheck import check_jobs
 from pipeline.core.config import CONF_DIR, register, to_config
 from pipeline.core.console import run_summary
@@ -90,8 +91,12 @@ def _job(cfg: DictConfig) -> Optional[float]:
         if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
             log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)
             raise
-        log.error("interrupted; the run folder keeps what was written: %s (continue with: python -m pipeline "
-                  "resume=%s)", run_dir, run_dir)
+        if cfg.get("resume") is None and not (run_dir / STATUS_FILE).exists():  # before the run began
+            discard(run_dir)
+            log.error("interrupted before the run started; nothing was kept")
+        else:
+            log.error("interrupted; the run folder keeps what was written: %s (continue with: python -m pipeline "
+                      "resume=%s)", run_dir, run_dir)
         sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     except UserError as error:
         if not in_sweep and cfg.get("resume") is None and not (run_dir / TRANSCRIPT_FILE).exists():
@@ -163,8 +168,15 @@ def _is_config_error(error: Exception) -> bool:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with Ctrl-C ignored
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not when started with Ctrl-C ignored
         signal.signal(signal.SIGINT, _interrupt)
+    try:
+        _main()
+    except KeyboardInterrupt as interrupt:  # wherever it lands, before or after the jobs too: one line
+        sys.exit(outside_jobs.interrupted(interrupt))
+
+
+def _main() -> None:
     try:
         sys.argv[1:] = expand_command_line(sys.argv[1:])
     except UserError as error:
@@ -182,8 +194,6 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
-    except KeyboardInterrupt as interrupt:
-        sys.exit(outside_jobs.interrupted(interrupt))
     except SweepCallbackError as stop:
         sys.exit(outside_jobs.failed(stop.error))
     except Exception as error:  # noqa: BLE001 - raised outside the jobs (they handle their own)
@@ -212,6 +222,7 @@ def exit_without_teardown(code: object) -> None:
     workers are shut down there), then the atexit handlers (logging's flush, MLflow's), then flush
     stdout and stderr. A message code (sys.exit("text")) is printed and exits 1.
     """
+    early_signals.exit_at_once("interrupted while exiting; what the command printed above is what it did")
     if code is None:
         code = 0
     elif not isinstance(code, int):
@@ -230,6 +241,9 @@ def entry() -> None:
         main()
     except SystemExit as stop:
         exit_without_teardown(stop.code)
+    except KeyboardInterrupt as interrupt:  # again, while the first was being handled: still one line
+        print("interrupted again while stopping; what was written so far is kept", file=sys.stderr)
+        exit_without_teardown(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     exit_without_teardown(0)
 
 

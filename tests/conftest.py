@@ -37,8 +37,8 @@ LONGEST_FIRST = (
     "tracking/test_ui.py", "answering/test_tools_end_to_end.py", "end_to_end/test_bench.py", "run/test_signals.py",
     "backends/test_thinking.py", "backends/test_speed.py", "tracking/test_mlflow_store.py", "run/test_kill.py",
     "run/test_resume_integrity.py", "tracking/test_scale_out.py", "stages/test_score_stage.py",
-    "tracking/test_assessments.py", "end_to_end/test_cache_end_to_end.py", "stages/test_execute_end_to_end.py", "cli/test_models_end_to_end.py",
-    "tracking/test_parallel_sweep.py",
+    "tracking/test_assessments.py", "end_to_end/test_cache_end_to_end.py", "stages/test_execute_end_to_end.py",
+    "cli/test_models_end_to_end.py", "tracking/test_parallel_sweep.py", "run/test_early_signals.py",
 )
 
 

@@ -1,7 +1,9 @@
 """`python -m pipeline.models`: list the models this machine has, as a table or as JSON.
 
-Looks in `--models-dir` (default `models/`, as `runtime.models_dir`; one level of org/name
-nesting is followed) and in the local Hugging Face cache (HF_HUB_CACHE / HF_HOME), reads each
+Lists the built-in models first (the aliases that name a model shipped in the package: demo,
+tool-demo, thinking-demo, vision-demo), then looks in `--models-dir` (default `models/`, as
+`runtime.models_dir`; one level of org/name nesting is followed) and in the local Hugging Face
+cache (HF_HUB_CACHE / HF_HOME), reads each
 folder the way the resolve stage does, and prints what it found: the reference to pass as
 `runtime.model`, architecture, parameters, size, dtype, context, chat template, generation config.
 A folder that resolve would refuse (no tokenizer, no model_type, ...) is listed as unusable, with
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,13 +25,16 @@ from pipeline.backends.transformers.digest import weights_digest
 from pipeline.backends.transformers.hub import cached_models
 from pipeline.backends.transformers.memory import gib
 from pipeline.backends.transformers.model_files import read_model_folder
+from pipeline.core.config import ASSETS_DIR, CONF_DIR
 from pipeline.core.errors import EXIT_USAGE, UserError
+
+BUILT_IN = "built-in"
 
 
 @dataclass
 class ModelEntry:
     reference: str  # what to pass as runtime.model
-    kind: str  # models-dir or hf-cache
+    kind: str  # built-in (shipped in the package), models-dir or hf-cache
     path: str
     revision: Optional[str] = None
     architecture: Optional[str] = None
@@ -45,12 +51,22 @@ class ModelEntry:
 
 
 def find_models(models_dir: Path, with_digest: bool = False) -> list[ModelEntry]:
-    entries = [_describe(name, "models-dir", folder, None, with_digest) for name, folder in _local_folders(models_dir)]
+    entries = [_describe(name, BUILT_IN, folder, None, with_digest) for name, folder in built_in_models()]
+    entries += [_describe(name, "models-dir", folder, None, with_digest) for name, folder in _local_folders(models_dir)]
     for repo in cached_models():
         revision = repo.refs[0] if repo.refs else repo.commit
         reference = repo.repo_id if "main" in repo.refs else f"{repo.repo_id}@{revision}"
         entries.append(_describe(reference, "hf-cache", repo.folder, revision, with_digest))
     return entries
+
+
+def built_in_models() -> list[tuple[str, Path]]:
+    """The aliases of conf/config.yaml that name a model shipped in the package (`${asset:...}`), with its folder."""
+    import yaml
+
+    aliases = (yaml.safe_load((CONF_DIR / "config.yaml").read_text()).get("runtime") or {}).get("aliases") or {}
+    shipped = ((name, re.fullmatch(r"\$\{asset:(.+)\}", str(target).strip())) for name, target in aliases.items())
+    return [(name, ASSETS_DIR / match.group(1)) for name, match in shipped if match]
 
 
 def _local_folders(models_dir: Path) -> list[tuple[str, Path]]:

@@ -362,7 +362,9 @@ class DatasetConfig:
     """Where the samples come from (a JSONL, JSON, CSV or Parquet file, or a Hugging Face dataset in the local
     cache), how records map onto samples, and how answers are scored (pipeline.data)."""
 
-    name: str = "addition"
+    # how MLflow and config.json name it; empty: the file's stem (mine for data/mine.jsonl.gz), or the Hub
+    # dataset's name (gsm8k for openai/gsm8k)
+    name: str = ""
     path: str = "${asset:datasets/addition.jsonl}"  # a file, or a Hub dataset id: org/name[@revision]
     limit: Optional[int] = None  # keep only the first N samples
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
@@ -380,9 +382,22 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "dataset.path", self.path,
                "a .jsonl, .json, .csv or .parquet file, or a Hub dataset id")
+        if not self.name.strip() and "${" not in self.path:  # not the schema's own default, ${asset:...} unresolved
+            self.name = dataset_stem(self.path)
         _check(self.limit is None or self.limit >= 1, "dataset.limit", self.limit, "null or an integer >= 1")
         _check_choice("dataset.kind", self.kind, DATASET_KINDS)
         _check(self.max_media_mb > 0, "dataset.max_media_mb", self.max_media_mb, "a number of megabytes > 0")
+
+
+def dataset_stem(path: str) -> str:
+    """A dataset's name from where it is: `data/mine.jsonl.gz` -> mine, `openai/gsm8k@main` -> gsm8k."""
+    name = Path(path.strip().rstrip("/").split("@")[0]).name
+    while Path(name).suffix.lower() in _DATA_SUFFIXES:
+        name = Path(name).stem
+    return name or path.strip()
+
+
+_DATA_SUFFIXES = (".gz", ".bz2", ".xz", ".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
@@ -41,10 +43,23 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
     ]
     if mlflow:
         lines.append(f"mlflow    run {mlflow['run_id']} in experiment '{mlflow['experiment']}' "
-                     f"({mlflow['uri']}); `make ui`, then http://127.0.0.1:5000/{mlflow['url']}")
+                     f"({mlflow['uri']}); {ui_hint(mlflow['uri'], mlflow['url'])}")
     else:
         lines.append("mlflow    off (tracking=none)")
     return "\n".join(lines)
+
+
+def ui_hint(uri: str, page: str) -> str:
+    """How to see `page` (an address in the MLflow UI, `#/experiments/...`) of the store at `uri` (credentials
+    masked): a tracking server is its own UI; `make ui` only where this folder's Makefile serves that store
+    (a checkout of the project); elsewhere (an installed `llm-pipeline`) the `mlflow ui` command line."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {re.sub(r'://[^/@]*@', '://', uri).rstrip('/')}/{page}"
+    makefile = Path("Makefile")
+    serves = makefile.is_file() and re.search(r"^ui:", makefile.read_text(errors="replace"), re.MULTILINE) and \
+        uri.removeprefix("sqlite:///") == str(Path("runs/mlflow.db").absolute())
+    command = "`make ui`" if serves else f"`mlflow ui --backend-store-uri {uri}`"
+    return f"{command}, then http://127.0.0.1:5000/{page}"
 
 
 def likelihood_text(metrics: dict[str, float]) -> str:
@@ -91,16 +106,25 @@ def _relative(path: Path) -> str:
 class ProgressSink:
     """A StreamSink that shows, on one rewritten terminal line, how many generations are done.
 
-    Shown only on a terminal (a log file gets execute's progress lines instead), at most every
-    `every_s` seconds, and cleared at the end. Counts completions only: it asks for no per-token text."""
+    Shown only on a terminal (a log file gets execute's progress lines instead): at the first
+    completion, then at most every `every_s` seconds, and cleared at the end. `total` is what is
+    left to answer; a resumed run says how many answers it `kept` from before. A log line that a
+    terminal handler prints meanwhile clears the progress line first (the next completion draws it
+    again), so the two never run together. Counts completions only: it asks for no per-token text."""
 
     streams_text = False
 
-    def __init__(self, total: int, out: TextIO, every_s: float = 0.2) -> None:
-        self.total, self.out, self.every_s = total, out, every_s
+    def __init__(self, total: int, out: TextIO, every_s: float = 0.2, kept: int = 0) -> None:
+        self.total, self.out, self.every_s, self.kept = total, out, every_s, kept
         self.done = 0
-        self.started = self.shown = time.perf_counter()
+        self.started = time.perf_counter()
+        self.shown = self.started - every_s  # the first completion is shown at once
         self.enabled = out.isatty()
+        self.on_screen = False
+        # handlers that print to a terminal: a log record clears the progress line before it is printed
+        self.handlers = [h for h in logging.getLogger().handlers if _on_terminal(h)] if self.enabled else []
+        for handler in self.handlers:
+            handler.addFilter(self)
 
     def on_text(self, row: int, text: str) -> None:
         pass
@@ -111,10 +135,31 @@ class ProgressSink:
         if self.enabled and now - self.shown >= self.every_s:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
-            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give)")
+            kept = f"; {self.kept} kept from before" if self.kept else ""
+            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give{kept})")
             self.out.flush()
+            self.on_screen = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """logging's filter hook on the terminal's handlers: clear the progress line; the record goes on."""
+        self._clear()
+        return True
 
     def close(self) -> None:
-        if self.enabled:
+        for handler in self.handlers:
+            handler.removeFilter(self)
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.on_screen:
             self.out.write("\r\033[K")
             self.out.flush()
+            self.on_screen = False
+
+
+def _on_terminal(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    try:
+        return isinstance(handler, logging.StreamHandler) and bool(stream) and stream.isatty()
+    except (AttributeError, ValueError):  # a closed stream
+        return False

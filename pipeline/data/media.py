@@ -86,13 +86,14 @@ def check_part(part: MediaPart, rules: MediaRules, where: str) -> MediaPart:
         what = f"{where}: {part.kind} {hide_credentials(source)!r}"  # user:password@ of a URL stays out of logs
         fetched = rules.fetch(source, part.kind, what, rules.max_bytes,
                               lambda data: _decode_facts(part.kind, data, what))
-        return _checked_file(part, fetched, source, rules, where)
+        return _checked_file(part, fetched, hide_credentials(source), rules, where)
     path = _local_path(source, rules, part.kind, where)
     return _checked_file(part, path, source, rules, where)
 
 
 def _checked_file(part: MediaPart, path: Path, source: str, rules: MediaRules, where: str) -> MediaPart:
-    """The part read from `path` (a local file, or the one a URL was fetched into): size, decoding, sha256."""
+    """The part read from `path` (a local file, or the one a URL was fetched into): size, decoding, sha256.
+    `source` only names the part in messages (a URL's credentials masked)."""
     try:
         size = path.stat().st_size
         if size > rules.max_bytes:
@@ -155,11 +156,11 @@ def describe(part: MediaPart) -> dict[str, Any]:
     if part.source.startswith("data:"):
         where = {"source": f"data URL ({part.mime or 'no type'}, {part.size_bytes} bytes)"}
     elif part.path is not None and _is_url(part.source):  # fetched: the URL, and the file it was fetched into
-        where = {"url": part.source, "path": part.path}
+        where = {"url": hide_credentials(part.source), "path": part.path}
     elif part.path is not None:
         where = {"path": part.path}
     else:
-        where = {"url": part.source}
+        where = {"url": hide_credentials(part.source)}
     facts = {key: value for key, value in (("width", part.width), ("height", part.height),
                                            ("seconds", part.seconds)) if value is not None}
     return {"type": part.kind, **where, "sha256": part.sha256, **facts}

@@ -125,9 +125,12 @@ def interrupted(interrupt: KeyboardInterrupt) -> int:
         else:
             _remove_sweep(sweep_dir)
             _say("interrupted before any job started; nothing was kept")
-    elif _run_folder is not None and not (_run_folder / STATUS_FILE).exists():
-        discard(_run_folder)  # stopped while Hydra set the folder up: nothing in it yet
-        _say("interrupted before the run started; nothing was kept")
+    elif _run_folder is None or not (_run_folder / STATUS_FILE).exists():
+        if _run_folder is not None:
+            discard(_run_folder)  # stopped while Hydra set the folder up: nothing in it yet
+        _say("interrupted before the run started; nothing was kept")  # or while the command line was checked
+    else:  # the run had ended (its summary printed): what it wrote stands
+        _say(f"interrupted after the run ended; its folder keeps what was written: {_run_folder}")
     return code
 
 

@@ -135,7 +135,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             write_json(run_dir / LOAD_FILE, loaded.to_dict())
             tracker.set_tags({"load.reused": str(loaded.reused).lower(), "load.reused_from": loaded.reused_from or ""})
         if until != "load":
-            progress = ProgressSink(len(samples) * config.generation.num_samples, sys.stderr)
+            answers = [(s.id, i) for s in samples for i in range(config.generation.num_samples)]
+            kept = sum(key in previous.done for key in answers)  # a resume's: not generated again
+            progress = ProgressSink(len(answers) - kept, sys.stderr, kept=kept)
             with TranscriptWriter(run_dir / TRANSCRIPT_FILE) as writer:
                 try:
                     timed("execute", execute, backend, samples, config, writer, config.config_hash(), progress,
@@ -183,6 +185,9 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             tracker.log_params(config_params(config))
             log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",
                      run_dir / TRANSCRIPT_FILE)
+        # an evaluation run like any other: each trace gets its score and its reference as assessments
+        tracker.evaluate_with(scorer.label, rescoring.config["dataset"].get("name", "") if rescoring
+                              else config.dataset.name)
         result.tracker = tracker
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
             close_run(run_dir, tracker, "success", "FINISHED", "")

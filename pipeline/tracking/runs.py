@@ -99,7 +99,7 @@ class Tracker:
         self.client: Any = None
         self.experiment_id: Optional[str] = None
         self.run_id: Optional[str] = None
-        self.evaluation: Optional[Evaluation] = None  # what the traces are assessed against (log_dataset)
+        self.evaluation: Optional[Evaluation] = None  # what the traces are assessed against (evaluate_with)
 
     def connect(self) -> None:
         """Open the store and the experiment, creating both if needed (safe against a parallel creator)."""
@@ -154,7 +154,7 @@ class Tracker:
 
         from pipeline.data.sources import source_kind
 
-        self.evaluation = Evaluation(config.scorer.label, config.name)
+        self.evaluate_with(config.scorer.label, config.name)
         profile = json.dumps({"samples": samples, "limit": config.limit, "split": config.split,
                               "subset": config.subset})
         if source_kind(config.path) == "hub":  # named by its cached snapshot's commit (pipeline.data.hub)
@@ -172,6 +172,11 @@ class Tracker:
                               source=json.dumps({"uri": str(path)}), profile=profile)
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[
             InputTag("mlflow.data.context", "eval"), InputTag("samples", str(samples))])])
+
+    def evaluate_with(self, scorer: str, dataset: str) -> None:
+        """What the traces are assessed with and against (log_assessments): set by log_dataset, and by a run
+        that starts at the score stage (a re-score, a resumed run whose answers were all there)."""
+        self.evaluation = Evaluation(scorer, dataset)
 
     def log_traces(self, transcript: Path) -> None:
         """One MLflow trace per answer in the transcript, linked to this run (see pipeline.tracking.traces).

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.config import register, to_config
-from pipeline.core.console import sweep_table
+from pipeline.core.console import sweep_table, ui_hint
 from pipeline.core.errors import EXIT_FAILURE
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import STATUS_FILE, SUMMARY_FILE, SWEEP_FILE, SWEEP_SUMMARY_FILE
@@ -125,7 +125,7 @@ class SweepTracking(Callback):
                 self.tracker.log_artifacts(comparison.markdown.parent, "comparison")
             self.tracker.finish("FAILED" if failed else "FINISHED")
             print(f"mlflow    parent run {self.tracker.run_id} ({self.tracker.display_uri}); "
-                  f"`make ui`, then http://127.0.0.1:5000/{self.tracker.runs_table_url()}")
+                  f"{ui_hint(self.tracker.display_uri, self.tracker.runs_table_url())}")
         _launched = None
         if failed:
             sys.exit(EXIT_FAILURE)

@@ -4,6 +4,7 @@ from a real HTTP server on a free loopback port, cached and fingerprinted
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import socket
@@ -18,7 +19,7 @@ from pipeline.core.config import DatasetConfig
 from pipeline.core.errors import UserError
 from pipeline.data.dataset import load_samples
 from tests.backends.test_media_models import run_here
-from tests.conftest import ASSETS_DIR, only_run_dir, run_main, snapshot, write_jsonl
+from tests.conftest import ASSETS_DIR, only_run_dir, run_main, run_pipeline, snapshot, write_jsonl
 from tests.helpers.tiny_media_models import png
 
 DIGITS = ASSETS_DIR / "datasets" / "vision_digits"
@@ -31,6 +32,7 @@ class Served:
         self.routes: dict[str, tuple[int, str, bytes]] = {}
         self.asked: list[str] = []
         self.base = ""
+        self.logins: dict[str, str] = {}  # path -> the Authorization header it requires (HTTP basic auth)
 
 
 @pytest.fixture
@@ -41,6 +43,8 @@ def web():
         def do_GET(self):  # noqa: N802 - http.server's name
             served.asked.append(self.path)
             status, kind, body = served.routes.get(self.path, (404, "text/plain", b"no such file"))
+            if self.path in served.logins and self.headers.get("Authorization") != served.logins[self.path]:
+                status, kind, body = 401, "text/plain", b"log in first"
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -175,3 +179,40 @@ def test_a_vision_run_reads_a_url_as_the_file_and_a_resume_refuses_a_changed_one
     assert code == 2 and "dataset.media" in err and url in err and "content changed since the run started" in err
     assert one_error(err)
     assert snapshot(cwd / "runs" / "again") == before
+
+
+def test_a_url_with_credentials_is_fetched_with_basic_auth_and_they_are_masked_everywhere(web, tmp_path):
+    """`http://user:password@host/...` through the real entry point, tracked in MLflow: the server gets HTTP basic
+    auth (it refuses the request without it), the answer is the one for the same image as a file, and the
+    password is nowhere: not in the output, the run folder, the MLflow store, the media cache."""
+    local = DIGITS / "digits-000.png"
+    web.routes["/d.png"] = (200, "image/png", local.read_bytes())
+    web.logins["/d.png"] = "Basic " + base64.b64encode(b"me:pa ss+w0rd").decode()
+    url = web.base.replace("://", "://me:pa%20ss%2Bw0rd@") + "/d.png"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.png").write_bytes(local.read_bytes())
+    dataset = write_jsonl(tmp_path / "data" / "both.jsonl", [
+        {"id": "file", "messages": [{"role": "user", "content": [{"type": "image", "path": "d.png"},
+                                                                 {"type": "text", "text": "What number is this?"}]}]},
+        {"id": "url", "messages": url_part(url)}])
+    common = ["runtime.model=vision-demo", f"dataset.path={dataset}", "runtime.device=cpu"]
+    result = run_pipeline([*common, "runtime.allow_download=true", "hydra.run.dir=runs/r"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert web.asked == ["/d.png"]  # once, and let in
+    lines = (tmp_path / "runs" / "r" / "transcript.jsonl").read_text().splitlines()
+    rows = {row["sample_id"]: row for row in map(json.loads, lines)}
+    assert rows["url"]["response"] == rows["file"]["response"]
+    masked = web.base.replace("://", "://***@") + "/d.png"
+    assert rows["url"]["messages"][0]["media"][0]["url"] == masked
+
+    wrong = write_jsonl(tmp_path / "data" / "wrong.jsonl",
+                        [{"id": "w", "messages": url_part(url.replace("w0rd", "x"))}])
+    refused = run_pipeline([*common, f"dataset.path={wrong}", "runtime.allow_download=true", "hydra.run.dir=runs/w"],
+                           cwd=tmp_path)
+    assert refused.returncode == 2 and one_error(refused.stderr), refused.stderr
+    assert f"wrong.jsonl:1: messages[0].content[0]: image {masked!r} could not be fetched: HTTP 401" in refused.stderr
+    for secret in ("pa ss+w0rd", "pa%20ss", "w0rd", "ss%2B"):
+        assert secret not in result.stdout + result.stderr + refused.stdout + refused.stderr
+        for folder in (tmp_path / "runs", cached_path(url).parent):
+            leaks = [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+            assert leaks == [], (secret, leaks)

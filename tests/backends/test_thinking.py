@@ -102,6 +102,7 @@ def test_the_budget_is_enforced_to_the_exact_token(thinking_run):
 
 def test_a_wrapup_is_forced_before_the_close(thinking_run):
     records = thinking_run(limit=4, thinking="on", thinking_budget=9, thinking_wrapup="OK.")
+    assert len(records) == 4  # something to check
     for record in records:  # 9 tokens of the model's, then the 3 of the wrap-up, then </think>
         assert record["reasoning_tokens"] == 12 and record["reasoning"].endswith("OK.")
 
@@ -130,6 +131,7 @@ def test_a_stream_sink_gets_the_answer_apart_from_the_thinking(thinking_run):
     requests = [Request(messages=[Message("user", q["prompt"])], max_new_tokens=8) for q in questions(3)]
     completions = backend.generate(requests, sink)
     backend.close()
+    assert len(completions) == 3 and set(sink.complete) == set(sink.text) == set(sink.reasoning) == {0, 1, 2}
     for row, completion in enumerate(completions):
         assert sink.text[row] == sink.complete[row] == completion.text and completion.text.isdigit()
         lines = full_thinking(questions(3)[row]["id"]).count("=")  # one per column

@@ -100,7 +100,11 @@ def test_models_lists_models_dir_and_the_hugging_face_cache(tmp_path, hf_cache, 
     listed = run_pipeline(["--json", "--digest"], cwd=tmp_path, module="pipeline.models", env=env)
     assert listed.returncode == 0, listed.stderr
     entries = {e["reference"]: e for e in json.loads(listed.stdout)}
-    assert set(entries) == {"tiny-local", "empty", "org/tiny"}
+    # the models shipped in the package come first, under the aliases a run takes (runtime.model=demo)
+    assert list(entries)[:4] == ["demo", "tool-demo", "thinking-demo", "vision-demo"]
+    assert set(entries) == {"demo", "tool-demo", "thinking-demo", "vision-demo", "tiny-local", "empty", "org/tiny"}
+    assert entries["demo"]["kind"] == "built-in" and entries["demo"]["problem"] is None
+    assert entries["vision-demo"]["modalities"] == ["text", "image"]
     assert entries["org/tiny"]["kind"] == "hf-cache" and entries["tiny-local"]["kind"] == "models-dir"
     assert entries["org/tiny"]["weights_digest"] == entries["tiny-local"]["weights_digest"]  # same files, same digest
     assert entries["tiny-local"]["architecture"] == "LlamaForCausalLM" and entries["tiny-local"]["context_length"] == 128
@@ -111,6 +115,7 @@ def test_models_lists_models_dir_and_the_hugging_face_cache(tmp_path, hf_cache, 
     assert lines[0].split()[:4] == ["model", "kind", "architecture", "params"]
     assert any(line.startswith("org/tiny") and "LlamaForCausalLM" in line for line in lines)
     assert any(line.startswith("empty") and "unusable" in line for line in lines)
+    assert lines[1].split()[:3] == ["demo", "built-in", "LlamaForCausalLM"]
 
 
 def test_weights_that_break_at_load_time_fail_the_run_with_the_file_name(tmp_path, tiny_model, small_dataset):

@@ -9,12 +9,13 @@ can build on the project's; a resume finds the user's folder and config name aga
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 from pipeline.cli.precheck import check_jobs
 from pipeline.run.resume import expand_command_line
-from tests.conftest import DEMO_DATASET, run_main, run_pipeline, snapshot
+from tests.conftest import DEMO_DATASET, mlflow_client, run_main, run_pipeline, snapshot
 
 
 def user_repo(root: Path, max_new_tokens: int = 7) -> Path:
@@ -91,3 +92,20 @@ def test_a_users_experiment_through_the_real_command_line(tmp_path):
     plan = json.loads(result.stdout[result.stdout.index("{"):])
     assert plan["num_samples"] == 3 and plan["max_new_tokens"] == 7
     assert len(list(tmp_path.glob("runs/*/*/plan.json"))) == 1  # the run folder is under the launch folder
+
+
+def test_a_users_dataset_without_a_name_is_named_after_its_file(tmp_path):
+    """configs/dataset/mine.yaml written as the README shows it (a path, no name): config.json and MLflow say
+    `mine`, not the default dataset's name; a dataset.path given on the command line takes its stem too."""
+    configs = user_repo(tmp_path)
+    (configs / "dataset").mkdir()
+    (configs / "dataset" / "mine.yaml").write_text("path: data/mine.jsonl\n")
+    (tmp_path / "data" / "other.jsonl.gz").write_bytes(gzip.compress((tmp_path / "data" / "mine.jsonl").read_bytes()))
+    for name, args in (("mine", ["dataset=mine"]), ("other", ["dataset.path=data/other.jsonl.gz"])):
+        result = run_pipeline(["--config-dir", "configs", *args, f"hydra.run.dir=runs/{name}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / "runs" / name / "config.json").read_text())["dataset"]["name"] == name
+    client = mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
+    assert sorted(run.data.params["dataset.name"] for run in runs) == ["mine", "other"]
+    assert sorted(run.inputs.dataset_inputs[0].dataset.name for run in runs) == ["mine", "other"]

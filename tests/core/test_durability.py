@@ -1,11 +1,12 @@
 """Durability, in process: the transcript writer against torn lines, corruption and a full disk,
-the run folder lock, and resume of tool steps, scripted conversations and num_samples > 1 cut at
+fsyncs batch by batch, the run folder lock, and resume of tool steps, scripted conversations and num_samples > 1 cut at
 every kind of point (what the kill test cannot reach cheaply)."""
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -197,3 +198,29 @@ def test_a_lost_insert_race_is_tried_again_and_a_true_duplicate_still_fails(tmp_
     with pytest.raises(TrackingError, match="UNIQUE constraint failed"):
         tracker._guard(always)
     assert len(attempts) == guard.RACE_RETRIES + 1
+
+
+def test_each_batch_is_fsynced_whole_before_the_next_is_written(tmp_path, monkeypatch, capsys):
+    """The README's "fsynced batch by batch", through the entry point: the transcript is fsynced once per batch,
+    each time holding exactly the batches written so far (what survives a power loss)."""
+    from tests.backends.test_media_models import run_here
+
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("transcript.jsonl"):
+            synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(transcript_module.os, "fsync", fsync)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_here(["dataset.limit=5", "runtime.batch_size=2", "pipeline.until=execute", "tracking=none",
+                          "hydra.run.dir=run"], monkeypatch, capsys)
+    assert code == 0, err
+    lines = (tmp_path / "run" / "transcript.jsonl").read_bytes().splitlines(keepends=True)
+    ends, size = [], 0
+    for line, following in zip(lines, lines[1:] + [None]):
+        size += len(line)
+        if following is None or json.loads(following)["batch"] != json.loads(line)["batch"]:
+            ends.append(size)
+    assert len(ends) == 3 and synced == ends

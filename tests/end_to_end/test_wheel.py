@@ -97,6 +97,9 @@ def test_the_installed_command_runs_the_demo_from_an_empty_folder(installed, tmp
     run_dir = only_run_dir(folder)
     assert f"run dir   {run_dir.relative_to(folder)}" in result.stdout
     assert f"(sqlite:///{folder / 'runs' / 'mlflow.db'})" in result.stdout
+    # no Makefile here: the line says the command that serves the store, not `make ui`
+    assert f"; `mlflow ui --backend-store-uri sqlite:///{folder / 'runs' / 'mlflow.db'}`, then " \
+           "http://127.0.0.1:5000/#/experiments/" in result.stdout and "make ui" not in result.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["runs"]
     records = read_records(run_dir / "transcript.jsonl")
     demo = [json.loads(line)["id"] for line in DEMO_DATASET.read_text().splitlines()[:5]]

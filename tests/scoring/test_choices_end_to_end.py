@@ -63,3 +63,44 @@ def test_perplexity_through_a_server_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2
     assert "dataset.kind=perplexity scores by log-likelihood, which backend=openai does not give yet" in result.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*/transcript.jsonl"))
+
+
+# choices of very different lengths, some with characters of several UTF-8 bytes: the raw, per-character and
+# per-byte log-likelihoods pick different choices (the demo model's numbers; checked below, not assumed)
+DISAGREEING = [
+    {"id": "a", "question": "What is 12+7?", "choices": ["19", "19191919191919", "١٩", "nineteen"], "answer": "A"},
+    {"id": "b", "question": "What is 30+41?", "choices": ["71", "7", "71 71 71 71 71", "٧١ ٧١"], "answer": "A"},
+    {"id": "c", "question": "What is 5+5?", "choices": ["10", "1", "10000000000", "éé"], "answer": "A"},
+    {"id": "f", "question": "What is 60+13?", "choices": ["73", "3", "737373", "73€€"], "answer": "A"},
+]
+
+
+def test_acc_acc_norm_and_acc_bytes_each_pick_as_an_independent_computation_does(tmp_path):
+    dataset = tmp_path / "mc.jsonl"
+    dataset.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in DISAGREEING), encoding="utf-8")
+    result = run_pipeline(["dataset=addition_choice", f"dataset.path={dataset}", "tracking=none"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = only_run_dir(tmp_path)
+    rows = {row["id"]: row for row in DISAGREEING}
+    picks = {"acc": [], "acc_norm": [], "acc_bytes": []}
+    for record in _records(folder):
+        ll, choices = record["loglikelihood"], rows[record["sample_id"]]["choices"]
+        lls = ll["loglikelihoods"]
+
+        def likeliest(divisors):
+            values = [value / divisor for value, divisor in zip(lls, divisors)]
+            return values.index(max(values))
+
+        expected = {"acc": likeliest([1] * 4), "acc_norm": likeliest([len(c) for c in choices]),
+                    "acc_bytes": likeliest([len(c.encode("utf-8")) for c in choices])}
+        assert (ll["prediction"], ll["prediction_norm"], ll["prediction_bytes"]) == tuple(expected.values())
+        assert record["response"] == choices[expected["acc"]] and record["score"] == float(expected["acc"] == 0)
+        for name, pick in expected.items():
+            picks[name].append(pick)
+    assert len(picks["acc"]) == len(DISAGREEING)
+    assert picks["acc"] != picks["acc_norm"] != picks["acc_bytes"] != picks["acc"]  # the case tells them apart
+    metrics = json.loads((folder / "summary.json").read_text())["likelihood"]
+    for name, chosen in picks.items():
+        assert metrics[name] == pytest.approx(sum(pick == 0 for pick in chosen) / len(chosen)), name
+    assert len({metrics["acc"], metrics["acc_norm"], metrics["acc_bytes"]}) == 3
+    assert f"acc {metrics['acc']:.3f} [" in result.stdout and f"acc_norm {metrics['acc_norm']:.3f} [" in result.stdout

@@ -1,13 +1,18 @@
-"""Execute through `python -m pipeline`: scripted conversations with autosave and reload, and sampling
-that gives each sample the same output whatever the batch size."""
+"""Execute through `python -m pipeline`: scripted conversations with autosave and reload, sampling
+that gives each sample the same output whatever the batch size, and the progress line on a terminal."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_pipeline, write_jsonl
+from tests.conftest import pipeline_env, run_pipeline, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +62,42 @@ def test_a_bad_turn_names_the_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == \
         f'error: {dataset}:1: turns[1] must be a non-empty string or {{"content": a string, "reference": optional}}'
+
+
+def on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
+    """`python -m pipeline ARGS` with its stdout and stderr on a pseudo-terminal: (exit code, all it printed)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(),
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    return process.wait(timeout=300), seen.decode(errors="replace")
+
+
+def test_a_resumed_run_counts_only_the_answers_left_and_log_lines_never_run_into_the_progress_line(tmp_path):
+    first = run_pipeline(["dataset.limit=6", "runtime.batch_size=2", "pipeline.until=execute", "tracking=none",
+                          "hydra.run.dir=runs/r"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "runs" / "r"
+    lines = (run_dir / "transcript.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "transcript.jsonl").write_text("".join(lines[:2]))  # as if stopped after its first batch
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+
+    code, shown = on_a_terminal([f"resume={run_dir}"], tmp_path)
+    assert code == 0, shown
+    progress = re.findall(r"\rexecute   \d+ generations, [\d.]+/s \(([^)]*)\)(.?)", shown)
+    assert progress, shown  # the first completion is shown at once
+    assert {text for text, _ in progress} == {"4 answers to give; 2 kept from before"}
+    assert {after for _, after in progress} == {"\r"}, shown  # cleared (or redrawn) before anything else prints
+    assert re.search(r"\r\033\[Kexecute: ", shown), shown  # execute's log lines come after a cleared progress line
+    assert len(transcript(run_dir)) == 6

@@ -155,6 +155,32 @@ def test_the_progress_display_counts_completions_on_a_terminal_only(tmp_path, ti
     assert piped.done == 5 and piped.out.getvalue() == ""
 
 
+def test_a_log_line_clears_the_progress_line_before_it_is_printed():
+    import io
+    import logging
+
+    from pipeline.core.console import ProgressSink
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    handler = logging.StreamHandler(screen)
+    logging.getLogger().addHandler(handler)
+    try:
+        progress = ProgressSink(3, screen, every_s=3600, kept=2)
+        progress.on_complete(0, "")  # the first is shown at once, the second not before an hour
+        progress.on_complete(1, "")
+        logging.getLogger("pipeline.test").warning("execute: batch 1 done")
+        progress.close()
+        logging.getLogger("pipeline.test").warning("after")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert screen.getvalue() == ("\rexecute   1 generations, " + screen.getvalue().split(", ")[1].split("/s")[0]
+                                 + "/s (3 answers to give; 2 kept from before)\r\033[Kexecute: batch 1 done\nafter\n")
+
+
 def test_system_prompt_reaches_the_model(tmp_path, tiny_model, small_dataset):
     records = run_execute(tmp_path, tiny_model, small_dataset, session=SessionConfig(system_prompt="Be exact."))
     plain = run_execute(tmp_path, tiny_model, small_dataset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,36 @@ def test_a_run_is_an_evaluation_run_whose_traces_hold_their_assessments_and_a_re
     again = assessed()
     assert {t: [a.assessment_id for a in found] for t, found in again.items()} == \
         {t: [a.assessment_id for a in found] for t, found in first.items()}
+
+
+@pytest.mark.slow
+def test_a_rescore_is_an_evaluation_run_too_alone_and_as_a_sweep(tmp_path):
+    """pipeline.from_transcript, once and as a sweep over scorers: each MLflow run's traces hold their new
+    scorer's Feedback and the reference as an Expectation, as a run that generated its answers does."""
+    source = tmp_path / "runs" / "source"
+    result = run_pipeline(["dataset.limit=3", f"hydra.run.dir={source}", "tracking=none"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    answers = {r["sample_id"]: r for r in read_transcript(source / "transcript.jsonl")}
+    for args in (["dataset.scorer.name=contains", "hydra.run.dir=runs/again"],
+                 ["-m", "dataset.scorer.name=numeric,exact_match", "hydra.sweep.dir=runs/sweep"]):
+        result = run_pipeline([*args, f"pipeline.from_transcript={source}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("pipeline")
+    rescores = [run for run in client.search_runs([experiment.experiment_id])
+                if run.data.tags.get("run_type") == "rescore"]
+    assert sorted(run.data.params["dataset.scorer.name"] for run in rescores) == ["contains", "exact_match", "numeric"]
+    for run in rescores:
+        scorer = run.data.params["dataset.scorer.name"]
+        assert run.data.tags[RUN_TYPE] == EVALUATION_RUN and run.data.metrics["assessments"] == 2 * len(answers)
+        traces = client.search_traces(locations=[experiment.experiment_id], run_id=run.info.run_id, include_spans=False)
+        scored = {trace_id(run.info.run_id, [r]): r
+                  for r in read_transcript(Path(run.data.tags["run_dir"]) / "transcript.jsonl")}
+        assert len(traces) == len(scored) == len(answers)
+        for trace in traces:
+            (feedback,), (expectation,) = ([a for a in trace.info.assessments if (a.feedback is None) == is_expectation]
+                                           for is_expectation in (False, True))
+            answer = scored[trace.info.trace_id]
+            assert (feedback.name, feedback.feedback.value) == (scorer, answer["score"])
+            assert (expectation.name, expectation.expectation.value) == (EXPECTATION, answer["reference"])
+            assert expectation.source.source_id == "addition"  # the source run's dataset

@@ -11,8 +11,10 @@ the cache never holds a half-written or undecodable file. Every failure is one U
 
 Not here: deciding whether URLs may be fetched (pipeline.data.media refuses them without
 runtime.allow_download), recording the sha256 (pipeline.data.media.check_part), or a server
-backend's URLs (passed on to the server as they are). This module is the HTTP client of the
-in-process backend; nothing above pipeline/backends/ opens a connection.
+backend's URLs (passed on to the server as they are). A URL's `user:password@` goes as HTTP basic
+auth, to that host only (not to one it redirects to); it is masked in every line and file. This
+module is the HTTP client of the in-process backend; nothing above pipeline/backends/ opens a
+connection.
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ def _download(url: str, kind: str, what: str, max_bytes: int) -> tuple[bytes, st
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, headers={"User-Agent": "pipeline-media-fetch"})
+    address, authorization = _credentials_apart(url)
+    request = urllib.request.Request(address, headers={"User-Agent": "pipeline-media-fetch"})
+    if authorization:  # not passed on to wherever the server redirects (urllib copies only the other headers)
+        request.add_unredirected_header("Authorization", authorization)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             final = response.geturl()
@@ -108,6 +113,21 @@ def _download(url: str, kind: str, what: str, max_bytes: int) -> tuple[bytes, st
     except (OSError, http.client.HTTPException, ValueError) as error:
         raise UserError(f"{what} could not be fetched: {type(error).__name__}: {error}") from None
     return data, content_type
+
+
+def _credentials_apart(url: str) -> tuple[str, Optional[str]]:
+    """`http://user:pw@host/x` -> (`http://host/x`, its HTTP basic Authorization header); urllib would take
+    `user:pw@` for part of the host name."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
 
 
 def _read_at_most(response, max_bytes: int, what: str) -> bytes:
