@@ -51,7 +51,7 @@ from pipeline.core.redact import mask_secrets_in_files
 from pipeline.run import outside_jobs
 from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until
 from pipeline.run.runner import run
-from pipeline.run.status import discard, set_status
+from pipeline.run.status import discard, planned, set_status
 from pipeline.scoring.objective import objective_value
 from pipeline.tracking.guard import check_tracking_store
 from pipeline.tracking.sweep import SweepCallbackError, parent_run_id
@@ -125,7 +125,11 @@ def _job(cfg: DictConfig) -> Optional[float]:
         stopped = ran_until(run_dir)
         later = "" if stopped == "summarize" else (f" (it stopped after {stopped}; go on with: python -m pipeline "
                                                    f"resume={run_dir} pipeline.until=summarize)")
-        print(f"nothing to resume: {run_dir} has completed{later}", flush=True)
+        if planned(run_dir):
+            later = (f" (pipeline.until={stopped}: nothing was run); run it with: python -m pipeline "
+                     f"resume={run_dir} pipeline.until=summarize")
+        print(f"nothing to resume: {run_dir} {'was only planned' if planned(run_dir) else 'has completed'}{later}",
+              flush=True)
         return None if result.summary is None else objective_value(result.summary, config.pipeline.objective)
     if result.summary is not None:
         tracker = result.tracker

@@ -101,7 +101,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         resolved = timed("resolve", resolve, config.runtime, config.backend)
         if until == "resolve":
             print(json.dumps(asdict(resolved), indent=2))
-            set_status(run_dir, "success")
+            set_status(run_dir, "planned", "pipeline.until=resolve: nothing was run")
             return result
         result.plan, samples, backend = timed("plan", plan, config, resolved, run_dir, overrides)
         inputs = fingerprint(config, resolved, samples)
@@ -117,7 +117,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         write_json(run_dir / PLAN_FILE, result.plan.to_dict())
         if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
-            set_status(run_dir, "success")
+            set_status(run_dir, "planned", "pipeline.until=plan: nothing was run")  # not a result (no MLflow run)
             return result
 
         tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
