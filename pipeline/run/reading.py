@@ -70,10 +70,13 @@ def find_runs(paths: list[str]) -> list[RunFolder]:
         jobs = [Path(job["dir"]) for job in collect_jobs(folder)] if (folder / SWEEP_MARKER).is_file() else sorted(
             (p for p in folder.iterdir() if p.is_dir() and is_run_folder(p)),
             key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        if jobs and all(planned(job) for job in jobs):
+            raise UserError(f"{text}: its runs were only planned (pipeline.until=plan), nothing ran: no results "
+                            "to report")
         jobs = [job for job in jobs if not planned(job)]
         if not jobs:
             raise UserError(f"{text}: not a run folder (no {', '.join(RUN_FILES)}) nor a sweep folder "
-                            "(no job folders in it that ran)")
+                            "(no job folders in it)")
         runs.extend(read_run(job) for job in jobs)
     _label(runs)
     return runs

@@ -58,6 +58,10 @@ from pipeline.run.status import in_use_message, is_locked, planned, read_status
 log = logging.getLogger(__name__)
 HASHED_SECTIONS = ("runtime", "generation", "session", "dataset")  # what Config.config_hash covers
 RUNS_DIR = Path("runs")
+# Hydra writes its record of the command (.hydra/) into the run folder each time a job starts there; a resume
+# keeps the record of the command that made the run, and writes one only for a sweep's job that never started
+# (write_record)
+KEEP_RECORD = "hydra.output_subdir=null"
 
 
 @dataclass
@@ -92,11 +96,12 @@ def expand_command_line(argv: list[str]) -> list[str]:
     if (folder / MULTIRUN_FILE).is_file():
         flags = (["-m"] if not {"-m", "--multirun"} & set(flags) else []) + flags
         flags += _saved_flags(folder / MULTIRUN_FILE, flags)
-        return flags + _merge(_saved(folder / MULTIRUN_FILE), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
+        return (flags + _merge(_saved(folder / MULTIRUN_FILE), now)
+                + [f"hydra.sweep.dir={folder}", KEEP_RECORD, f"resume={folder}"])
     if (folder / HYDRA_FOLDER / "hydra.yaml").is_file():
         flags += _saved_flags(folder / HYDRA_FOLDER / "hydra.yaml", flags)
         return (flags + _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now)
-                + [f"hydra.run.dir={folder}", f"resume={folder}"])
+                + [f"hydra.run.dir={folder}", KEEP_RECORD, f"resume={folder}"])
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -104,7 +109,8 @@ def expand_command_line(argv: list[str]) -> list[str]:
 def _saved(hydra_file: Path) -> list[str]:
     """The command line a run or sweep was started with: Hydra's own settings (a launcher), then the task's."""
     overrides = OmegaConf.load(hydra_file).hydra.overrides
-    own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    own = [o for o in overrides.hydra
+           if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "hydra.output_subdir="))]
     return own + list(overrides.task)
 
 
@@ -185,6 +191,24 @@ def _unfinished(folder: Path) -> bool:
 
 def _jobs(sweep: Path) -> list[Path]:
     return [p.parent.parent for p in sweep.glob("*/.hydra/hydra.yaml")]
+
+
+def write_record(run_dir: Path, task: DictConfig) -> None:
+    """Hydra's record of a job (.hydra/config.yaml, hydra.yaml, overrides.yaml), as Hydra writes it, for a job of a
+    resumed sweep that had not started before (KEEP_RECORD kept Hydra from writing it): without one the job
+    folder could not be found or resumed later. A folder that has one is left alone."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    record = run_dir / HYDRA_FOLDER
+    if (record / "hydra.yaml").is_file():
+        return
+    hydra = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg, resolve=False))
+    with read_write(hydra), open_dict(hydra):
+        hydra.hydra.output_subdir = HYDRA_FOLDER  # as a job started by the sweep itself records it
+    record.mkdir(parents=True, exist_ok=True)
+    for name, value in (("config.yaml", task), ("hydra.yaml", hydra), ("overrides.yaml", hydra.hydra.overrides.task)):
+        (record / name).write_text(OmegaConf.to_yaml(value), encoding="utf-8")
 
 
 def enter_launch_folder(argv: list[str]) -> None:
