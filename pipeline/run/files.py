@@ -62,6 +62,8 @@ def run_folder_problem(folder: Path) -> Optional[str]:
         return f"{folder} is a file, expected a run folder"
     if not folder.is_dir():
         return f"no such folder ({folder.absolute()})"
+    if holds_sweep(folder):
+        return f"{folder} is a sweep folder, not a run folder: give one of its jobs' folders ({folder / '0'}, ...)"
     status_file = folder / STATUS_FILE
     if status_file.is_file():
         try:
