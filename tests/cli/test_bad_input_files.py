@@ -1,4 +1,5 @@
-"""Bad input files, model folders and settings, reported in our words (issue 15, items 8, 9, 11, 12).
+"""Bad input files, model folders and settings, reported in our words (issue 15, items 8, 9, 11, 12; issue 24,
+classes 2 and 13: damaged data anywhere in a dataset, its images and audio, found while planning).
 
 Every file we read as text (a dataset, a history file, a model's config.json and chat template)
 reports a stray byte as `path:line: not UTF-8 text (byte 0x.. at column N)`; a folder given for a
