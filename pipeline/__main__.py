@@ -50,9 +50,10 @@ from pipeline.core.errors import (
 from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import mask_secrets_in_files
 from pipeline.run import outside_jobs
-from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until
+from pipeline.run.log_file import hold_run_log
+from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until, write_record
 from pipeline.run.runner import run
-from pipeline.run.status import discard, set_status
+from pipeline.run.status import discard, planned, set_status
 from pipeline.scoring.objective import objective_value
 from pipeline.tracking.guard import check_tracking_store
 from pipeline.tracking.sweep import SweepCallbackError, parent_run_id
@@ -77,6 +78,10 @@ def _job(cfg: DictConfig) -> Optional[float]:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    if cfg.get("resume") is not None:
+        hold_run_log()  # a resume writes nothing into the run folder until it is accepted (pipeline.run.log_file)
+        if in_sweep:
+            write_record(run_dir, cfg)  # a job that never started before: its record, as the sweep would write it
     try:
         # Hydra has just copied the command line and config into the folder: no secret stays there
         mask_secrets_in_files([run_dir / HYDRA_FOLDER / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
@@ -130,7 +135,11 @@ def _job(cfg: DictConfig) -> Optional[float]:
         stopped = ran_until(run_dir)
         later = "" if stopped == "summarize" else (f" (it stopped after {stopped}; go on with: python -m pipeline "
                                                    f"resume={run_dir} pipeline.until=summarize)")
-        print(f"nothing to resume: {run_dir} has completed{later}", flush=True)
+        if planned(run_dir):
+            later = (f" (pipeline.until={stopped}: nothing was run); run it with: python -m pipeline "
+                     f"resume={run_dir} pipeline.until=summarize")
+        print(f"nothing to resume: {run_dir} {'was only planned' if planned(run_dir) else 'has completed'}{later}",
+              flush=True)
         return None if result.summary is None else objective_value(result.summary, config.pipeline.objective)
     if result.summary is not None:
         tracker = result.tracker

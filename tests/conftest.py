@@ -38,7 +38,8 @@ LONGEST_FIRST = (
     "backends/test_thinking.py", "backends/test_speed.py", "tracking/test_mlflow_store.py", "run/test_kill.py",
     "run/test_resume_integrity.py", "tracking/test_scale_out.py", "stages/test_score_stage.py",
     "tracking/test_assessments.py", "end_to_end/test_cache_end_to_end.py", "stages/test_execute_end_to_end.py",
-    "cli/test_models_end_to_end.py", "tracking/test_parallel_sweep.py", "run/test_early_signals.py",
+    "cli/test_models_end_to_end.py", "run/test_reading_run_folders.py", "tracking/test_parallel_sweep.py",
+    "run/test_early_signals.py",
 )
 
 

@@ -24,8 +24,8 @@ from pipeline.core.errors import EXIT_FAILURE, EXIT_USAGE, TrackingError, UserEr
 from pipeline.core.files import read_json
 from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE, TRACKING_FILE
 from pipeline.core.records import Summary
-from pipeline.run.files import run_files
-from pipeline.run.status import in_use_message, is_locked, read_status
+from pipeline.run.files import run_files, run_folder_problem
+from pipeline.run.status import in_use_message, is_locked, planned, read_status
 from pipeline.tracking.guard import GuardedTracker
 from pipeline.tracking.runs import PLAN_PARAMS
 
@@ -35,8 +35,14 @@ log = logging.getLogger("pipeline.cli.sync")
 
 def sync(run_dir: Path, uri: str | None = None) -> str:
     """Upload the run in `run_dir`; returns the MLflow run id. UserError when it is not a finished run folder."""
+    problem = run_folder_problem(run_dir)
+    if problem:
+        raise UserError(problem)
     if not (run_dir / CONFIG_FILE).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.json); give the `run dir` a run printed")
+    if planned(run_dir):
+        raise UserError(f"{run_dir} was only planned (pipeline.until=plan): nothing ran, so there is nothing to put "
+                        "into MLflow")
     if is_locked(run_dir):
         raise UserError(in_use_message(run_dir))
     state = read_status(run_dir).get("state", "started")

@@ -20,6 +20,7 @@ import bz2
 import gzip
 import json
 import lzma
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional
 
@@ -66,7 +67,7 @@ def read_lines(path: Path, where: str, expected: str = "a text file") -> Iterato
                 yield line_number, decode(raw, path, line_number)
     except UserError:
         raise
-    except (OSError, EOFError, lzma.LZMAError) as error:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as error:  # gzip's bad deflate data is a zlib.error
         if not kind:
             raise UserError(f"{path}: cannot read it: {_reason(error)}") from None
         raise UserError(f"{path}:{line_number + 1}: the {kind} data is damaged or cut short ({_reason(error)}); "

@@ -105,8 +105,8 @@ def _storage_error(path: Path, error: OSError, written: int) -> StorageError:
 def scan(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The whole records of a transcript and the byte size they take; ([], 0) when there is no file.
 
-    A last line that is cut short or not JSON is a torn write and left out; a bad line before it
-    raises TranscriptCorrupt."""
+    A last line that is cut short or not JSON is a torn write and left out; a bad line before it,
+    or a JSON object without a sample_id anywhere (a dataset's line, say), raises TranscriptCorrupt."""
     if not path.exists():
         return [], 0
     records: list[dict[str, Any]] = []
@@ -115,6 +115,9 @@ def scan(path: Path) -> tuple[list[dict[str, Any]], int]:
         lines = handle.readlines()
     for number, line in enumerate(lines, start=1):
         record = _parse(line)
+        if record is not None and "sample_id" not in record:  # every record we write names its sample
+            raise TranscriptCorrupt(f"{path}:{number}: not a transcript record (a JSON object without sample_id: "
+                                    f"{line[:60]!r}); {path.name} holds something other than a run's records")
         if record is None:
             if number == len(lines):
                 break  # torn by a crash mid-write: the batch in flight, regenerated on resume

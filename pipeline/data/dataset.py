@@ -3,6 +3,9 @@
 The records come from pipeline.data.sources (JSONL, JSON, CSV, Parquet, a Hub dataset in the local
 cache), are mapped by pipeline.data.mapping (dataset.kind, fields, templates) and get their few-shot
 examples from pipeline.data.fewshot. A file may be gzip, bzip2 or xz-compressed (pipeline.core.text_files).
+A file is read to its end even under dataset.limit (the records past it are decoded, not mapped), so that
+a file damaged anywhere (bad compressed data, a line that is not JSON, a broken Parquet page) is refused
+while planning, not halfway through a run. A Hub dataset is read only as far as the limit.
 
 Today's JSONL format, read when the mapping is left at its defaults: each line is a JSON object with an `id` (string or integer; the line number when absent),
 either a `prompt` (a string, sent as one user message) or `messages` (a list of
@@ -27,7 +30,7 @@ from pipeline.data.fewshot import draw, with_examples
 from pipeline.data.mapping import Mapper
 from pipeline.data.media import Fetcher, MediaRules, check_part, dataset_rules
 from pipeline.data.prompts import from_dict, is_message
-from pipeline.data.sources import read_records
+from pipeline.data.sources import read_records, source_kind
 
 ROLES = ("system", "user", "assistant", "tool")
 MEDIA_KINDS = ("image", "audio")
@@ -65,6 +68,9 @@ def _mapped(path: str, split: Optional[str], subset: Optional[str], allow_downlo
             samples.append(sample)
             if limit is not None and len(samples) >= limit:
                 break
+        if source_kind(path) != "hub":  # a file is decoded to its end, so damage past dataset.limit is found now
+            for _ in records:
+                pass
     finally:
         close = getattr(records, "close", None)
         if close is not None:
@@ -113,8 +119,10 @@ def _to_sample(record: Any, where: str, line_number: int, rules: MediaRules) -> 
     elif "messages" in record:
         messages = _messages(record["messages"], where, rules)
     else:
+        fields = ", ".join(map(str, record)) or "no fields"
         raise UserError(f"{where}: a record needs a prompt (string), messages (list of role/content) "
-                        "or turns (list of user messages, each a string or {content, reference})")
+                        "or turns (list of user messages, each a string or {content, reference}); this one has "
+                        f"{fields}: name the prompt's field with dataset.fields.prompt=NAME")
     return Sample(id=str(sample_id), messages=messages, reference=reference)
 
 

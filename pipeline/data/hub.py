@@ -86,5 +86,15 @@ def _read(folder: Path, repo_id: str, split: Optional[str], subset: Optional[str
                         f"{type(error).__name__}: {first_line(str(error))}") from None
     split = choose_split(split, list(splits), f"{repo_id}{'/' + subset if subset else ''} has the splits")
     label = f"{repo_id}{'/' + subset if subset else ''} [{split}]"
-    for number, record in enumerate(splits[split], 1):
+    rows = iter(splits[split])
+    number = 0
+    while True:
+        try:  # streamed: a damaged file in the snapshot shows up while its rows are read
+            record = next(rows, None)
+        except Exception as error:  # noqa: BLE001 - the datasets library's errors vary by file format
+            raise UserError(f"{where}: {label} cannot be read after row {number} (a file in {folder} is damaged: "
+                            f"{type(error).__name__}: {first_line(str(error))})") from None
+        if record is None:
+            return
+        number += 1
         yield RawRecord(f"{label} row {number}", number, record)

@@ -211,8 +211,11 @@ def _decode_facts(kind: str, data: bytes, what: str) -> dict[str, Any]:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return {"width": image.width, "height": image.height}
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-            raise UserError(f"{what} is not a readable image: {first_line(error)}") from None
+        except UnidentifiedImageError:
+            raise UserError(f"{what} is not a readable image: not in a format Pillow reads (PNG, JPEG, GIF, WebP, "
+                            "BMP, TIFF, ...)") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise UserError(f"{what} is not a readable image: {_library_reason(error)}") from None
     try:
         import soundfile
     except ImportError:
@@ -220,8 +223,15 @@ def _decode_facts(kind: str, data: bytes, what: str) -> dict[str, Any]:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (RuntimeError, ValueError, TypeError, soundfile.LibsndfileError) as error:
-        raise UserError(f"{what} is not a readable audio clip: {first_line(error)}") from None
+        raise UserError(f"{what} is not a readable audio clip: {_library_reason(error)}") from None
     return {"seconds": round(len(samples) / rate, 3)}
+
+
+def _library_reason(error: BaseException) -> str:
+    """The decoder's reason, without the in-memory buffer it names (`<_io.BytesIO object at 0x...>`): the
+    message names the part's file or URL already."""
+    text = re.sub(r"(Error opening )?<_io\.BytesIO object at 0x[0-9a-fA-F]+>:?\s*", "", first_line(error)).strip()
+    return text or type(error).__name__
 
 
 def _is_url(source: str) -> bool:

@@ -112,8 +112,12 @@ def _json(path: str, split: Optional[str], key: str) -> Iterator[RawRecord]:
         raise UserError(f"{file}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})") from None
     where = str(file)
     if isinstance(data, dict):
-        split = choose_split(split, [name for name, value in data.items() if isinstance(value, list)],
-                             f"{file} holds the splits")
+        splits = [name for name, value in data.items() if isinstance(value, list)]
+        if not splits:
+            fields = ", ".join(list(map(str, data))[:8]) or "none"
+            raise UserError(f"{file}: a JSON object with no list of records in it (its keys: {fields}); expected a "
+                            "list of records [{...}, ...], or an object of splits {\"test\": [{...}, ...]}")
+        split = choose_split(split, splits, f"{file} holds the splits")
         data, where = data[split], f"{file} [{split}]"
     elif split is not None:
         _no_split(split, path, key)
@@ -156,7 +160,15 @@ def _parquet(path: str, key: str) -> Iterator[RawRecord]:
     except Exception as error:  # pyarrow's errors for a file that is not Parquet vary by version
         raise UserError(f"{file}: not a Parquet file ({str(error).splitlines()[0]})") from None
     number = 0
-    for batch in reader.iter_batches(batch_size=1024):
+    batches = reader.iter_batches(batch_size=1024)
+    while True:
+        try:  # the pages are decoded batch by batch: damaged data shows up here, not when the file is opened
+            batch = next(batches, None)
+        except Exception as error:  # pyarrow's OSError / ArrowInvalid, by codec and version
+            raise UserError(f"{file}: the Parquet data from row {number + 1} on is damaged "
+                            f"({str(error).splitlines()[0]}); write the file again") from None
+        if batch is None:
+            return
         for record in batch.to_pylist():
             number += 1
             yield RawRecord(f"{file} row {number}", number, record)

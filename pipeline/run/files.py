@@ -5,11 +5,13 @@ one, or (with `resume=`) one that already holds one of this pipeline's runs (swe
 the command was launched from, a folder above it, and a folder that holds anything else (a model
 folder, a project) are refused before Hydra creates anything, because Hydra would write into
 them and the run would upload them. `folder_problem` says why a folder cannot be used;
+`run_folder_problem` why a folder given to a command that reads runs is not one of our run folders;
 `run_files` lists what a run wrote, the only files uploaded to MLflow as its artifacts.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +32,7 @@ from pipeline.core.folder_names import (
     TRACKING_FILE,
     TRANSCRIPT_FILE,
 )
+from pipeline.run.status import STATES
 
 # Every file a run (pipeline.run.runner, pipeline.run.rescore, pipeline.cli.chat, tracking) writes at the top of
 # its folder; `*.log` is Hydra's job log (`<hydra.job.name>.log`). Anything else there is not ours.
@@ -45,6 +48,37 @@ def run_files(run_dir: Path) -> list[tuple[Path, Optional[str]]]:
     files += [(path, None) for path in sorted(run_dir.glob("*.log"))]
     files += [(run_dir / HYDRA_FOLDER / name, HYDRA_FOLDER) for name in HYDRA_FILES]
     return [(path, subfolder) for path, subfolder in files if path.is_file()]
+
+
+def run_folder_problem(folder: Path) -> Optional[str]:
+    """Why `folder` is not one of this pipeline's run folders, in words; None when it is.
+
+    Every command that reads a run folder (a resume, a re-scoring's source, the report, sync) asks
+    this first, so that a dataset's folder, a copy of a transcript or any other folder is refused in
+    one line rather than read as a run. Ours: its status.json holds a state a run writes
+    (pipeline.run.status); or, without one, Hydra's record of the run (.hydra/hydra.yaml) and no
+    records yet (a run stopped while it was being set up), or a chat's conversation.json."""
+    if folder.is_file():
+        return f"{folder} is a file, expected a run folder"
+    if not folder.is_dir():
+        return f"no such folder ({folder.absolute()})"
+    if holds_sweep(folder):
+        return f"{folder} is a sweep folder, not a run folder: give one of its jobs' folders ({folder / '0'}, ...)"
+    status_file = folder / STATUS_FILE
+    if status_file.is_file():
+        try:
+            state = json.loads(status_file.read_bytes()).get("state")
+        except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
+            state = None
+        if state in STATES:
+            return None
+        return (f"{status_file} is not a status this pipeline writes (a JSON object with a state among "
+                f"{', '.join(STATES)}), so {folder} is not one of its run folders")
+    if (folder / CONVERSATION_FILE).is_file() or ((folder / HYDRA_FOLDER / "hydra.yaml").is_file()
+                                                  and not (folder / TRANSCRIPT_FILE).exists()):
+        return None
+    return (f"{folder} is not a run folder of this pipeline (it has no {STATUS_FILE}); give the folder a run "
+            "printed as its `run dir` (runs/<date>/<time>_<token>, or a sweep's job folder)")
 
 
 def holds_run(folder: Path) -> bool:

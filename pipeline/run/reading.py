@@ -20,6 +20,8 @@ from pipeline.core.files import read_json
 from pipeline.core.folder_names import CONFIG_FILE, MULTIRUN_FILE, PLAN_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
 from pipeline.core.records import TranscriptRecord
 from pipeline.core.transcript import read_records
+from pipeline.run.files import run_folder_problem
+from pipeline.run.status import planned
 from pipeline.tracking.sweep import collect_jobs
 
 RUN_FILES = (CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, TRANSCRIPT_FILE)
@@ -48,11 +50,13 @@ class RunFolder:
 
 
 def is_run_folder(path: Path) -> bool:
-    return any((path / name).is_file() for name in RUN_FILES)
+    return run_folder_problem(path) is None
 
 
 def find_runs(paths: list[str]) -> list[RunFolder]:
-    """The run folders the paths name (a sweep folder or a folder of runs stands for its runs), labelled."""
+    """The run folders the paths name (a sweep folder or a folder of runs stands for its runs), labelled.
+    A run named itself is read whatever its state; among a sweep's or a folder's runs, those only planned
+    (pipeline.until=plan: nothing ran) are passed over."""
     runs: list[RunFolder] = []
     for text in paths:
         folder = Path(text).expanduser()
@@ -61,9 +65,15 @@ def find_runs(paths: list[str]) -> list[RunFolder]:
         if is_run_folder(folder):
             runs.append(read_run(folder))
             continue
+        if any((folder / name).is_file() for name in RUN_FILES):  # looks like a run, but is not one of ours
+            raise UserError(str(run_folder_problem(folder)))
         jobs = [Path(job["dir"]) for job in collect_jobs(folder)] if (folder / SWEEP_MARKER).is_file() else sorted(
             (p for p in folder.iterdir() if p.is_dir() and is_run_folder(p)),
             key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        if jobs and all(planned(job) for job in jobs):
+            raise UserError(f"{text}: its runs were only planned (pipeline.until=plan), nothing ran: no results "
+                            "to report")
+        jobs = [job for job in jobs if not planned(job)]
         if not jobs:
             raise UserError(f"{text}: not a run folder (no {', '.join(RUN_FILES)}) nor a sweep folder "
                             "(no job folders in it)")

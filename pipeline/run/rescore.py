@@ -31,6 +31,7 @@ from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import CONFIG_FILE, PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, TRANSCRIPT_FILE
 from pipeline.core.redact import redact
 from pipeline.core.transcript import read_transcript, rewrite_transcript
+from pipeline.run.files import run_folder_problem
 from pipeline.run.resume import HASHED_SECTIONS, ran_until
 from pipeline.run.status import read_status, set_status
 from pipeline.scoring.scorers import check_scorer
@@ -155,16 +156,24 @@ def record_source(prepared: Rescore, run_dir: Path, source_run_id: Optional[str]
 
 
 def source_folder(value: Optional[str]) -> Path:
-    """The source run folder, absolute; a UserError when it is not a folder with a transcript."""
+    """The source run folder, absolute; a UserError when it is not one of our run folders with a transcript
+    (its records are checked too: a dataset put there is not a transcript)."""
     folder = Path(str(value)).expanduser().resolve()
     if folder.is_file():  # a transcript.jsonl given for its folder, say
         raise UserError(f"pipeline.from_transcript={value}: {folder} is a file, expected a run folder "
                         f"(the folder that holds {TRANSCRIPT_FILE})")
     if not folder.is_dir():
         raise UserError(f"pipeline.from_transcript={value}: no such folder")
+    problem = run_folder_problem(folder)
+    if problem:
+        raise UserError(f"pipeline.from_transcript={value}: {problem}")
     if not (folder / TRANSCRIPT_FILE).is_file():
         raise UserError(f"pipeline.from_transcript={value}: the folder has no {TRANSCRIPT_FILE}; give a run folder "
                         "whose execute stage ran (runs/<date>/<time>_<token> or a sweep's job folder)")
+    try:
+        read_transcript(folder / TRANSCRIPT_FILE)  # TranscriptCorrupt for anything that is not our records
+    except UserError as error:
+        raise UserError(f"pipeline.from_transcript={value}: {error}") from None
     return folder
 
 

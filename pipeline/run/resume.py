@@ -51,13 +51,17 @@ from pipeline.core.folder_names import (
 from pipeline.core.records import ResolvedModel, Sample
 from pipeline.core.redact import MASK, redact, redact_overrides
 from pipeline.core.transcript import rewrite_transcript, scan
-from pipeline.run.files import folder_problem, shown
+from pipeline.run.files import folder_problem, run_folder_problem, shown
 from pipeline.run.inputs import MEDIA, differences, fingerprint, read_inputs
-from pipeline.run.status import in_use_message, is_locked, read_status
+from pipeline.run.status import in_use_message, is_locked, planned, read_status
 
 log = logging.getLogger(__name__)
 HASHED_SECTIONS = ("runtime", "generation", "session", "dataset")  # what Config.config_hash covers
 RUNS_DIR = Path("runs")
+# Hydra writes its record of the command (.hydra/) into the run folder each time a job starts there; a resume
+# keeps the record of the command that made the run, and writes one only for a sweep's job that never started
+# (write_record)
+KEEP_RECORD = "hydra.output_subdir=null"
 
 
 @dataclass
@@ -86,14 +90,18 @@ def expand_command_line(argv: list[str]) -> list[str]:
                         "(the `run dir` a run printed), or resume=last")
     folder = folder.resolve()
     flags, now = _split_flags([arg for arg in argv if not arg.startswith("resume=")])
+    problem = None if (folder / MULTIRUN_FILE).is_file() else run_folder_problem(folder)
+    if problem:
+        raise UserError(f"resume={value}: {problem}")
     if (folder / MULTIRUN_FILE).is_file():
         flags = (["-m"] if not {"-m", "--multirun"} & set(flags) else []) + flags
         flags += _saved_flags(folder / MULTIRUN_FILE, flags)
-        return flags + _merge(_saved(folder / MULTIRUN_FILE), now) + [f"hydra.sweep.dir={folder}", f"resume={folder}"]
+        return (flags + _merge(_saved(folder / MULTIRUN_FILE), now)
+                + [f"hydra.sweep.dir={folder}", KEEP_RECORD, f"resume={folder}"])
     if (folder / HYDRA_FOLDER / "hydra.yaml").is_file():
         flags += _saved_flags(folder / HYDRA_FOLDER / "hydra.yaml", flags)
         return (flags + _merge(_saved(folder / HYDRA_FOLDER / "hydra.yaml"), now)
-                + [f"hydra.run.dir={folder}", f"resume={folder}"])
+                + [f"hydra.run.dir={folder}", KEEP_RECORD, f"resume={folder}"])
     raise UserError(f"resume={value}: {folder} is not a run folder (no .hydra/hydra.yaml) nor a sweep folder "
                     "(no multirun.yaml)")
 
@@ -101,7 +109,8 @@ def expand_command_line(argv: list[str]) -> list[str]:
 def _saved(hydra_file: Path) -> list[str]:
     """The command line a run or sweep was started with: Hydra's own settings (a launcher), then the task's."""
     overrides = OmegaConf.load(hydra_file).hydra.overrides
-    own = [o for o in overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    own = [o for o in overrides.hydra
+           if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "hydra.output_subdir="))]
     return own + list(overrides.task)
 
 
@@ -158,9 +167,12 @@ def _merge(saved: list[str], now: list[str]) -> list[str]:
 
 def find_last(runs: Path = RUNS_DIR) -> Path:
     """The newest run or sweep folder under runs/ that has something left to do (by the date and time in
-    its name, then by age); when every one has completed, the newest (whose resume says so)."""
+    its name, then by age); when every one has completed, the newest (whose resume says so). Runs that were
+    only planned (pipeline.until=plan), sweeps of them, and folders that are not our runs are passed over."""
     candidates = [p.parent.parent for p in runs.glob("*/*/.hydra/hydra.yaml") if p.parts[-4] != "multirun"]
-    candidates += [p.parent for p in runs.glob("multirun/*/*/multirun.yaml")]
+    candidates = [p for p in candidates if run_folder_problem(p) is None and not planned(p)]
+    sweeps = [p.parent for p in runs.glob("multirun/*/*/multirun.yaml")]
+    candidates += [p for p in sweeps if not (_jobs(p) and all(planned(job) for job in _jobs(p)))]
     if not candidates:
         raise UserError(f"resume=last: there is no run under {runs.resolve()}; start one with python -m pipeline, "
                         "or give the folder: resume=<run folder>")
@@ -173,9 +185,30 @@ def _unfinished(folder: Path) -> bool:
     """Whether resuming `folder` would do anything: a run not ended with success, or a sweep with such a job
     (or one that never reached its end, where jobs may not have started yet)."""
     if not (folder / MULTIRUN_FILE).is_file():
-        return read_status(folder).get("state") != "success"
-    jobs = [p.parent.parent for p in folder.glob("*/.hydra/hydra.yaml")]
-    return not (folder / SWEEP_SUMMARY_FILE).is_file() or any(_unfinished(job) for job in jobs)
+        return read_status(folder).get("state") not in ("success", "planned")
+    return not (folder / SWEEP_SUMMARY_FILE).is_file() or any(_unfinished(job) for job in _jobs(folder))
+
+
+def _jobs(sweep: Path) -> list[Path]:
+    return [p.parent.parent for p in sweep.glob("*/.hydra/hydra.yaml")]
+
+
+def write_record(run_dir: Path, task: DictConfig) -> None:
+    """Hydra's record of a job (.hydra/config.yaml, hydra.yaml, overrides.yaml), as Hydra writes it, for a job of a
+    resumed sweep that had not started before (KEEP_RECORD kept Hydra from writing it): without one the job
+    folder could not be found or resumed later. A folder that has one is left alone."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    record = run_dir / HYDRA_FOLDER
+    if (record / "hydra.yaml").is_file():
+        return
+    hydra = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg, resolve=False))
+    with read_write(hydra), open_dict(hydra):
+        hydra.hydra.output_subdir = HYDRA_FOLDER  # as a job started by the sweep itself records it
+    record.mkdir(parents=True, exist_ok=True)
+    for name, value in (("config.yaml", task), ("hydra.yaml", hydra), ("overrides.yaml", hydra.hydra.overrides.task)):
+        (record / name).write_text(OmegaConf.to_yaml(value), encoding="utf-8")
 
 
 def enter_launch_folder(argv: list[str]) -> None:
@@ -219,6 +252,13 @@ def check_output_folder(argv: list[str], composed: Optional[DictConfig] = None) 
         return problem or (_job_folder_problem(composed) if sweep else None)
     folder = Path(str(value))
     config = to_config(composed)
+    if config.resume is None and config.pipeline.from_transcript:
+        from pipeline.run.rescore import source_folder  # it imports this module
+
+        try:
+            source_folder(config.pipeline.from_transcript)  # one of our runs, with our records: else nothing starts
+        except UserError as error:
+            return str(error)
     if config.resume is None:
         return None
     if is_locked(folder):
@@ -336,8 +376,9 @@ def begin(run_dir: Path, config: Config) -> Previous:
             raise UserError(f"{run_dir} already holds a run ({status.get('state', 'a transcript')}): continue it "
                             f"with python -m pipeline resume={run_dir}, or choose another folder (hydra.run.dir=...)")
         return Previous()
-    if status.get("state") == "success" and STAGES.index(config.pipeline.until) <= STAGES.index(ran_until(run_dir)):
-        return Previous(complete=True)
+    if status.get("state") in ("success", "planned") and \
+            STAGES.index(config.pipeline.until) <= STAGES.index(ran_until(run_dir)):
+        return Previous(complete=True)  # a planned run asked for no more than its plan: nothing to do either
     problem = config_difference(run_dir, config)
     if problem:
         raise UserError(problem)

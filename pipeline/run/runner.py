@@ -43,6 +43,7 @@ from pipeline.core.transcript import TranscriptWriter, read_transcript
 from pipeline.run import rescore
 from pipeline.run.files import run_files
 from pipeline.run.inputs import fingerprint
+from pipeline.run.log_file import release_run_log
 from pipeline.run.resume import Previous, begin, inputs_difference, settle
 from pipeline.run.status import locked, set_status
 from pipeline.stages.execute import execute
@@ -88,7 +89,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         return result
     if rescoring or previous.executed:
         return _run_from_score(config, run_dir, parent_run_id, overrides, run_name, previous, rescoring)
-    resuming = config.resume is not None  # until accepted, a resume must leave the run folder as it found it
+    # until accepted, a resume must leave the run folder as it found it; a folder with no status yet holds nothing to
+    # keep (a sweep's job that never started, a run stopped while it was set up): it starts as a new run
+    resuming = config.resume is not None and (run_dir / STATUS_FILE).is_file()
     if not resuming:
         _start(run_dir, config)
     seconds: dict[str, float] = {}
@@ -101,7 +104,8 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         resolved = timed("resolve", resolve, config.runtime, config.backend)
         if until == "resolve":
             print(json.dumps(asdict(resolved), indent=2))
-            set_status(run_dir, "success")
+            if not resuming:  # a resume told to stop here only shows what it would use: the run stays as it was
+                set_status(run_dir, "planned", "pipeline.until=resolve: nothing was run")
             return result
         result.plan, samples, backend = timed("plan", plan, config, resolved, run_dir, overrides)
         inputs = fingerprint(config, resolved, samples)
@@ -109,6 +113,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             problem = inputs_difference(run_dir, config, resolved, samples)
             if problem:
                 raise UserError(problem)
+            if until == "plan":
+                print(json.dumps(result.plan.to_dict(), indent=2))
+                return result
             settle(run_dir, previous)
             _start(run_dir, config)
             resuming = False  # accepted: from here on, the run's state is this run's
@@ -117,7 +124,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         write_json(run_dir / PLAN_FILE, result.plan.to_dict())
         if until == "plan":
             print(json.dumps(result.plan.to_dict(), indent=2))
-            set_status(run_dir, "success")
+            set_status(run_dir, "planned", "pipeline.until=plan: nothing was run")  # not a result (no MLflow run)
             return result
 
         tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
@@ -175,6 +182,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
     try:
         tracker.check_reachable()
         if rescoring:  # the source run's answers, to be scored again in this folder
+            release_run_log()
             rescore.seed(rescoring, run_dir)
             source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, run_name, parent_run_id,
                                                    overrides)
@@ -232,6 +240,7 @@ def _summarize(run_dir: Path, seconds: dict[str, float], scorer: str, peak: tupl
 
 
 def _start(run_dir: Path, config: Config) -> None:
+    release_run_log()  # a resume, accepted: from here on its lines are the run's
     write_json(run_dir / CONFIG_FILE, redact(config.to_dict()))
     set_status(run_dir, "started")
 

@@ -3,8 +3,9 @@
 A run holds an exclusive lock on its folder (flock on the folder itself, released by the kernel
 when the process ends, also by SIGKILL) for as long as it runs, so a second process, a resume of
 a folder in use included, is refused instead of writing into it. `status.json` says where the run
-stands: started, success, failed or interrupted, with the reason; it keeps room for its final
-state even when the disk fills during the run (see set_status). A run refused before it
+stands: started, success, failed, interrupted or planned (pipeline.until=resolve or plan: nothing
+ran), with the reason; it keeps room for its final state even when the disk fills during the run
+(see set_status). A run refused before it
 produced anything (a mistake in the config or the inputs) takes its folder away again.
 
 This module does not know what a run writes besides its status (the runner and the stages do).
@@ -36,7 +37,9 @@ from pipeline.core.folder_names import (
     TRACKING_FILE,
 )
 
-STATES = ("started", "success", "failed", "interrupted")
+# planned: pipeline.until=resolve or plan stopped it there by request; nothing was run, so it is not a result
+# (reports, sweep tables and resume=last pass it over)
+STATES = ("started", "success", "failed", "interrupted", "planned")
 # status.json is padded to this size, so that on a full disk its final state can still be written over
 # it in place (pipeline.core.files' atomic write needs room for a second copy).
 STATUS_SIZE = 4096
@@ -114,6 +117,11 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return read_json(path) if path.is_file() else {}
     except ValueError:  # written atomically, so only a hand edit breaks it: treat as unknown
         return {}
+
+
+def planned(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` was only resolved or planned (pipeline.until=resolve or plan): not a result."""
+    return read_status(run_dir).get("state") == "planned"
 
 
 def discard(run_dir: Path, names: Iterable[str] = SETUP_FILES) -> None:

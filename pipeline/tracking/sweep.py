@@ -104,21 +104,27 @@ class SweepTracking(Callback):
         global _launched
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir)
-        failed = [job for job in jobs if job["state"] != "success"]
+        results = [job for job in jobs if job["state"] != "planned"]  # pipeline.until=plan ran nothing: no row
+        failed = [job for job in results if job["state"] != "success"]
         write_json(sweep_dir / SWEEP_SUMMARY_FILE, {"jobs": jobs, "failed": len(failed)})
-        print(f"\nsweep     {len(jobs)} jobs, {len(failed)} failed, in {sweep_dir}")
-        print(sweep_table(jobs))
-        try:
-            comparison = write_comparison(sweep_dir, jobs, read_json(sweep_dir / SWEEP_FILE).get("swept", []),
-                                          draw=self.plots.write_plots if self.plots else None)
-            print(f"compare   {comparison.markdown} (also .csv; {len(comparison.plots)} plots in "
-                  f"{comparison.markdown.parent / 'plots'})")
-        except Exception as error:  # noqa: BLE001 - the jobs' results stand without it; the parent still ends
-            comparison = None
-            log.warning("sweep comparison not written: %s: %s", type(error).__name__, error)
+        planned = len(jobs) - len(results)
+        print(f"\nsweep     {len(jobs)} jobs, {len(failed)} failed{f', {planned} only planned' if planned else ''}, "
+              f"in {sweep_dir}")
+        comparison = None
+        if results:
+            print(sweep_table(results))
+            try:
+                comparison = write_comparison(sweep_dir, results, read_json(sweep_dir / SWEEP_FILE).get("swept", []),
+                                              draw=self.plots.write_plots if self.plots else None)
+                print(f"compare   {comparison.markdown} (also .csv; {len(comparison.plots)} plots in "
+                      f"{comparison.markdown.parent / 'plots'})")
+            except Exception as error:  # noqa: BLE001 - the jobs' results stand without it; the parent still ends
+                log.warning("sweep comparison not written: %s: %s", type(error).__name__, error)
         if self.tracker and self.tracker.run_id:
             accuracies = [job["accuracy"] for job in jobs if job.get("accuracy") is not None]
-            self.tracker.log_metrics({"jobs": len(jobs), "jobs_failed": len(failed),
+            if not results:  # FINISHED as the sweep did, but no evaluation ran: say so where the runs are listed
+                self.tracker.set_tags({"planned_only": "true"})
+            self.tracker.log_metrics({"jobs": len(jobs), "jobs_failed": len(failed), "jobs_planned": planned,
                                       **({"best_accuracy": max(accuracies)} if accuracies else {})})
             self.tracker.log_artifact(sweep_dir / SWEEP_SUMMARY_FILE)
             if comparison:

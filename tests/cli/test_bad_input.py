@@ -116,7 +116,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
     ("resume a missing folder", lambda t: [f"resume={t / 'runs' / 'nope'}"], 2, r"resume=.*no such run folder"),
     ("resume last without runs", lambda t: ["resume=last"], 2, r"resume=last: there is no run under"),
     ("resume a folder that is no run", lambda t: [f"resume={(t / 'plain').mkdir() or t / 'plain'}"], 2,
-     r"is not a run folder \(no .hydra/hydra.yaml\)"),
+     r"plain is not a run folder of this pipeline \(it has no status\.json\)"),
     ("resume with other settings", lambda t: [f"resume={fake_run(t, OK)}", "generation.temperature=0.7"], 2,
      r"settings differ from the run's.*generation.temperature: 0.0 in the run, 0.7 now"),
     ("resume a corrupt transcript", lambda t: [

@@ -1,4 +1,5 @@
-"""Bad input files, model folders and settings, reported in our words (issue 15, items 8, 9, 11, 12).
+"""Bad input files, model folders and settings, reported in our words (issue 15, items 8, 9, 11, 12; issue 24,
+classes 2 and 13: damaged data anywhere in a dataset, its images and audio, found while planning).
 
 Every file we read as text (a dataset, a history file, a model's config.json and chat template)
 reports a stray byte as `path:line: not UTF-8 text (byte 0x.. at column N)`; a folder given for a
@@ -23,6 +24,7 @@ import json
 import lzma
 import re
 import shutil
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +38,7 @@ DEMO_MODEL = ASSETS_DIR / "demo_model"
 SMALL = ["dataset.limit=2", "generation.max_new_tokens=2"]
 # words of the libraries underneath that a user should never have to read
 LIBRARY_WORDS = ("Traceback", "ListConfig", "DictConfig", "UnicodeDecodeError", "search path", "Could not find",
-                 "could not be converted", "is not a subclass", "Optional", "sentencepiece or tiktoken")
+                 "could not be converted", "is not a subclass", "Optional", "sentencepiece or tiktoken", "BytesIO")
 GOOD_LINE = '{"id": "a", "prompt": "What is 1+1?", "reference": "2"}\n'
 
 
@@ -60,6 +62,66 @@ def _folder(path: Path) -> Path:
     return path
 
 
+# 3000 good lines, hardly compressible, so that a compressed copy spans many reads: damage near its end lies far
+# past dataset.limit, which a reader that stopped at the limit would never decode
+MANY = "".join(json.dumps({"id": f"s{i}", "prompt": f"{i:x}{i * 7919 % 104729:x} {i ** 3 % 99991}?",
+                           "reference": f"{i * 31337 % 65521:x}"}) + "\n" for i in range(3000)).encode()
+
+MANY_ROWS = b"prompt,reference\n" + b"".join(b"%x+%d?,%d\n" % (i * 7919, i, i * 31337 % 65521) for i in range(20000))
+BAD_ROW = b"prompt,reference\n1+1?,2\n1+2?,3\na,b,c\n"  # past dataset.limit=2: a row of three fields
+BROKEN_LAST = MANY + b"{not json\n"  # line 3001
+NO_RECORDS = b'{"name": "sums", "size": 3}'
+NO_PROMPT = b"question,answer\n1+1?,2\n"
+
+
+def _bad_deflate(data: bytes) -> bytes:
+    """`data` gzip-compressed, with a deflate block three quarters of the way in that has an invalid type."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip format
+    cut = len(data) * 3 // 4
+    head = packer.compress(data[:cut]) + packer.flush(zlib.Z_FULL_FLUSH)  # byte-aligned: the next block starts here
+    tail = packer.compress(data[cut:]) + packer.flush()
+    return head + bytes([0x07]) + tail[1:]  # 0x07: the last block, of type 3, which deflate does not have
+
+
+def _damaged(compress: Callable[[bytes], bytes]) -> bytes:
+    """MANY compressed, with bytes three quarters of the way in overwritten: the start still decodes."""
+    packed = bytearray(compress(MANY))
+    at = len(packed) * 3 // 4
+    packed[at:at + 64] = bytes(range(64))
+    return bytes(packed)
+
+
+def _parquet(path: Path, damaged: bool) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in MANY.splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), path, compression="snappy", row_group_size=500)
+    if damaged:  # a data page in the middle: the footer (and so the first row groups) still read
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 256] = b"\x07" * 256
+        path.write_bytes(bytes(data))
+    return path
+
+
+def _with_part(folder: Path, kind: str, name: str, data: bytes) -> Path:
+    """A dataset whose one record shows the `kind` part `name` (holding `data`), beside it."""
+    (folder / name).write_bytes(data)
+    part = {"type": kind, "path": name}
+    return write_jsonl(folder / "media.jsonl", [{"id": "a", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]}])
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 STRAY = GOOD_LINE.encode() + b'{"id": "b", "prompt": "caf\xe9?"}\n'  # latin-1, not UTF-8: 0xe9 at line 2, column 27
 HISTORY = b'[{\n  "role": "user", "content": "\xff"}]'  # byte 0xff: line 2, column 31
 MODEL_CONFIG = b'{\n"a": "\xff"}'  # byte 0xff: line 2, column 7
@@ -76,6 +138,37 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("gzip dataset cut short", lambda t: [
         f"dataset.path={_bytes(t / 'd.jsonl.gz', gzip.compress(GOOD_LINE.encode() * 50)[:40])}"],
      r"d\.jsonl\.gz:\d+: the gzip data is damaged or cut short"),
+    # issue 24, class 2: damaged data anywhere in a file (here past dataset.limit) is found while planning
+    ("gzip dataset with bad deflate data", lambda t: [f"dataset.path={_bytes(t / 'd.jsonl.gz', _bad_deflate(MANY))}"],
+     r"d\.jsonl\.gz:\d+: the gzip data is damaged or cut short \(Error -3 while decompressing"),
+    ("bzip2 dataset with damaged data", lambda t: [f"dataset.path={_bytes(t / 'd.jsonl.bz2', _damaged(bz2.compress))}"],
+     r"d\.jsonl\.bz2:\d+: the bzip2 data is damaged or cut short"),
+    ("xz dataset with damaged data", lambda t: [f"dataset.path={_bytes(t / 'd.jsonl.xz', _damaged(lzma.compress))}"],
+     r"d\.jsonl\.xz:\d+: the xz data is damaged or cut short"),
+    ("gzip CSV with bad deflate data", lambda t: [f"dataset.path={_bytes(t / 'd.csv.gz', _bad_deflate(MANY_ROWS))}"],
+     r"d\.csv\.gz:\d+: the gzip data is damaged or cut short"),
+    ("JSONL with a broken line past the limit", lambda t: [
+        f"dataset.path={_bytes(t / 'd.jsonl', BROKEN_LAST)}"],
+     r"d\.jsonl:3001: not valid JSON"),
+    ("CSV with a broken row past the limit", lambda t: [
+        f"dataset.path={_bytes(t / 'd.csv', BAD_ROW)}"],
+     r"d\.csv:4: 3 fields, but the header has 2 \(prompt, reference\)"),
+    ("Parquet with a damaged page", lambda t: [f"dataset.path={_parquet(t / 'd.parquet', damaged=True)}"],
+     r"d\.parquet: the Parquet data from row \d+ on is damaged \(.*\); write the file again"),
+    ("Parquet that is not Parquet", lambda t: [f"dataset.path={_bytes(t / 'd.parquet', b'PAR1' + bytes(64) + b'PAR1')}"],
+     r"d\.parquet: not a Parquet file"),
+    ("image that is not an image", lambda t: [f"dataset.path={_with_part(t, 'image', 'cat.png', b'not a picture')}"],
+     r"media\.jsonl:1: .*image 'cat\.png' is not a readable image: not in a format Pillow reads"),
+    ("image cut short", lambda t: [f"dataset.path={_with_part(t, 'image', 'cat.png', _png()[:60])}"],
+     r"media\.jsonl:1: .*image 'cat\.png' is not a readable image: image file is truncated"),
+    ("audio that is not audio", lambda t: [f"dataset.path={_with_part(t, 'audio', 'hello.wav', b'RIFF1234not a wave')}"],
+     r"media\.jsonl:1: .*audio 'hello\.wav' is not a readable audio clip: [A-Z]"),
+    # issue 24, class 13: a file that is not what its format expects says what it is and what is expected
+    ("JSON object without records", lambda t: [f"dataset.path={_bytes(t / 'd.json', NO_RECORDS)}"],
+     r"d\.json: a JSON object with no list of records in it \(its keys: name, size\); expected a list of records"),
+    ("CSV without a prompt column", lambda t: [f"dataset.path={_bytes(t / 'd.csv', NO_PROMPT)}"],
+     r"d\.csv:2: a record needs a prompt .*; this one has question, answer: name the prompt's field with "
+     r"dataset\.fields\.prompt=NAME"),
     ("zstd dataset", lambda t: [f"dataset.path={_bytes(t / 'd.jsonl.zst', bytes.fromhex('28b52ffd') + b'xx')}"],
      r"d\.jsonl\.zst: zstd-compressed files cannot be read here.*zstd -d d\.jsonl\.zst"),
     ("dataset is a folder", lambda t: [f"dataset.path={_folder(t / 'data')}"],
@@ -195,9 +288,11 @@ def test_bad_inputs_through_the_real_command_line(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     dataset = _bytes(tmp_path / "d.jsonl", STRAY)
+    packed = _bytes(tmp_path / "d.jsonl.gz", _bad_deflate(MANY))
     no_model_type = model_copy(tmp_path, edit_config(model_type=None))
     for args, module, pattern in [
         ([f"dataset.path={dataset}"], "pipeline", r"d\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 27\)"),
+        ([f"dataset.path={packed}"], "pipeline", r"d\.jsonl\.gz:\d+: the gzip data is damaged or cut short"),
         ([f"runtime.model={no_model_type}"], "pipeline", r"config\.json has no model_type"),
         (["generation.stop=END"], "pipeline", r"generation\.stop='END' is not allowed: expected a list of strings"),
         (["generation=samplng"], "pipeline", r"generation=samplng: no such option"),

@@ -133,7 +133,8 @@ def test_mistakes_are_one_line_and_exit_2(sweep, tmp_path):
     cases = [
         (["pipeline.from_transcript=no/such/run", "tracking=none"], "error: pipeline.from_transcript=no/such/run: "
                                                                     "no such folder"),
-        ([f"pipeline.from_transcript={sweep_dir}", "tracking=none"], "the folder has no transcript.jsonl"),
+        ([f"pipeline.from_transcript={sweep_dir}", "tracking=none"], "is a sweep folder, not a run folder: give one "
+                                                                     "of its jobs' folders"),
         ([f"pipeline.from_transcript={sweep_dir / '0'}", "generation.seed=3", "tracking=none"],
          "error: generation.seed=3: pipeline.from_transcript re-scores an existing transcript"),
     ]

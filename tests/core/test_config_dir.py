@@ -77,11 +77,11 @@ def test_a_resume_finds_the_users_folder_again(tmp_path):
         "    - {path: '', schema: structured, provider: schema}\n")
     assert expand_command_line([f"resume={folder}"]) == [
         "--config-dir=/home/me/configs", "--config-name=lab", "+experiment=mine", f"hydra.run.dir={folder}",
-        f"resume={folder}"]
+        "hydra.output_subdir=null", f"resume={folder}"]  # the run's own record (.hydra/) is kept as it is
     # a folder given with the resume is the one used; Hydra's flags go before the overrides (its parser wants them so)
     assert expand_command_line(["generation.seed=3", "--config-dir", "/elsewhere", f"resume={folder}"]) == [
         "--config-dir", "/elsewhere", "--config-name=lab", "+experiment=mine", "generation.seed=3",
-        f"hydra.run.dir={folder}", f"resume={folder}"]
+        f"hydra.run.dir={folder}", "hydra.output_subdir=null", f"resume={folder}"]
 
 
 def test_a_users_experiment_through_the_real_command_line(tmp_path):

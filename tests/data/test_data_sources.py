@@ -196,3 +196,26 @@ def test_fewshot_prompts_are_the_same_whatever_the_batch_size(tmp_path, tiny_mod
         prompts.append({r["sample_id"]: r["messages"] for r in records})
     assert prompts[0] == prompts[1] and len(prompts[0]) == 7
     assert all(len(messages) == 5 for messages in prompts[0].values())  # two examples as turns, then the question
+
+
+def test_a_damaged_file_in_a_hub_snapshot_is_one_line_naming_the_dataset(tmp_path, monkeypatch):
+    """The snapshot's Parquet footer reads (so the dataset opens), a data page in the middle does not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    rows = [{"q": f"What is {i}+{i * 7 % 13}? {i * 7919 % 104729:x}", "a": str(i), "key": f"k{i}"} for i in range(3000)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer, compression="snappy", row_group_size=500)
+    data = bytearray(buffer.getvalue())
+    data[len(data) // 2:len(data) // 2 + 256] = b"\x07" * 256
+    add_snapshot(cache, "org/broken", "b" * 40, {"data/train-00000-of-00001.parquet": bytes(data)}, refs=("main",),
+                 kind="datasets")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as raised:
+        load_samples(DatasetConfig(path="org/broken", **MAPPED))  # a Hub dataset is read up to the limit
+    assert "dataset.path='org/broken': " in str(raised.value) and "is damaged" in str(raised.value)
+    assert "\n" not in str(raised.value)
