@@ -316,7 +316,8 @@ partition     $PARTITION
 tracking URI  $TRACKING_URI
 SLURM_CONF    $SLURM_CONF   (export it, or: source $STATE/cluster.env)
 try:          python -m pipeline -m hydra/launcher=slurm hydra.launcher.partition=$PARTITION \\
-                tracking.uri=$TRACKING_URI runtime.device=cpu generation.temperature=0,0.7,1.0
+                hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1 tracking.uri=$TRACKING_URI \
+                runtime.device=cpu generation.temperature=0,0.7,1.0
 EOF
 }
 

@@ -187,7 +187,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         jobs.append({
             "num": int(hydra_cfg["job"]["num"]),
             "dir": str(job_dir),
-            "overrides": list(hydra_cfg["overrides"]["task"]),
+            # how the job was started, not what it sets: a resumed sweep's re-run jobs alone carry resume=
+            "overrides": [o for o in hydra_cfg["overrides"]["task"] if not o.startswith("resume=")],
             "state": status.get("state", "not started"),
             "reason": status.get("reason", ""),
             "accuracy": summary.get("accuracy"),
