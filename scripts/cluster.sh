@@ -265,33 +265,34 @@ start_mlflow() {
 
 # --- stopping ------------------------------------------------------------------------------------
 
-stop_pid() {  # stop_pid NAME [group]: SIGTERM (to the process group with `group`), wait, then SIGKILL
-  local pid target
+stop_pid() {  # stop_pid NAME [group]: SIGTERM (to the process group with `group`), wait (10 s), then SIGKILL
+  local pid target waits=100
   pid=$(cat "$STATE/run/$1.pid" 2>/dev/null) || return 0
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || { rm -f "$STATE/run/$1.pid"; return 0; }
   target=$pid
-  [ "${2:-}" != group ] || target=-$pid
+  # the MLflow server keeps nothing of its own (PostgreSQL does), and its workers can take long to go
+  [ "${2:-}" != group ] || { target=-$pid; waits=30; }
   kill -TERM -- "$target" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && say "$1 did not stop within 10 s: killed"
+  for _ in $(seq $waits); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL -- "$target" 2>/dev/null || true
   rm -f "$STATE/run/$1.pid"
 }
 
-down() {
-  [ -d "$STATE" ] || return 0
-  prepare_state
-  stop_pid mlflow group
+stop_postgres() {
   local bin
   bin=$(pg_bin)
   if [ -n "$bin" ] && [ -f "$STATE/postgres/PG_VERSION" ]; then
     as_pg "$bin/pg_ctl" -D "$STATE/postgres" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  stop_pid slurmd
-  stop_pid slurmctld
-  stop_pid slurmdbd
-  stop_pid mariadb
-  stop_pid munged
+}
+
+down() {
+  [ -d "$STATE" ] || return 0
+  prepare_state
+  # the users of a store first, then the stores; each group at once
+  stop_pid mlflow group & stop_pid slurmd & stop_pid slurmctld & wait
+  stop_postgres & stop_pid slurmdbd & wait
+  stop_pid mariadb & stop_pid munged & wait
   say "stopped (state kept in $STATE)"
 }
 
@@ -316,7 +317,7 @@ partition     $PARTITION
 tracking URI  $TRACKING_URI
 SLURM_CONF    $SLURM_CONF   (export it, or: source $STATE/cluster.env)
 try:          python -m pipeline -m hydra/launcher=slurm hydra.launcher.partition=$PARTITION \\
-                hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1 tracking.uri=$TRACKING_URI \
+                hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1 tracking.uri=$TRACKING_URI \\
                 runtime.device=cpu generation.temperature=0,0.7,1.0
 EOF
 }

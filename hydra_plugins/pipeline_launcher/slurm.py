@@ -91,7 +91,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
             for batch in batches:
                 log.info("\tjob of %s", ", ".join(f"#{num} {' '.join(o)}" for o, num in batch))
             state = Singleton.get_state()
-            jobs = executor.map_array(self, batches, [state] * len(batches))
+            try:
+                jobs = executor.map_array(self, batches, [state] * len(batches))
+            except Exception as error:  # noqa: BLE001 - sbatch refused them: a setting this cluster cannot give
+                raise _refused(error, executor) from error
             try:
                 _wait(jobs)
             except BaseException:  # Ctrl-C or SIGTERM here: the jobs stop too (each ends its run KILLED)
@@ -213,6 +216,19 @@ def _wait(jobs: List[Any]) -> None:
         if all(job.done() for job in jobs):
             return
         time.sleep(FIRST_POLL_S if time.monotonic() - started < QUICK_POLLS_S else POLL_S)
+
+
+def _refused(error: Exception, executor: Any) -> Exception:
+    """sbatch's refusal, in one line naming the settings to check; its submission files are taken away."""
+    import shutil
+
+    from pipeline.core.errors import UserError
+
+    shutil.rmtree(Path(str(executor.folder)).parent if "%j" in str(executor.folder) else executor.folder,
+                  ignore_errors=True)
+    said = [line.strip() for line in str(error).splitlines() if "error" in line.lower()] or [str(error).strip()]
+    return UserError(f"SLURM refused the jobs ({said[-1][:300]}): check hydra.launcher.partition, gpus_per_node, "
+                     "cpus_per_task, mem_gb and timeout_min against what the cluster has (sinfo -N -l)")
 
 
 def _result(overrides: List[str], value: Optional[float]) -> JobReturn:
