@@ -256,7 +256,7 @@ start_mlflow() {
   # Its own session (setsid): `down` stops the server's whole process group, its workers too.
   setsid "$PYTHON" -m mlflow server \
     --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/mlflow" \
-    --artifacts-destination "file://$STATE/mlflow-artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2 \
+    --artifacts-destination "file://$STATE/mlflow-artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
     >>"$STATE/log/mlflow.log" 2>&1 </dev/null &
   echo $! >"$STATE/run/mlflow.pid"
   # the first start on an empty database runs MLflow's migrations (about a minute)

@@ -59,11 +59,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="pipeline_slurm", node
 
 class SlurmLauncher(SubmititSlurmLauncher):
     def __init__(self, points_per_job: int = 1, **params: Any) -> None:
-        if not isinstance(points_per_job, int) or points_per_job < 1:
-            from pipeline.core.errors import ConfigError
-
-            raise ConfigError("hydra.launcher.points_per_job", points_per_job, "a whole number of 1 or more")
-        super().__init__(**params)
+        super().__init__(**params)  # points_per_job < 1 is refused by the command-line check (pipeline.cli.precheck)
         self.points_per_job = points_per_job
 
     # --- in the launching process ----------------------------------------------------------------
