@@ -1,6 +1,7 @@
 """The real cluster for tests/cluster/: `scripts/cluster.sh up` once per session, in a state folder of
 its own (its own ports, sockets and databases: a user's `make cluster` is not touched), and `purge`
-at the end, which stops exactly what this `up` started and deletes the folder.
+at the end, which stops exactly what this `up` started and deletes the folder. With
+PIPELINE_TEST_CLUSTER_DIR set, the cluster in that folder instead, left running.
 
 Skipped, with the reason, only where the Debian packages are missing and cannot be installed
 (apt-get needs root or sudo)."""
@@ -51,8 +52,11 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    # under /tmp, world-executable: munged refuses a socket folder others cannot enter, and pytest's are 0700
-    state = Path(tempfile.mkdtemp(prefix="pipeline-cluster-test-", dir="/tmp"))
+    # PIPELINE_TEST_CLUSTER_DIR: a cluster of your own (make cluster's state folder), brought up if it is not, and
+    # left running; the tests then take a minute less each time
+    given = os.environ.get("PIPELINE_TEST_CLUSTER_DIR")
+    # else under /tmp, world-executable: munged refuses a socket folder others cannot enter, and pytest's are 0700
+    state = Path(given) if given else Path(tempfile.mkdtemp(prefix="pipeline-cluster-test-", dir="/tmp"))
     state.chmod(0o755)
     env = {**os.environ, "PIPELINE_CLUSTER_DIR": str(state), "PYTHON": sys.executable}
     up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=UP_TIMEOUT_S)
@@ -65,4 +69,5 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(state, values["PIPELINE_CLUSTER_PARTITION"], values["PIPELINE_CLUSTER_TRACKING_URI"],
                       values["SLURM_CONF"])
     finally:
-        subprocess.run([str(SCRIPT), "purge"], env=env, capture_output=True, timeout=120)
+        if not given:
+            subprocess.run([str(SCRIPT), "purge"], env=env, capture_output=True, timeout=120)

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ from tests.conftest import run_pipeline
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 400
+
+
+def fresh(name: str) -> str:
+    """An experiment name no earlier session used (PIPELINE_TEST_CLUSTER_DIR keeps a server's runs)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def sweep_folder(cwd: Path) -> Path:
@@ -40,10 +46,11 @@ def children_of(client, parent) -> list:
 
 
 def test_a_slurm_sweep_with_two_points_per_job_ends_as_a_local_sweep(cluster, tmp_path):
+    name = fresh("slurm-sweep")
     result = run_pipeline(cluster.launcher(
         "hydra.launcher.points_per_job=2", "hydra.launcher.timeout_min=7",
         'hydra.launcher.setup=["echo $SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID >> setup-ran.txt"]',
-        "tracking.experiment=slurm-sweep",
+        f"tracking.experiment={name}",
         "dataset.limit=2", "generation.temperature=0,0.7,1.0"), cwd=tmp_path, env=cluster.env(), timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     assert "sweep     3 jobs, 0 failed" in result.stdout
@@ -63,7 +70,7 @@ def test_a_slurm_sweep_with_two_points_per_job_ends_as_a_local_sweep(cluster, tm
     assert [load["reused"] for load in loads] == [False, True, False]
 
     client = cluster.client()
-    experiment = client.get_experiment_by_name("slurm-sweep")
+    experiment = client.get_experiment_by_name(name)
     (parent,) = client.search_runs([experiment.experiment_id], "tags.run_type = 'sweep'")
     assert parent.info.status == "FINISHED"
     children = children_of(client, parent)
@@ -74,10 +81,11 @@ def test_a_slurm_sweep_with_two_points_per_job_ends_as_a_local_sweep(cluster, tm
 
 
 def test_a_cancelled_job_fails_alone_and_the_resume_submits_only_its_point(cluster, tmp_path):
+    name = fresh("slurm-cancel")
     # point 1's job waits in its setup lines, so it is surely running, and its point not started, when cancelled
     blocking = "hydra.launcher.setup=['[ \"$SLURM_ARRAY_TASK_ID\" != 1 ] || sleep 600']"
     command = [sys.executable, "-m", "pipeline", *cluster.launcher(
-        blocking, "tracking.experiment=slurm-cancel", "dataset.limit=2", "generation.temperature=0,0.7")]
+        blocking, f"tracking.experiment={name}", "dataset.limit=2", "generation.temperature=0,0.7")]
     sweep_run = subprocess.Popen(command, cwd=tmp_path, env=cluster.env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
     try:
@@ -94,7 +102,7 @@ def test_a_cancelled_job_fails_alone_and_the_resume_submits_only_its_point(clust
     assert cancelled["state"] == "interrupted"
     assert f"SLURM job {job} ended CANCELLED" in cancelled["reason"] and "before this point started" in cancelled["reason"]
     client = cluster.client()
-    experiment = client.get_experiment_by_name("slurm-cancel")
+    experiment = client.get_experiment_by_name(name)
     (parent,) = client.search_runs([experiment.experiment_id], "tags.run_type = 'sweep'")
     assert parent.info.status == "FAILED"
     assert [c.data.tags["run_dir"] for c in children_of(client, parent)] == [str(sweep / "0")]
@@ -125,22 +133,24 @@ def wait_for_running(cluster, suffix: str, timeout: float = 240) -> str:
 
 
 def test_two_sweeps_at_once_into_one_new_experiment_lose_no_run(cluster, tmp_path):
+    name = fresh("slurm-shared")
     sweeps = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
         sweeps.append(subprocess.Popen(
             [sys.executable, "-m", "pipeline", *cluster.launcher(
-                "hydra.launcher.points_per_job=2", "tracking.experiment=slurm-shared", "dataset.limit=3",
+                "hydra.launcher.points_per_job=2", f"tracking.experiment={name}", "dataset.limit=3",
                 "generation.temperature=0.5", "generation.seed=1,2")],
-            cwd=tmp_path / name, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            cwd=tmp_path / folder, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for sweep_run in sweeps:
         _, stderr = sweep_run.communicate(timeout=TIMEOUT_S)
         assert sweep_run.returncode == 0, stderr
     client = cluster.client()
-    assert client.search_runs(["0"], "tags.run_type = 'sweep'") == []  # nothing landed in Default
-    experiment = client.get_experiment_by_name("slurm-shared")
+    experiment = client.get_experiment_by_name(name)
     parents = client.search_runs([experiment.experiment_id], "tags.run_type = 'sweep'")
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    assert not [run for run in client.search_runs(["0"])  # nothing landed in the Default experiment
+                if run.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents}]
     jobs = set()
     for parent in parents:
         children = children_of(client, parent)
@@ -150,5 +160,5 @@ def test_two_sweeps_at_once_into_one_new_experiment_lose_no_run(cluster, tmp_pat
             assert child.info.status == "FINISHED" and child.data.metrics["samples"] == 3
             traces = client.search_traces(locations=[experiment.experiment_id], run_id=child.info.run_id)
             assert len(traces) == 3  # a trace per answer: no record lost
-    assert jobs == {str(sweep_folder(tmp_path / name) / str(n)) for name in ("a", "b") for n in range(2)}
+    assert jobs == {str(sweep_folder(tmp_path / folder) / str(n)) for folder in ("a", "b") for n in range(2)}
     assert len(client.search_runs([experiment.experiment_id])) == 6
