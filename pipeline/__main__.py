@@ -82,7 +82,8 @@ def _job(cfg: DictConfig) -> Optional[float]:
                               + ([Path(hydra_config.sweep.dir) / MULTIRUN_FILE] if in_sweep else []))
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)
-        parent, experiment_id = sweep_parent(Path(hydra_config.sweep.dir), config.tracking) if in_sweep else (None, None)
+        parent, experiment_id = (sweep_parent(Path(hydra_config.sweep.dir), config.tracking) if in_sweep
+                                 else (None, None))
         # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
         name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
         result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name,

@@ -106,8 +106,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
         params = dict(self.params)
         backend = OmegaConf.select(self.config, "backend.name")
         device = OmegaConf.select(self.config, "runtime.device")
-        if (backend != "transformers" or device == "cpu") and (params.get("gpus_per_node") or params.get("gpus_per_task")):
-            log.info("the jobs ask for no GPU: %s", f"backend={backend}" if backend != "transformers" else "runtime.device=cpu")
+        needs_none = (f"backend={backend}" if backend != "transformers"
+                      else "runtime.device=cpu" if device == "cpu" else "")
+        if needs_none and (params.get("gpus_per_node") or params.get("gpus_per_task")):
+            log.info("the jobs ask for no GPU: %s", needs_none)
             params.update(gpus_per_node=None, gpus_per_task=None)
         if params.get("gpus_per_node") == 0:
             params["gpus_per_node"] = None
@@ -129,11 +131,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
         except Exception as error:  # noqa: BLE001 - whatever ended the job, its points are settled below
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         from pipeline.core.config import to_config
-        from pipeline.run.cluster_jobs import STOPPED_STATES, settle
+        from pipeline.run.cluster_jobs import settle, stopped
 
         scheduler_state = job.state
         ended = f"SLURM job {job.job_id} ended {scheduler_state}"
-        if scheduler_state.split()[0].rstrip("+") not in STOPPED_STATES:
+        if not stopped(scheduler_state):  # it failed: what it said, and where to read more
             ended += f" ({message[:300]}; its log: {job.paths.stderr})"
         outcome = {}
         for overrides, num in batch:
@@ -174,7 +176,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
     # --- in the SLURM job ------------------------------------------------------------------------
 
-    def __call__(self, batch: List[Point], singleton_state: Dict[Any, Any]) -> List[JobReturn]:  # type: ignore[override]
+    def __call__(self, batch: List[Point],  # type: ignore[override]
+                 singleton_state: Dict[Any, Any]) -> List[JobReturn]:
         """Run the job's points one after another in this process (the model stays loaded between them)."""
         import submitit
 

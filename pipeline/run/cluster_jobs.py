@@ -48,11 +48,15 @@ def settle(job_dir: Path, ended: str, scheduler_state: str, tracking: TrackingCo
         if ended not in status.get("reason", ""):
             set_status(job_dir, state, f"{status.get('reason') or state}; {ended}")
         return state
-    stopped = scheduler_state.split()[0].upper().rstrip("+") in STOPPED_STATES
-    state = "interrupted" if stopped else "failed"
+    state = "interrupted" if stopped(scheduler_state) else "failed"
     set_status(job_dir, state, f"{ended} before this point {'ended' if status else 'started'}")
-    _end_mlflow_run(job_dir, "KILLED" if stopped else "FAILED", tracking)
+    _end_mlflow_run(job_dir, "KILLED" if stopped(scheduler_state) else "FAILED", tracking)
     return state
+
+
+def stopped(scheduler_state: str) -> bool:
+    """Whether the scheduler's state (`CANCELLED by 0`, `TIMEOUT`, `NODE_FAIL`, ...) is a job stopped from outside."""
+    return scheduler_state.split()[0].upper().rstrip("+") in STOPPED_STATES if scheduler_state.strip() else False
 
 
 def _end_mlflow_run(job_dir: Path, status: str, tracking: TrackingConfig) -> None:

@@ -239,7 +239,8 @@ def _ending(error: BaseException) -> tuple[str, str, str]:
     """How a run stopped by `error` ends: its state, its MLflow status and the reason."""
     if isinstance(error, KeyboardInterrupt):
         # an Interrupted may say what sent it (a SLURM job's time limit: hydra_plugins.pipeline_launcher.slurm)
-        reason = (str(error) or "stopped by SIGTERM") if isinstance(error, Interrupted) else "interrupted by the user (Ctrl-C)"
+        reason = ((str(error) or "stopped by SIGTERM") if isinstance(error, Interrupted)
+                  else "interrupted by the user (Ctrl-C)")
         return "interrupted", "KILLED", reason
     if isinstance(error, (UserError, BackendUnavailable)):
         return "failed", "FAILED", str(error)

@@ -44,8 +44,8 @@ def test_jobs_that_need_no_gpu_ask_for_none(tmp_path, needs_none):
 
 def test_points_per_job_below_one_is_refused_before_anything_is_created(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, err = run_main(["-m", "hydra/launcher=slurm", "hydra.launcher.points_per_job=0", "generation.temperature=0,1"],
-                         monkeypatch, capsys)
+    code, err = run_main(["-m", "hydra/launcher=slurm", "hydra.launcher.points_per_job=0",
+                          "generation.temperature=0,1"], monkeypatch, capsys)
     assert code == 2
     assert "hydra.launcher.points_per_job=0 is not allowed: expected a whole number of 1 or more" in err
     assert list(tmp_path.iterdir()) == []

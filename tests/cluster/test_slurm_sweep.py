@@ -100,7 +100,8 @@ def test_a_cancelled_job_fails_alone_and_the_resume_submits_only_its_point(clust
     assert status(sweep / "0")["state"] == "success"
     cancelled = status(sweep / "1")
     assert cancelled["state"] == "interrupted"
-    assert f"SLURM job {job} ended CANCELLED" in cancelled["reason"] and "before this point started" in cancelled["reason"]
+    assert f"SLURM job {job} ended CANCELLED" in cancelled["reason"]
+    assert "before this point started" in cancelled["reason"]
     client = cluster.client()
     experiment = client.get_experiment_by_name(name)
     (parent,) = client.search_runs([experiment.experiment_id], "tags.run_type = 'sweep'")
