@@ -131,20 +131,18 @@ class SlurmLauncher(SubmititSlurmLauncher):
         except Exception as error:  # noqa: BLE001 - whatever ended the job, its points are settled below
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         from pipeline.core.config import to_config
-        from pipeline.run.cluster_jobs import settle, stopped
+        from pipeline.run.cluster_jobs import settle
 
         scheduler_state = job.state
-        ended = f"SLURM job {job.job_id} ended {scheduler_state}"
-        if not stopped(scheduler_state):  # it failed: what it said, and where to read more
-            ended += f" ({message[:300]}; its log: {job.paths.stderr})"
+        detail = f"{message[:300]}; its log: {job.paths.stderr}"
         outcome = {}
         for overrides, num in batch:
             config = self._point_config(overrides, num)
             job_dir = Path(config.hydra.runtime.output_dir)
             if not (job_dir / config.hydra.output_subdir).is_dir():
                 self._write_hydra_files(config)  # a point that never started: listed in the sweep table all the same
-            state = settle(job_dir, ended, scheduler_state, to_config(config).tracking)
-            log.error("job %d: %s (%s)", num, state, ended)
+            state = settle(job_dir, job.job_id, scheduler_state, detail, to_config(config).tracking)
+            log.error("job %d: %s (SLURM job %s ended %s)", num, state, job.job_id, scheduler_state)
             outcome[num] = _result(overrides, math.nan)
         return outcome
 

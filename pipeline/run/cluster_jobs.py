@@ -35,21 +35,23 @@ def finished(job_dir: Path, until: str) -> bool:
     return read_status(job_dir).get("state") == "success" and STAGES.index(ran_until(job_dir)) >= STAGES.index(until)
 
 
-def settle(job_dir: Path, ended: str, scheduler_state: str, tracking: TrackingConfig) -> str:
+def settle(job_dir: Path, job: str, scheduler_state: str, detail: str, tracking: TrackingConfig) -> str:
     """Give the point in `job_dir` a final state after its job ended without its result; that state.
 
-    `ended` says which job ended how (`SLURM job 12_3 ended CANCELLED by 0`), `scheduler_state` is the
-    scheduler's word for it, `tracking` the store the point's MLflow run is in."""
+    `job` is the scheduler's job id, `scheduler_state` its end (`CANCELLED by 0`), `detail` what the job's
+    failure said and where its log is, `tracking` the store the point's MLflow run is in."""
+    ended = f"SLURM job {job} ended {scheduler_state}"
     status = read_status(job_dir)
     state = status.get("state")
     if state == "success":
         return state
-    if state in ("failed", "interrupted"):  # the run ended itself; say what stopped its job
+    if state in ("failed", "interrupted"):  # the run ended itself, and said why; add what became of its job
         if ended not in status.get("reason", ""):
             set_status(job_dir, state, f"{status.get('reason') or state}; {ended}")
         return state
     state = "interrupted" if stopped(scheduler_state) else "failed"
-    set_status(job_dir, state, f"{ended} before this point {'ended' if status else 'started'}")
+    failure = "" if stopped(scheduler_state) else f" ({detail})"
+    set_status(job_dir, state, f"{ended} before this point {'ended' if status else 'started'}{failure}")
     _end_mlflow_run(job_dir, "KILLED" if stopped(scheduler_state) else "FAILED", tracking)
     return state
 

@@ -5,7 +5,8 @@
   point, exit 0), with several points per SLURM job loading the model once per job, and the
   launcher's settings (CPUs, memory, time, setup lines; no GPU for runtime.device=cpu) in the job;
 - a job cancelled with scancel is that job's failure (its point interrupted, saying so; the other
-  finishes; the parent FAILED; exit 1), and the resume submits only that point;
+  finishes; the parent FAILED; exit 1), and the resume submits only that point; a job that fails
+  before Python starts fails its points, naming its log;
 - two sweeps at once into one new experiment lose no run and no record.
 """
 
@@ -119,6 +120,24 @@ def test_a_cancelled_job_fails_alone_and_the_resume_submits_only_its_point(clust
     children = children_of(client, parent)
     assert [c.data.tags["run_dir"] for c in children] == [str(sweep / "0"), str(sweep / "1")]
     assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_a_job_whose_setup_fails_fails_its_points_saying_where_its_log_is(cluster, tmp_path):
+    name = fresh("slurm-setup")
+    result = run_pipeline(cluster.launcher('hydra.launcher.setup=["exit 3"]', "hydra.launcher.points_per_job=2",
+                                           f"tracking.experiment={name}", "generation.seed=1,2"),
+                          cwd=tmp_path, env=cluster.env(), timeout=TIMEOUT_S)
+    assert result.returncode == 1, result.stderr
+    sweep = sweep_folder(tmp_path)
+    for point in (sweep / "0", sweep / "1"):  # never started: listed all the same, with why
+        failed = status(point)
+        assert failed["state"] == "failed"
+        assert "ended FAILED before this point started" in failed["reason"]
+        assert str(sweep / ".submitit") in failed["reason"]  # its log
+    assert "sweep     2 jobs, 2 failed" in result.stdout
+    client = cluster.client()
+    (parent,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert parent.info.status == "FAILED"
 
 
 def wait_for_running(cluster, suffix: str, timeout: float = 240) -> str:
