@@ -99,6 +99,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 raise
             for job, batch in zip(jobs, batches):
                 returns.update(self._outcome(job, batch))
+            # submitit's pickles hold the composed config, a password in tracking.uri too: the run folders keep
+            # no secret (pipeline.core.redact); the jobs' logs stay
+            for pickle in _submitit_root(executor).rglob("*.pkl"):
+                pickle.unlink(missing_ok=True)
         return [returns[num] for _, num in points]
 
     def _executor(self, submitit: Any) -> Any:
@@ -221,11 +225,16 @@ def _refused(error: Exception, executor: Any) -> Exception:
 
     from pipeline.core.errors import UserError
 
-    shutil.rmtree(Path(str(executor.folder)).parent if "%j" in str(executor.folder) else executor.folder,
-                  ignore_errors=True)
+    shutil.rmtree(_submitit_root(executor), ignore_errors=True)
     said = [line.strip() for line in str(error).splitlines() if "error" in line.lower()] or [str(error).strip()]
     return UserError(f"SLURM refused the jobs ({said[-1][:300]}): check hydra.launcher.partition, gpus_per_node, "
                      "cpus_per_task, mem_gb and timeout_min against what the cluster has (sinfo -N -l)")
+
+
+def _submitit_root(executor: Any) -> Path:
+    """The folder of submitit's files (`<sweep folder>/.submitit`, its default, above the `%j` of each job)."""
+    folder = Path(str(executor.folder))
+    return folder.parent if "%j" in folder.name else folder
 
 
 def _result(overrides: List[str], value: Optional[float]) -> JobReturn:

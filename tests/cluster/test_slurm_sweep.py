@@ -64,6 +64,8 @@ def test_a_slurm_sweep_with_two_points_per_job_ends_as_a_local_sweep(cluster, tm
     asked = cluster.slurm("sacct", "-j", array, "-X", "-n", "-P", "-o", "JobID,ReqCPUS,ReqMem,Timelimit,ReqTRES")
     assert sorted(asked.split()) == [f"{array}_{n}|1|1G|00:07:00|billing=1,cpu=1,mem=1G,node=1" for n in range(2)]
     assert sorted((tmp_path / "setup-ran.txt").read_text().split()) == [f"{array}-0", f"{array}-1"]
+    assert not list((sweep / ".submitit").rglob("*.pkl"))  # submitit's pickles hold the config, secrets and all
+    assert list((sweep / ".submitit").rglob("*_log.err"))  # the jobs' logs stay
 
     # points 0 and 1 shared a job: one process, the model loaded once; point 2 had a job of its own
     loads = [json.loads((sweep / str(n) / "load.json").read_text()) for n in range(3)]
