@@ -63,13 +63,14 @@ install_packages() {
 
 # --- state ---------------------------------------------------------------------------------------
 
-free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 prepare_state() {
   mkdir -p "$STATE"/{etc,log,run,munge,slurmctld,slurmd}
   # munged refuses a socket folder that is not world-executable; so does postgres' socket for its user
   chmod 755 "$STATE" "$STATE/munge" "$STATE/run"
   if [ ! -f "$STATE/ports.env" ]; then
+    free_port >/dev/null || die "python3 is needed to choose free ports"
     {
       echo "CTLD_PORT=$(free_port)"; echo "SLURMD_PORT=$(free_port)"; echo "DBD_PORT=$(free_port)"
       echo "MARIADB_PORT=$(free_port)"; echo "PG_PORT=$(free_port)"; echo "MLFLOW_PORT=$(free_port)"
