@@ -220,12 +220,17 @@ def _wait(jobs: List[Any]) -> None:
 
 
 def _refused(error: Exception, executor: Any) -> Exception:
-    """sbatch's refusal, in one line naming the settings to check; its submission files are taken away."""
-    import shutil
-
+    """sbatch's refusal, in one line naming the settings to check; its submission files are taken away
+    (a resumed sweep's earlier jobs keep their logs)."""
     from pipeline.core.errors import UserError
 
-    shutil.rmtree(_submitit_root(executor), ignore_errors=True)
+    root = _submitit_root(executor)
+    for leftover in [*root.glob(".submission_file_*.sh"), *root.glob("*.pkl")]:
+        leftover.unlink(missing_ok=True)
+    try:
+        root.rmdir()
+    except OSError:
+        pass  # earlier jobs' folders: kept
     said = [line.strip() for line in str(error).splitlines() if "error" in line.lower()] or [str(error).strip()]
     return UserError(f"SLURM refused the jobs ({said[-1][:300]}): check hydra.launcher.partition, gpus_per_node, "
                      "cpus_per_task, mem_gb and timeout_min against what the cluster has (sinfo -N -l)")

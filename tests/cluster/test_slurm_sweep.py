@@ -6,7 +6,7 @@
   launcher's settings (CPUs, memory, time, setup lines; no GPU for runtime.device=cpu) in the job;
 - a job cancelled with scancel is that job's failure (its point interrupted, saying so; the other
   finishes; the parent FAILED; exit 1), and the resume submits only that point; a job that fails
-  before Python starts fails its points, naming its log;
+  before Python starts fails its points, naming its log; a GPU the cluster lacks is refused in one line;
 - two sweeps at once into one new experiment lose no run and no record.
 """
 
@@ -140,6 +140,16 @@ def test_a_job_whose_setup_fails_fails_its_points_saying_where_its_log_is(cluste
     client = cluster.client()
     (parent,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     assert parent.info.status == "FAILED"
+
+
+def test_a_gpu_the_cluster_lacks_is_refused_by_slurm_in_one_line_leaving_nothing(cluster, tmp_path):
+    # the in-process model on runtime.device=auto asks for the launcher's GPU: sbatch gets it, and this node has none
+    args = [a for a in cluster.launcher("generation.seed=1,2") if a != "runtime.device=cpu"]
+    result = run_pipeline(args, cwd=tmp_path, env=cluster.env(), timeout=TIMEOUT_S)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: SLURM refused the jobs (sbatch: error: Invalid generic resource (gres) specification)")
+    assert not (tmp_path / "runs" / "multirun").exists()
 
 
 def wait_for_running(cluster, suffix: str, timeout: float = 240) -> str:
