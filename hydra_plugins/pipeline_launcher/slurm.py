@@ -85,7 +85,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             executor = self._executor(submitit)
             batches = [left[i:i + self.points_per_job] for i in range(0, len(left), self.points_per_job)]
             for batch in batches:
-                log.info("\tjob of %s", ", ".join(f"#{num} {' '.join(o)}" for o, num in batch))
+                log.info("\tone SLURM job: %s", ", ".join(f"#{num} {' '.join(o)}" for o, num in batch))
             state = Singleton.get_state()
             try:
                 jobs = executor.map_array(self, batches, [state] * len(batches))
