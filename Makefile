@@ -13,7 +13,7 @@ UI_PORT ?= 5000
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup browser run test test-ui sweep ui bench clean demo-model tool-model thinking-model vision-model
+.PHONY: help setup browser cluster cluster-down run test test-ui sweep ui bench clean demo-model tool-model thinking-model vision-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ test: $(STAMP) ## run the whole test suite (CPU, no network), a file per worker
 
 browser: ## Debian's chromium, when missing (apt-get needs root): make test then runs the browser test too
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+cluster: $(STAMP) ## a one-node SLURM cluster and an MLflow server on PostgreSQL, on loopback (docs/cluster.md)
+	PYTHON=$(PY) scripts/cluster.sh up
+
+cluster-down: ## stop what make cluster started (its state stays in /tmp/pipeline-cluster-$$UID)
+	PYTHON=$(PY) scripts/cluster.sh down
 
 test-ui: browser $(STAMP) ## the MLflow UI in headless Chromium, alone (installs chromium as make browser does)
 	$(PY) -m pytest tests/tracking/test_ui.py -m ui -rs

@@ -56,7 +56,7 @@ from pipeline.run.runner import run
 from pipeline.run.status import discard, planned, set_status
 from pipeline.scoring.objective import objective_value
 from pipeline.tracking.guard import check_tracking_store
-from pipeline.tracking.sweep import SweepCallbackError, parent_run_id
+from pipeline.tracking.sweep import SweepCallbackError, sweep_parent
 
 log = logging.getLogger("pipeline")
 
@@ -88,10 +88,12 @@ def _job(cfg: DictConfig) -> Optional[float]:
                               + ([Path(hydra_config.sweep.dir) / MULTIRUN_FILE] if in_sweep else []))
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)
-        parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
+        parent, experiment_id = (sweep_parent(Path(hydra_config.sweep.dir), config.tracking) if in_sweep
+                                 else (None, None))
         # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
         name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
-        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
+        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name,
+                     experiment_id=experiment_id)
     except KeyboardInterrupt as interrupt:
         if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
             log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)

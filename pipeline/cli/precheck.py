@@ -83,7 +83,15 @@ def check_jobs(argv: list[str]) -> CommandLineCheck:
                     to_config(loader.load_job(config_name, job + extra))
     except Exception as error:  # every failure here is a mistake in the command line or the configs
         return CommandLineCheck(describe_config_exception(error))
-    return CommandLineCheck(first_job=first_job)
+    return CommandLineCheck(_launcher_problem(first_job), first_job)
+
+
+def _launcher_problem(job: Optional[DictConfig]) -> Optional[str]:
+    """Our launcher settings that Hydra's schema types but cannot range-check (hydra_plugins.pipeline_launcher)."""
+    value = OmegaConf.select(job, "hydra.launcher.points_per_job") if job is not None else None
+    if value is not None and value < 1:
+        return f"hydra.launcher.points_per_job={value} is not allowed: expected a whole number of 1 or more"
+    return None
 
 
 def _job_overrides(parsed: list, raw: list[str]) -> Iterable[list[str]]:

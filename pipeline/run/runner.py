@@ -68,19 +68,21 @@ class RunResult:
 
 
 def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
-        overrides: tuple[str, ...] = (), run_name: Optional[str] = None) -> RunResult:
+        overrides: tuple[str, ...] = (), run_name: Optional[str] = None,
+        experiment_id: Optional[str] = None) -> RunResult:
     """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
 
-    `run_name` names the MLflow run (default: the run folder's name). The folder is locked while
+    `run_name` names the MLflow run (default: the run folder's name); `experiment_id` is its
+    experiment's, when known (a sweep created it), else it is looked up by name. The folder is locked while
     the run is in it; with `config.resume` the run continues what the folder holds. A resume writes
     nothing until its model and input files are checked (resolve, plan, pipeline.run.inputs): one that is
     refused or stopped before then leaves the folder and its MLflow run as they were."""
     with locked(run_dir):
-        return _run(config, run_dir, parent_run_id, overrides, run_name)
+        return _run(config, run_dir, parent_run_id, overrides, run_name, experiment_id)
 
 
 def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
-         run_name: Optional[str]) -> RunResult:
+         run_name: Optional[str], experiment_id: Optional[str]) -> RunResult:
     rescoring = rescore.prepare(config, run_dir, overrides) if config.pipeline.from_transcript else None
     previous = Previous(complete=rescoring.complete) if rescoring else begin(run_dir, config)
     result = RunResult(run_dir)
@@ -88,14 +90,15 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         result.complete, result.summary = True, _read_summary(run_dir)
         return result
     if rescoring or previous.executed:
-        return _run_from_score(config, run_dir, parent_run_id, overrides, run_name, previous, rescoring)
+        return _run_from_score(config, run_dir, parent_run_id, overrides, run_name, previous, rescoring,
+                               experiment_id)
     # until accepted, a resume must leave the run folder as it found it; a folder with no status yet holds nothing to
     # keep (a sweep's job that never started, a run stopped while it was set up): it starts as a new run
     resuming = config.resume is not None and (run_dir / STATUS_FILE).is_file()
     if not resuming:
         _start(run_dir, config)
     seconds: dict[str, float] = {}
-    tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming)
+    tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming, experiment_id=experiment_id)
     timed = _timer(seconds, tracker)
 
     until = config.pipeline.until
@@ -167,7 +170,8 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
 
 
 def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
-                    run_name: Optional[str], previous: Previous, rescoring: Optional[rescore.Rescore]) -> RunResult:
+                    run_name: Optional[str], previous: Previous, rescoring: Optional[rescore.Rescore],
+                    experiment_id: Optional[str]) -> RunResult:
     """score -> summarize over answers that are all there already: a resumed run's (`previous`, accepted
     by begin: its execute stage had finished), or another run's (`rescoring`). No model is resolved or loaded."""
     result = RunResult(run_dir)
@@ -176,7 +180,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
     earlier = rescoring.stage_seconds if rescoring else read_json(run_dir / STAGES_FILE) \
         if (run_dir / STAGES_FILE).is_file() else {}
     seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
-    tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
+    tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None, experiment_id=experiment_id)
     timed = _timer(seconds, tracker)
     scorer = rescoring.scorer if rescoring else config.dataset.scorer
     try:
@@ -248,7 +252,9 @@ def _start(run_dir: Path, config: Config) -> None:
 def _ending(error: BaseException) -> tuple[str, str, str]:
     """How a run stopped by `error` ends: its state, its MLflow status and the reason."""
     if isinstance(error, KeyboardInterrupt):
-        reason = "stopped by SIGTERM" if isinstance(error, Interrupted) else "interrupted by the user (Ctrl-C)"
+        # an Interrupted may say what sent it (a SLURM job's time limit: hydra_plugins.pipeline_launcher.slurm)
+        reason = ((str(error) or "stopped by SIGTERM") if isinstance(error, Interrupted)
+                  else "interrupted by the user (Ctrl-C)")
         return "interrupted", "KILLED", reason
     if isinstance(error, (UserError, BackendUnavailable)):
         return "failed", "FAILED", str(error)

@@ -54,8 +54,9 @@ MLFLOW_HTTP_RETRIES = "1"
 
 
 class GuardedTracker(Tracker):
-    def __init__(self, config: TrackingConfig, run_dir: Optional[Path] = None, resuming: bool = False) -> None:
-        super().__init__(config)
+    def __init__(self, config: TrackingConfig, run_dir: Optional[Path] = None, resuming: bool = False,
+                 experiment_id: Optional[str] = None) -> None:
+        super().__init__(config, experiment_id)
         self.resuming = resuming  # look for the MLflow run an earlier start in run_dir began
         self.required = config.required
         self.timeout_s = config.timeout_s

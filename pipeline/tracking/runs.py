@@ -91,13 +91,15 @@ class Evaluation:
 class Tracker:
     """One MLflow run (or nothing, when tracking is disabled)."""
 
-    def __init__(self, config: TrackingConfig) -> None:
+    def __init__(self, config: TrackingConfig, experiment_id: Optional[str] = None) -> None:
         self.enabled = config.enabled
         self.traces = config.traces
         self.uri = tracking_uri(config) if config.enabled else ""
         self.experiment_name = config.experiment
         self.client: Any = None
-        self.experiment_id: Optional[str] = None
+        # given: the experiment a sweep created for its jobs (looking it up by name from many jobs at once
+        # gains nothing and has raced); else found, or created, by name on connect
+        self.experiment_id: Optional[str] = experiment_id
         self.run_id: Optional[str] = None
         self.evaluation: Optional[Evaluation] = None  # what the traces are assessed against (evaluate_with)
 
@@ -113,6 +115,8 @@ class Tracker:
         # summary names the run (masked), and stdout carries only results
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=self.uri)
+        if self.experiment_id is not None:
+            return
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             try:

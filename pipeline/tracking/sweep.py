@@ -3,8 +3,9 @@
 A Hydra callback (configured in conf/config.yaml) runs in the launching process. Before any job
 starts it creates the MLflow store and experiment (so parallel launchers never race to create
 them) and the parent run, named after what it sweeps (`sweep <experiment>: <swept keys>`), and
-writes `sweep.json` into the sweep folder; each job reads the parent's id from there, whatever
-process or machine it runs in (the joblib launcher's workers included). After the last job it
+writes `sweep.json` into the sweep folder; each job reads the parent's id from there, and the
+experiment's (jobs on many machines do not look it up by name at once), whatever process or machine
+it runs in (the joblib launcher's workers, SLURM jobs). After the last job it
 prints a table of the jobs, writes `sweep_summary.json` and the comparison (pipeline.tracking.comparison:
 a table and plots of each metric against each swept key, the plots drawn by processes started with
 the sweep, pipeline.tracking.plot_process), logs them to the parent and ends the
@@ -25,7 +26,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core.config import register, to_config
+from pipeline.core.config import TrackingConfig, register, to_config
 from pipeline.core.console import sweep_table, ui_hint
 from pipeline.core.errors import EXIT_FAILURE
 from pipeline.core.files import read_json, write_json
@@ -84,14 +85,16 @@ class SweepTracking(Callback):
         earlier = read_json(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else {}
         if self.tracker.enabled and earlier.get("parent_run_id"):  # a resumed sweep: the same parent run
             self.tracker.reopen(earlier["parent_run_id"])
-            info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id)
+            info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id,
+                        experiment=self.tracker.experiment_name)
         elif self.tracker.enabled:
             self.tracker.start(run_name=sweep_name(overrides, swept), tags={
                 "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides), "run_type": "sweep",
                 "swept": ", ".join(swept)})
             self.tracker.log_params({"sweep.overrides": " ".join(overrides),
                                      **{f"sweep.{key}": value for key, value in params.items()}})
-            info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id)
+            info.update(parent_run_id=self.tracker.run_id, experiment_id=self.tracker.experiment_id,
+                        experiment=self.tracker.experiment_name)
         write_json(sweep_dir / SWEEP_FILE, info)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -175,10 +178,14 @@ def sweep_name(overrides: list[str], swept: list[str]) -> str:
     return f"sweep {experiments[0]}: {keys}" if experiments else f"sweep {keys}"
 
 
-def parent_run_id(sweep_dir: Path) -> Optional[str]:
-    """The sweep's MLflow parent run, as written by on_multirun_start (None without tracking)."""
+def sweep_parent(sweep_dir: Path, tracking: TrackingConfig) -> tuple[Optional[str], Optional[str]]:
+    """The sweep's MLflow parent run and, for a job tracked in the same experiment, that experiment's id,
+    as written by on_multirun_start (None without tracking)."""
     path = sweep_dir / SWEEP_FILE
-    return read_json(path).get("parent_run_id") if path.is_file() else None
+    info = read_json(path) if path.is_file() else {}
+    same = info.get("experiment") == tracking.experiment and \
+        not {"tracking.uri", "tracking.experiment"} & set(info.get("swept", []))
+    return info.get("parent_run_id"), info.get("experiment_id") if same else None
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -193,7 +200,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         jobs.append({
             "num": int(hydra_cfg["job"]["num"]),
             "dir": str(job_dir),
-            "overrides": list(hydra_cfg["overrides"]["task"]),
+            # how the job was started, not what it sets: a resumed sweep's re-run jobs alone carry resume=
+            "overrides": [o for o in hydra_cfg["overrides"]["task"] if not o.startswith("resume=")],
             "state": status.get("state", "not started"),
             "reason": status.get("reason", ""),
             "accuracy": summary.get("accuracy"),
