@@ -47,14 +47,11 @@ from pipeline.core.errors import (
     describe_config_exception,
 )
 from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
-from pipeline.core.redact import mask_secrets_in_files
-from pipeline.run import outside_jobs
 from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until
-from pipeline.run.runner import run
-from pipeline.run.status import discard, set_status
-from pipeline.scoring.objective import objective_value
 from pipeline.tracking.guard import check_tracking_store
-from pipeline.tracking.sweep import SweepCallbackError, parent_run_id
+
+# Only what checks the command line is imported above: a mistake is refused before the runner, the
+# stages and the sweep machinery are read (pipeline.run.runner and the rest are imported where used).
 
 log = logging.getLogger("pipeline")
 
@@ -73,6 +70,13 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
 
 
 def _job(cfg: DictConfig) -> Optional[float]:
+    from pipeline.core.console import run_summary
+    from pipeline.core.redact import mask_secrets_in_files
+    from pipeline.run.runner import run
+    from pipeline.run.status import discard
+    from pipeline.scoring.objective import objective_value
+    from pipeline.tracking.sweep import parent_run_id
+
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
@@ -147,6 +151,8 @@ def _job(cfg: DictConfig) -> Optional[float]:
 
 def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> float:
     """Report a failed job: one line; a single run exits, a sweep goes on to its next job (NaN: a failed trial)."""
+    from pipeline.run.status import set_status
+
     if not (run_dir / STATUS_FILE).is_file():
         set_status(run_dir, "failed", message)
     log.error(message)
@@ -180,6 +186,9 @@ def main() -> None:
     register()
     # Hydra's own errors (creating the run folder, its launcher and sweeper) come here, not to its traceback
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    from pipeline.run import outside_jobs
+    from pipeline.tracking.sweep import SweepCallbackError
+
     try:
         hydra_main()
     except KeyboardInterrupt as interrupt:
@@ -192,14 +201,23 @@ def main() -> None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
+    from pipeline.run import outside_jobs
+
     outside_jobs.stop_workers(signum)  # a sweep's jobs in other processes end first
     raise Interrupted()
 
 
 def _interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: as Python's own handler (KeyboardInterrupt), once a sweep's jobs in other processes ended."""
-    outside_jobs.stop_workers(signum)
+    _stop_workers(signum)
     raise KeyboardInterrupt
+
+
+def _stop_workers(signum: int) -> None:
+    """A sweep's jobs in other processes end first; no sweep was launched while its module is not imported."""
+    outside_jobs = sys.modules.get("pipeline.run.outside_jobs")
+    if outside_jobs is not None:
+        outside_jobs.stop_workers(signum)
 
 
 def exit_without_teardown(code: object) -> None:
