@@ -78,6 +78,9 @@ class RuntimeConfig:
     compile: Any = "auto"  # torch.compile the decoding step: true, false, or auto (the plan decides: CUDA, long runs)
     cache_implementation: Optional[str] = None  # KV cache: null (static when compiling, else dynamic), dynamic, static
     continuous_batching: bool = False  # transformers' generate_batch (paged attention): greedy, no stop strings, no tools
+    # CPU threads torch uses in this process; null: the cores this process may run on (a share of a busy machine
+    # is what it gets: more threads than cores made runs crawl; pipeline.backends.transformers.threads)
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "runtime.model", self.model, "a non-empty model reference")
@@ -101,6 +104,7 @@ class RuntimeConfig:
         _check(self.compile in (True, False, "auto"), "runtime.compile", self.compile, "true, false or auto")
         _check(self.cache_implementation in (None, "dynamic", "static"), "runtime.cache_implementation",
                self.cache_implementation, "null, dynamic or static")
+        _check(self.threads is None or self.threads >= 1, "runtime.threads", self.threads, "null or an integer >= 1")
 
 
 @dataclass
