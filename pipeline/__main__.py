@@ -87,9 +87,9 @@ def _job(cfg: DictConfig) -> Optional[float]:
         config = to_config(cfg)
         overrides = tuple(hydra_config.overrides.task)
         parent = parent_run_id(Path(hydra_config.sweep.dir)) if in_sweep else None
-        # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
-        name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
-        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name)
+        # in a sweep, the MLflow run's name starts with the job's number, its folder's name
+        result = run(config, run_dir, parent_run_id=parent, overrides=overrides,
+                     job=hydra_config.job.num if in_sweep else None)
     except KeyboardInterrupt as interrupt:
         if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
             log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)

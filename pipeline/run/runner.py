@@ -51,7 +51,7 @@ from pipeline.stages.resolve import resolve
 from pipeline.stages.score import score
 from pipeline.stages.summarize import summarize
 from pipeline.tracking.guard import GuardedTracker
-from pipeline.tracking.runs import Tracker, config_params, run_tags
+from pipeline.tracking.runs import Tracker, config_params, model_label, run_name, run_tags
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,19 +67,19 @@ class RunResult:
 
 
 def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
-        overrides: tuple[str, ...] = (), run_name: Optional[str] = None) -> RunResult:
+        overrides: tuple[str, ...] = (), job: Optional[int] = None) -> RunResult:
     """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
 
-    `run_name` names the MLflow run (default: the run folder's name). The folder is locked while
+    `job` is the run's number in a sweep (its MLflow run's name starts with it). The folder is locked while
     the run is in it; with `config.resume` the run continues what the folder holds. A resume writes
     nothing until its model and input files are checked (resolve, plan, pipeline.run.inputs): one that is
     refused or stopped before then leaves the folder and its MLflow run as they were."""
     with locked(run_dir):
-        return _run(config, run_dir, parent_run_id, overrides, run_name)
+        return _run(config, run_dir, parent_run_id, overrides, job)
 
 
 def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
-         run_name: Optional[str]) -> RunResult:
+         job: Optional[int]) -> RunResult:
     rescoring = rescore.prepare(config, run_dir, overrides) if config.pipeline.from_transcript else None
     previous = Previous(complete=rescoring.complete) if rescoring else begin(run_dir, config)
     result = RunResult(run_dir)
@@ -87,7 +87,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         result.complete, result.summary = True, _read_summary(run_dir)
         return result
     if rescoring or previous.executed:
-        return _run_from_score(config, run_dir, parent_run_id, overrides, run_name, previous, rescoring)
+        return _run_from_score(config, run_dir, parent_run_id, overrides, job, previous, rescoring)
     resuming = config.resume is not None  # until accepted, a resume must leave the run folder as it found it
     if not resuming:
         _start(run_dir, config)
@@ -120,7 +120,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             set_status(run_dir, "success")
             return result
 
-        tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
+        name = run_name(f"{model_label(vars(resolved))} on {config.dataset.name}", overrides, job)
+        tracker.start(run_name=name, parent_run_id=parent_run_id,
+                      tags=run_tags(config, run_dir, {
             "weights_digest": resolved.weights_digest or "", "device": result.plan.device, "model.kind": resolved.kind,
             "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides),
             **served_tags(result.plan)}))
@@ -158,7 +160,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
 
 
 def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
-                    run_name: Optional[str], previous: Previous, rescoring: Optional[rescore.Rescore]) -> RunResult:
+                    job: Optional[int], previous: Previous, rescoring: Optional[rescore.Rescore]) -> RunResult:
     """score -> summarize over answers that are all there already: a resumed run's (`previous`, accepted
     by begin: its execute stage had finished), or another run's (`rescoring`). No model is resolved or loaded."""
     result = RunResult(run_dir)
@@ -174,11 +176,13 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
         tracker.check_reachable()
         if rescoring:  # the source run's answers, to be scored again in this folder
             rescore.seed(rescoring, run_dir)
-            source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, run_name, parent_run_id,
+            name = run_name(f"rescore {rescoring.source.name}", overrides, job)
+            source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, name, parent_run_id,
                                                    overrides)
         else:  # nothing to settle: an answer's unfinished tool steps cannot outlive the execute stage
             _start(run_dir, config)
-            tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id,
+            tracker.start(run_name=run_name(f"{config.runtime.model} on {config.dataset.name}", overrides, job),
+                          parent_run_id=parent_run_id,
                           tags=run_tags(config, run_dir, {"overrides": " ".join(overrides)}))
             tracker.log_params(config_params(config))
             log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pipeline.core.config import Config, DatasetConfig, TrackingConfig, flatten
 from pipeline.core.errors import first_line
@@ -339,6 +339,24 @@ def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[st
 
 
 PLAN_PARAMS = ("backend", "device", "dtype", "attn_implementation", "batch_size", "offload")
+
+
+def run_name(what: str, overrides: Sequence[str], job: Optional[int] = None) -> str:
+    """What the run table shows for a run: what ran and what its command line set, not when it started.
+
+    `demo on addition · generation.temperature=0.7`; a sweep's job starts with its number (its folder's
+    name): `2 · demo on addition · generation.temperature=1.5 generation.seed=1`. Hydra's own settings
+    (the run folder) and the source of a re-scoring (in `what`) are left out."""
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume=",
+                                                                     "pipeline.from_transcript="))]
+    parts = ([str(job)] if job is not None else []) + [what] + ([" ".join(shown)] if shown else [])
+    return _cut(" · ".join(parts), MAX_KEY_LENGTH)
+
+
+def model_label(model: dict[str, Any]) -> str:
+    """A model as a run's name shows it: its alias, repo id or folder name (from a ResolvedModel's fields)."""
+    return (model.get("alias") or model.get("repo_id") or (Path(model["path"]).name if model.get("path") else "")
+            or model.get("reference") or "a model")
 
 
 def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:

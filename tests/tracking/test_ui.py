@@ -89,7 +89,7 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_evaluation_runs_and_assessed_t
     experiment = client.get_experiment_by_name("pipeline")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("run_type") == "sweep"]
-    child = next(r for r in runs if r.info.run_name.startswith("1: "))
+    child = next(r for r in runs if r.info.run_name.startswith("1 · "))
     shots = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
