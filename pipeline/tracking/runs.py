@@ -94,6 +94,7 @@ class Tracker:
     def __init__(self, config: TrackingConfig) -> None:
         self.enabled = config.enabled
         self.traces = config.traces
+        self.trace_sample = config.trace_sample
         self.uri = tracking_uri(config) if config.enabled else ""
         self.experiment_name = config.experiment
         self.client: Any = None
@@ -179,11 +180,12 @@ class Tracker:
         Never fails the run: the transcript, uploaded with the artifacts, holds the same records."""
         if not (self.run_id and self.traces and transcript.is_file()):
             return
-        from pipeline.tracking.traces import log_traces
+        from pipeline.tracking.traces import log_traces, traced
 
         started = time.perf_counter()
         try:
-            count = log_traces(self.uri, self.experiment_id, self.run_id, read_transcript(transcript))
+            count = log_traces(self.uri, self.experiment_id, self.run_id,
+                               traced(read_transcript(transcript), self.trace_sample))
         except Exception as error:  # noqa: BLE001 - a trace store problem is reported, not fatal
             log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
             return
@@ -198,12 +200,13 @@ class Tracker:
         if not (self.run_id and self.evaluation):
             return
         from pipeline.tracking.assessments import log_assessments
+        from pipeline.tracking.traces import traced
 
         evaluation, started = self.evaluation, time.perf_counter()
         records = read_transcript(transcript)
-        try:
-            written = log_assessments(self.uri, self.experiment_id, self.run_id, records, evaluation.scorer,
-                                      evaluation.dataset)
+        try:  # on the traced answers; the mean below is over all of them
+            written = log_assessments(self.uri, self.experiment_id, self.run_id, traced(records, self.trace_sample),
+                                      evaluation.scorer, evaluation.dataset)
         except Exception as error:  # noqa: BLE001 - an assessment store problem is reported, not fatal
             log.warning("assessments not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
             return
