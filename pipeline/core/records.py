@@ -291,8 +291,13 @@ class Summary:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
-        """The summary as flat MLflow metrics (stage timings are logged as they happen)."""
-        metrics = {
+        """The summary as flat MLflow metrics, the scores first: MLflow's run views show a run's metrics in
+        the order they were first logged (stage timings are logged after these)."""
+        scores = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,
+                  "accuracy_ci_high": self.accuracy_ci_high,
+                  **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()}, **self.likelihood}
+        metrics = {key: float(value) for key, value in scores.items() if value is not None}
+        metrics.update({
             "samples": float(self.num_samples),
             "errors": float(self.num_errors),
             "correct": float(self.correct),
@@ -311,10 +316,7 @@ class Summary:
             "reasoning_tokens_p95": self.reasoning_tokens_p95,
             "reasoning_truncated_share": self.reasoning_truncated_share,
             "answer_tokens_mean": self.answer_tokens_mean,
-            **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()},
-        }
-        optional = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,
-                    "accuracy_ci_high": self.accuracy_ci_high, "peak_memory_bytes": self.peak_memory_bytes}
-        metrics.update({key: float(value) for key, value in optional.items() if value is not None})
-        metrics.update({key: float(value) for key, value in self.likelihood.items() if value is not None})
+        })
+        if self.peak_memory_bytes is not None:
+            metrics["peak_memory_bytes"] = float(self.peak_memory_bytes)
         return metrics

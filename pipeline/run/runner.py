@@ -93,7 +93,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         _start(run_dir, config)
     seconds: dict[str, float] = {}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming)
-    timed = _timer(seconds, tracker)
+    timed = _timer(seconds)
 
     until = config.pipeline.until
     try:
@@ -129,7 +129,6 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         result.tracker = tracker
         tracker.log_params(config_params(config, result.plan))
         tracker.log_dataset(config.dataset, len(samples))
-        tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
         timed("load", _load, backend, result.plan.device)  # for a server: connect (it still serves the model)
         loaded = getattr(backend, "load_record", None)  # the in-process model's: loaded, or kept from an earlier job
@@ -153,9 +152,9 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
                                         tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
-            close_run(run_dir, tracker, *_ending(error))
+            close_run(run_dir, tracker, *_ending(error), seconds)
         raise
-    close_run(run_dir, tracker, "success", "FINISHED", "")
+    close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
 
@@ -170,7 +169,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
         if (run_dir / STAGES_FILE).is_file() else {}
     seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
-    timed = _timer(seconds, tracker)
+    timed = _timer(seconds)
     scorer = rescoring.scorer if rescoring else config.dataset.scorer
     try:
         tracker.check_reachable()
@@ -189,7 +188,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
                      run_dir / TRANSCRIPT_FILE)
         result.tracker = tracker
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
-            close_run(run_dir, tracker, "success", "FINISHED", "")
+            close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
             return result
         timed("score", score, run_dir, scorer)
         if rescoring:
@@ -201,19 +200,19 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             result.summary = _summarize(run_dir, seconds, scorer.label,
                                         rescoring.peak_memory if rescoring else (None, ""), tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
-        close_run(run_dir, tracker, *_ending(error))
+        close_run(run_dir, tracker, *_ending(error), seconds)
         raise
-    close_run(run_dir, tracker, "success", "FINISHED", "")
+    close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
 
-def _timer(seconds: dict[str, float], tracker: Tracker) -> Callable[..., Any]:
-    """timed(stage, function, *args): the function's value; its seconds go to `seconds`, MLflow and the log."""
+def _timer(seconds: dict[str, float]) -> Callable[..., Any]:
+    """timed(stage, function, *args): the function's value; its seconds go to `seconds` and the log (and to
+    MLflow as the run closes, after the scores: see close_run)."""
     def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         value = function(*args)
         seconds[stage] = time.perf_counter() - started
-        tracker.log_metrics({f"stage/{stage}/seconds": seconds[stage]})
         log.info("%s: %.2f s", stage, seconds[stage])
         return value
     return timed
@@ -259,7 +258,10 @@ def _peak_memory(device: str) -> tuple[Optional[int], str]:
     return (None, "") if device == SERVER else peak_memory(device)
 
 
-def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
+def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str,
+              stage_seconds: Optional[dict[str, float]] = None) -> None:
+    """End the run: status.json, then in MLflow the stage timings (after the summary's scores, so that the run
+    views show the scores first), the traces, the artifacts and the run's end."""
     shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
     try:
         set_status(run_dir, state, reason)
@@ -268,6 +270,7 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     if tracker.run_id:
         try:
             try:
+                tracker.log_metrics({f"stage/{stage}/seconds": value for stage, value in (stage_seconds or {}).items()})
                 tracker.log_traces(run_dir / TRANSCRIPT_FILE)  # after execute, whatever its outcome: it pays nothing
                 for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
                     tracker.log_artifact(path, subfolder)

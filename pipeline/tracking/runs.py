@@ -222,7 +222,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self._batch(metrics=[Metric(k, shown(k, float(v)), now, 0) for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self.run_id:
@@ -272,6 +272,19 @@ class Tracker:
         for start in range(0, max(len(params), len(metrics)), BATCH_SIZE):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH_SIZE],
                                   metrics=metrics[start:start + BATCH_SIZE])
+
+
+TIMED = ("seconds", "_s", "per_second")  # how the names of timings and speeds end
+ESTIMATED = ("_ci_low", "_ci_high", "_mean", "_share")  # interval bounds and averages
+
+
+def shown(key: str, value: float) -> float:
+    """A timing or a speed to the millisecond (or the thousandth), an interval bound or an average to four
+    decimals: more digits are noise, and MLflow's tables show every digit logged. Scores, counts and the
+    rest are logged as they are (summary.json keeps every figure whole)."""
+    if key.endswith(TIMED):
+        return round(value, 3)
+    return round(value, 4) if key.endswith(ESTIMATED) else value
 
 
 def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
