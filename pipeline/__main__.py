@@ -201,9 +201,7 @@ def main() -> None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
-    from pipeline.run import outside_jobs
-
-    outside_jobs.stop_workers(signum)  # a sweep's jobs in other processes end first
+    _stop_workers(signum)
     raise Interrupted()
 
 

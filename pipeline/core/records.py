@@ -8,7 +8,6 @@ are plain dataclasses that serialise to JSON; they hold no behaviour beyond smal
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
