@@ -32,7 +32,6 @@ from omegaconf import DictConfig
 from pipeline.cli import early_signals
 from pipeline.cli.precheck import check_jobs
 from pipeline.core.config import CONF_DIR, register, to_config
-from pipeline.core.console import run_summary
 from pipeline.core.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -48,15 +47,11 @@ from pipeline.core.errors import (
     describe_config_exception,
 )
 from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
-from pipeline.core.redact import mask_secrets_in_files
-from pipeline.run import outside_jobs
-from pipeline.run.log_file import hold_run_log
-from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until, write_record
-from pipeline.run.runner import run
-from pipeline.run.status import discard, planned, set_status
-from pipeline.scoring.objective import objective_value
+from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until
 from pipeline.tracking.guard import check_tracking_store
-from pipeline.tracking.sweep import SweepCallbackError, sweep_parent
+
+# Only what checks the command line is imported above: a mistake is refused before the runner, the
+# stages and the sweep machinery are read (pipeline.run.runner and the rest are imported where used).
 
 log = logging.getLogger("pipeline")
 
@@ -78,6 +73,15 @@ def _job(cfg: DictConfig) -> Optional[float]:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    from pipeline.core.console import run_summary
+    from pipeline.core.redact import mask_secrets_in_files
+    from pipeline.run.log_file import hold_run_log
+    from pipeline.run.resume import write_record
+    from pipeline.run.runner import run
+    from pipeline.run.status import discard, planned
+    from pipeline.scoring.objective import objective_value
+    from pipeline.tracking.sweep import sweep_parent
+
     if cfg.get("resume") is not None:
         hold_run_log()  # a resume writes nothing into the run folder until it is accepted (pipeline.run.log_file)
         if in_sweep:
@@ -90,10 +94,9 @@ def _job(cfg: DictConfig) -> Optional[float]:
         overrides = tuple(hydra_config.overrides.task)
         parent, experiment_id = (sweep_parent(Path(hydra_config.sweep.dir), config.tracking) if in_sweep
                                  else (None, None))
-        # in a sweep, the folder is only the job number: name the MLflow run after what the job sets
-        name = f"{hydra_config.job.num}: {' '.join(overrides)}"[:250] if in_sweep else None
-        result = run(config, run_dir, parent_run_id=parent, overrides=overrides, run_name=name,
-                     experiment_id=experiment_id)
+        # in a sweep, the MLflow run's name starts with the job's number, its folder's name
+        result = run(config, run_dir, parent_run_id=parent, overrides=overrides,
+                     job=hydra_config.job.num if in_sweep else None, experiment_id=experiment_id)
     except KeyboardInterrupt as interrupt:
         if in_sweep:  # the sweep stops here: the entry point ends its parent run and says how to resume it
             log.error("interrupted job %s; its folder keeps what was written: %s", hydra_config.job.num, run_dir)
@@ -163,6 +166,8 @@ def _job(cfg: DictConfig) -> Optional[float]:
 
 def _fail(run_dir: Path, message: str, code: int, in_sweep: bool) -> float:
     """Report a failed job: one line; a single run exits, a sweep goes on to its next job (NaN: a failed trial)."""
+    from pipeline.run.status import set_status
+
     if not (run_dir / STATUS_FILE).is_file():
         set_status(run_dir, "failed", message)
     log.error(message)
@@ -184,6 +189,8 @@ def main() -> None:
     try:
         _main()
     except KeyboardInterrupt as interrupt:  # wherever it lands, before or after the jobs too: one line
+        from pipeline.run import outside_jobs
+
         sys.exit(outside_jobs.interrupted(interrupt))
 
 
@@ -203,6 +210,9 @@ def _main() -> None:
     register()
     # Hydra's own errors (creating the run folder, its launcher and sweeper) come here, not to its traceback
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    from pipeline.run import outside_jobs
+    from pipeline.tracking.sweep import SweepCallbackError
+
     try:
         hydra_main()
     except SweepCallbackError as stop:
@@ -213,14 +223,21 @@ def _main() -> None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
-    outside_jobs.stop_workers(signum)  # a sweep's jobs in other processes end first
+    _stop_workers(signum)
     raise Interrupted()
 
 
 def _interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: as Python's own handler (KeyboardInterrupt), once a sweep's jobs in other processes ended."""
-    outside_jobs.stop_workers(signum)
+    _stop_workers(signum)
     raise KeyboardInterrupt
+
+
+def _stop_workers(signum: int) -> None:
+    """A sweep's jobs in other processes end first; no sweep was launched while its module is not imported."""
+    outside_jobs = sys.modules.get("pipeline.run.outside_jobs")
+    if outside_jobs is not None:
+        outside_jobs.stop_workers(signum)
 
 
 def exit_without_teardown(code: object) -> None:

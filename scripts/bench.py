@@ -1,5 +1,10 @@
 """Benchmarks, each measured against a baseline in the same run: `make bench` (or `--quick`).
 
+startup, per-sample, contention: the run around the model (scripts/bench_startup.py says how): start-up
+time of a mistake, a plan and the whole demo run with its breakdown; the runner's cost per sample with
+the fake backend, tracking off and on; the demo run beside a CPU-bound process. `--only startup
+per-sample contention` runs just these.
+
 plan: wall time of `python -m pipeline pipeline.until=plan` on the demo model (the issue's target:
 under 2 s), against the least a transformers-based planner pays to count the same prompts
 (import transformers, load the tokenizer, apply the chat template) and against a bare interpreter.
@@ -70,11 +75,13 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import bench_startup  # noqa: E402 - this folder is on the path when run as a script
 PLAN_TARGET_S = 2.0
 EXECUTE_TARGET_RATIO = 0.95
 SWEEP_TARGET_RATIO = 1.3
 SERVER_TARGET_RATIO = 0.95
 SERVER_CONCURRENCY = 8
+PARTS = ("plan", "startup", "per-sample", "contention", "execute", "large", "server", "choices", "cache", "sweep")
 TRANSFORMERS_PLANNER = """
 import json
 from transformers import AutoTokenizer
@@ -590,6 +597,10 @@ def print_report(results: dict) -> None:
         from bench_choices import print_choices
 
         print_choices(choices)
+    for part, show in (("startup", bench_startup.print_startup), ("per_sample", bench_startup.print_per_sample),
+                       ("contention", bench_startup.print_contention)):
+        if part in results:
+            show(results[part])
     plan = results["plan"]
     if plan.get("skipped"):
         print("plan: skipped (--skip plan)")
@@ -683,6 +694,14 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
     if results.get("cache"):
         metrics["cache/ratio_second_to_first_wall"] = results["cache"]["ratio_second_to_first_wall"]
         metrics["cache/ratio_second_to_first_execute"] = results["cache"]["ratio_second_to_first_execute"]
+    if results.get("startup"):
+        for name, figures in results["startup"]["ours"].items():
+            metrics[f"startup/{name}_s"] = figures["wall_s"]
+    if results.get("per_sample"):
+        for name in ("off", "on"):
+            metrics[f"per_sample/{name}_ms"] = results["per_sample"][name]["ms_per_sample"]
+    if results.get("contention"):
+        metrics["contention/ratio_wall"] = results["contention"]["ours_ratio_wall"]
     if results.get("sweep"):
         for name in ("reuse", "no_reuse"):
             metrics[f"sweep/{name}_wall_s"] = results["sweep"][name]["wall_s"]
@@ -701,8 +720,10 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="runtime.dtype for the execute benchmarks (default auto)")
     parser.add_argument("--tracking", choices=("on", "off"), default="on",
                         help="log the figures to MLflow and track the sweep jobs (default on)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("plan", "large", "server", "sweep", "choices", "cache"),
-                        help="parts to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts to leave out")
+    parser.add_argument("--only", nargs="*", choices=PARTS, help="run just these parts (e.g. --only startup "
+                        "per-sample contention: the run around the model, see bench_startup.py)")
+    parser.add_argument("--samples", type=int, help="samples of the per-sample part (default 100000, 2000 with --quick)")
     parser.add_argument("--choices-questions", type=int, default=200,
                         help="questions of the multiple-choice part against lm-eval (4 choices each; default 200)")
     parser.add_argument("--traces", action="store_true", help="also measure MLflow trace logging (2 x repeats demo runs)")
@@ -710,6 +731,8 @@ def main() -> int:
                         "also run lm-evaluation-harness's local-chat-completions on the server part's server and data")
     parser.add_argument("--repeats", type=int, help="repeats of each measurement (default 5, 1 with --quick)")
     args = parser.parse_args()
+    if args.only is not None:
+        args.skip = [part for part in PARTS if part not in args.only]
     quick, tracking = args.quick, args.tracking == "on"
     repeats = args.repeats or (1 if quick else 5)
     base = [f"runtime.device={args.device}", f"runtime.dtype={args.dtype}"]
@@ -734,14 +757,25 @@ def main() -> int:
 
     results["plan"] = bench_plan(repeats if not quick else 1) if "plan" not in args.skip else {"skipped": True}
     save()
+    if "startup" not in args.skip:
+        results["startup"] = bench_startup.bench_startup(repeats, 16 if quick else None)
+        save()
+    if "contention" not in args.skip:
+        results["contention"] = bench_startup.bench_contention(1 if quick else min(repeats, 3), 16 if quick else None)
+        save()
     if args.traces:
         results["traces"] = bench_traces(repeats)
         save()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        results["execute"].append(bench_execute("demo", "demo", base, 16 if quick else 200, 16, repeats, best, scratch))
-        save()
-        if "large" not in args.skip:
+        if "per-sample" not in args.skip:
+            results["per_sample"] = bench_startup.bench_per_sample(args.samples or (2000 if quick else 100_000), scratch)
+            save()
+        if "execute" not in args.skip:
+            results["execute"].append(bench_execute("demo", "demo", base, 16 if quick else 200, 16, repeats, best,
+                                                    scratch))
+            save()
+        if "large" not in args.skip and "execute" not in args.skip:
             large = build_large_model(scratch / "large", *((192, 2, 768) if quick else (768, 12, 2560)))
             results["execute"].append(bench_execute("random-llama-large" if not quick else "random-llama-small",
                                                     str(large), base, 16 if quick else 200 if cuda else 64, 16,

@@ -27,7 +27,7 @@ from pipeline.core.records import Summary
 from pipeline.run.files import run_files, run_folder_problem
 from pipeline.run.status import in_use_message, is_locked, planned, read_status
 from pipeline.tracking.guard import GuardedTracker
-from pipeline.tracking.runs import PLAN_PARAMS
+from pipeline.tracking.runs import PLAN_PARAMS, model_label, run_name
 
 END_STATUS = {"success": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 log = logging.getLogger("pipeline.cli.sync")
@@ -57,7 +57,9 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
                               timeout_s=float(tracking.get("timeout_s") or 10.0))
     tracker = GuardedTracker(settings, run_dir, resuming=True)
     plan = _read(run_dir / PLAN_FILE)
-    tracker.start(run_name=run_dir.name, tags={
+    what = f"{model_label(plan.get('model') or {'reference': config.get('runtime', {}).get('model')})} on " \
+           f"{config.get('dataset', {}).get('name', 'a dataset')}"
+    tracker.start(run_name=run_name(what, []), tags={
         "run_dir": str(run_dir), "config_hash": _config_hash(run_dir), "synced_from": str(run_dir)})
     tracker.log_params(run_params(config, plan))
     summary = _read(run_dir / SUMMARY_FILE)

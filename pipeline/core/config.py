@@ -78,6 +78,9 @@ class RuntimeConfig:
     compile: Any = "auto"  # torch.compile the decoding step: true, false, or auto (the plan decides: CUDA, long runs)
     cache_implementation: Optional[str] = None  # KV cache: null (static when compiling, else dynamic), dynamic, static
     continuous_batching: bool = False  # transformers' generate_batch (paged attention): greedy, no stop strings, no tools
+    # CPU threads torch uses in this process; null: the cores this process may run on (a share of a busy machine
+    # is what it gets: more threads than cores made runs crawl; pipeline.backends.transformers.threads)
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "runtime.model", self.model, "a non-empty model reference")
@@ -101,6 +104,7 @@ class RuntimeConfig:
         _check(self.compile in (True, False, "auto"), "runtime.compile", self.compile, "true, false or auto")
         _check(self.cache_implementation in (None, "dynamic", "static"), "runtime.cache_implementation",
                self.cache_implementation, "null, dynamic or static")
+        _check(self.threads is None or self.threads >= 1, "runtime.threads", self.threads, "null or an integer >= 1")
 
 
 @dataclass
@@ -408,11 +412,16 @@ class TrackingConfig:
     uri: str = "sqlite:///runs/mlflow.db"  # relative sqlite paths are taken from the launch folder
     experiment: str = "pipeline"
     traces: bool = True  # one MLflow trace per answer (tool steps as child spans), logged after execute
+    # answers traced at most: a sample chosen by sample id, the same answers in every run over the dataset (logging a
+    # trace cost 4-9 ms on SQLite: 100,000 of them took longer than the run); null: every answer
+    trace_sample: Optional[int] = 1000
     required: bool = True  # false: an unreachable store does not stop the run; upload later with python -m pipeline.sync
     timeout_s: float = 10.0  # seconds to wait for a tracking server before calling it unreachable
 
     def __post_init__(self) -> None:
         _check(self.timeout_s > 0, "tracking.timeout_s", self.timeout_s, "a number of seconds > 0")
+        _check(self.trace_sample is None or self.trace_sample >= 1, "tracking.trace_sample", self.trace_sample,
+               "null (every answer) or an integer >= 1")
         _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
         _check("://" in self.uri or self.uri.startswith(("sqlite:", "databricks")), "tracking.uri",
                self.uri, "a tracking URI such as sqlite:///runs/mlflow.db or http://host:5000")

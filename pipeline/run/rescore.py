@@ -121,7 +121,7 @@ def seed(prepared: Rescore, run_dir: Path) -> None:
             for r in read_transcript(prepared.source / TRANSCRIPT_FILE)])
 
 
-def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir: Path, run_name: Optional[str],
+def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir: Path, run_name: str,
                    parent_run_id: Optional[str], overrides: tuple[str, ...]) -> Optional[str]:
     """Open the run's MLflow run, tagged with its source; returns the source's MLflow run id (None if not found)."""
     source_run_id = find_run_id(tracker, prepared.source)
@@ -132,7 +132,7 @@ def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir:
         "weights_digest": prepared.plan.get("model", {}).get("weights_digest", "")})
     if records:
         tags["config_hash"] = records[0].get("config_hash", "")  # the generation's, which is the source's
-    tracker.start(run_name=run_name or f"rescore {prepared.source.name}", parent_run_id=parent_run_id, tags=tags)
+    tracker.start(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     params = flatten(prepared.config)
     params.update({f"plan.{key}": prepared.plan[key] for key in PLAN_PARAMS if key in prepared.plan})
     params.update({f"effective.generation.{k}": v for k, v in prepared.plan.get("generation", {}).items()})

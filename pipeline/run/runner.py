@@ -52,7 +52,7 @@ from pipeline.stages.resolve import resolve
 from pipeline.stages.score import score
 from pipeline.stages.summarize import summarize
 from pipeline.tracking.guard import GuardedTracker
-from pipeline.tracking.runs import Tracker, config_params, run_tags
+from pipeline.tracking.runs import Tracker, config_params, model_label, run_name, run_tags
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,21 +68,21 @@ class RunResult:
 
 
 def run(config: Config, run_dir: Path, parent_run_id: Optional[str] = None,
-        overrides: tuple[str, ...] = (), run_name: Optional[str] = None,
+        overrides: tuple[str, ...] = (), job: Optional[int] = None,
         experiment_id: Optional[str] = None) -> RunResult:
     """Run the pipeline into `run_dir`. Raises UserError for mistakes, anything else for failures.
 
-    `run_name` names the MLflow run (default: the run folder's name); `experiment_id` is its
+    `job` is the run's number in a sweep (its MLflow run's name starts with it); `experiment_id` is its
     experiment's, when known (a sweep created it), else it is looked up by name. The folder is locked while
     the run is in it; with `config.resume` the run continues what the folder holds. A resume writes
     nothing until its model and input files are checked (resolve, plan, pipeline.run.inputs): one that is
     refused or stopped before then leaves the folder and its MLflow run as they were."""
     with locked(run_dir):
-        return _run(config, run_dir, parent_run_id, overrides, run_name, experiment_id)
+        return _run(config, run_dir, parent_run_id, overrides, job, experiment_id)
 
 
 def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
-         run_name: Optional[str], experiment_id: Optional[str]) -> RunResult:
+         job: Optional[int], experiment_id: Optional[str]) -> RunResult:
     rescoring = rescore.prepare(config, run_dir, overrides) if config.pipeline.from_transcript else None
     previous = Previous(complete=rescoring.complete) if rescoring else begin(run_dir, config)
     result = RunResult(run_dir)
@@ -90,8 +90,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         result.complete, result.summary = True, _read_summary(run_dir)
         return result
     if rescoring or previous.executed:
-        return _run_from_score(config, run_dir, parent_run_id, overrides, run_name, previous, rescoring,
-                               experiment_id)
+        return _run_from_score(config, run_dir, parent_run_id, overrides, job, previous, rescoring, experiment_id)
     # until accepted, a resume must leave the run folder as it found it; a folder with no status yet holds nothing to
     # keep (a sweep's job that never started, a run stopped while it was set up): it starts as a new run
     resuming = config.resume is not None and (run_dir / STATUS_FILE).is_file()
@@ -99,7 +98,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
         _start(run_dir, config)
     seconds: dict[str, float] = {}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=resuming, experiment_id=experiment_id)
-    timed = _timer(seconds, tracker)
+    timed = _timer(seconds)
 
     until = config.pipeline.until
     try:
@@ -130,14 +129,15 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             set_status(run_dir, "planned", "pipeline.until=plan: nothing was run")  # not a result (no MLflow run)
             return result
 
-        tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id, tags=run_tags(config, run_dir, {
+        name = run_name(f"{model_label(vars(resolved))} on {config.dataset.name}", overrides, job)
+        tracker.start(run_name=name, parent_run_id=parent_run_id,
+                      tags=run_tags(config, run_dir, {
             "weights_digest": resolved.weights_digest or "", "device": result.plan.device, "model.kind": resolved.kind,
             "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides),
             **served_tags(result.plan)}))
         result.tracker = tracker
         tracker.log_params(config_params(config, result.plan))
         tracker.log_dataset(config.dataset, len(samples))
-        tracker.log_metrics({f"stage/{s}/seconds": v for s, v in seconds.items()})
 
         timed("load", _load, backend, result.plan.device)  # for a server: connect (it still serves the model)
         loaded = getattr(backend, "load_record", None)  # the in-process model's: loaded, or kept from an earlier job
@@ -163,14 +163,14 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
                                         tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
-            close_run(run_dir, tracker, *_ending(error))
+            close_run(run_dir, tracker, *_ending(error), seconds)
         raise
-    close_run(run_dir, tracker, "success", "FINISHED", "")
+    close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
 
 def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides: tuple[str, ...],
-                    run_name: Optional[str], previous: Previous, rescoring: Optional[rescore.Rescore],
+                    job: Optional[int], previous: Previous, rescoring: Optional[rescore.Rescore],
                     experiment_id: Optional[str]) -> RunResult:
     """score -> summarize over answers that are all there already: a resumed run's (`previous`, accepted
     by begin: its execute stage had finished), or another run's (`rescoring`). No model is resolved or loaded."""
@@ -181,18 +181,20 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
         if (run_dir / STAGES_FILE).is_file() else {}
     seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None, experiment_id=experiment_id)
-    timed = _timer(seconds, tracker)
+    timed = _timer(seconds)
     scorer = rescoring.scorer if rescoring else config.dataset.scorer
     try:
         tracker.check_reachable()
         if rescoring:  # the source run's answers, to be scored again in this folder
             release_run_log()
             rescore.seed(rescoring, run_dir)
-            source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, run_name, parent_run_id,
+            name = run_name(f"rescore {rescoring.source.name}", overrides, job)
+            source_run_id = rescore.start_tracking(rescoring, config, tracker, run_dir, name, parent_run_id,
                                                    overrides)
         else:  # nothing to settle: an answer's unfinished tool steps cannot outlive the execute stage
             _start(run_dir, config)
-            tracker.start(run_name=run_name or run_dir.name, parent_run_id=parent_run_id,
+            tracker.start(run_name=run_name(f"{config.runtime.model} on {config.dataset.name}", overrides, job),
+                          parent_run_id=parent_run_id,
                           tags=run_tags(config, run_dir, {"overrides": " ".join(overrides)}))
             tracker.log_params(config_params(config))
             log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",
@@ -202,7 +204,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
                               else config.dataset.name)
         result.tracker = tracker
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
-            close_run(run_dir, tracker, "success", "FINISHED", "")
+            close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
             return result
         timed("score", score, run_dir, scorer)
         if rescoring:
@@ -214,19 +216,19 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             result.summary = _summarize(run_dir, seconds, scorer.label,
                                         rescoring.peak_memory if rescoring else (None, ""), tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
-        close_run(run_dir, tracker, *_ending(error))
+        close_run(run_dir, tracker, *_ending(error), seconds)
         raise
-    close_run(run_dir, tracker, "success", "FINISHED", "")
+    close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
 
-def _timer(seconds: dict[str, float], tracker: Tracker) -> Callable[..., Any]:
-    """timed(stage, function, *args): the function's value; its seconds go to `seconds`, MLflow and the log."""
+def _timer(seconds: dict[str, float]) -> Callable[..., Any]:
+    """timed(stage, function, *args): the function's value; its seconds go to `seconds` and the log (and to
+    MLflow as the run closes, after the scores: see close_run)."""
     def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         value = function(*args)
         seconds[stage] = time.perf_counter() - started
-        tracker.log_metrics({f"stage/{stage}/seconds": seconds[stage]})
         log.info("%s: %.2f s", stage, seconds[stage])
         return value
     return timed
@@ -275,7 +277,10 @@ def _peak_memory(device: str) -> tuple[Optional[int], str]:
     return (None, "") if device == SERVER else peak_memory(device)
 
 
-def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str) -> None:
+def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str,
+              stage_seconds: Optional[dict[str, float]] = None) -> None:
+    """End the run: status.json, then in MLflow the stage timings (after the summary's scores, so that the run
+    views show the scores first), the traces, the artifacts and the run's end."""
     shutil.rmtree(run_dir / "offload", ignore_errors=True)  # disk-offloaded weights: a copy, not a result
     try:
         set_status(run_dir, state, reason)
@@ -284,6 +289,7 @@ def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, r
     if tracker.run_id:
         try:
             try:
+                tracker.log_metrics({f"stage/{stage}/seconds": value for stage, value in (stage_seconds or {}).items()})
                 tracker.log_traces(run_dir / TRANSCRIPT_FILE)  # after execute, whatever its outcome: it pays nothing
                 for path, subfolder in run_files(run_dir):  # what the run wrote, never whatever else is there
                     tracker.log_artifact(path, subfolder)

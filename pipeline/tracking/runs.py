@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pipeline.core.config import Config, DatasetConfig, TrackingConfig, flatten
 from pipeline.core.errors import first_line
@@ -94,6 +94,7 @@ class Tracker:
     def __init__(self, config: TrackingConfig, experiment_id: Optional[str] = None) -> None:
         self.enabled = config.enabled
         self.traces = config.traces
+        self.trace_sample = config.trace_sample
         self.uri = tracking_uri(config) if config.enabled else ""
         self.experiment_name = config.experiment
         self.client: Any = None
@@ -188,11 +189,12 @@ class Tracker:
         Never fails the run: the transcript, uploaded with the artifacts, holds the same records."""
         if not (self.run_id and self.traces and transcript.is_file()):
             return
-        from pipeline.tracking.traces import log_traces
+        from pipeline.tracking.traces import log_traces, traced
 
         started = time.perf_counter()
         try:
-            count = log_traces(self.uri, self.experiment_id, self.run_id, read_transcript(transcript))
+            count = log_traces(self.uri, self.experiment_id, self.run_id,
+                               traced(read_transcript(transcript), self.trace_sample))
         except Exception as error:  # noqa: BLE001 - a trace store problem is reported, not fatal
             log.warning("traces not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
             return
@@ -207,12 +209,13 @@ class Tracker:
         if not (self.run_id and self.evaluation):
             return
         from pipeline.tracking.assessments import log_assessments
+        from pipeline.tracking.traces import traced
 
         evaluation, started = self.evaluation, time.perf_counter()
         records = read_transcript(transcript)
-        try:
-            written = log_assessments(self.uri, self.experiment_id, self.run_id, records, evaluation.scorer,
-                                      evaluation.dataset)
+        try:  # on the traced answers; the mean below is over all of them
+            written = log_assessments(self.uri, self.experiment_id, self.run_id, traced(records, self.trace_sample),
+                                      evaluation.scorer, evaluation.dataset)
         except Exception as error:  # noqa: BLE001 - an assessment store problem is reported, not fatal
             log.warning("assessments not logged to MLflow: %s: %s", type(error).__name__, first_line(error))
             return
@@ -228,7 +231,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._batch(metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self._batch(metrics=[Metric(k, shown(k, float(v)), now, 0) for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self.run_id:
@@ -278,6 +281,19 @@ class Tracker:
         for start in range(0, max(len(params), len(metrics)), BATCH_SIZE):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH_SIZE],
                                   metrics=metrics[start:start + BATCH_SIZE])
+
+
+TIMED = ("seconds", "_s", "per_second")  # how the names of timings and speeds end
+ESTIMATED = ("_ci_low", "_ci_high", "_mean", "_share")  # interval bounds and averages
+
+
+def shown(key: str, value: float) -> float:
+    """A timing or a speed to the millisecond (or the thousandth), an interval bound or an average to four
+    decimals: more digits are noise, and MLflow's tables show every digit logged. Scores, counts and the
+    rest are logged as they are (summary.json keeps every figure whole)."""
+    if key.endswith(TIMED):
+        return round(value, 3)
+    return round(value, 4) if key.endswith(ESTIMATED) else value
 
 
 def params_for_mlflow(params: dict[str, Any]) -> dict[str, str]:
@@ -348,6 +364,24 @@ def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[st
 
 
 PLAN_PARAMS = ("backend", "device", "dtype", "attn_implementation", "batch_size", "offload")
+
+
+def run_name(what: str, overrides: Sequence[str], job: Optional[int] = None) -> str:
+    """What the run table shows for a run: what ran and what its command line set, not when it started.
+
+    `demo on addition · generation.temperature=0.7`; a sweep's job starts with its number (its folder's
+    name): `2 · demo on addition · generation.temperature=1.5 generation.seed=1`. Hydra's own settings
+    (the run folder) and the source of a re-scoring (in `what`) are left out."""
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume=",
+                                                                     "pipeline.from_transcript="))]
+    parts = ([str(job)] if job is not None else []) + [what] + ([" ".join(shown)] if shown else [])
+    return _cut(" · ".join(parts), MAX_KEY_LENGTH)
+
+
+def model_label(model: dict[str, Any]) -> str:
+    """A model as a run's name shows it: its alias, repo id or folder name (from a ResolvedModel's fields)."""
+    return (model.get("alias") or model.get("repo_id") or (Path(model["path"]).name if model.get("path") else "")
+            or model.get("reference") or "a model")
 
 
 def run_tags(config: Config, run_dir: Path, extra: dict[str, str]) -> dict[str, str]:

@@ -40,6 +40,18 @@ def group_answers(records: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]
     return list(groups.values())
 
 
+def traced(records: list[dict[str, Any]], limit: Optional[int]) -> list[dict[str, Any]]:
+    """The records of the answers that get a trace: all of them, or `limit` answers chosen by a digest of their
+    sample id (the same answers in every run over the same dataset, so runs can be compared trace by trace),
+    in transcript order."""
+    answers = group_answers(records)
+    if limit is None or len(answers) <= limit:
+        return records
+    chosen = sorted(range(len(answers)), key=lambda i: _digest(answers[i][0]["sample_id"],
+                                                               answers[i][0].get("sample_index", 0)))[:limit]
+    return [record for index in sorted(chosen) for record in answers[index]]
+
+
 def trace_id(run_id: str, steps: list[dict[str, Any]]) -> str:
     """The MLflow trace id of an answer in a run: tr- and 32 hex digits, the same every time."""
     return "tr-" + _digest(run_id, steps[0]["sample_id"], steps[0].get("sample_index", 0))[:32]

@@ -99,7 +99,8 @@ def test_jobs_that_share_a_runtime_leak_nothing_into_each_other(tiny_model, smal
 def test_compile_is_chosen_on_cuda_for_long_runs_only_and_refused_with_a_dynamic_cache(tiny_model, small_dataset):
     config = make_config(tiny_model, small_dataset)
     options, reasons = choose_backend_options(config, "cpu", "none", 16, 10_000)
-    assert options == {"compile": False, "cache_implementation": "dynamic", "continuous_batching": False}
+    assert options == {"compile": False, "cache_implementation": "dynamic", "continuous_batching": False,
+                       "threads": options["threads"]}
     assert "off on cpu" in reasons["compile"]
     long_run = COMPILE_MIN_DECODE_STEPS // config.generation.max_new_tokens * 16
     options, reasons = choose_backend_options(config, "cuda:0", "none", 16, long_run)

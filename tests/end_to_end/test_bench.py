@@ -26,7 +26,10 @@ def test_bench_quick_writes_every_figure(tmp_path):
                              "--lm-eval", str(no_lm_eval),
                              # the multiple-choice comparison needs lm-eval for its baseline (not installed here);
                              # without it, it spent half this test's time on a figure it could not take
-                             "--skip", "choices"],
+                             "--skip", "choices",
+                             # the run around the model: its per-sample part is checked below, the start-up
+                             # and contention parts are whole demo runs (minutes of the suite for no assertion)
+                             "startup", "contention", "per-sample"],
                             cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
@@ -73,3 +76,19 @@ def test_bench_quick_writes_every_figure(tmp_path):
     assert run.data.metrics["demo/ratio_ours_to_plain"] == pytest.approx(demo["ratio_ours_to_plain"])
     if serving_extra_missing() is None:
         assert run.data.metrics["server/ratio_ours_to_plain"] == pytest.approx(server["ratio_ours_to_plain"])
+
+
+@pytest.mark.slow
+def test_bench_per_sample_runs_the_real_runner_over_the_fake_backend(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--only", "per-sample", "--samples",
+                             "300", "--tracking", "off", "--out", str(out)],
+                            cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())["per_sample"]
+    assert figures["off"]["samples"] == figures["on"]["samples"] == 300 and figures["off_small"]["samples"] == 30
+    assert figures["off"]["accuracy"] == 0.0  # the fake backend echoes the question: every answer scored, all wrong
+    assert set(figures["off"]["stage_seconds"]) == {"resolve", "plan", "load", "execute", "score", "summarize"}
+    assert figures["on"]["tracking_metrics"]["traces"] == 300  # under tracking.trace_sample's 1000: every answer
+    assert figures["off"]["ms_per_sample"] == pytest.approx(1000 * figures["off"]["wall_s"] / 300)
+    assert "per sample (fake backend" in result.stdout

@@ -47,6 +47,7 @@ def test_default_run_writes_the_run_folder_and_one_mlflow_run(tmp_path):
     experiment = client.get_experiment_by_name("pipeline")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_id in result.stdout
+    assert run.info.run_name == "demo on addition"  # what ran, not when
     assert run.data.params["generation.temperature"] == "0.0"
     assert run.data.params["runtime.model"] == "demo"
     saved = json.loads((run_dir / "config.json").read_text())
@@ -112,9 +113,10 @@ def test_a_sweep_makes_a_parent_run_with_one_child_per_job(tmp_path):
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
     accuracy = {float(c.data.params["generation.temperature"]): c.data.metrics["accuracy"] for c in children}
     assert set(accuracy) == {0.0, 0.7, 1.5}
-    assert sorted(c.info.run_name for c in children) == [
-        "0: generation.temperature=0 generation.seed=1", "1: generation.temperature=0.7 generation.seed=1",
-        "2: generation.temperature=1.5 generation.seed=1"]
+    assert sorted(c.info.run_name for c in children) == [  # what each job is, not when it ran
+        "0 · demo on addition · generation.temperature=0 generation.seed=1",
+        "1 · demo on addition · generation.temperature=0.7 generation.seed=1",
+        "2 · demo on addition · generation.temperature=1.5 generation.seed=1"]
     assert accuracy[0.0] >= GREEDY_FLOOR
     assert accuracy[0.0] - accuracy[1.5] >= 0.1, accuracy  # the swept value visibly changes the outcome
     assert parent.data.metrics["best_accuracy"] == max(accuracy.values())

@@ -111,6 +111,24 @@ def test_traces_logged_twice_are_updated_not_repeated_and_can_be_switched_off(tm
     assert off.client.search_traces(locations=[off.experiment_id], run_id=off.run_id) == []
 
 
+def test_trace_sample_traces_the_same_answers_in_every_run_with_their_assessments(tmp_path, store_uri):
+    records = [record(f"s{i}") for i in range(8)] + tool_answer("t")  # nine answers, one with tool steps
+    transcript = write_transcript(tmp_path / "transcript.jsonl", records)
+    traced = []
+    for name in ("first", "second"):
+        tracker = Tracker(TrackingConfig(uri=store_uri, trace_sample=3))
+        tracker.start(run_name=name, tags={})
+        tracker.log_dataset(DatasetConfig(name="sums", path=str(transcript)), 9)
+        tracker.log_traces(transcript)
+        traces = tracker.client.search_traces(locations=[tracker.experiment_id], run_id=tracker.run_id)
+        traced.append(sorted(next(s.name for s in t.data.spans if s.parent_id is None) for t in traces))
+        metrics = tracker.client.get_run(tracker.run_id).data.metrics
+        assert len(traces) == metrics["traces"] == 3
+        assert metrics["assessments"] == 2 * 3  # a feedback and an expectation for each traced answer, no more
+        assert metrics["exact_match/mean"] == 1.0  # the mean is over all nine answers
+    assert traced[0] == traced[1]  # chosen by sample id: the same answers in both runs
+
+
 def test_awkward_param_names_and_values_are_accepted_by_mlflow(tracker):
     long_key = "runtime.aliases." + "m" * 300
     params = {long_key: "x", long_key + "2": "y", "runtime.aliases.my@model": "a", "runtime.aliases.my_model": "b",

@@ -1,5 +1,6 @@
 """The MLflow UI shows what a real sweep logged: the experiment, the sweep's parent and its jobs,
-a metric, the jobs among MLflow's evaluation runs, and the traces of a job with their assessments.
+a metric, the jobs among MLflow's evaluation runs (their scores the first columns, figures rounded),
+and the traces of a job with their assessments.
 
 Fills a store with a small sweep (demo model), serves it with `mlflow ui` (what `make ui` runs) on
 a free loopback port and opens it in headless Chromium: Debian's /usr/bin/chromium driven by
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tracking.guard import create_sqlite_store
+from pipeline.tracking.runs import ESTIMATED, TIMED
 from tests.conftest import mlflow_client, pipeline_env, run_pipeline
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
@@ -89,7 +91,7 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_evaluation_runs_and_assessed_t
     experiment = client.get_experiment_by_name("pipeline")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("run_type") == "sweep"]
-    child = next(r for r in runs if r.info.run_name.startswith("1: "))
+    child = next(r for r in runs if r.info.run_name.startswith("1 · "))
     shots = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
@@ -123,6 +125,16 @@ def test_the_ui_shows_the_sweep_its_jobs_a_metric_evaluation_runs_and_assessed_t
         for job in (r for r in runs if r is not parent):  # each job's row (its name cell may be cut short)
             row = page.get_by_role("row", name=re.compile(re.escape(job.info.run_name)))
             expect(row).to_contain_text(job.inputs.dataset_inputs[0].dataset.name)  # its dataset, the run's input
+        # the scores are the first metric columns a user sees; the stage timings come after every summary figure
+        headers = [header.inner_text().strip() for header in page.get_by_role("columnheader").all()]
+        metrics = headers[headers.index("Dataset") + 1:]
+        assert metrics[:3] == ["accuracy", "accuracy_ci_low", "accuracy_ci_high"], headers
+        assert metrics.index("stage/resolve/seconds") > metrics.index("peak_memory_bytes"), headers
+        # figures rounded: timings and speeds to the thousandth, interval bounds and averages to four decimals
+        values = dict(zip(metrics, row.inner_text().splitlines()[-len(metrics):]))
+        rounded = {key: value for key, value in values.items() if key.endswith(TIMED + ESTIMATED)}
+        assert "stage/load/seconds" in rounded and "accuracy_ci_low" in rounded, values
+        assert not [value for value in rounded.values() if re.search(r"\.\d{5,}", value)], values
         shots.append(tmp_path / "evaluation-runs.png")
         page.screenshot(path=shots[-1])
 

@@ -29,6 +29,7 @@ from pipeline.backends.transformers.media_inputs import count as count_media_tok
 from pipeline.backends.transformers.media_inputs import encode as encode_media
 from pipeline.backends.transformers.media_inputs import load_processor, media_of
 from pipeline.backends.transformers.reuse import LoadRecord, acquire
+from pipeline.backends.transformers.threads import apply_threads, choose_threads
 from pipeline.backends.transformers.thinking import (ANSWER, FORCING, THINKING, RowState, ThinkingBudget,
                                                      ThinkingTokens, split_ids, thinking_tokens)
 from pipeline.core.config import SessionConfig
@@ -41,7 +42,7 @@ from pipeline.data.prompts import adds_special_tokens, render
 
 # the RuntimePlan's decisions that are this backend's options, in the order plan.json shows them
 OPTIONS = ("device", "dtype", "attn_implementation", "offload", "batch_size", "compile", "cache_implementation",
-           "continuous_batching")
+           "continuous_batching", "threads")
 # settings a request may set for itself; the rest of a batch's settings come from the run's plan
 REQUEST_SETTINGS = ("top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -74,6 +75,7 @@ class TransformersBackend(Backend):
                                          streaming=True, thinking_switch=bool(self.thinking.template_args), loglikelihood=True)
         self.runtime: Optional[LoadedRuntime] = None
         self.load_record: Optional[LoadRecord] = None  # how load() got the model (load.json)
+        self.threads: Optional[int] = None  # torch's intra-op threads once loaded (load.json)
         self._encoded: dict[int, tuple[Request, _Prompt]] = {}  # id(request) -> what count_tokens encoded
         self._plan_processor: Any = None  # a multimodal model's processor, for counting before load()
         self._cache_identity: Optional[dict[str, Any]] = None  # computed once (it hashes the model's small files)
@@ -144,6 +146,9 @@ class TransformersBackend(Backend):
                            checks=list(plan.checks), warnings=list(plan.warnings))
 
     def load(self) -> None:
+        # every job, a reused model's too: a plan from before runtime.threads existed has no value, so the usable cores
+        threads = self.runtime_plan.backend_options.get("threads") or choose_threads(None)[0]
+        self.threads = apply_threads(threads)
         if self.runtime is None:
             if self.run_dir is None:
                 from pipeline.backends.transformers.load import load
@@ -152,6 +157,7 @@ class TransformersBackend(Backend):
             else:
                 self.runtime, self.load_record = acquire(self.runtime_plan, self.chat_template, self.trust_remote_code,
                                                          self.run_dir, self.reuse)
+                self.load_record.threads = self.threads
 
     def close(self) -> None:
         """Lets go of this backend's hold; a model kept for the next job of a sweep stays (see reuse.py)."""

@@ -1,4 +1,4 @@
-"""The plan's choice of the transformers backend's speed options: compile, KV cache, continuous batching.
+"""The plan's choice of the transformers backend's speed options: compile, KV cache, continuous batching, threads.
 
 `torch.compile` of the decoding step (with a static KV cache, which it needs) pays a compile of tens
 of seconds on first use for faster steps after; on the CPU it does not pay, and a short run never
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.backends.transformers.threads import choose_threads
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 
@@ -24,7 +25,7 @@ COMPILE_MIN_DECODE_STEPS = 2048  # below this many decoding steps a compile cost
 
 def choose_backend_options(config: Config, device: str, offload: str, batch_size: int,
                            completions: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """({compile, cache_implementation, continuous_batching}, reasons) for this run."""
+    """({compile, cache_implementation, continuous_batching, threads}, reasons) for this run."""
     runtime, generation = config.runtime, config.generation
     reasons: dict[str, str] = {}
     steps = math.ceil(completions / batch_size) * generation.max_new_tokens
@@ -53,8 +54,9 @@ def choose_backend_options(config: Config, device: str, offload: str, batch_size
         reasons["continuous_batching"] = "runtime.continuous_batching=true: all prompts go to generate_batch at once"
     else:
         reasons["continuous_batching"] = "off: batches of similar prompt length through generate"
-    return ({"compile": compile_, "cache_implementation": cache, "continuous_batching": runtime.continuous_batching},
-            reasons)
+    threads, reasons["threads"] = choose_threads(runtime.threads)
+    return ({"compile": compile_, "cache_implementation": cache, "continuous_batching": runtime.continuous_batching,
+             "threads": threads}, reasons)
 
 
 def _check_continuous(config: Config) -> None:

@@ -39,6 +39,7 @@ class LoadRecord:
     kept: bool  # held for the next job of this process
     reason: str
     process: int = field(default_factory=os.getpid)  # jobs of one process share what it loaded
+    threads: Optional[int] = None  # torch's intra-op threads while this job ran (runtime.threads, set at load)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,8 @@ def load_key(plan: RuntimePlan, trust_remote_code: bool) -> str:
         "path": model.path, "revision": model.revision, "commit": model.commit, "weights": model.weights_digest,
         "device": plan.device, "dtype": plan.dtype, "attention": plan.attn_implementation, "offload": plan.offload,
         "max_memory": plan.max_memory, "trust_remote_code": trust_remote_code,
-        "backend_options": plan.backend_options,
+        # threads change nothing in memory: each job sets its own (TransformersBackend.load), a sweep over them reuses
+        "backend_options": {k: v for k, v in plan.backend_options.items() if k != "threads"},
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
