@@ -20,6 +20,7 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
                                               "the transcript)" if summary.num_errors else ""),
         f"accuracy  {score_text(summary)}",
         *([likelihood_text(summary.likelihood)] if summary.likelihood else []),
+        *([judge_text(summary.judge, summary.scorer)] if summary.judge else []),
         *(["pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
           if summary.pass_at_k else []),
         *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
@@ -52,6 +53,19 @@ def likelihood_text(metrics: dict[str, float]) -> str:
                                         f"{metrics[name + '_ci_high']:.3f}]" for name in ("acc", "acc_norm", "acc_bytes"))
     return (f"perplexity word {metrics['word_perplexity']:.3g}, byte {metrics['byte_perplexity']:.3g}, "
             f"bits per byte {metrics['bits_per_byte']:.3f}")
+
+
+def judge_text(judge: dict[str, Any], scorer: str) -> str:
+    """`judge     0.975 [0.943, 0.989] 95% CI, 195 graded, 0 failed; agrees with exact_match on 0.990 (kappa 0.95)`."""
+    mean = "n/a (nothing graded)" if judge.get("mean") is None else (
+        f"{judge['mean']:.3f}" + ("" if judge.get("ci_low") is None else
+                                  f" [{judge['ci_low']:.3f}, {judge['ci_high']:.3f}] 95% CI"))
+    text = f"{judge.get('name', 'judge'):<9} {mean}, {judge.get('graded', 0)} graded, {judge.get('errors', 0)} failed"
+    if judge.get("agreement") is not None:
+        kappa = "n/a" if judge.get("kappa") is None else f"{judge['kappa']:.3f}"
+        text += (f"; agrees with {scorer} on {judge['agreement']:.3f} of {judge['agreement_n']} "
+                 f"(Cohen's kappa {kappa})")
+    return text
 
 
 def score_text(summary: Summary) -> str:

@@ -162,6 +162,7 @@ class RuntimePlan:
     # base URL, what the server reports, options with reasons, token source); {} for the in-process model
     backend_plan: dict[str, Any] = field(default_factory=dict)
     thinking: dict[str, Any] = field(default_factory=dict)  # pipeline.core.thinking.ThinkingPlan as a dict
+    judge: dict[str, Any] = field(default_factory=dict)  # scoring=judge: the judge's plan (pipeline.stages.judge)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,6 +217,9 @@ class TranscriptRecord:
     answer_tokens: int = 0  # completion_tokens without the reasoning (and the thinking tags)
     reasoning_truncated: bool = False  # the thinking never closed: no answer, scored as none
     continuations: int = 0  # generation.continue_on_length: the answer is this many continuations longer
+    # scoring=judge: {name, grade, said, reason, error, reply, prompt_tokens, completion_tokens, latency_s}
+    # (pipeline.stages.judge); None: not judged
+    judge: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
@@ -247,6 +251,11 @@ OLD_RECORD_DEFAULTS: dict[str, Any] = {
     "completion_tokens": 0, "finish_reason": "stop", "ttft_s": 0.0, "latency_s": 0.0, "batch": 0, "config_hash": "",
     "schema_version": 0,
 }
+
+
+# the judge's summary figures logged to MLflow as <judge name>/<figure>
+JUDGE_METRICS = ("mean", "ci_low", "ci_high", "graded", "errors", "agreement", "kappa", "prompt_tokens",
+                 "completion_tokens")
 
 
 @dataclass
@@ -286,6 +295,9 @@ class Summary:
     # scored by log-likelihood (pipeline.scoring.choices): acc, acc_norm, acc_bytes with _ci_low/_ci_high, or
     # word_perplexity, byte_perplexity, bits_per_byte
     likelihood: dict[str, float] = field(default_factory=dict)
+    # scoring=judge (pipeline.stages.judge_summary): its name and model, mean grade with its 95% interval,
+    # answers graded and failed, and its agreement with dataset.scorer (share agreeing, Cohen's kappa)
+    judge: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,4 +329,7 @@ class Summary:
                     "accuracy_ci_high": self.accuracy_ci_high, "peak_memory_bytes": self.peak_memory_bytes}
         metrics.update({key: float(value) for key, value in optional.items() if value is not None})
         metrics.update({key: float(value) for key, value in self.likelihood.items() if value is not None})
+        name = self.judge.get("name")
+        metrics.update({f"{name}/{key}": float(value) for key, value in self.judge.items()
+                        if key in JUDGE_METRICS and value is not None})
         return metrics

@@ -3,8 +3,8 @@
 No model is resolved, loaded or run: the runner (pipeline.run.runner) takes this run straight to
 score -> summarize over the source run's answers. The source run folder is only read; this module
 seeds the new run's own folder (Hydra created it as for any run) before the score stage:
-- config.json: the source's config, with this run's dataset.scorer, tracking and
-  pipeline (from_transcript, until), so `python -m pipeline.report --diff <source> <this>` shows the change;
+- config.json: the source's config, with this run's dataset.scorer, scoring (a judge: pipeline.stages.judge),
+  tracking and pipeline (from_transcript, until), so `python -m pipeline.report --diff <source> <this>` shows the change;
 - plan.json: the source's (the generation it describes is the source's);
 - transcript.jsonl: the source's records, their scores cleared (the score stage scores them again);
 - source.json (once scored): the source folder, its MLflow run id (when found in this store), both
@@ -39,7 +39,7 @@ from pipeline.tracking.runs import PLAN_PARAMS, Tracker, run_tags
 
 log = logging.getLogger(__name__)
 # settings that may be given with pipeline.from_transcript: none of them changes the transcript
-APPLICABLE = ("dataset.scorer", "tracking", "pipeline.", "hydra.", "resume")
+APPLICABLE = ("dataset.scorer", "scoring", "tracking", "pipeline.", "hydra.", "resume")
 
 
 @dataclasses.dataclass
@@ -72,14 +72,14 @@ def prepare(config: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> R
         key = override.split("=", 1)[0].lstrip("+~")
         if not key.startswith(APPLICABLE):
             raise UserError(f"{override}: pipeline.from_transcript re-scores an existing transcript, which this "
-                            "setting cannot change; only dataset.scorer.*, tracking.* and pipeline.* apply")
+                            "setting cannot change; only dataset.scorer.*, scoring.*, tracking.* and pipeline.* apply")
     source_config = read_json(source / CONFIG_FILE) if (source / CONFIG_FILE).is_file() else config.to_dict()
     scorer_config = merged_scorer(source_config, config.dataset.scorer, overrides)
     records = read_transcript(source / TRANSCRIPT_FILE)
     check_scorer(scorer_config, [(r.get("sample_id", "?"), r.get("reference")) for r in records if is_answer(r)])
     new_config = json.loads(json.dumps(redact({
         **source_config, "dataset": {**source_config.get("dataset", {}), "scorer": dataclasses.asdict(scorer_config)},
-        "tracking": dataclasses.asdict(config.tracking),
+        "tracking": dataclasses.asdict(config.tracking), "scoring": dataclasses.asdict(config.scoring),
         "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source),
                      "until": config.pipeline.until}}), default=str))
     prepared = Rescore(source, scorer_config, new_config,
