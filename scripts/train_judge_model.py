@@ -55,11 +55,11 @@ CHAT_TEMPLATE = (
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
                    tie_word_embeddings=True)
-STEPS = 1200
-BATCH = 64
-THREADS = 2
+STEPS = 1000
+BATCH = 32
+THREADS = 1
 SETTINGS = TrainingSettings(STEPS, peak_lr=1e-3, warmup_steps=60, weight_decay=0.01, label_smoothing=0.0,
-                            log_every=100)
+                            log_every=50)
 MAX_NEW_TOKENS = 48
 
 

@@ -78,17 +78,24 @@ def score_text(summary: Summary) -> str:
     return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer}".rstrip()
 
 
+def _figure(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def sweep_table(jobs: list[dict[str, Any]]) -> str:
-    """One row per job: the overrides that set it apart, its state, accuracy and speed."""
+    """One row per job: the overrides that set it apart, its state, accuracy and speed; with a judge (scoring=judge)
+    its mean grade and agreement with the scorer (share, Cohen's kappa)."""
     shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if len(jobs) > 1 else set()
-    header = ("job", "swept", "state", "accuracy", "tokens/s")
+    judged = any(job.get("judge") for job in jobs)
+    header = ("job", "swept", "state", "accuracy", "tokens/s") + (("judge", "agreement", "kappa") if judged else ())
     rows = [header] + [(
         str(job["num"]),
         " ".join(o for o in job["overrides"] if o not in shared) or "-",
         job["state"],
-        "-" if job.get("accuracy") is None else f"{job['accuracy']:.3f}",
+        _figure(job.get("accuracy")),
         "-" if job.get("tokens_per_second") is None else f"{job['tokens_per_second']:.1f}",
-    ) for job in jobs]
+    ) + (tuple(_figure((job.get("judge") or {}).get(k)) for k in ("mean", "agreement", "kappa")) if judged else ())
+        for job in jobs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 

@@ -13,6 +13,7 @@ template and rubric a run judged with (a changed template is another judge).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -25,10 +26,14 @@ KEY = "scoring.judge.prompt"
 
 def judge_messages(config: JudgeConfig, record: dict[str, Any]) -> list[Message]:
     """The messages a judge is sent for one answer record: its system prompt, then the rendered prompt."""
-    template = compile_template(config.prompt, KEY)
-    text = render_template(template, variables(config, record), KEY, f"answer {record.get('sample_id')!r}")
+    text = render_template(_compiled(config.prompt), variables(config, record), KEY, f"answer {record.get('sample_id')!r}")
     system = [Message("system", config.system_prompt)] if config.system_prompt else []
     return system + [Message("user", text)]
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(source: str) -> Any:
+    return compile_template(source, KEY)
 
 
 def variables(config: JudgeConfig, record: dict[str, Any]) -> dict[str, Any]:

@@ -107,11 +107,11 @@ def plan_judge(config: Config, records: list[dict[str, Any]], run_dir: Path,
     run_config = judge_run_config(config)
     where = f"scoring.judge.model={judge.model!r}"
     try:
-        resolved = resolve(run_config.runtime, run_config.backend)
         samples = [Sample(id=_judge_id(r), messages=tuple(judge_messages(judge, r))) for r in records
                    if is_answer(r) and has_answer(r)]
         if not samples:  # nothing to judge (every answer failed): the model is still checked
             samples = [Sample(id="probe", messages=tuple(judge_messages(judge, sample_record(Sample("probe", ()), ""))))]
+        resolved = resolve(run_config.runtime, run_config.backend)
         judge_plan, _, backend = plan(run_config, resolved, run_dir, (), samples)
     except UserError as error:
         message = str(error).replace("runtime.model=", "scoring.judge.model=")
