@@ -6,7 +6,8 @@ seeds the new run's own folder (Hydra created it as for any run) before the scor
 - config.json: the source's config, with this run's dataset.scorer, scoring (a judge: pipeline.stages.judge),
   tracking and pipeline (from_transcript, until), so `python -m pipeline.report --diff <source> <this>` shows the change;
 - plan.json: the source's (the generation it describes is the source's);
-- transcript.jsonl: the source's records, their scores cleared (the score stage scores them again);
+- transcript.jsonl: the source's records, their scores and judgements cleared (the score stage scores them
+  again, and a judge, if this run has one, judges them again);
 - source.json (once scored): the source folder, its MLflow run id (when found in this store), both
   scorers and how many scores changed.
 Speed and peak memory come from the source's records and summary (they describe its generation);
@@ -116,7 +117,7 @@ def seed(prepared: Rescore, run_dir: Path) -> None:
         write_json(run_dir / PLAN_FILE, prepared.plan)
     if not (run_dir / TRANSCRIPT_FILE).is_file():  # a resume keeps it: the score stage's journal goes with it
         rewrite_transcript(run_dir / TRANSCRIPT_FILE, [
-            {**r, "score": None, "extracted": None} if is_answer(r) else r
+            {**r, "score": None, "extracted": None, **({"judge": None} if "judge" in r else {})} if is_answer(r) else r
             for r in read_transcript(prepared.source / TRANSCRIPT_FILE)])
 
 
