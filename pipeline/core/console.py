@@ -115,8 +115,8 @@ class ProgressSink:
 
     streams_text = False
 
-    def __init__(self, total: int, out: TextIO, every_s: float = 0.2) -> None:
-        self.total, self.out, self.every_s = total, out, every_s
+    def __init__(self, total: int, out: TextIO, every_s: float = 0.2, label: str = "execute") -> None:
+        self.total, self.out, self.every_s, self.label = total, out, every_s, label
         self.done = 0
         self.started = self.shown = time.perf_counter()
         self.enabled = out.isatty()
@@ -130,7 +130,7 @@ class ProgressSink:
         if self.enabled and now - self.shown >= self.every_s:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
-            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give)")
+            self.out.write(f"\r{self.label:<9} {self.done} generations, {rate:.1f}/s ({self.total} to make)")
             self.out.flush()
 
     def close(self) -> None:

@@ -59,7 +59,7 @@ class Rescore:
     def stage_seconds(self) -> dict[str, float]:
         """The source's stages that made the answers (its own scoring and summary are not this run's)."""
         seconds = self.source_summary.get("stage_seconds", {})
-        return {k: v for k, v in seconds.items() if k not in ("score", "summarize")}
+        return {k: v for k, v in seconds.items() if k not in ("score", "judge", "summarize")}
 
     @property
     def peak_memory(self) -> tuple[Optional[int], str]:

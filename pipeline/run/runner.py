@@ -169,7 +169,7 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
     # what this run's execute left in stages.json
     earlier = rescoring.stage_seconds if rescoring else read_json(run_dir / STAGES_FILE) \
         if (run_dir / STAGES_FILE).is_file() else {}
-    seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
+    seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "judge", "summarize")}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None)
     timed = _timer(seconds, tracker)
     scorer = rescoring.scorer if rescoring else config.dataset.scorer

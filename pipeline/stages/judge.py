@@ -179,10 +179,10 @@ def _judge_answers(planned: PlannedJudge, records: list[dict[str, Any]], shown: 
     jobs = [Job(Sample(id=judge_id, messages=tuple(messages)), index, list(messages))
             for judge_id, record in by_id.items() for messages in [judge_messages(config, record)]
             for index in range(config.samples)]
-    progress = ProgressSink(len(jobs), sys.stderr)
+    progress = ProgressSink(len(jobs), sys.stderr, label="judge")
     backend.load()
     try:
-        answer(Answering(backend, planned.run_config, {}, emit, planned.fingerprint, progress), jobs)
+        answer(Answering(backend, planned.run_config, {}, emit, planned.fingerprint, progress, stage="judge"), jobs)
     finally:
         progress.close()
         backend.close()
