@@ -52,7 +52,7 @@ from pipeline.stages.resolve import resolve
 from pipeline.stages.score import score
 from pipeline.stages.summarize import summarize
 from pipeline.tracking.guard import GuardedTracker
-from pipeline.tracking.runs import Tracker, config_params, judge_params, run_tags
+from pipeline.tracking.runs import Evaluation, Tracker, config_params, judge_params, run_tags
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -191,6 +191,9 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             log.info("resume: every answer is in %s already: going on at the score stage, no model loaded",
                      run_dir / TRANSCRIPT_FILE)
         result.tracker = tracker
+        # the traces get the scorer's (and the judge's) assessments, as a run that executed here gives them
+        tracker.evaluation = Evaluation(scorer.label, (rescoring.config if rescoring else config.to_dict())
+                                        .get("dataset", {}).get("name", config.dataset.name))
         if judging is not None:
             _record_judge(run_dir, judging, tracker)
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
