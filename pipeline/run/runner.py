@@ -7,6 +7,9 @@ planning leaves no run in MLflow), and is ended FINISHED, FAILED or KILLED to ma
 A run starts at the score stage, with no model, when its answers are all there already
 (`_run_from_score`): a resume of a run whose execute stage had finished (pipeline.run.resume),
 and a re-scoring run (`pipeline.from_transcript`: another run's answers, seeded by pipeline.run.rescore).
+With `scoring=judge` the judge is planned with the run (plan.json's `judge`; over the answers there are, for
+a run that starts at the score stage) and grades the answers after the score stage, once the answering
+model has been closed (pipeline.stages.judge; its seconds are `stage/judge/seconds`).
 """
 
 from __future__ import annotations
