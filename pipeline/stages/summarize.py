@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import Any, Optional
 
 from pipeline.core.records import Summary, TranscriptRecord
-from pipeline.scoring.agreement import agreement
+from pipeline.scoring.agreement import PASS, agreement
 from pipeline.scoring.choices import likelihood_metrics
 from pipeline.scoring.intervals import k_values, mean_interval, pass_at_k
 
@@ -105,7 +105,8 @@ def judge_figures(answers: list[TranscriptRecord]) -> dict[str, Any]:
         "graded": len(graded),
         "errors": sum(r.judge.get("error") is not None for r in judged),
         "agreement": agreed.share, "kappa": agreed.kappa, "agreement_n": agreed.n,
-        "disagreements": [f"{r.sample_id}/{r.sample_index}" for r in both if (r.score >= 0.5) != (r.judge["grade"] >= 0.5)],
+        "disagreements": [f"{r.sample_id}/{r.sample_index}" for r in both
+                          if (r.score >= PASS) != (r.judge["grade"] >= PASS)],
         "prompt_tokens": sum(r.judge.get("prompt_tokens", 0) for r in judged),
         "completion_tokens": sum(r.judge.get("completion_tokens", 0) for r in judged),
     }
