@@ -76,6 +76,10 @@ def test_a_judged_run_records_each_grade_its_reason_and_who_judged(judged):
     assert plan["weights_digest"] == digest and plan["path"] == str(JUDGE_MODEL)
     assert plan["generation"]["do_sample"] is False and len(plan["prompt_digest"]) == 16
     assert any("fits the context" in check for check in plan["plan"]["checks"])
+    # both models' memory, in process: the answering model's estimate and the judge's, never held together
+    memory = next(check for check in plan["plan"]["checks"] if check.startswith("memory: "))
+    assert "the answering model needs about" in memory and "never in memory together" in memory
+    assert plan["plan"]["memory"]["total_bytes"] > 0
     (run,) = mlflow_client(cwd).search_runs(["1"])
     assert run.data.params["judge.weights_digest"] == digest
     assert run.data.params["judge.prompt_digest"] == plan["prompt_digest"]
