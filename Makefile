@@ -13,7 +13,7 @@ UI_PORT ?= 5000
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup browser cluster cluster-down run test test-ui sweep ui bench clean demo-model tool-model thinking-model vision-model
+.PHONY: help setup browser cluster cluster-down run test test-ui sweep ui bench clean demo-model tool-model thinking-model vision-model judge-model
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ tool-model: $(STAMP) ## retrain the tool demo model (calls a calculator tool) an
 
 thinking-model: $(STAMP) ## retrain the thinking demo model (thinks before it answers) and its dataset (deterministic)
 	nice -n 10 $(PY) scripts/train_thinking_model.py
+
+judge-model: $(STAMP) ## retrain the demo judge (grades the demo model's sums against the reference; deterministic)
+	nice -n 10 $(PY) scripts/train_judge_model.py
 
 vision-model: $(STAMP) ## retrain the vision demo model (a tiny Llava reading digits) and its image dataset (a few minutes)
 	$(PY) scripts/train_vision_model.py

@@ -34,10 +34,10 @@ DEMO_MODEL = ASSETS_DIR / "demo_model"
 # a file at a time, so a long file started last keeps one worker busy while the other has nothing left.
 LONGEST_FIRST = (
     "cluster/test_slurm_sweep.py", "end_to_end/test_server_end_to_end.py", "tracking/test_mlflow_server.py",
-    "end_to_end/test_end_to_end.py",
-    "tracking/test_ui.py", "answering/test_tools_end_to_end.py", "end_to_end/test_bench.py", "run/test_signals.py",
-    "backends/test_thinking.py", "backends/test_speed.py", "tracking/test_mlflow_store.py", "run/test_kill.py",
-    "run/test_resume_integrity.py", "tracking/test_scale_out.py", "stages/test_score_stage.py",
+    "end_to_end/test_end_to_end.py", "tracking/test_ui.py", "end_to_end/test_judge_end_to_end.py",
+    "answering/test_tools_end_to_end.py", "end_to_end/test_bench.py", "run/test_signals.py", "backends/test_thinking.py",
+    "backends/test_speed.py", "tracking/test_mlflow_store.py", "run/test_kill.py", "run/test_resume_integrity.py",
+    "tracking/test_scale_out.py", "stages/test_score_stage.py", "stages/test_judge_stage.py",
     "tracking/test_assessments.py", "end_to_end/test_cache_end_to_end.py", "stages/test_execute_end_to_end.py",
     "cli/test_models_end_to_end.py", "run/test_reading_run_folders.py", "tracking/test_parallel_sweep.py",
     "run/test_early_signals.py",

@@ -86,6 +86,7 @@ class Answering:
     config_hash: str
     sink: Optional[StreamSink] = None
     batch: int = 0  # the next batch number
+    stage: str = "execute"  # what the progress lines are about (a judge's answers: judge)
     last_report: float = field(default_factory=time.perf_counter)
 
     @cached_property
@@ -204,7 +205,7 @@ def _generate_round(context: Answering, batches: list[list[Job]], finals: dict[i
             lost = sum(c.unavailable for c in completions)
             raise BackendUnavailable(f"{gone.error} ({lost} request(s) of the last batch unanswered)")
         if time.perf_counter() - context.last_report >= PROGRESS_EVERY_S:
-            log.info("execute: batch %d done", context.batch)
+            log.info("%s: batch %d done", context.stage, context.batch)
             context.last_report = time.perf_counter()
     return going_on
 

@@ -39,6 +39,7 @@ OFFLOAD = ("auto", "cpu", "disk", "none")
 TRUNCATION = ("error", "left")
 BACKENDS = ("transformers", "openai")  # conf/backend/<name>.yaml
 SCORERS = ("exact_match", "contains", "regex", "numeric")
+VERDICTS = ("grade", "scale", "json")  # how a judge's reply is read (pipeline.scoring.verdicts)
 DATASET_KINDS = ("generate", "multiple_choice", "perplexity")
 FEWSHOT_STYLES = ("inline", "turns")
 THINKING = ("auto", "on", "off")
@@ -322,6 +323,91 @@ class ScorerConfig:
         return self._target_ or self.name
 
 
+# What the judge is shown by default: the shape the demo judge (judge-demo) was trained on; a real judge
+# model reads a rubric too (scoring.judge.rubric), put before it.
+JUDGE_PROMPT = ("{% if rubric %}{{ rubric }}\n{% endif %}Question: {{ question }}\nReference: {{ reference }}\n"
+                "Answer: {{ answer }}\nVerdict:")
+
+
+@dataclass
+class JudgeConfig:
+    """A model that grades each answer (pipeline.stages.judge): which model, on which backend, shown what,
+    and how its reply is read. `model: null` (scoring=default): no judge."""
+
+    model: Optional[str] = None  # a model reference as for runtime.model (alias, folder, repo id), or a served id
+    name: str = "judge"  # what its grades are called: the MLflow feedback, the summary
+    backend: str = "transformers"  # transformers (in this process) or openai (a served model: base_url below)
+    base_url: Optional[str] = None  # backend=openai: where the judge is served, e.g. http://127.0.0.1:8000/v1
+    api_key_env: Optional[str] = None  # backend=openai: the NAME of the variable holding its key (never the key)
+    timeout_s: Optional[float] = None  # backend=openai: per request
+    max_concurrency: Optional[int] = None  # backend=openai: requests in flight at once
+    device: str = "auto"  # in process: as runtime.device
+    dtype: str = "auto"  # in process: as runtime.dtype
+    batch_size: int = 16  # judge prompts generated together
+    prompt: str = JUDGE_PROMPT  # Jinja over question, answer, reference, reasoning, extracted, rubric, sample
+    rubric: Optional[str] = None  # what a good answer is, in words; the prompt shows it as {{ rubric }}
+    system_prompt: Optional[str] = None
+    chat_template: bool = True  # false: the prompt is sent as plain text
+    verdict: str = "grade"  # grade (a grade word), scale (a number), json (an object with a grade and a reason)
+    grades: Dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "incorrect": 0.0})  # word -> grade
+    scale_min: float = 1.0  # verdict=scale: the lowest and highest number; a grade is scaled into [0, 1]
+    scale_max: float = 10.0
+    grade_key: str = "grade"  # verdict=json: the keys of the grade and the reason
+    reason_key: str = "reason"
+    samples: int = 1  # judgements per answer; several: the majority grade (a tie: the lower)
+    temperature: float = 0.0  # 0: greedy (the same grades every run); several samples need > 0
+    top_p: Optional[float] = None
+    max_new_tokens: int = 48
+    seed: int = 0  # seeds a sampling judge: the same seed gives the same grades
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            _check(bool(self.model.strip()), "scoring.judge.model", self.model, "null (no judge) or a model reference")
+        _check(bool(self.name.strip()) and "/" not in self.name, "scoring.judge.name", self.name,
+               "a non-empty name without /")
+        _check_choice("scoring.judge.verdict", self.verdict, VERDICTS)
+        _check(bool(self.grades), "scoring.judge.grades", self.grades, "at least one grade word")
+        for word in self.grades:
+            _check(bool(re.fullmatch(r"\w+", word)), "scoring.judge.grades", word, "single words as grade names")
+        _check(self.scale_max > self.scale_min, "scoring.judge.scale_max", self.scale_max,
+               f"a number above scoring.judge.scale_min={self.scale_min}")
+        _check(self.samples >= 1, "scoring.judge.samples", self.samples, "an integer >= 1")
+        _check(self.samples == 1 or self.temperature > 0, "scoring.judge.samples", self.samples,
+               "1 with a greedy judge (every judgement would be the same); set scoring.judge.temperature > 0")
+        _check(self.batch_size >= 1, "scoring.judge.batch_size", self.batch_size, "an integer >= 1")
+        self.settings()  # backend, device, generation: refused with their scoring.judge.* names
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
+
+    def settings(self) -> tuple["RuntimeConfig", "BackendConfig", "GenerationConfig"]:
+        """The judge as the run's own sections would say it (its model in runtime, its server in backend);
+        a ConfigError names the scoring.judge.* key."""
+        try:
+            server = {key: getattr(self, key) for key in ("base_url", "api_key_env", "timeout_s", "max_concurrency")}
+            backend = BackendConfig(name=self.backend, **server)
+            runtime = RuntimeConfig(model=self.model or "none", device=self.device, dtype=self.dtype,
+                                    batch_size=self.batch_size)
+            generation = GenerationConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                          max_new_tokens=self.max_new_tokens, num_samples=self.samples)
+        except OtherBackendSetting as error:  # a server setting with the in-process judge
+            key = error.key.removeprefix("backend.")
+            raise ConfigError(f"scoring.judge.{key}", getattr(self, key), "null unless scoring.judge.backend=openai") \
+                from None
+        except ConfigError as error:
+            key = re.sub(r"^(backend\.name|backend|runtime|generation)\.?", "", error.key) or "backend"
+            raise ConfigError(f"scoring.judge.{key}", error.value, error.allowed) from None
+        return runtime, backend, generation
+
+
+@dataclass
+class ScoringConfig:
+    """Scorers beyond dataset.scorer (which always runs): a judge model (scoring=judge)."""
+
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
 @dataclass
 class FieldsConfig:
     """Which field of a record holds each part of a sample (a dotted path reaches into an object: choices.text)."""
@@ -480,6 +566,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     resume: Optional[str] = None  # a run folder to continue (python -m pipeline resume=<folder> or resume=last)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]
                                               "the transcript)" if summary.num_errors else ""),
         f"accuracy  {score_text(summary)}",
         *([likelihood_text(summary.likelihood)] if summary.likelihood else []),
+        *([judge_text(summary.judge, summary.scorer)] if summary.judge else []),
         *(["pass@k    " + ", ".join(f"pass@{k} {v:.3f}" for k, v in summary.pass_at_k.items())]
           if summary.pass_at_k else []),
         *([f"tools     {summary.tool_calls} calls, {summary.tool_errors} failed (tool_error in the transcript)"]
@@ -71,6 +72,19 @@ def likelihood_text(metrics: dict[str, float]) -> str:
             f"bits per byte {metrics['bits_per_byte']:.3f}")
 
 
+def judge_text(judge: dict[str, Any], scorer: str) -> str:
+    """`judge     0.975 [0.943, 0.989] 95% CI, 195 graded, 0 failed; agrees with exact_match on 0.990 (kappa 0.95)`."""
+    mean = "n/a (nothing graded)" if judge.get("mean") is None else (
+        f"{judge['mean']:.3f}" + ("" if judge.get("ci_low") is None else
+                                  f" [{judge['ci_low']:.3f}, {judge['ci_high']:.3f}] 95% CI"))
+    text = f"{judge.get('name', 'judge'):<9} {mean}, {judge.get('graded', 0)} graded, {judge.get('errors', 0)} failed"
+    if judge.get("agreement") is not None:
+        kappa = "n/a" if judge.get("kappa") is None else f"{judge['kappa']:.3f}"
+        text += (f"; agrees with {scorer} on {judge['agreement']:.3f} of {judge['agreement_n']} "
+                 f"(Cohen's kappa {kappa})")
+    return text
+
+
 def score_text(summary: Summary) -> str:
     """`0.980 [0.950, 0.992] 95% CI (Wilson, 200 samples); 196/200 exact_match` (n/a without references)."""
     if summary.accuracy is None:
@@ -81,17 +95,24 @@ def score_text(summary: Summary) -> str:
     return f"{summary.accuracy:.3f}{interval}; {summary.correct}/{summary.num_scored} {summary.scorer}".rstrip()
 
 
+def _figure(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def sweep_table(jobs: list[dict[str, Any]]) -> str:
-    """One row per job: the overrides that set it apart, its state, accuracy and speed."""
+    """One row per job: the overrides that set it apart, its state, accuracy and speed; with a judge (scoring=judge)
+    its mean grade and agreement with the scorer (share, Cohen's kappa)."""
     shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if len(jobs) > 1 else set()
-    header = ("job", "swept", "state", "accuracy", "tokens/s")
+    judged = any(job.get("judge") for job in jobs)
+    header = ("job", "swept", "state", "accuracy", "tokens/s") + (("judge", "agreement", "kappa") if judged else ())
     rows = [header] + [(
         str(job["num"]),
         " ".join(o for o in job["overrides"] if o not in shared) or "-",
         job["state"],
-        "-" if job.get("accuracy") is None else f"{job['accuracy']:.3f}",
+        _figure(job.get("accuracy")),
         "-" if job.get("tokens_per_second") is None else f"{job['tokens_per_second']:.1f}",
-    ) for job in jobs]
+    ) + (tuple(_figure((job.get("judge") or {}).get(k)) for k in ("mean", "agreement", "kappa")) if judged else ())
+        for job in jobs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
@@ -114,8 +135,8 @@ class ProgressSink:
 
     streams_text = False
 
-    def __init__(self, total: int, out: TextIO, every_s: float = 0.2, kept: int = 0) -> None:
-        self.total, self.out, self.every_s, self.kept = total, out, every_s, kept
+    def __init__(self, total: int, out: TextIO, every_s: float = 0.2, kept: int = 0, label: str = "execute") -> None:
+        self.total, self.out, self.every_s, self.kept, self.label = total, out, every_s, kept, label
         self.done = 0
         self.started = time.perf_counter()
         self.shown = self.started - every_s  # the first completion is shown at once
@@ -136,7 +157,7 @@ class ProgressSink:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
             kept = f"; {self.kept} kept from before" if self.kept else ""
-            self.out.write(f"\rexecute   {self.done} generations, {rate:.1f}/s ({self.total} answers to give{kept})")
+            self.out.write(f"\r{self.label:<9} {self.done} generations, {rate:.1f}/s ({self.total} {self.label == 'judge' and 'to judge' or 'answers to give'}{kept})")
             self.out.flush()
             self.on_screen = True
 

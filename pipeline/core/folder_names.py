@@ -12,6 +12,7 @@ LOAD_FILE = "load.json"  # how the in-process model was loaded (or kept from an 
 INPUTS_FILE = "inputs.json"  # fingerprints of the dataset, history and model files: a resume compares them
 TRANSCRIPT_FILE = "transcript.jsonl"  # one record per answer
 SCORES_FILE = "scores.jsonl"  # the score stage's journal: each answer's score as it is made (pipeline.stages.score)
+JUDGEMENTS_FILE = "judgements.jsonl"  # the judge's journal: each answer's grade as it is made (pipeline.stages.judge)
 STAGES_FILE = "stages.json"  # the seconds of the stages up to execute, for a run that goes on at the score stage
 SUMMARY_FILE = "summary.json"  # the summarize stage's scores, intervals and speed
 STATUS_FILE = "status.json"  # started / success / failed / interrupted, and why

@@ -163,6 +163,7 @@ class RuntimePlan:
     # base URL, what the server reports, options with reasons, token source); {} for the in-process model
     backend_plan: dict[str, Any] = field(default_factory=dict)
     thinking: dict[str, Any] = field(default_factory=dict)  # pipeline.core.thinking.ThinkingPlan as a dict
+    judge: dict[str, Any] = field(default_factory=dict)  # scoring=judge: the judge's plan (pipeline.stages.judge)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,6 +231,9 @@ class TranscriptRecord:
     reasoning_truncated: bool = False  # the thinking never closed: no answer, scored as none
     continuations: int = 0  # generation.continue_on_length: the answer is this many continuations longer
     cached: bool = False  # read from the response cache (cache.enabled), not generated now; timings as first generated
+    # scoring=judge: {name, grade, said, reason, error, reply, prompt_tokens, completion_tokens, latency_s}
+    # (pipeline.stages.judge); None: not judged
+    judge: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         # shallow: its values are already JSON-shaped, and asdict's deep copy cost more than a batch of the demo model
@@ -261,6 +265,11 @@ OLD_RECORD_DEFAULTS: dict[str, Any] = {
     "completion_tokens": 0, "finish_reason": "stop", "ttft_s": 0.0, "latency_s": 0.0, "batch": 0, "config_hash": "",
     "schema_version": 0,
 }
+
+
+# the judge's summary figures logged to MLflow as <judge name>/<figure>
+JUDGE_METRICS = ("mean", "ci_low", "ci_high", "graded", "errors", "agreement", "kappa", "prompt_tokens",
+                 "completion_tokens")
 
 
 @dataclass
@@ -301,6 +310,9 @@ class Summary:
     # word_perplexity, byte_perplexity, bits_per_byte
     likelihood: dict[str, float] = field(default_factory=dict)
     cache_hits: int = 0  # model generations (answers, tool calls) or log-likelihoods read from the response cache
+    # scoring=judge (pipeline.stages.judge_summary): its name and model, mean grade with its 95% interval,
+    # answers graded and failed, and its agreement with dataset.scorer (share agreeing, Cohen's kappa)
+    judge: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,7 +322,8 @@ class Summary:
         the order they were first logged (stage timings are logged after these)."""
         scores = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci_low,
                   "accuracy_ci_high": self.accuracy_ci_high,
-                  **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()}, **self.likelihood}
+                  **{f"pass_at_{k}": value for k, value in self.pass_at_k.items()}, **self.likelihood,
+                  **{f"{self.judge.get('name')}/{key}": value for key, value in self.judge.items() if key in JUDGE_METRICS}}
         metrics = {key: float(value) for key, value in scores.items() if value is not None}
         metrics.update({
             "samples": float(self.num_samples),

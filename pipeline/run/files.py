@@ -20,6 +20,7 @@ from pipeline.core.folder_names import (
     CONVERSATION_FILE,
     HYDRA_FILES,
     HYDRA_FOLDER,
+    JUDGEMENTS_FILE,
     LOAD_FILE,
     MULTIRUN_FILE,
     PLAN_FILE,
@@ -36,8 +37,8 @@ from pipeline.run.status import STATES
 
 # Every file a run (pipeline.run.runner, pipeline.run.rescore, pipeline.cli.chat, tracking) writes at the top of
 # its folder; `*.log` is Hydra's job log (`<hydra.job.name>.log`). Anything else there is not ours.
-RUN_FILE_NAMES = (CONFIG_FILE, PLAN_FILE, LOAD_FILE, TRANSCRIPT_FILE, SCORES_FILE, STAGES_FILE, SUMMARY_FILE,
-                  STATUS_FILE, TRACKING_FILE, SOURCE_FILE, CONVERSATION_FILE)
+RUN_FILE_NAMES = (CONFIG_FILE, PLAN_FILE, LOAD_FILE, TRANSCRIPT_FILE, SCORES_FILE, JUDGEMENTS_FILE, STAGES_FILE,
+                  SUMMARY_FILE, STATUS_FILE, TRACKING_FILE, SOURCE_FILE, CONVERSATION_FILE)
 RUN_MARKERS = (STATUS_FILE, TRANSCRIPT_FILE, ".hydra/hydra.yaml")  # a folder with one of these holds a run
 SWEEP_MARKERS = (MULTIRUN_FILE, SWEEP_FILE)  # a folder with one of these holds a sweep
 

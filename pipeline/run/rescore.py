@@ -3,10 +3,11 @@
 No model is resolved, loaded or run: the runner (pipeline.run.runner) takes this run straight to
 score -> summarize over the source run's answers. The source run folder is only read; this module
 seeds the new run's own folder (Hydra created it as for any run) before the score stage:
-- config.json: the source's config, with this run's dataset.scorer, tracking and
-  pipeline (from_transcript, until), so `python -m pipeline.report --diff <source> <this>` shows the change;
+- config.json: the source's config, with this run's dataset.scorer, scoring (a judge: pipeline.stages.judge),
+  tracking and pipeline (from_transcript, until), so `python -m pipeline.report --diff <source> <this>` shows the change;
 - plan.json: the source's (the generation it describes is the source's);
-- transcript.jsonl: the source's records, their scores cleared (the score stage scores them again);
+- transcript.jsonl: the source's records, their scores and judgements cleared (the score stage scores them
+  again, and a judge, if this run has one, judges them again);
 - source.json (once scored): the source folder, its MLflow run id (when found in this store), both
   scorers and how many scores changed.
 Speed and peak memory come from the source's records and summary (they describe its generation);
@@ -40,7 +41,7 @@ from pipeline.tracking.runs import PLAN_PARAMS, Tracker, run_tags
 
 log = logging.getLogger(__name__)
 # settings that may be given with pipeline.from_transcript: none of them changes the transcript
-APPLICABLE = ("dataset.scorer", "tracking", "pipeline.", "hydra.", "resume")
+APPLICABLE = ("dataset.scorer", "scoring", "tracking", "pipeline.", "hydra.", "resume")
 
 
 @dataclasses.dataclass
@@ -59,7 +60,7 @@ class Rescore:
     def stage_seconds(self) -> dict[str, float]:
         """The source's stages that made the answers (its own scoring and summary are not this run's)."""
         seconds = self.source_summary.get("stage_seconds", {})
-        return {k: v for k, v in seconds.items() if k not in ("score", "summarize")}
+        return {k: v for k, v in seconds.items() if k not in ("score", "judge", "summarize")}
 
     @property
     def peak_memory(self) -> tuple[Optional[int], str]:
@@ -73,14 +74,14 @@ def prepare(config: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> R
         key = override.split("=", 1)[0].lstrip("+~")
         if not key.startswith(APPLICABLE):
             raise UserError(f"{override}: pipeline.from_transcript re-scores an existing transcript, which this "
-                            "setting cannot change; only dataset.scorer.*, tracking.* and pipeline.* apply")
+                            "setting cannot change; only dataset.scorer.*, scoring.*, tracking.* and pipeline.* apply")
     source_config = read_json(source / CONFIG_FILE) if (source / CONFIG_FILE).is_file() else config.to_dict()
     scorer_config = merged_scorer(source_config, config.dataset.scorer, overrides)
     records = read_transcript(source / TRANSCRIPT_FILE)
     check_scorer(scorer_config, [(r.get("sample_id", "?"), r.get("reference")) for r in records if is_answer(r)])
     new_config = json.loads(json.dumps(redact({
         **source_config, "dataset": {**source_config.get("dataset", {}), "scorer": dataclasses.asdict(scorer_config)},
-        "tracking": dataclasses.asdict(config.tracking),
+        "tracking": dataclasses.asdict(config.tracking), "scoring": dataclasses.asdict(config.scoring),
         "pipeline": {**source_config.get("pipeline", {}), "from_transcript": str(source),
                      "until": config.pipeline.until}}), default=str))
     prepared = Rescore(source, scorer_config, new_config,
@@ -117,7 +118,7 @@ def seed(prepared: Rescore, run_dir: Path) -> None:
         write_json(run_dir / PLAN_FILE, prepared.plan)
     if not (run_dir / TRANSCRIPT_FILE).is_file():  # a resume keeps it: the score stage's journal goes with it
         rewrite_transcript(run_dir / TRANSCRIPT_FILE, [
-            {**r, "score": None, "extracted": None} if is_answer(r) else r
+            {**r, "score": None, "extracted": None, **({"judge": None} if "judge" in r else {})} if is_answer(r) else r
             for r in read_transcript(prepared.source / TRANSCRIPT_FILE)])
 
 

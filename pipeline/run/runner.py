@@ -7,6 +7,9 @@ planning leaves no run in MLflow), and is ended FINISHED, FAILED or KILLED to ma
 A run starts at the score stage, with no model, when its answers are all there already
 (`_run_from_score`): a resume of a run whose execute stage had finished (pipeline.run.resume),
 and a re-scoring run (`pipeline.from_transcript`: another run's answers, seeded by pipeline.run.rescore).
+With `scoring=judge` the judge is planned with the run (plan.json's `judge`; over the answers there are, for
+a run that starts at the score stage) and grades the answers after the score stage, once the answering
+model has been closed (pipeline.stages.judge; its seconds are `stage/judge/seconds`).
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ from pipeline.run.log_file import release_run_log
 from pipeline.run.resume import Previous, begin, inputs_difference, settle
 from pipeline.run.status import locked, set_status
 from pipeline.stages.execute import execute
+from pipeline.stages.judge import PlannedJudge, judge, plan_judge, stand_ins
 from pipeline.stages.plan import plan
 from pipeline.stages.resolve import resolve
 from pipeline.stages.score import score
 from pipeline.stages.summarize import summarize
 from pipeline.tracking.guard import GuardedTracker
-from pipeline.tracking.runs import Tracker, config_params, model_label, run_name, run_tags
+from pipeline.tracking.runs import Tracker, config_params, judge_params, model_label, run_name, run_tags
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +113,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             if not resuming:  # a resume told to stop here only shows what it would use: the run stays as it was
                 set_status(run_dir, "planned", "pipeline.until=resolve: nothing was run")
             return result
-        result.plan, samples, backend = timed("plan", plan, config, resolved, run_dir, overrides)
+        result.plan, samples, backend, judging = timed("plan", _plan, config, resolved, run_dir, overrides)
         inputs = fingerprint(config, resolved, samples)
         if resuming:
             problem = inputs_difference(run_dir, config, resolved, samples)
@@ -158,6 +162,8 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             write_json(run_dir / STAGES_FILE, seconds)  # what a later start at the score stage cannot time itself
         if until in ("score", "summarize"):
             timed("score", score, run_dir, config.dataset.scorer)
+            if judging is not None:  # after the answering model was closed: the judge loads in its place
+                timed("judge", judge, run_dir, judging)
         if until == "summarize":
             result.summary = _summarize(run_dir, seconds, config.dataset.scorer.label, _peak_memory(result.plan.device),
                                         tracker, timed)
@@ -179,10 +185,14 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
     # what this run's execute left in stages.json
     earlier = rescoring.stage_seconds if rescoring else read_json(run_dir / STAGES_FILE) \
         if (run_dir / STAGES_FILE).is_file() else {}
-    seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "summarize")}
+    seconds: dict[str, float] = {k: v for k, v in earlier.items() if k not in ("score", "judge", "summarize")}
     tracker = GuardedTracker(config.tracking, run_dir, resuming=config.resume is not None, experiment_id=experiment_id)
     timed = _timer(seconds)
     scorer = rescoring.scorer if rescoring else config.dataset.scorer
+    # the judge is planned over the answers there are, before anything is written or loaded: a mistake leaves
+    # the run as it was
+    judging = plan_judge(config, read_transcript((rescoring.source if rescoring else run_dir) / TRANSCRIPT_FILE),
+                         run_dir) if config.scoring.judge.enabled else None
     try:
         tracker.check_reachable()
         if rescoring:  # the source run's answers, to be scored again in this folder
@@ -203,10 +213,14 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
         tracker.evaluate_with(scorer.label, rescoring.config["dataset"].get("name", "") if rescoring
                               else config.dataset.name)
         result.tracker = tracker
+        if judging is not None:
+            _record_judge(run_dir, judging, tracker)
         if config.pipeline.until not in ("score", "summarize"):  # a resume told to stop before scoring
             close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
             return result
         timed("score", score, run_dir, scorer)
+        if judging is not None:
+            timed("judge", judge, run_dir, judging)
         if rescoring:
             tracker.log_metrics({"scores_changed": float(rescore.record_source(rescoring, run_dir, source_run_id,
                                                                                scorer.label))})
@@ -220,6 +234,24 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
         raise
     close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
+
+
+def _plan(config: Config, resolved: Any, run_dir: Path, overrides: tuple[str, ...]) -> tuple[Any, ...]:
+    """The plan stage: the answering model's plan, samples and backend, and the judge's (scoring=judge), planned
+    over stand-ins for the answers to come; the judge's part goes into the plan (plan.json)."""
+    runtime_plan, samples, backend = plan(config, resolved, run_dir, overrides)
+    judging = None
+    if config.scoring.judge.enabled:
+        judging = plan_judge(config, stand_ins(samples, config), run_dir, runtime_plan)
+        runtime_plan.judge = judging.to_dict()
+    return runtime_plan, samples, backend, judging
+
+
+def _record_judge(run_dir: Path, judging: PlannedJudge, tracker: Tracker) -> None:
+    """A run that starts at the score stage: its judge's plan into plan.json, and who judges into MLflow."""
+    planned = read_json(run_dir / PLAN_FILE) if (run_dir / PLAN_FILE).is_file() else {}
+    write_json(run_dir / PLAN_FILE, {**planned, "judge": judging.to_dict()})
+    tracker.log_params(judge_params(judging.to_dict()))
 
 
 def _timer(seconds: dict[str, float]) -> Callable[..., Any]:

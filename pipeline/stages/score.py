@@ -49,7 +49,7 @@ def score_record(record: dict[str, Any], scorer: Scorer, extract: Optional[str] 
     reference = record.get("reference")
     if record.get("loglikelihood"):
         return {**record, "extracted": None}
-    if not _has_answer(record):  # a miss when there was something to get right
+    if not has_answer(record):  # a miss when there was something to get right
         return {**record, "score": None if reference is None else 0.0, "extracted": None}
     extracted = scored_text(record, extract)
     if extracted is None:  # dataset.scorer.extract found nothing: no answer (lm-eval's "[invalid]")
@@ -64,7 +64,7 @@ def scored_text(record: dict[str, Any], extract: Optional[str] = None) -> Option
     return response if extract is None else extract_answer(response, extract)
 
 
-def _has_answer(record: dict[str, Any]) -> bool:
+def has_answer(record: dict[str, Any]) -> bool:
     """Completed, and not thinking that ran out before it closed (its response is no answer)."""
     return record.get("status", "ok") == "ok" and not record.get("reasoning_truncated")
 
@@ -112,7 +112,7 @@ def _seen(record: dict[str, Any], extract: Optional[str] = None) -> Optional[str
     """What `score_record` records as `extracted` for this answer."""
     if record.get("loglikelihood"):
         return None
-    return scored_text(record, extract) if _has_answer(record) else None
+    return scored_text(record, extract) if has_answer(record) else None
 
 
 def _with_score(record: dict[str, Any], entry: Optional[dict[str, Any]]) -> dict[str, Any]:

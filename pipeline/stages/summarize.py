@@ -24,6 +24,7 @@ from collections import defaultdict
 from typing import Any, Optional
 
 from pipeline.core.records import Summary, TranscriptRecord
+from pipeline.scoring.agreement import PASS, agreement
 from pipeline.scoring.choices import likelihood_metrics
 from pipeline.scoring.intervals import k_values, mean_interval, pass_at_k
 
@@ -84,7 +85,36 @@ def summarize(records: list[dict[str, Any]], stage_seconds: dict[str, float], sc
         answer_tokens_mean=sum(answer_tokens) / len(answer_tokens) if answer_tokens else 0.0,
         likelihood=likelihood_metrics(records),
         cache_hits=sum(r.cached for r in ran_model),
+        judge=judge_figures(answers),
     )
+
+
+def judge_figures(answers: list[TranscriptRecord]) -> dict[str, Any]:
+    """The judge's figures (scoring=judge; {} without one): its mean grade with a 95% interval over samples,
+    answers graded and failed (a failed judgement has no grade), and its agreement with dataset.scorer
+    over the answers both graded, with the answers where they disagree."""
+    judged = [r for r in answers if r.judge is not None]
+    if not judged:
+        return {}
+    graded = [r for r in judged if r.judge.get("grade") is not None]
+    by_sample: dict[str, list[float]] = defaultdict(list)
+    for record in graded:
+        by_sample[record.sample_id].append(record.judge["grade"])
+    low, high, method = mean_interval([sum(g) / len(g) for g in by_sample.values()])
+    both = [r for r in graded if r.score is not None]
+    agreed = agreement([r.score for r in both], [r.judge["grade"] for r in both])
+    return {
+        "name": judged[0].judge.get("name", "judge"),
+        "mean": sum(r.judge["grade"] for r in graded) / len(graded) if graded else None,
+        "ci_low": low, "ci_high": high, "ci_method": method,
+        "graded": len(graded),
+        "errors": sum(r.judge.get("error") is not None for r in judged),
+        "agreement": agreed.share, "kappa": agreed.kappa, "agreement_n": agreed.n,
+        "disagreements": [f"{r.sample_id}/{r.sample_index}" for r in both
+                          if (r.score >= PASS) != (r.judge["grade"] >= PASS)],
+        "prompt_tokens": sum(r.judge.get("prompt_tokens", 0) for r in judged),
+        "completion_tokens": sum(r.judge.get("completion_tokens", 0) for r in judged),
+    }
 
 
 def pass_at_ks(by_sample: dict[str, list[float]]) -> dict[str, float]:

@@ -5,6 +5,8 @@ Each answer's trace (pipeline.tracking.traces) gets:
   answer the scorer saw as its rationale (the record's `extracted`, else the response), and the
   run id in its metadata (`mlflow.assessment.sourceRunId`: the UI's evaluation view of a run
   shows the traces whose assessments came from that run);
+- with scoring=judge, the judge's Feedback: source LLM_JUDGE (the judge's model), its grade as the value
+  and its reason as the rationale, or, where the judgement failed, no value and the error;
 - an Expectation `expected_response` holding the sample's reference, its source the dataset.
 An answer without a score gets no Feedback; one without a reference no Expectation.
 
@@ -64,6 +66,8 @@ def answer_assessments(run_id: str, steps: list[dict[str, Any]], scorer: str, da
                             rationale=None if extracted is None else str(extracted)[:MAX_RATIONALE],
                             metadata={SOURCE_RUN_ID: run_id})
         found.append(feedback)
+    if final.get("judge"):
+        found.append(judge_feedback(run_id, trace, final["judge"]))
     if final.get("reference") is not None:
         found.append(Expectation(name=EXPECTATION, value=str(final["reference"]), trace_id=trace,
                                  source=AssessmentSource(AssessmentSourceType.HUMAN, dataset),
@@ -71,6 +75,20 @@ def answer_assessments(run_id: str, steps: list[dict[str, Any]], scorer: str, da
     for assessment in found:
         assessment.assessment_id = assessment_id(assessment)
     return found
+
+
+def judge_feedback(run_id: str, trace: str, judged: dict[str, Any]) -> Any:
+    """The judge's Feedback (scoring=judge): source LLM_JUDGE named after its model, its grade as the value and
+    its reason as the rationale; a judgement that failed has no value and the error instead."""
+    from mlflow.entities import AssessmentError, AssessmentSource, AssessmentSourceType, Feedback
+
+    error = judged.get("error")
+    return Feedback(name=judged.get("name") or "judge", trace_id=trace,
+                    value=None if judged.get("grade") is None else float(judged["grade"]),
+                    error=AssessmentError("JUDGE_FAILED", str(error)[:MAX_RATIONALE]) if error else None,
+                    source=AssessmentSource(AssessmentSourceType.LLM_JUDGE, judged.get("model") or "judge"),
+                    rationale=(judged.get("reason") or None) and str(judged["reason"])[:MAX_RATIONALE],
+                    metadata={SOURCE_RUN_ID: run_id})
 
 
 def assessment_id(assessment: Any) -> str:

@@ -360,6 +360,18 @@ def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[st
     if plan is not None:
         params.update({f"plan.{key}": getattr(plan, key) for key in PLAN_PARAMS})
         params.update({f"effective.generation.{key}": value for key, value in plan.generation.items()})
+        params.update(judge_params(plan.judge))
+    return params
+
+
+def judge_params(judge: dict[str, Any]) -> dict[str, Any]:
+    """Who judged (scoring=judge; {} without a judge): the model as resolved, its weights digest or server,
+    the prompt's digest and the effective generation settings, as judge.* params."""
+    if not judge:
+        return {}
+    keys = ("model", "backend", "weights_digest", "endpoint", "prompt_digest", "fingerprint")
+    params = {f"judge.{key}": judge.get(key) or "" for key in keys}
+    params.update({f"judge.effective.generation.{k}": v for k, v in (judge.get("generation") or {}).items()})
     return params
 
 

@@ -206,5 +206,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "reason": status.get("reason", ""),
             "accuracy": summary.get("accuracy"),
             "tokens_per_second": summary.get("tokens_per_second"),
+            **({"judge": {k: summary["judge"].get(k) for k in ("mean", "agreement", "kappa")}}
+               if summary.get("judge") else {}),
         })
     return sorted(jobs, key=lambda job: job["num"])

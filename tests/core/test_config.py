@@ -13,7 +13,7 @@ from pipeline.core.config import CONF_DIR, Config, GenerationConfig, to_config
 from pipeline.core.errors import ConfigError
 from tests.conftest import run_pipeline
 
-GROUPS = ["runtime", "generation", "session", "dataset", "tracking", "pipeline", "backend"]
+GROUPS = ["runtime", "generation", "session", "dataset", "tracking", "pipeline", "backend", "scoring"]
 
 
 def options(group: str) -> list[str]:

@@ -39,14 +39,15 @@ BACKEND = "transformers"
 AUTO_BATCH_WITHOUT_MEMORY_FIGURES = 8  # batch_size=auto when free memory cannot be known
 
 
-def plan_from_config(config: Config, model: ResolvedModel,
-                     overrides: Iterable[str] = ()) -> tuple[RuntimePlan, list[Sample], Optional[ChatTemplate]]:
-    """The plan stage as the runner runs it: read the samples, count their tokens, plan.
+def plan_from_config(config: Config, model: ResolvedModel, overrides: Iterable[str] = (),
+                     samples: Optional[list[Sample]] = None) -> tuple[RuntimePlan, list[Sample], Optional[ChatTemplate]]:
+    """The plan stage as the runner runs it: read the samples (unless given), count their tokens, plan.
 
     Returns the samples and chat template too, so execute uses exactly what was planned."""
-    # the model reads bytes: with runtime.allow_download=true an http(s) part is fetched now (once, into a cache),
-    # so it is decoded, counted and fingerprinted like a local file
-    samples = load_samples(config.dataset, config.runtime.allow_download, media_fetch.fetcher(config))
+    if samples is None:
+        # the model reads bytes: with runtime.allow_download=true an http(s) part is fetched now (once, into a cache),
+        # so it is decoded, counted and fingerprinted like a local file
+        samples = load_samples(config.dataset, config.runtime.allow_download, media_fetch.fetcher(config))
     scorer = check_scorer(config.dataset.scorer, sample_references(samples))
     require_chat_template(model, config.session)
     folder = Path(model.path)
