@@ -45,6 +45,7 @@ from pipeline.core.errors import (
     TrackingError,
     UserError,
     describe_config_exception,
+    signalled,
 )
 from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
 from pipeline.run.resume import check_output_folder, enter_launch_folder, expand_command_line, ran_until
@@ -224,13 +225,13 @@ def _main() -> None:
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends a run the way Ctrl-C does: records flushed, status interrupted, MLflow KILLED, exit 143."""
     _stop_workers(signum)
-    raise Interrupted()
+    raise signalled(Interrupted())
 
 
 def _interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: as Python's own handler (KeyboardInterrupt), once a sweep's jobs in other processes ended."""
     _stop_workers(signum)
-    raise KeyboardInterrupt
+    raise signalled(KeyboardInterrupt())
 
 
 def _stop_workers(signum: int) -> None:

@@ -57,6 +57,32 @@ class Interrupted(KeyboardInterrupt):
     exit_code = EXIT_TERMINATED
 
 
+_SIGNALLED: list[KeyboardInterrupt] = []  # the interruptions the signal handlers raised in this process
+
+
+def signalled(interruption: KeyboardInterrupt) -> KeyboardInterrupt:
+    """What a signal handler raises, remembered: see interruption_behind."""
+    _SIGNALLED.append(interruption)
+    return interruption
+
+
+def interruption_behind(error: BaseException) -> BaseException:
+    """`error`, or the Ctrl-C/SIGTERM it stands for. A signal can land inside a library's import or an
+    `except Exception` of its own, which turns our KeyboardInterrupt into something else (transformers'
+    lazy modules raise ModuleNotFoundError, numpy a RecursionError): once a signal was raised, whatever
+    ends the run is that interruption, not a failure."""
+    if isinstance(error, KeyboardInterrupt) or not _SIGNALLED:
+        return error
+    return _SIGNALLED[-1]
+
+
+def raise_if_signalled() -> None:
+    """Raise the Ctrl-C/SIGTERM a library swallowed (one that catches BaseException around its imports),
+    so that a signal is never lost: called as each stage ends."""
+    if _SIGNALLED:
+        raise _SIGNALLED[-1]
+
+
 class ConfigError(UserError):
     """A setting outside what is allowed: names the full key, the value and what is allowed."""
 

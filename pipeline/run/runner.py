@@ -28,7 +28,14 @@ from pipeline.backends.openai.plan import SERVER, served_tags
 from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
 from pipeline.core.config import Config
 from pipeline.core.console import ProgressSink
-from pipeline.core.errors import BackendUnavailable, Interrupted, TrackingError, UserError
+from pipeline.core.errors import (
+    BackendUnavailable,
+    Interrupted,
+    TrackingError,
+    UserError,
+    interruption_behind,
+    raise_if_signalled,
+)
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import (
     CONFIG_FILE,
@@ -168,9 +175,10 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             result.summary = _summarize(run_dir, seconds, config.dataset.scorer.label, _peak_memory(result.plan.device),
                                         tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
+        cause = interruption_behind(error)
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
-            close_run(run_dir, tracker, *_ending(error), seconds)
-        raise
+            close_run(run_dir, tracker, *_ending(cause), seconds)
+        _reraise(cause, error)
     close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
@@ -230,8 +238,9 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             result.summary = _summarize(run_dir, seconds, scorer.label,
                                         rescoring.peak_memory if rescoring else (None, ""), tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
-        close_run(run_dir, tracker, *_ending(error), seconds)
-        raise
+        cause = interruption_behind(error)
+        close_run(run_dir, tracker, *_ending(cause), seconds)
+        _reraise(cause, error)
     close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
@@ -260,6 +269,7 @@ def _timer(seconds: dict[str, float]) -> Callable[..., Any]:
     def timed(stage: str, function: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         value = function(*args)
+        raise_if_signalled()
         seconds[stage] = time.perf_counter() - started
         log.info("%s: %.2f s", stage, seconds[stage])
         return value
@@ -281,6 +291,13 @@ def _start(run_dir: Path, config: Config) -> None:
     release_run_log()  # a resume, accepted: from here on its lines are the run's
     write_json(run_dir / CONFIG_FILE, redact(config.to_dict()))
     set_status(run_dir, "started")
+
+
+def _reraise(cause: BaseException, error: BaseException) -> None:
+    """Raise what ended the run: `error`, or the Ctrl-C/SIGTERM it hides (pipeline.core.errors.interruption_behind)."""
+    if cause is error:
+        raise error
+    raise cause from error
 
 
 def _ending(error: BaseException) -> tuple[str, str, str]:
