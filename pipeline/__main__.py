@@ -45,6 +45,9 @@ from pipeline.core.errors import (
     TrackingError,
     UserError,
     describe_config_exception,
+    forget_signals,
+    raise_if_signalled,
+    reraise_interruption,
     signalled,
 )
 from pipeline.core.folder_names import HYDRA_FOLDER, MULTIRUN_FILE, STATUS_FILE, TRANSCRIPT_FILE
@@ -110,6 +113,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
                       "resume=%s)", run_dir, run_dir)
         sys.exit(getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     except UserError as error:
+        reraise_interruption(error)
         if not in_sweep and cfg.get("resume") is None and not (run_dir / TRANSCRIPT_FILE).exists():
             discard(run_dir)  # a mistake found before any record: leave nothing behind
             log.error("error: %s", error)
@@ -119,6 +123,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
             sys.exit(EXIT_USAGE)
         return _fail(run_dir, f"error: {error}", EXIT_USAGE, in_sweep)
     except Exception as error:  # a config error raised while converting lands here too
+        reraise_interruption(error)
         if isinstance(error, BackendUnavailable):  # nothing of ours broke: what is left waits for the backend
             return _fail(run_dir, f"run failed: {error}; the records written are kept: once it answers again, "
                                   f"continue with: python -m pipeline resume={run_dir}", EXIT_FAILURE, in_sweep)
@@ -184,6 +189,7 @@ def _is_config_error(error: Exception) -> bool:
 
 
 def main() -> None:
+    forget_signals()
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not when started with Ctrl-C ignored
         signal.signal(signal.SIGINT, _interrupt)
@@ -206,6 +212,7 @@ def _main() -> None:
     problem = checked.problem or check_output_folder(sys.argv[1:], checked.first_job) \
         or check_tracking_store(checked.first_job)
     if problem:
+        raise_if_signalled()  # a signal that landed in the check, which turns what it catches into a problem
         print(f"config error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     register()
@@ -219,6 +226,7 @@ def _main() -> None:
     except SweepCallbackError as stop:
         sys.exit(outside_jobs.failed(stop.error))
     except Exception as error:  # noqa: BLE001 - raised outside the jobs (they handle their own)
+        reraise_interruption(error)
         sys.exit(outside_jobs.failed(error))
 
 

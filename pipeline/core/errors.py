@@ -76,6 +76,18 @@ def interruption_behind(error: BaseException) -> BaseException:
     return _SIGNALLED[-1]
 
 
+def forget_signals() -> None:
+    """A command begins: what interrupted an earlier one in this process (a test calling main) is not its own."""
+    _SIGNALLED.clear()
+
+
+def reraise_interruption(error: BaseException) -> None:
+    """Raise the Ctrl-C/SIGTERM that `error` stands for (interruption_behind), if it stands for one."""
+    cause = interruption_behind(error)
+    if cause is not error:
+        raise cause from error
+
+
 def raise_if_signalled() -> None:
     """Raise the Ctrl-C/SIGTERM a library swallowed (one that catches BaseException around its imports),
     so that a signal is never lost: called as each stage ends."""

@@ -101,8 +101,8 @@ def test_models_lists_models_dir_and_the_hugging_face_cache(tmp_path, hf_cache, 
     assert listed.returncode == 0, listed.stderr
     entries = {e["reference"]: e for e in json.loads(listed.stdout)}
     # the models shipped in the package come first, under the aliases a run takes (runtime.model=demo)
-    assert list(entries)[:4] == ["demo", "tool-demo", "thinking-demo", "vision-demo"]
-    assert set(entries) == {"demo", "tool-demo", "thinking-demo", "vision-demo", "tiny-local", "empty", "org/tiny"}
+    assert list(entries)[:5] == ["demo", "tool-demo", "thinking-demo", "vision-demo", "judge-demo"]
+    assert set(entries) == {"demo", "tool-demo", "thinking-demo", "vision-demo", "judge-demo", "tiny-local", "empty", "org/tiny"}
     assert entries["demo"]["kind"] == "built-in" and entries["demo"]["problem"] is None
     assert entries["vision-demo"]["modalities"] == ["text", "image"]
     assert entries["org/tiny"]["kind"] == "hf-cache" and entries["tiny-local"]["kind"] == "models-dir"
