@@ -37,7 +37,7 @@ from pipeline.backends.base import (Backend, BackendPlan, Capabilities, ChoicesR
                                     Continuation, Request, RollingResult)
 from pipeline.core.config import CacheConfig
 from pipeline.core.records import Message, ToolCall
-from pipeline.core.streaming import StreamSink
+from pipeline.core.streaming import RowSink, StreamSink
 
 if TYPE_CHECKING:
     from pipeline.backends.cache_store import ResponseStore
@@ -141,7 +141,7 @@ class CachingBackend(Backend):
         self._count(keys, found)
         missing = [i for i in range(len(requests)) if i not in found]
         if missing:
-            rows_sink = sink if sink is None or len(missing) == len(requests) else _RowSink(sink, missing)
+            rows_sink = sink if sink is None or len(missing) == len(requests) else RowSink(sink, missing)
             fresh = self._ready().generate([requests[i] for i in missing], rows_sink)
             found.update(zip(missing, fresh))
             self._store(keys, {i: c for i, c in zip(missing, fresh) if not (c.failed or c.unavailable)},
@@ -278,21 +278,3 @@ def _choices(entry: dict[str, Any]) -> ChoicesResult:
 
 def _rolling(entry: dict[str, Any]) -> RollingResult:
     return RollingResult(**{**entry["result"], "cached": True})
-
-
-class _RowSink:
-    """A sink for the rows of a batch that were generated: told their rows as numbered in the whole batch."""
-
-    def __init__(self, sink: StreamSink, rows: list[int]) -> None:
-        self.sink, self.rows = sink, rows
-        self.streams_text = getattr(sink, "streams_text", True)
-
-    def on_text(self, row: int, text: str) -> None:
-        self.sink.on_text(self.rows[row], text)
-
-    def on_complete(self, row: int, text: str) -> None:
-        self.sink.on_complete(self.rows[row], text)
-
-    def __getattr__(self, name: str) -> Any:  # on_reasoning(row, text) and on_tool, where the sink has them
-        found = getattr(self.sink, name)
-        return (lambda row, text: found(self.rows[row], text)) if name == "on_reasoning" else found

@@ -9,7 +9,7 @@ sampling inside `model.generate` is pipeline.backends.transformers.sampling.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StreamSink(Protocol):
@@ -24,6 +24,26 @@ class StreamSink(Protocol):
     def on_text(self, row: int, text: str) -> None: ...
 
     def on_complete(self, row: int, text: str) -> None: ...
+
+
+class RowSink:
+    """A sink for part of a batch (the rows split off by settings, not refused, or not in the response
+    cache): told its rows as numbered in the whole batch; `on_reasoning` and `on_tool` pass through where
+    the sink has them."""
+
+    def __init__(self, sink: StreamSink, rows: list[int]) -> None:
+        self.sink, self.rows = sink, rows
+        self.streams_text = getattr(sink, "streams_text", True)
+
+    def on_text(self, row: int, text: str) -> None:
+        self.sink.on_text(self.rows[row], text)
+
+    def on_complete(self, row: int, text: str) -> None:
+        self.sink.on_complete(self.rows[row], text)
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.sink, name)
+        return (lambda row, text: found(self.rows[row], text)) if name == "on_reasoning" else found
 
 
 def sample_seed(seed: int, sample_id: str, sample_index: int) -> int:

@@ -35,7 +35,7 @@ from pipeline.backends.transformers.thinking import (ANSWER, FORCING, THINKING, 
 from pipeline.core.config import SessionConfig
 from pipeline.core.reasoning import StreamSplitter, opens_thinking, split_reasoning
 from pipeline.core.records import LoadedRuntime, MediaPart, RuntimePlan
-from pipeline.core.streaming import StreamSink
+from pipeline.core.streaming import RowSink, StreamSink
 from pipeline.core.thinking import ThinkingPlan
 from pipeline.core.tool_calls import parse_tool_calls
 from pipeline.data.prompts import adds_special_tokens, render
@@ -184,7 +184,7 @@ class TransformersBackend(Backend):
             rows = [self._prompt(requests[i]) for i in indexes]
             settings = self._settings(requests[indexes[0]])
             whole = indexes == list(range(len(requests)))  # else the sink is told rows as numbered in `requests`
-            row_sink = sink if sink is None or whole else _RowSink(sink, indexes)
+            row_sink = sink if sink is None or whole else RowSink(sink, indexes)
             for i, output in zip(indexes, self._generate_rows(runtime, rows, settings, row_sink)):
                 completions[i] = self._completion(requests[i], *output)
         return [c for c in completions if c is not None]
@@ -298,7 +298,7 @@ class TransformersBackend(Backend):
             if tokens is not None:
                 factory = (lambda length, s=budget_states:  # noqa: E731
                            ThinkingBudget(tokens, self.thinking.budget, limit, length, s))
-            step_sink = sink if sink is None or pending == list(range(len(rows))) else _RowSink(sink, pending)
+            step_sink = sink if sink is None or pending == list(range(len(rows))) else RowSink(sink, pending)
             got_counts, got = generate_batch(runtime, batch, step_settings, special, step_sink, factory)
             going_on = []
             for i, count, output in zip(pending, got_counts, got):
@@ -415,18 +415,3 @@ class _ReasoningSink:
         if answer:
             self.sink.on_text(row, answer)
         self.sink.on_complete(row, split.answer)
-
-
-class _RowSink:
-    """A sink for part of a batch (split by settings, or without the requests refused): its rows are
-    numbered as in the whole batch."""
-
-    def __init__(self, sink: StreamSink, rows: list[int]) -> None:
-        self.sink, self.rows = sink, rows
-        self.streams_text = getattr(sink, "streams_text", True)
-
-    def on_text(self, row: int, text: str) -> None:
-        self.sink.on_text(self.rows[row], text)
-
-    def on_complete(self, row: int, text: str) -> None:
-        self.sink.on_complete(self.rows[row], text)
