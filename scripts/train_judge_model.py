@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 from tiny_training import TrainingSettings, build_model, deterministic, pad_batch, read_jsonl, save_model, train
+from train_demo_model import CHAT_TEMPLATE, MODEL_SHAPE, PRINTABLE, SPECIAL
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -51,15 +52,8 @@ DEMO_TEMPERATURES = (None, 0.7, 1.0, 1.5, 2.0)  # None: greedy; the demo model's
 DEMO_PAIRS = 1500  # training pairs whose demo answers are generated at each temperature
 EVAL_TEMPERATURES = (None, 0.7, 1.5)  # +experiment=judge's
 
-SPECIAL = ["<pad>", "<unk>", "<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-CHARACTERS = [chr(code) for code in range(32, 127)] + ["\n"]  # printable ASCII and the newline of the prompt
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-MODEL_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                   tie_word_embeddings=True)
+# the demo model's vocabulary of specials, chat template and shape: the judge is the same kind of tiny Llama
+CHARACTERS = PRINTABLE + ["\n"]  # printable ASCII and the newline of the prompt
 STEPS = 1400
 BATCH = 32
 THREADS = 1

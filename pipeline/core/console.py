@@ -137,6 +137,7 @@ class ProgressSink:
 
     def __init__(self, total: int, out: TextIO, every_s: float = 0.2, kept: int = 0, label: str = "execute") -> None:
         self.total, self.out, self.every_s, self.kept, self.label = total, out, every_s, kept, label
+        self.left = "answers to give" if label == "execute" else f"to {label}"  # what the count is of
         self.done = 0
         self.started = time.perf_counter()
         self.shown = self.started - every_s  # the first completion is shown at once
@@ -157,7 +158,7 @@ class ProgressSink:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
             kept = f"; {self.kept} kept from before" if self.kept else ""
-            self.out.write(f"\r{self.label:<9} {self.done} generations, {rate:.1f}/s ({self.total} {self.label == 'judge' and 'to judge' or 'answers to give'}{kept})")
+            self.out.write(f"\r{self.label:<9} {self.done} generations, {rate:.1f}/s ({self.total} {self.left}{kept})")
             self.out.flush()
             self.on_screen = True
 

@@ -35,6 +35,7 @@ from pipeline.core.errors import (
     UserError,
     interruption_behind,
     raise_if_signalled,
+    reraise_interruption,
 )
 from pipeline.core.files import read_json, write_json
 from pipeline.core.folder_names import (
@@ -175,10 +176,10 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             result.summary = _summarize(run_dir, seconds, config.dataset.scorer.label, _peak_memory(result.plan.device),
                                         tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
-        cause = interruption_behind(error)
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
-            close_run(run_dir, tracker, *_ending(cause), seconds)
-        _reraise(cause, error)
+            close_run(run_dir, tracker, *_ending(interruption_behind(error)), seconds)
+        reraise_interruption(error)
+        raise
     close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
@@ -238,9 +239,9 @@ def _run_from_score(config: Config, run_dir: Path, parent_run_id: Optional[str],
             result.summary = _summarize(run_dir, seconds, scorer.label,
                                         rescoring.peak_memory if rescoring else (None, ""), tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
-        cause = interruption_behind(error)
-        close_run(run_dir, tracker, *_ending(cause), seconds)
-        _reraise(cause, error)
+        close_run(run_dir, tracker, *_ending(interruption_behind(error)), seconds)
+        reraise_interruption(error)
+        raise
     close_run(run_dir, tracker, "success", "FINISHED", "", seconds)
     return result
 
@@ -291,13 +292,6 @@ def _start(run_dir: Path, config: Config) -> None:
     release_run_log()  # a resume, accepted: from here on its lines are the run's
     write_json(run_dir / CONFIG_FILE, redact(config.to_dict()))
     set_status(run_dir, "started")
-
-
-def _reraise(cause: BaseException, error: BaseException) -> None:
-    """Raise what ended the run: `error`, or the Ctrl-C/SIGTERM it hides (pipeline.core.errors.interruption_behind)."""
-    if cause is error:
-        raise error
-    raise cause from error
 
 
 def _ending(error: BaseException) -> tuple[str, str, str]:
