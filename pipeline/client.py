@@ -112,7 +112,7 @@ class RuntimeClient:
                 self._backend = served
             else:
                 from pipeline.backends.transformers.backend import TransformersBackend
-                from pipeline.backends.transformers.chat_template import ChatTemplate
+                from pipeline.data.chat_template import ChatTemplate
                 from pipeline.backends.transformers.plan import plan as make_plan
                 from pipeline.backends.transformers.plan import require_chat_template, tool_schemas
 

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.backends.transformers.digest import weights_digest
-from pipeline.backends.transformers.hub import cached_models
+from pipeline.core.digest import weights_digest
+from pipeline.core.hub_cache import cached_models
 from pipeline.backends.transformers.memory import gib
-from pipeline.backends.transformers.model_files import read_model_folder
+from pipeline.core.model_files import read_model_folder
 from pipeline.core.config import ASSETS_DIR, CONF_DIR
 from pipeline.core.errors import EXIT_USAGE, UserError
 

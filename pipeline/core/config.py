@@ -19,7 +19,7 @@ import secrets
 import typing
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -37,7 +37,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention")
 OFFLOAD = ("auto", "cpu", "disk", "none")
 TRUNCATION = ("error", "left")
-BACKENDS = ("transformers", "openai")  # conf/backend/<name>.yaml
 SCORERS = ("exact_match", "contains", "regex", "numeric")
 VERDICTS = ("grade", "scale", "json")  # how a judge's reply is read (pipeline.scoring.verdicts)
 DATASET_KINDS = ("generate", "multiple_choice", "perplexity")
@@ -108,68 +107,40 @@ class RuntimeConfig:
         _check(self.threads is None or self.threads >= 1, "runtime.threads", self.threads, "null or an integer >= 1")
 
 
-@dataclass
 class BackendConfig:
-    """Which backend generates (`backend=transformers`, the default, or `backend=openai`), and its own settings.
+    """Which backend generates (`backend=transformers`, the default, `backend=openai`, `backend=vllm`, ...) and
+    its own settings as the config gives them (`backend.<key>`; a null: not set, the kind's default applies).
 
-    The in-process model's settings stay under runtime.* (device, dtype, ...). The OpenAI-compatible
-    server's settings are the fields of pipeline.backends.openai.config.OpenAIConfig, listed here so
-    that OmegaConf checks their types; conf/backend/openai.yaml gives their defaults. A null here
-    (or an empty headers map) means "not set": with backend=transformers every one must stay unset
-    (setting one is a mistake, refused with one line), with backend=openai an unset one takes
-    OpenAIConfig's default."""
+    The keys are each kind's own (pipeline.backends.registry checks them against the kind's settings
+    dataclass, before anything loads): this section is a plain map in the schema, so a new kind adds
+    no field here. The in-process model's settings stay under runtime.* (device, dtype, ...)."""
 
-    name: str = "transformers"  # transformers or openai
-    base_url: Optional[str] = None
-    api_key_env: Optional[str] = None
-    api_version: Optional[str] = None
-    headers: Dict[str, str] = field(default_factory=dict)  # empty: none (so +backend.headers.NAME=... can add one)
-    token_limit_param: Optional[str] = None
-    timeout_s: Optional[float] = None
-    max_concurrency: Optional[int] = None
-    max_retries: Optional[int] = None
-    backoff_s: Optional[float] = None
-    max_backoff_s: Optional[float] = None
-    tokenizer: Optional[str] = None
-    modalities: Optional[List[str]] = None
+    def __init__(self, name: str = "transformers", values: Optional[Dict[str, Any]] = None, **given: Any) -> None:
+        self.name = name
+        self.values: Dict[str, Any] = {**(values or {}), **given}
+        _check(isinstance(name, str) and bool(name.strip()), "backend.name", name, "a backend kind's name")
 
-    def __post_init__(self) -> None:
-        _check_choice("backend.name", self.name, BACKENDS)
-        if self.name == "transformers":
-            for key, value in self.openai_settings().items():
-                if value is not None and value != {}:
-                    raise OtherBackendSetting(f"backend.{key}", "openai", "transformers", "add backend=openai")
-        else:
-            self.openai()  # validates: one line for the first setting outside what is allowed
+    @classmethod
+    def from_dict(cls, data: Any) -> "BackendConfig":
+        if isinstance(data, BackendConfig):
+            return data
+        values = dict(data or {})
+        name = values.pop("name", "transformers")
+        return cls(name, {key: dict(value) if isinstance(value, Mapping) else value for key, value in values.items()})
 
-    def openai_settings(self) -> dict[str, Any]:
-        """The settings of backend=openai as given (null: not set)."""
-        return {key: getattr(self, key) for key in _OPENAI_KEYS}
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, **self.values}
 
-    def openai(self) -> Any:
-        """The validated pipeline.backends.openai.config.OpenAIConfig (unset settings at its defaults)."""
-        from pipeline.backends.openai.config import OpenAIConfig  # only backend=openai pays for the HTTP client
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackendConfig) and other.to_dict() == self.to_dict()
 
-        given = {key: value for key, value in self.openai_settings().items() if value is not None}
-        given["headers"] = dict(given["headers"])
-        if "modalities" in given:
-            given["modalities"] = tuple(given["modalities"])
-        return OpenAIConfig(**given).validate()
-
-    def settings(self) -> dict[str, Any]:
-        """The chosen backend's name and effective settings (what the run records): for transformers its
-        name only (its settings are under runtime.*), for openai every setting, defaults filled in."""
-        if self.name != "openai":
-            return {"name": self.name}
-        effective = asdict(self.openai())
-        effective["modalities"] = list(effective["modalities"])
-        return {"name": self.name, **effective}
+    def __repr__(self) -> str:
+        return f"BackendConfig({self.to_dict()!r})"
 
 
-_OPENAI_KEYS = tuple(name for name in BackendConfig.__dataclass_fields__ if name != "name")
-
-# runtime.* settings only the in-process model reads, with the value that leaves the choice to the backend:
-# with backend=openai the server decides these, so setting one is a mistake (what would it change?)
+# runtime.* settings that only some backend kinds read (each kind lists its own: pipeline.backends.registry), with the
+# value that leaves the choice to the backend: where the chosen kind does not read one, setting it is a mistake
+# (what would it change?)
 IN_PROCESS_RUNTIME = {"device": "auto", "dtype": "auto", "attn_implementation": "auto", "offload": "auto",
                       "compile": "auto", "cache_implementation": None, "continuous_batching": False,
                       "memory_limit": None, "memory_margin": 0.15, "max_batch_size": 64, "allow_download": False,
@@ -336,7 +307,7 @@ class JudgeConfig:
 
     model: Optional[str] = None  # a model reference as for runtime.model (alias, folder, repo id), or a served id
     name: str = "judge"  # what its grades are called: the MLflow feedback, the summary
-    backend: str = "transformers"  # transformers (in this process) or openai (a served model: base_url below)
+    backend: str = "transformers"  # a backend kind: transformers (in this process), openai (served: base_url below), ...
     base_url: Optional[str] = None  # backend=openai: where the judge is served, e.g. http://127.0.0.1:8000/v1
     api_key_env: Optional[str] = None  # backend=openai: the NAME of the variable holding its key (never the key)
     timeout_s: Optional[float] = None  # backend=openai: per request
@@ -383,18 +354,15 @@ class JudgeConfig:
 
     def settings(self) -> tuple["RuntimeConfig", "BackendConfig", "GenerationConfig"]:
         """The judge as the run's own sections would say it (its model in runtime, its server in backend);
-        a ConfigError names the scoring.judge.* key."""
+        a ConfigError names the scoring.judge.* key. Its backend settings are checked against their kind with
+        the run's (pipeline.backends.registry.check)."""
         try:
             server = {key: getattr(self, key) for key in ("base_url", "api_key_env", "timeout_s", "max_concurrency")}
-            backend = BackendConfig(name=self.backend, **server)
+            backend = BackendConfig(self.backend, {key: value for key, value in server.items() if value is not None})
             runtime = RuntimeConfig(model=self.model or "none", device=self.device, dtype=self.dtype,
                                     batch_size=self.batch_size)
             generation = GenerationConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                                           max_new_tokens=self.max_new_tokens, num_samples=self.samples)
-        except OtherBackendSetting as error:  # a server setting with the in-process judge
-            key = error.key.removeprefix("backend.")
-            raise ConfigError(f"scoring.judge.{key}", getattr(self, key), "null unless scoring.judge.backend=openai") \
-                from None
         except ConfigError as error:
             key = re.sub(r"^(backend\.name|backend|runtime|generation)\.?", "", error.key) or "backend"
             raise ConfigError(f"scoring.judge.{key}", error.value, error.allowed) from None
@@ -564,29 +532,23 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     execute: ExecuteConfig = field(default_factory=ExecuteConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
+    # a plain map in the schema (each kind has its own keys); a BackendConfig once built
+    backend: Dict[str, Any] = field(default_factory=lambda: {"name": "transformers"})
     cache: CacheConfig = field(default_factory=CacheConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     resume: Optional[str] = None  # a run folder to continue (python -m pipeline resume=<folder> or resume=last)
 
     def __post_init__(self) -> None:
-        if self.backend.name != "transformers":
-            self._check_runtime_for_server()
-
-    def _check_runtime_for_server(self) -> None:
-        """runtime.* settings of the in-process model are refused with a server backend, one line each."""
-        for key, free in IN_PROCESS_RUNTIME.items():
-            value = getattr(self.runtime, key)
-            if value != free:
-                raise OtherBackendSetting(f"runtime.{key}={_shown(value)}", "transformers", self.backend.name,
-                                          f"the server decides it; leave runtime.{key} at {_shown(free)}")
-        if self.runtime.batch_size == "auto":  # the largest batch that fits the local device's memory
-            raise OtherBackendSetting("runtime.batch_size=auto", "transformers", self.backend.name,
-                                      "give a number (requests handed to the server together; "
-                                      "backend.max_concurrency bounds those in flight)")
+        self.backend = BackendConfig.from_dict(self.backend)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        backend, self.backend = self.backend, {}  # type: ignore[assignment]
+        try:
+            data = asdict(self)
+        finally:
+            self.backend = backend
+        data["backend"] = backend.to_dict()
+        return data
 
     def config_hash(self) -> str:
         """A digest of every setting that can change what the model writes."""

@@ -176,7 +176,7 @@ class LoadedRuntime:
     plan: RuntimePlan
     tokenizer: Any
     model: Any
-    chat_template: Any = None  # a ChatTemplate (pipeline.backends.transformers.chat_template); None: plain text
+    chat_template: Any = None  # a ChatTemplate (pipeline.data.chat_template); None: plain text
     processor: Any = None  # a multimodal model's processor (images, audio -> model inputs); None: text only
 
 

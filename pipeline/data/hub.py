@@ -1,7 +1,7 @@
 """Hugging Face Hub datasets, read from the local cache with the `datasets` library.
 
 `org/name[@revision]` is looked up in the Hub cache (the one huggingface_hub uses, as
-pipeline.backends.transformers.hub computes it) as `datasets--org--name/snapshots/<commit>`; the
+pipeline.core.hub_cache computes it) as `datasets--org--name/snapshots/<commit>`; the
 snapshot folder is then read by `datasets.load_dataset` as a local folder (its README's configs are
 the subsets, its files' names the splits), streamed, so nothing is converted or written to the
 datasets cache. Only `runtime.allow_download=true` fetches a missing dataset (huggingface_hub's
@@ -22,7 +22,7 @@ from pipeline.data.sources import RawRecord, choose_split
 
 def find_dataset(repo_id: str, revision: Optional[str]) -> Optional[Path]:
     """The cached snapshot folder of a dataset repo at a revision (a branch, tag or commit), or None."""
-    from pipeline.backends.transformers.hub import hub_cache_dir
+    from pipeline.core.hub_cache import hub_cache_dir
 
     repo = hub_cache_dir() / ("datasets--" + repo_id.replace("/", "--"))
     ref = repo / "refs" / (revision or "main")
@@ -39,7 +39,7 @@ def find_dataset(repo_id: str, revision: Optional[str]) -> Optional[Path]:
 
 def hub_records(reference: str, split: Optional[str], subset: Optional[str], allow_download: bool,
                 key: str) -> Iterator[RawRecord]:
-    from pipeline.backends.transformers.hub import parse_repo_reference
+    from pipeline.core.hub_cache import parse_repo_reference
 
     where = f"{key}={reference!r}"
     parsed = parse_repo_reference(reference.strip())

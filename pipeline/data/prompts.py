@@ -1,7 +1,7 @@
 """Turn a Sample and the session settings into the exact text the model is given, and count it.
 
 Shared by plan (to count prompt tokens before loading weights) and execute (to generate), so
-both see the same prompt: the chat template is rendered by pipeline.backends.transformers.chat_template in both.
+both see the same prompt: the chat template is rendered by pipeline.data.chat_template in both.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+from pipeline.data.chat_template import ChatTemplate, TokenCounter
 from pipeline.core.config import SessionConfig
 from pipeline.core.errors import UserError
 from pipeline.core.records import MediaPart, Message, Sample, ToolCall

@@ -46,7 +46,7 @@ def source_kind(path: str) -> str:
         return FILE_KINDS[suffixes[-1]]
     if file.exists():
         return "jsonl"
-    from pipeline.backends.transformers.hub import parse_repo_reference  # pure: a shape check, no network
+    from pipeline.core.hub_cache import parse_repo_reference  # pure: a shape check, no network
 
     shaped_like_path = path.startswith(("/", ".", "~", "\\")) or path.count("/") >= 2
     if not shaped_like_path and parse_repo_reference(path.strip()) is not None:

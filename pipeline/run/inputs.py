@@ -4,7 +4,7 @@ A run's settings are compared on resume (pipeline.run.resume.config_difference),
 only name files: the same `dataset.path` can hold other prompts by then, the same model folder
 other weights. When a run starts, `fingerprint` records each such file's content digest, with
 its path as typed and as found, in `inputs.json` in the run folder: the dataset file, the
-`session.history` file, the model's weights digest (pipeline.backends.transformers.digest) and a digest of the
+`session.history` file, the model's weights digest (pipeline.core.digest) and a digest of the
 model's small files that shape prompts and decoding (tokenizer, chat template, config,
 generation config), and, when the samples have image or audio parts, each part's sha256 by its
 source (`dataset.media`: a local file, or an http(s) URL as the backend fetched it). A resume
@@ -21,7 +21,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pipeline.backends.transformers.digest import file_sha256, model_files_digest
+from pipeline.core.digest import file_sha256, model_files_digest
 from pipeline.core.config import Config
 from pipeline.core.files import read_json
 from pipeline.core.folder_names import INPUTS_FILE
@@ -71,7 +71,7 @@ def _dataset(typed: str) -> dict[str, Any]:
 
     if source_kind(typed) != "hub":
         return _file(typed)
-    from pipeline.backends.transformers.hub import parse_repo_reference
+    from pipeline.core.hub_cache import parse_repo_reference
     from pipeline.data.hub import find_dataset
 
     repo_id, revision = parse_repo_reference(typed.strip()) or (typed, None)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.backends.transformers.digest import weights_digest
-from pipeline.backends.transformers.hub import download, find_cached, not_cached_message, parse_repo_reference
-from pipeline.backends.transformers.model_files import read_model_folder
+from pipeline.core.digest import weights_digest
+from pipeline.core.hub_cache import download, find_cached, not_cached_message, parse_repo_reference
+from pipeline.core.model_files import read_model_folder
 from pipeline.core.config import ASSETS_DIR, BackendConfig, RuntimeConfig
 from pipeline.core.errors import UserError
 from pipeline.core.records import ModelShape, ResolvedModel

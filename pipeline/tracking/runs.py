@@ -163,7 +163,7 @@ class Tracker:
         profile = json.dumps({"samples": samples, "limit": config.limit, "split": config.split,
                               "subset": config.subset})
         if source_kind(config.path) == "hub":  # named by its cached snapshot's commit (pipeline.data.hub)
-            from pipeline.backends.transformers.hub import parse_repo_reference
+            from pipeline.core.hub_cache import parse_repo_reference
             from pipeline.data.hub import find_dataset
 
             repo_id, revision = parse_repo_reference(config.path.strip()) or (config.path, None)

@@ -1,4 +1,4 @@
-"""pipeline.backends.transformers.chat_template against transformers: same prompt text, same token counts, no
+"""pipeline.data.chat_template against transformers: same prompt text, same token counts, no
 heavy imports."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+from pipeline.data.chat_template import ChatTemplate, TokenCounter
 from pipeline.core.config import ASSETS_DIR
 from pipeline.core.errors import UserError
 
@@ -430,7 +430,7 @@ def test_rendering_and_counting_import_neither_torch_nor_transformers():
     code = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+        from pipeline.data.chat_template import ChatTemplate, TokenCounter
         folder = Path({str(DEMO_MODEL)!r})
         text = ChatTemplate.from_folder(folder).render([{{"role": "user", "content": "What is 2+2?"}}])
         count = TokenCounter.from_folder(folder).count(text, add_special_tokens=False)

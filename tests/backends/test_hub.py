@@ -1,4 +1,4 @@
-"""pipeline.backends.transformers.hub against real Hugging Face cache layouts built on disk, and a fake Hub on loopback.
+"""pipeline.core.hub_cache against real Hugging Face cache layouts built on disk, and a fake Hub on loopback.
 
 No test reaches the network: downloads go to a local HTTP server that answers like the Hub,
 to a closed loopback port, or to one that never answers.
@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from pipeline.backends.transformers import hub
+from pipeline.core import hub_cache as hub
 from pipeline.core.errors import UserError
 from tests.helpers.hf_cache import add_snapshot, git_blob_id, is_lfs
 
@@ -91,7 +91,7 @@ def test_parse_repo_reference_refuses_everything_else(reference):
 
 
 def test_parse_repo_reference_is_pure_and_does_not_import_huggingface_hub():
-    code = ("import sys; from pipeline.backends.transformers.hub import parse_repo_reference as p; "
+    code = ("import sys; from pipeline.core.hub_cache import parse_repo_reference as p; "
             "assert p('org/name@v1') == ('org/name', 'v1'); print('huggingface_hub' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -365,7 +365,7 @@ def test_download_from_an_endpoint_that_never_answers_gives_up_after_the_timeout
 
 def test_download_failures_in_a_fresh_process_with_the_environment_set_before_import(tmp_path):
     """The real situation: huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT when it is imported."""
-    code = ("import sys; from pipeline.backends.transformers.hub import download\n"
+    code = ("import sys; from pipeline.core.hub_cache import download\n"
             "from pipeline.core.errors import UserError\n"
             "try:\n    download('org/tiny', cache_dir=sys.argv[1], timeout_s=2)\n"
             "except UserError as e:\n    print(e)\n")

@@ -196,7 +196,7 @@ def test_thinking_that_never_closes_is_scored_as_no_answer(tmp_path):
 
 
 def test_earlier_turns_lose_their_thinking_as_the_template_says():
-    from pipeline.backends.transformers.chat_template import ChatTemplate
+    from pipeline.data.chat_template import ChatTemplate
 
     template = ChatTemplate.from_folder(MODEL)
     history = [{"role": "user", "content": "What is 1000+2000?"},

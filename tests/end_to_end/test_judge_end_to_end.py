@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends.transformers.digest import weights_digest
+from pipeline.core.digest import weights_digest
 from pipeline.core.config import ASSETS_DIR
 from pipeline.core.transcript import read_transcript
 from tests.conftest import mlflow_client, only_run_dir, run_main, run_pipeline, snapshot

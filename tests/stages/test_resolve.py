@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends.transformers.digest import file_sha256
+from pipeline.core.digest import file_sha256
 from pipeline.core.config import RuntimeConfig
 from pipeline.core.errors import UserError
 from pipeline.stages.resolve import looks_like_path, resolve

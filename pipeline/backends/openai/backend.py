@@ -244,13 +244,14 @@ class OpenAIBackend(Backend):
     def _local_files(self) -> tuple[Any, Any]:
         """backend.tokenizer's chat template (None if it has none) and token counter, read once."""
         if self._local is None:
-            from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+            from pipeline.backends.local_tokenizer import token_counter
+            from pipeline.data.chat_template import ChatTemplate
 
             folder = Path(self.config.tokenizer).expanduser()
             if not folder.is_dir():
                 raise UserError(f"{PREFIX}.tokenizer={self.config.tokenizer!r} is not a folder: name a local model "
                                 "folder with the served model's tokenizer, or null")
-            self._local = ChatTemplate.from_folder(folder), TokenCounter.from_folder(folder)
+            self._local = ChatTemplate.from_folder(folder), token_counter(folder)
         return self._local
 
     def _count_locally(self, requests: Sequence[Request]) -> list[int]:

@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from pipeline.answering.tools import load_tools
 from pipeline.backends.base import BackendPlan, Request
 from pipeline.core.config import Config, SessionConfig
 from pipeline.core.errors import UserError
@@ -27,9 +26,7 @@ from pipeline.core.generation_settings import LIBRARY, NEUTRAL, command_line_key
 from pipeline.core.reasoning import THINK_TAGS, thinking_support
 from pipeline.core.records import MemoryEstimate, Message, ResolvedModel, RuntimePlan, Sample
 from pipeline.core.thinking import NewTokens, ThinkingPlan, budget_warnings, new_tokens, plan_thinking
-from pipeline.data.dataset import load_samples
 from pipeline.data.prompts import conversation
-from pipeline.scoring.scorers import check_scorer, sample_references
 
 SERVER = "server"  # RuntimePlan.device of a served model: no device of ours holds it
 SERVER_DECIDES = "server-decides"  # dtype and attention: the server's own choice, not reported over the API
@@ -37,27 +34,16 @@ SERVER_DEFAULT = "the server's default"  # a generation setting left null: not s
 UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backends.openai does not send
 
 
-def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: Iterable[str] = (),
-                samples: Optional[list[Sample]] = None) -> tuple[RuntimePlan, list[Sample]]:
-    """The plan for `backend` (an OpenAIBackend for `model`), and the samples execute will answer
-    (`samples`, or the dataset's: the Python client plans for prompts it does not know yet)."""
-    samples = load_samples(config.dataset, config.runtime.allow_download) if samples is None else samples
-    scorer = check_scorer(config.dataset.scorer, sample_references(samples))
+def plan_served(config: Config, model: ResolvedModel, backend: Any, samples: list[Sample],
+                schemas: list[dict[str, Any]], overrides: Iterable[str] = ()) -> RuntimePlan:
+    """The plan for `backend` (an OpenAIBackend for `model`) and the samples execute will answer (read, with the
+    scorer and the tools checked, by pipeline.stages.plan)."""
     if config.dataset.kind == "multiple_choice":
         if config.session.chat_template:  # /completions takes raw text; the server's chat template is not applied
             raise UserError("dataset.kind=multiple_choice with backend=openai scores raw text through /completions; "
                             "set session.chat_template=false")
     else:
         _check_session(config.session)
-    modalities = backend.capabilities.modalities
-    for sample in samples:
-        for message in sample.messages:
-            for part in message.media:
-                if part.kind not in modalities:
-                    raise UserError(f"sample {sample.id!r} has an {part.kind} part but backend.modalities="
-                                    f"{list(modalities)}; add {part.kind} there if the served model takes it, "
-                                    "or remove the part")
-    schemas = [tool.schema for tool in load_tools(config.session.tools)]
     generation = _generation(config, overrides)
     backend.thinking = plan_served_thinking(config, backend)
     backend.parts = _in_parts(config, backend, samples)
@@ -76,7 +62,7 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
     max_new = config.generation.max_new_tokens
     context = served.context_length or 0
     most = new.total  # the most one answer adds: a thinking budget and continuations come on top of max_new_tokens
-    checks = list(served.checks) + [f"scorer {scorer.label} is ready for every reference in the dataset"]
+    checks = list(served.checks)
     if config.dataset.kind == "multiple_choice":
         checks.append(backend.check_prompt_logprobs())
     warnings = list(served.warnings) + generation["warnings"] + budget_warnings(config.generation, backend.thinking)
@@ -91,8 +77,7 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
                             f"exceeds the served model's context of {context} tokens ({len(over)} sample(s) too long, "
                             f"counted by {served.token_source}); shorten the prompts or lower generation.max_new_tokens")
     if schemas:
-        checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import; they are sent as the "
-                      "API's tools")
+        checks.append("the tools are sent as the API's tools")
     checks.append(f"thinking: {backend.thinking.found}; this run: {backend.thinking.how}")
     concurrency = backend.config.max_concurrency
     if generation["values"].get("do_sample") and concurrency > 1:
@@ -121,7 +106,7 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, overrides: I
         max_new_tokens=max_new, context_length=context, truncation=config.session.truncation, truncated_samples=[],
         generation=generation["values"], generation_sources=generation["sources"], checks=checks, warnings=warnings,
         tools=schemas, backend_plan=served.to_dict(), thinking=backend.thinking.to_dict(),
-    ), samples
+    )
 
 
 def plan_served_thinking(config: Config, backend: Any) -> ThinkingPlan:
@@ -139,7 +124,7 @@ def plan_served_thinking(config: Config, backend: Any) -> ThinkingPlan:
                         "name a local folder with them in backend.tokenizer, or leave "
                         f"{'them' if len(parts) > 1 else 'it'} unset")
     if folder:
-        from pipeline.backends.transformers.chat_template import ChatTemplate  # jinja only, no torch
+        from pipeline.data.chat_template import ChatTemplate  # jinja only, no torch
         from pipeline.backends.transformers.plan import added_tokens
 
         if not Path(folder).expanduser().is_dir():

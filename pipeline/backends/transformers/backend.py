@@ -23,7 +23,8 @@ from typing import Any, Optional, Sequence
 
 from pipeline.backends.base import (Backend, BackendOption, BackendPlan, Capabilities, ChoicesRequest, ChoicesResult,
                                     Completion, Identity, Request, RollingResult)
-from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+from pipeline.backends.local_tokenizer import token_counter
+from pipeline.data.chat_template import ChatTemplate
 from pipeline.backends.transformers.generate import generate_batch
 from pipeline.backends.transformers.media_inputs import count as count_media_tokens
 from pipeline.backends.transformers.media_inputs import encode as encode_media
@@ -115,7 +116,7 @@ class TransformersBackend(Backend):
         if not plan.model.weights_digest:
             return None
         if self._cache_identity is None:
-            from pipeline.backends.transformers.digest import model_files_digest
+            from pipeline.core.digest import model_files_digest
 
             thinking = {k: v for k, v in self.thinking.to_dict().items() if k not in ("found", "how")}  # words only
             self._cache_identity = {
@@ -137,7 +138,7 @@ class TransformersBackend(Backend):
         plan = self.runtime_plan
         values = {**{name: getattr(plan, name) for name in OPTIONS[:5]}, **plan.backend_options}
         options = [BackendOption(name, values.get(name), plan.reasons.get(name, "")) for name in OPTIONS]
-        counter = TokenCounter.from_folder(Path(plan.model.path)) if requests else None
+        counter = token_counter(Path(plan.model.path)) if requests else None
         special = adds_special_tokens(self.session)
         counts = [self._count_media(request) if media_of(request.messages) else counter.count(self._render(request), special)
                   for request in requests] if counter else []

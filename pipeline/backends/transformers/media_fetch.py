@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from pipeline.backends.transformers.digest import cache_dir
+from pipeline.core.digest import cache_dir
 from pipeline.core.errors import UserError
 from pipeline.core.redact import hide_credentials
 

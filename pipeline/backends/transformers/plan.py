@@ -14,15 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from pipeline.answering.tools import load_tools
-from pipeline.backends.transformers import media_fetch
 from pipeline.backends.transformers.backend_options import choose_backend_options
-from pipeline.backends.transformers.chat_template import ChatTemplate, TokenCounter
+from pipeline.backends.local_tokenizer import token_counter
+from pipeline.data.chat_template import ChatTemplate
 from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
 from pipeline.backends.transformers.media_inputs import count as count_media_tokens
 from pipeline.backends.transformers.media_inputs import load_processor
 from pipeline.backends.transformers.memory import Need, free_memory, free_ram, gib, need
-from pipeline.backends.transformers.model_files import read_generation_config
+from pipeline.core.model_files import read_generation_config
 from pipeline.backends.transformers.placement import parallel_job_device
 from pipeline.core.config import Config, RuntimeConfig, SessionConfig, parse_bytes
 from pipeline.core.errors import UserError
@@ -31,33 +30,27 @@ from pipeline.core.reasoning import thinking_support
 from pipeline.core.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
 from pipeline.core.text_files import read_json
 from pipeline.core.thinking import NewTokens, budget_warnings, new_tokens, plan_thinking
-from pipeline.data.dataset import load_samples
 from pipeline.data.prompts import adds_special_tokens, count_prompt_tokens
-from pipeline.scoring.scorers import check_scorer, sample_references
 
 BACKEND = "transformers"
 AUTO_BATCH_WITHOUT_MEMORY_FIGURES = 8  # batch_size=auto when free memory cannot be known
 
 
-def plan_from_config(config: Config, model: ResolvedModel, overrides: Iterable[str] = (),
-                     samples: Optional[list[Sample]] = None) -> tuple[RuntimePlan, list[Sample], Optional[ChatTemplate]]:
-    """The plan stage as the runner runs it: read the samples (unless given), count their tokens, plan.
+def plan_from_config(config: Config, model: ResolvedModel, samples: list[Sample], tools: list[dict[str, Any]],
+                     overrides: Iterable[str] = ()) -> tuple[RuntimePlan, Optional[ChatTemplate]]:
+    """This kind's part of the plan stage (pipeline.stages.plan did the neutral work: the samples read, the
+    scorer and the tools checked): count the prompts' tokens as they will be rendered, and plan.
 
-    Returns the samples and chat template too, so execute uses exactly what was planned."""
-    if samples is None:
-        # the model reads bytes: with runtime.allow_download=true an http(s) part is fetched now (once, into a cache),
-        # so it is decoded, counted and fingerprinted like a local file
-        samples = load_samples(config.dataset, config.runtime.allow_download, media_fetch.fetcher(config))
-    scorer = check_scorer(config.dataset.scorer, sample_references(samples))
+    Returns the chat template too, so execute renders exactly what was planned."""
     require_chat_template(model, config.session)
     folder = Path(model.path)
     template = ChatTemplate.from_folder(folder) if config.session.chat_template else None
-    schemas = tool_schemas(model, config.session, template)
+    schemas = check_tools(model, tools, template)
     support = thinking_support(template.source if template is not None else None, added_tokens(folder))
     thinking = plan_thinking(config.generation, support, model.reference, config.session.template_args)
     # the prompts are counted as they will be rendered: with the template variables that switch thinking
     session = replace(config.session, template_args={**config.session.template_args, **thinking.template_args})
-    counter = TokenCounter.from_folder(folder)
+    counter = token_counter(folder)
     media_counter = None
     if check_media(model, samples, config):  # before the processor loads: a part the model cannot take is refused
         processor = load_processor(model.path, config.runtime.trust_remote_code)
@@ -77,17 +70,14 @@ def plan_from_config(config: Config, model: ResolvedModel, overrides: Iterable[s
     planned.thinking = thinking.to_dict()
     planned.checks.append(f"thinking: {thinking.found}; this run: {thinking.how}")
     planned.warnings.extend(budget_warnings(config.generation, thinking))
-    planned.checks.append(f"scorer {scorer.label} is ready for every reference in the dataset")
     if schemas:
-        planned.tools = schemas
-        planned.checks.append(f"tools {', '.join(s['function']['name'] for s in schemas)} import, and the chat "
-                              "template shows them to the model")
+        planned.checks.append("the chat template shows the tools to the model")
         planned.warnings.append("prompt tokens and memory are counted for the first generation of each answer; "
                                 "tool round trips make later prompts longer (execute checks each against the context)")
     if not counter.exact:
         planned.checks.append(f"prompt tokens counted from {counter.origin}; the model's own tokenizer class "
                               "rebuilds it on load and may count a few tokens differently in rare cases")
-    return planned, samples, template
+    return planned, template
 
 
 def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tokens: dict[str, int],
@@ -185,15 +175,13 @@ def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
     return session.chat_template
 
 
-def tool_schemas(model: ResolvedModel, session: SessionConfig, template: Optional[ChatTemplate]) -> list[dict]:
-    """The JSON schemas of session.tools, once each imports and the model's chat template shows them."""
-    tools = load_tools(session.tools)
-    if not tools:
+def check_tools(model: ResolvedModel, schemas: list[dict[str, Any]], template: Optional[ChatTemplate]) -> list[dict]:
+    """The tools' JSON schemas, once the model's chat template shows them (the model reads them in its prompt)."""
+    if not schemas:
         return []
     if template is None:
         raise UserError("session.tools needs the model's chat template to show the tools; "
                         "set session.chat_template=true")
-    schemas = [tool.schema for tool in tools]
     probe = [{"role": "user", "content": "?"}]
     if template.render(probe, tools=schemas) == template.render(probe):
         raise UserError(f"session.tools: the chat template of {model.reference!r} ignores tools, so the model "

@@ -177,17 +177,12 @@ def _auto_map(config: dict[str, Any]) -> dict[str, Any]:
 def is_known_model_type(model_type: str) -> bool:
     """Whether the installed transformers has a config class for `model_type`.
 
-    Looked up first in transformers' generated table of model types, read from its file without
-    importing transformers (its auto classes import torch: seconds, where resolve takes
-    milliseconds); a type not in it is checked against transformers' own mapping before it is refused.
-    True when transformers is not installed: then nothing here can tell."""
-    if model_type in _model_type_table():
-        return True
-    try:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-    except ImportError:
-        return True
-    return model_type in CONFIG_MAPPING_NAMES
+    Looked up in transformers' generated table of model types, read from its file without importing
+    transformers (its auto classes import torch: seconds, where resolve takes milliseconds, and this
+    layer imports no model library). True when the table cannot be read (transformers not installed,
+    or another layout): then nothing here can tell, and loading the model will."""
+    table = _model_type_table()
+    return not table or model_type in table
 
 
 @functools.lru_cache(maxsize=1)
@@ -201,7 +196,7 @@ def _model_type_table() -> frozenset[str]:
         module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
         module_spec.loader.exec_module(module)  # type: ignore[union-attr]  # plain data: it imports only collections
         return frozenset(module.CONFIG_MAPPING_NAMES)
-    except Exception:  # another transformers layout: the slow, exact lookup above decides
+    except Exception:  # another transformers layout: nothing to look up
         return frozenset()
 
 

@@ -136,8 +136,8 @@ class TokenCounter:
     config's added_tokens_decoder flags win, split_special_tokens is honoured, and truncation or
     padding saved in tokenizer.json is off. add_bos_token/add_eos_token in tokenizer_config.json are
     ignored, as transformers ignores them when tokenizer.json exists: the file's post-processor
-    decides what add_special_tokens=True adds. Without tokenizer.json the transformers tokenizer
-    itself is loaded (slow: imports transformers)."""
+    decides what add_special_tokens=True adds. Without tokenizer.json a backend reads the folder its own
+    way (pipeline.backends.local_tokenizer loads the transformers tokenizer: slow, it imports transformers)."""
 
     def __init__(self, encode: Callable[[str, bool], int], exact: bool, origin: str) -> None:
         self._encode = encode
@@ -145,10 +145,14 @@ class TokenCounter:
         self.origin = origin  # the file or folder the tokenizer was read from
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "TokenCounter":
+    def from_folder(cls, folder: Path, fallback: Optional[Callable[[Path], "TokenCounter"]] = None) -> "TokenCounter":
+        """The folder's tokenizer.json read with the tokenizers library; without one, `fallback` (a backend's
+        way of reading other tokenizer files: pipeline.backends.local_tokenizer), else a UserError."""
         folder = Path(folder)
         if not (folder / TOKENIZER_FILE).is_file():
-            return cls._from_transformers(folder)
+            if fallback is None:
+                raise UserError(f"{folder} has no {TOKENIZER_FILE} to count tokens with")
+            return fallback(folder)
         from tokenizers import Tokenizer
 
         path = folder / TOKENIZER_FILE
@@ -169,20 +173,6 @@ class TokenCounter:
             return len(tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
         return cls(encode, exact=config.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES, origin=str(path))
-
-    @classmethod
-    def _from_transformers(cls, folder: Path) -> "TokenCounter":
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise UserError(f"cannot read the tokenizer in {folder}: {one_line(str(error))}") from None
-
-        def encode(text: str, add_special_tokens: bool) -> int:
-            return len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-        return cls(encode, exact=True, origin=str(folder))
 
     def count(self, text: str, add_special_tokens: bool) -> int:
         """How many tokens `text` encodes to; add_special_tokens as in `tokenizer(text, add_special_tokens=...)`."""

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from pipeline.backends.transformers.hub import blob_sha256
+from pipeline.core.hub_cache import blob_sha256
 from pipeline.core.files import cache_dir, write_json
 
 CACHE_FILE = "file-digests.json"
