@@ -16,10 +16,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from pipeline.core.config import (IN_PROCESS_RUNTIME, BackendConfig, Config, ConfigError, OtherBackendSetting,
-                                  RuntimeConfig)
+                                  RuntimeConfig, shown)
 from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -156,8 +156,8 @@ def check(config: Config) -> Any:
         value = getattr(config.runtime, key)
         if key not in chosen.runtime_keys and value != free:
             owner = next((name for name in KINDS if key in kind(name).runtime_keys), "transformers")
-            raise OtherBackendSetting(f"runtime.{key}={_shown(value)}", owner, config.backend.name,
-                                      f"{chosen.runtime_hint}; leave runtime.{key} at {_shown(free)}")
+            raise OtherBackendSetting(f"runtime.{key}={shown(value)}", owner, config.backend.name,
+                                      f"{chosen.runtime_hint}; leave runtime.{key} at {shown(free)}")
     if config.runtime.batch_size == "auto" and "batch_size=auto" not in chosen.runtime_keys:
         raise OtherBackendSetting("runtime.batch_size=auto", "transformers", config.backend.name,
                                   "give a number (requests handed to the backend together)")
@@ -188,11 +188,3 @@ def _keys(name: str) -> set[str]:
         return set()
     return {f.name for f in fields(chosen.settings)} if chosen.settings else set()
 
-
-def _shown(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def describe_all() -> Mapping[str, str]:
-    """Each kind and its one line (for help and errors)."""
-    return {name: kind(name).describe for name in KINDS}

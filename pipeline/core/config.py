@@ -558,7 +558,7 @@ class Config:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as it is typed on the command line: null, true, auto."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
