@@ -190,6 +190,9 @@ def _is_config_error(error: Exception) -> bool:
 
 def main() -> None:
     forget_signals()
+    outside_jobs = sys.modules.get("pipeline.run.outside_jobs")  # imported by an earlier command in this process
+    if outside_jobs is not None:
+        outside_jobs.forget_run_folder()
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not when started with Ctrl-C ignored
         signal.signal(signal.SIGINT, _interrupt)

@@ -94,11 +94,11 @@ def names() -> tuple[str, ...]:
     return tuple(KINDS)
 
 
-def kind(name: str) -> BackendKind:
-    """The kind registered as `name`; a UserError naming backend.name for one that is not."""
+def kind(name: str, key: str = "backend.name") -> BackendKind:
+    """The kind registered as `name`; a UserError naming `key` (where the name was given) for one that is not."""
     module = KINDS.get(name)
     if module is None:
-        raise ConfigError("backend.name", name, ", ".join(KINDS))
+        raise ConfigError(key, name, ", ".join(KINDS))
     return importlib.import_module(module).KIND
 
 
@@ -117,7 +117,7 @@ def settings(backend: BackendConfig, prefix: str = "backend") -> Any:
 
     A key the kind does not have is refused with its full name, and, where another kind has it, which
     one: "backend.base_url is a setting of backend=openai, not backend=transformers: add backend=openai"."""
-    chosen = kind(backend.name)
+    chosen = kind(backend.name, f"{prefix}.name" if prefix == "backend" else f"{prefix}.backend")
     given = {key: value for key, value in backend.values.items() if value is not None}
     known = {f.name for f in fields(chosen.settings)} if chosen.settings else set()
     for key in given:

@@ -54,6 +54,12 @@ class RunFolderRecord(Callback):
         _run_folder = Path(str(config.hydra.run.dir)).absolute()
 
 
+def forget_run_folder() -> None:
+    """A new command in this process (a notebook's, a test's second `main()`): the last one's folder is not its."""
+    global _run_folder
+    _run_folder = None
+
+
 def stop_workers(signum: int) -> None:
     """Ctrl-C or SIGTERM in the process that launched a sweep whose jobs run in its child processes
     (hydra/launcher=joblib): let each running job end its run before the launcher, on the interrupt

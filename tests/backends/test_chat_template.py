@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.backends.local_tokenizer import token_counter
 from pipeline.data.chat_template import ChatTemplate, TokenCounter
 from pipeline.core.config import ASSETS_DIR
 from pipeline.core.errors import UserError
@@ -418,7 +419,9 @@ def test_folder_without_tokenizer_json_uses_transformers(tmp_path):
         "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
         "chat_template": "{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}"}))
     assert not (tmp_path / "tokenizer.json").exists()
-    counter = TokenCounter.from_folder(tmp_path)
+    with pytest.raises(UserError, match="has no tokenizer.json"):  # pipeline.data alone reads tokenizer.json only
+        TokenCounter.from_folder(tmp_path)
+    counter = token_counter(tmp_path)
     assert counter.origin == str(tmp_path)  # not a tokenizer.json
     text = ChatTemplate.from_folder(tmp_path).render(CONVERSATIONS["multi"])
     assert text == reference_render(tmp_path, CONVERSATIONS["multi"], True)

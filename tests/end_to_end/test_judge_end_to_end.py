@@ -186,8 +186,8 @@ def test_ctrl_c_while_judging_keeps_the_judgements_and_resume_judges_only_the_re
     ("scoring.judge.max_new_tokens=250", r"^error: scoring.judge.model='judge-demo': sample 'add-\d+@0': prompt of "
                                          r"\d+ tokens \+ generation.max_new_tokens=250 exceeds the model's context of 256"),
     ("scoring.judge.prompt='{{ nonsense }}'", r"scoring.judge.prompt: 'nonsense' is undefined"),
-    ("scoring.judge.base_url=http://127.0.0.1:9/v1", r"scoring.judge.base_url=.* expected null unless "
-                                                     r"scoring.judge.backend=openai"),
+    ("scoring.judge.base_url=http://127.0.0.1:9/v1", r"scoring.judge.base_url is a setting of backend=openai"
+                                                     r", not backend=transformers: set scoring.judge.backend=openai"),
 ])
 def test_a_judge_that_cannot_work_is_one_line_exit_2_before_anything_loads(setting, said, tmp_path, monkeypatch,
                                                                            capsys):

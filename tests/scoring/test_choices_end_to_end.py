@@ -61,7 +61,8 @@ def test_perplexity_through_a_server_is_refused_in_one_line(tmp_path):
     result = run_pipeline(["dataset=addition_text", "tracking=none", "backend=openai",
                            "backend.base_url=http://127.0.0.1:9/v1"], tmp_path)
     assert result.returncode == 2
-    assert "dataset.kind=perplexity scores by log-likelihood, which backend=openai does not give yet" in result.stderr
+    assert "dataset.kind=perplexity scores whole texts by log-likelihood, which backend=openai does not give; use " \
+           "a backend that does (backend=transformers" in result.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/*/transcript.jsonl"))
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.core.config import JudgeConfig
+from pipeline.backends import registry
+from pipeline.core.config import Config, JudgeConfig, ScoringConfig
+from pipeline.core.errors import UserError
 from pipeline.scoring.agreement import agreement
 from pipeline.scoring.judge_prompts import judge_messages, prompt_digest
 from pipeline.scoring.verdicts import Verdict, majority, read_verdict
@@ -72,14 +74,24 @@ def test_the_prompt_shows_question_answer_reference_and_rubric_and_its_digest_fo
     (dict(verdict="stars"), "scoring.judge.verdict"),
     (dict(samples=3), "scoring.judge.samples"),  # greedy: every judgement the same
     (dict(temperature=-1.0), "scoring.judge.temperature"),
-    (dict(base_url="http://x/v1"), "scoring.judge.base_url"),  # a server setting, in process
-    (dict(backend="vllm"), "scoring.judge.backend"),
     (dict(device="tpu"), "scoring.judge.device"),
 ])
 def test_a_judge_setting_out_of_range_is_refused_with_its_own_name(settings, key):
     with pytest.raises(Exception) as refused:
         JudgeConfig(model="m", **settings)
     assert str(refused.value).startswith(key), refused.value
+
+
+@pytest.mark.parametrize("settings, said", [
+    (dict(base_url="http://x/v1"), "scoring.judge.base_url is a setting of backend=openai, not backend=transformers: "
+                                   "set scoring.judge.backend=openai"),  # a server's setting, in process
+    (dict(backend="tgi"), "scoring.judge.backend='tgi' is not allowed: expected transformers, openai, vllm"),
+])
+def test_a_judges_backend_settings_are_checked_against_its_kind_by_name(settings, said):
+    config = Config(scoring=ScoringConfig(judge=JudgeConfig(model="m", **settings)))
+    with pytest.raises(UserError) as refused:
+        registry.check(config)
+    assert str(refused.value) == said
 
 
 def test_agreement_and_cohens_kappa():
