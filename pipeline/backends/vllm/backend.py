@@ -205,7 +205,10 @@ class VllmBackend(Backend):
         return results
 
     def rolling_loglikelihoods(self, texts: Sequence[str]) -> list[RollingResult]:
-        """Each text in lm-eval's rolling windows (as the transformers backend), all windows in one generate call."""
+        """Each text in lm-eval's rolling windows (as the transformers backend), all windows in one generate call.
+
+        A window's sequence is its inputs and its last predicted token, and vLLM must generate one token after it:
+        windows are two tokens shorter than the context (the transformers backend's are the context)."""
         self._loaded()
         started = time.perf_counter()
         tokenizer = self.tokenizer
@@ -215,7 +218,7 @@ class VllmBackend(Backend):
         for index, text in enumerate(texts):
             tokens = self._encode(text, False)
             counts.append(len(tokens))
-            for inputs, predicted in rolling_windows(tokens, prefix, self._limit()):
+            for inputs, predicted in rolling_windows(tokens, prefix, self._limit() - 1):
                 windows.append((index, inputs + predicted[-1:], len(predicted)))
         scored = self._prompt_logprobs([sequence for _, sequence, _ in windows])
         results = [RollingResult(tokens=count) for count in counts]
