@@ -78,25 +78,36 @@ def test_a_text_longer_than_the_context_is_read_in_windows_each_token_once(vllm_
     assert whole.loglikelihood < half.loglikelihood < 0
 
 
+def both(tmp_path: Path, *args: str) -> dict[str, Path]:
+    """The run folders of `python -m pipeline ARGS` with backend=vllm and with backend=transformers."""
+    pytest.importorskip("vllm", reason='backend=vllm needs vLLM: pip install -e ".[vllm]"')
+    runs = {}
+    for name, chosen in (("vllm", ["backend=vllm"]), ("transformers", [])):
+        (tmp_path / name).mkdir()
+        done = run_pipeline([*chosen, *args, "tracking=none"], tmp_path / name, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = only_run_dir(tmp_path / name)
+    return runs
+
+
 def records(run: Path) -> dict[str, dict]:
     return {f"{r['sample_id']}/{r['sample_index']}": r for r in map(json.loads, (run / "transcript.jsonl").open())}
 
 
+def same(runs: dict[str, Path], fields: tuple[str, ...], count: int) -> dict[str, dict]:
+    """backend=vllm's records, once each has the transformers backend's `fields`."""
+    ours, theirs = records(runs["vllm"]), records(runs["transformers"])
+    assert len(ours) == count and ours.keys() == theirs.keys()
+    for key, record in ours.items():
+        assert record["status"] == "ok", record["error"]
+        assert {f: record[f] for f in fields} == {f: theirs[key][f] for f in fields}, key
+    return ours
+
+
 @pytest.mark.slow
 def test_a_run_with_backend_vllm_answers_the_demo_dataset_as_transformers_does(tmp_path):
-    pytest.importorskip("vllm", reason='backend=vllm needs vLLM: pip install -e ".[vllm]"')
-    runs = {}
-    for name, args in (("vllm", ["backend=vllm"]), ("transformers", [])):
-        (tmp_path / name).mkdir()
-        done = run_pipeline([*args, "tracking=none"], tmp_path / name, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = only_run_dir(tmp_path / name)
-    ours, theirs = records(runs["vllm"]), records(runs["transformers"])
-    assert len(ours) == 200 and ours.keys() == theirs.keys()
-    for key, record in ours.items():  # greedy, float32 on the CPU: token for token
-        assert record["status"] == "ok" and record["finish_reason"] == "stop"
-        assert (record["response"], record["completion_tokens"], record["prompt_tokens"]) == \
-            (theirs[key]["response"], theirs[key]["completion_tokens"], theirs[key]["prompt_tokens"]), key
+    runs = both(tmp_path)
+    same(runs, ("response", "finish_reason", "completion_tokens", "prompt_tokens"), 200)  # greedy, float32: token for token
     summary = json.loads((runs["vllm"] / "summary.json").read_text())
     reference = json.loads((runs["transformers"] / "summary.json").read_text())
     assert summary["num_errors"] == 0 and summary["accuracy"] == reference["accuracy"] >= 0.9
@@ -106,20 +117,24 @@ def test_a_run_with_backend_vllm_answers_the_demo_dataset_as_transformers_does(t
 
 @pytest.mark.slow
 def test_a_multiple_choice_run_with_backend_vllm_scores_as_transformers_does(tmp_path):
-    pytest.importorskip("vllm", reason='backend=vllm needs vLLM: pip install -e ".[vllm]"')
-    runs = {}
-    for name, args in (("vllm", ["backend=vllm"]), ("transformers", [])):
-        (tmp_path / name).mkdir()
-        done = run_pipeline([*args, "dataset=addition_choice", "dataset.limit=40", "tracking=none"], tmp_path / name,
-                            timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = only_run_dir(tmp_path / name)
-    ours, theirs = records(runs["vllm"]), records(runs["transformers"])
-    assert len(ours) == 40 and ours.keys() == theirs.keys()
-    for key, record in ours.items():
+    runs = both(tmp_path, "dataset=addition_choice", "dataset.limit=40")
+    theirs = records(runs["transformers"])
+    for key, record in same(runs, ("score",), 40).items():
         mine, reference = record["loglikelihood"], theirs[key]["loglikelihood"]
-        assert mine["prediction"] == reference["prediction"] and mine["is_greedy"] == reference["is_greedy"], key
+        assert (mine["prediction"], mine["is_greedy"], mine["tokens"]) == \
+            (reference["prediction"], reference["is_greedy"], reference["tokens"]), key
         assert max(abs(a - b) for a, b in zip(mine["loglikelihoods"], reference["loglikelihoods"], strict=True)) < CLOSE
+
+
+@pytest.mark.slow
+def test_a_thinking_budget_on_backend_vllm_splits_and_counts_as_transformers_does(tmp_path):
+    """In parts on vLLM (the thinking up to the budget, the close forced, the answer), by a logits processor in
+    transformers: the same thinking, answer and counts, token for token."""
+    runs = both(tmp_path, "runtime.model=thinking-demo", "dataset=thinking_addition", "dataset.limit=8",
+                "generation.thinking=on", "generation.thinking_budget=12")
+    ours = same(runs, ("response", "reasoning", "reasoning_tokens", "answer_tokens", "completion_tokens",
+                       "finish_reason", "reasoning_truncated"), 8)
+    assert {r["reasoning_tokens"] for r in ours.values()} == {10, 12}  # the budget binds the longer thinkings
 
 
 @pytest.mark.parametrize("setting, named", [

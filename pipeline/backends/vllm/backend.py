@@ -51,6 +51,7 @@ class Output:
     reasoning_tokens: int = 0
     answer_tokens: Optional[int] = None
     continuations: int = 0
+    ended: bool = False  # its last token is the end of turn (counted in tokens, not text)
 
 
 class VllmBackend(Backend):
@@ -313,8 +314,9 @@ class VllmBackend(Backend):
         for output in outputs:
             generated = output.outputs[0]
             ttft, latency = timing(output, started, ended)
-            results.append(Output(generated.text, len(generated.token_ids),
-                                  "length" if generated.finish_reason == "length" else "stop", ttft, latency))
+            stopped = generated.finish_reason != "length"
+            results.append(Output(generated.text, len(generated.token_ids), "stop" if stopped else "length", ttft,
+                                  latency, ended=stopped and not isinstance(generated.stop_reason, str)))
         return results
 
     def _prompt_logprobs(self, sequences: list[list[int]]) -> list[list[tuple[float, bool]]]:
@@ -345,9 +347,11 @@ class VllmBackend(Backend):
             split = split_reasoning(output.text, markers, opens_thinking(self._render(request), markers))
             completion.text, completion.reasoning, completion.reasoning_truncated = \
                 split.answer, split.reasoning, split.truncated
-            if split.thought:
+            if split.thought:  # tags it was not asked for: the texts counted
                 completion.reasoning_tokens = len(self._encode(split.reasoning, False))
                 completion.answer_tokens = len(self._encode(split.answer, False))
+            else:  # as the transformers backend counts a model that did not think: the end of turn left out
+                completion.reasoning_tokens, completion.answer_tokens = 0, output.tokens - output.ended
         if request.tools:  # the calls are in the text, in the chat template's markup; the prefill starts the answer
             parsed = parse_tool_calls(self.session.prefill + completion.text)
             if parsed.wants_tools:
