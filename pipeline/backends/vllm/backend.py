@@ -173,13 +173,11 @@ class VllmBackend(Backend):
         tokens split at the boundary as the transformers backend splits them (split_pair, lm-eval's rule)."""
         self._loaded()
         started = time.perf_counter()
-        special = adds_special_tokens(self.session)
         limit = self._limit()
         results, jobs = [], []  # jobs: (result, choice index, context tokens, continuation tokens)
         for request in requests:
             context = render(self.chat_template, request.messages, self.session)
-            pairs = [split_pair(lambda text: self._encode(text, special), context, continuation)
-                     for continuation in request.continuations]
+            pairs = [split_pair(self._encode, context, continuation) for continuation in request.continuations]
             result = ChoicesResult(continuations=[Continuation(0.0, False, len(p.continuation), p.merged)
                                                   for p in pairs])
             results.append(result)
@@ -209,7 +207,8 @@ class VllmBackend(Backend):
         """Each text in lm-eval's rolling windows (as the transformers backend), all windows in one generate call.
 
         A window's sequence is its inputs and its last predicted token, and vLLM must generate one token after it:
-        windows are two tokens shorter than the context (the transformers backend's are the context)."""
+        windows are two tokens shorter than the context, as lm-eval's own vLLM backend makes them (the transformers
+        backend's, as lm-eval's hf, are the context): texts longer than a window score a little differently."""
         self._loaded()
         started = time.perf_counter()
         tokenizer = self.tokenizer
