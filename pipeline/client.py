@@ -158,7 +158,8 @@ class RuntimeClient:
         assert backend is not None
         messages = list(history) + list(parts)
         kind = registry.kind(self.config.backend.name)
-        check_modalities(self.resolve(), [Sample(id="prompt", messages=tuple(messages))], kind.modalities_from)
+        check_modalities(self.resolve(), [Sample(id=f"prompt-{self._calls + 1}", messages=tuple(messages))],
+                         kind.modalities_from)
         for message in messages:
             for part in message.media:
                 remote = part.path is None and not part.source.startswith("data:") and "://" in part.source

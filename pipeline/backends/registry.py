@@ -86,6 +86,7 @@ class BackendKind:
     reset_peak_memory: Callable[[str], None] = lambda device: None
     passes_urls: bool = False  # media URLs go to the model as they are (a server fetches them), not fetched here
     rolling_loglikelihood: bool = False  # whole texts scored in windows (dataset.kind=perplexity)
+    in_process: bool = True  # the model runs in this process (a cluster job may need a GPU), not behind a server
     modalities_from: str = ""  # where the model's modalities are set, when not by the model's files (a setting)
 
 

@@ -67,7 +67,8 @@ def check_modalities(model: ResolvedModel, samples: list[Sample], set_by: str = 
                     where = f"{set_by}={list(model.modalities)}; add {part.kind} there if the model takes it" if set_by \
                         else f"use a model that accepts {part.kind}s"
                     raise UserError(f"sample {sample.id!r} has an {part.kind} part but model {model.reference!r} "
-                                    f"takes {' and '.join(model.modalities)} only ({where}), or remove the part")
+                                    f"takes {' and '.join(model.modalities)} only, not {part.kind} ({where}), "
+                                    "or remove the part")
     return parts
 
 

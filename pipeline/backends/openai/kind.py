@@ -50,4 +50,5 @@ KIND = BackendKind(
     run_tags=run_tags,
     modalities_from="backend.modalities",
     passes_urls=True,
+    in_process=False,
 )

@@ -18,6 +18,9 @@ def plan(request: PlanRequest) -> KindPlan:
                                               request.overrides)
     backend = TransformersBackend(runtime_plan, config.session, template, config.runtime.trust_remote_code,
                                   request.run_dir, config.runtime.reuse)
+    own = backend.plan([])  # identity, capabilities, options with reasons: the same shape every kind records
+    own.checks, own.warnings = [], []  # already the run plan's own
+    runtime_plan.backend_plan = own.to_dict()
     return KindPlan(runtime_plan, backend)
 
 
