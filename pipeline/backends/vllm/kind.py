@@ -88,7 +88,9 @@ def plan(request: PlanRequest) -> KindPlan:
         truncated_samples=truncated, generation=generation.values, generation_sources=generation.sources,
         checks=checks, warnings=warnings, backend_options=options, thinking=thinking.to_dict())
     backend = VllmBackend(runtime_plan, config.session, template, config.runtime.trust_remote_code)
-    runtime_plan.backend_plan = backend.plan([]).to_dict()
+    own = backend.plan([])  # identity, capabilities, options with reasons: the shape every kind records
+    own.checks, own.warnings = [], []  # already the run plan's own
+    runtime_plan.backend_plan = own.to_dict()
     return KindPlan(runtime_plan, backend)
 
 
