@@ -156,7 +156,7 @@ class VllmBackend(Backend):
                 completions[index] = fitted
             else:
                 rows.append((index, fitted, len(fitted) < len(ids)))
-        if self._in_parts():
+        if self.in_parts:
             from pipeline.backends.vllm.parts import generate_in_parts
 
             outputs = generate_in_parts(self, [requests[i] for i, _, _ in rows], [ids for _, ids, _ in rows])
@@ -274,7 +274,8 @@ class VllmBackend(Backend):
         return self.thinking.can_think and self.thinking.mode != "off" and markers is not None \
             and markers.format == "tags"
 
-    def _in_parts(self) -> bool:
+    @property
+    def in_parts(self) -> bool:
         """Whether answers are generated in parts: a model that may think (its thinking bounded on its own, the
         answer by max_new_tokens), or answers cut by length continued."""
         return self.thinks or self.thinking.continue_on_length > 0
@@ -342,7 +343,7 @@ class VllmBackend(Backend):
                                 reasoning_tokens=output.reasoning_tokens, answer_tokens=output.answer_tokens,
                                 continuations=output.continuations)
         markers = self.thinking.reading_markers if self.thinking.can_think else None
-        if markers is not None and not self._in_parts():  # thinking off: what the model still wrote in tags is split
+        if markers is not None and not self.in_parts:  # thinking off: what the model still wrote in tags is split
             split = split_reasoning(output.text, markers, opens_thinking(self._render(request), markers))
             completion.text, completion.reasoning, completion.reasoning_truncated = \
                 split.answer, split.reasoning, split.truncated

@@ -15,7 +15,7 @@ import importlib.metadata
 import importlib.util
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pipeline.backends.peak_memory import peak_memory, reset_peak_memory
 from pipeline.backends.registry import BackendKind, KindPlan, PlanRequest
@@ -33,6 +33,8 @@ def plan(request: PlanRequest) -> KindPlan:
     from pipeline.backends.local_tokenizer import token_counter
     from pipeline.backends.transformers.plan import added_tokens, check_tools, require_chat_template
     from pipeline.backends.vllm.backend import VllmBackend
+    from pipeline.core.generation_settings import command_line_keys, effective_generation
+    from pipeline.core.model_files import read_generation_config
     from pipeline.core.reasoning import thinking_support
     from pipeline.core.thinking import budget_warnings, new_tokens, plan_thinking
     from pipeline.data.chat_template import ChatTemplate
@@ -62,19 +64,12 @@ def plan(request: PlanRequest) -> KindPlan:
               "weight file(s)"]
     warnings: list[str] = []
     truncated = check_context(config, request.samples, tokens, context, new, checks, warnings)
-    options, reasons, estimate = engine_options(config, model, settings, device, context, tokens, new)
-
-    from pipeline.core.generation_settings import command_line_keys, effective_generation
-    from pipeline.core.model_files import read_generation_config
-
+    options, reasons, estimate = engine_options(config, model, settings, device, context, tokens)
     generation = effective_generation(config.generation, read_generation_config(folder),
                                       command_line_keys(request.overrides))
     warnings.extend(generation.warnings)
     warnings.extend(budget_warnings(config.generation, thinking))
     checks.append(f"thinking: {thinking.found}; this run: {thinking.how}")
-    if thinking.can_think and thinking.mode != "off" or thinking.continue_on_length:
-        checks.append("answers are generated in parts (thinking up to its budget, the close forced, the answer up to "
-                      "max_new_tokens, continuations): each part a prompt continuing the text so far")
     if schemas:
         checks.append("the chat template shows the tools to the model")
     if not counter.exact:
@@ -88,6 +83,9 @@ def plan(request: PlanRequest) -> KindPlan:
         truncated_samples=truncated, generation=generation.values, generation_sources=generation.sources,
         checks=checks, warnings=warnings, backend_options=options, thinking=thinking.to_dict())
     backend = VllmBackend(runtime_plan, config.session, template, config.runtime.trust_remote_code)
+    if backend.in_parts:
+        checks.append("answers are generated in parts (thinking up to its budget, the close forced, the answer up to "
+                      "max_new_tokens, continuations): each part a prompt continuing the text so far")
     own = backend.plan([])  # identity, capabilities, options with reasons: the shape every kind records
     own.checks, own.warnings = [], []  # already the run plan's own
     runtime_plan.backend_plan = own.to_dict()
@@ -150,7 +148,7 @@ def check_context(config: Config, samples: list[Sample], tokens: dict[str, int],
 
 
 def engine_options(config: Config, model: ResolvedModel, settings: VllmSettings, device: str, context: int,
-                   tokens: dict[str, int], new: NewTokens) -> tuple[dict[str, Any], dict[str, str], MemoryEstimate]:
+                   tokens: dict[str, int]) -> tuple[dict[str, Any], dict[str, str], MemoryEstimate]:
     """vllm.LLM's arguments, the reason for each, and the memory estimate behind the KV cache's size."""
     from pipeline.backends.transformers.memory import DTYPE_BYTES, free_memory, need
 
