@@ -78,6 +78,18 @@ def test_a_text_longer_than_the_context_is_read_in_windows_each_token_once(vllm_
     assert whole.loglikelihood < half.loglikelihood < 0
 
 
+def test_the_engine_leaves_torchs_threads_to_the_rest_of_the_process(vllm_tools):
+    """vLLM's CPU worker replaces torch.set_num_threads with a warning; a transformers model beside it sets them."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def both(tmp_path: Path, *args: str) -> dict[str, Path]:
     """The run folders of `python -m pipeline ARGS` with backend=vllm and with backend=transformers."""
     pytest.importorskip("vllm", reason='backend=vllm needs vLLM: pip install -e ".[vllm]"')

@@ -18,9 +18,17 @@ from typing import Any
 def start(model_path: str, options: dict[str, Any]) -> Any:
     """A `vllm.LLM` over a local model folder with the plan's engine options."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
     from vllm import LLM
 
-    return LLM(model=model_path, **options)
+    # vLLM's CPU worker replaces torch.set_num_threads, for the whole process and for good, with a function that
+    # only warns (it has bound its threads to cores); the rest of this process (a transformers model beside it,
+    # the next job of a sweep) keeps torch as it was
+    set_num_threads = torch.set_num_threads
+    try:
+        return LLM(model=model_path, **options)
+    finally:
+        torch.set_num_threads = set_num_threads
 
 
 def stop(llm: Any) -> None:
