@@ -90,6 +90,21 @@ def test_the_engine_leaves_torchs_threads_to_the_rest_of_the_process(vllm_tools)
         torch.set_num_threads(before)
 
 
+def test_a_closed_engine_lets_the_next_start_in_this_process(vllm_tools, tmp_path):
+    """close() shuts the engine down and frees vLLM's state: a sweep's next job starts its own in the same process
+    (here beside the session's engine, as a judge's would be)."""
+    from tests.helpers.vllm_engine import vllm_backend, vllm_config
+
+    answers = []
+    for _ in range(2):
+        backend, _ = vllm_backend(vllm_config(ASSETS_DIR / "demo_model", tmp_path))
+        backend.load()
+        answers += [c.text for c in backend.generate([Request([Message("user", "What is 86+87?")], max_new_tokens=8)])]
+        backend.close()
+        assert backend.llm is None
+    assert answers == ["173", "173"]
+
+
 def both(tmp_path: Path, *args: str) -> dict[str, Path]:
     """The run folders of `python -m pipeline ARGS` with backend=vllm and with backend=transformers."""
     pytest.importorskip("vllm", reason='backend=vllm needs vLLM: pip install -e ".[vllm]"')
