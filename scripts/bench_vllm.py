@@ -273,8 +273,9 @@ def summarize(runs: dict[str, list[dict]], errors: dict[str, str], options: Opti
                "tokens": tokens, "texts": done[0]["texts"]}
         if tokens:
             arm["tokens_per_second"] = tokens / median["generate_s"]
-        if "engine_s" in done[0]:
-            arm["median_engine_s"] = statistics.median(run["engine_s"] for run in done)
+        for key in ("engine_s", "import_s"):
+            if key in done[0]:
+                arm[f"median_{key}"] = statistics.median(run[key] for run in done)
         if "stage_seconds" in done[0]:
             arm["stage_seconds"] = done[0]["stage_seconds"]
         result["arms"][name] = arm
@@ -318,7 +319,9 @@ def print_vllm(figures: dict[str, Any]) -> None:
                 + (f" ({arm['tokens_per_second']:6.1f} tok/s)" if "tokens_per_second" in arm else " " * 16)
                 + f", whole command {arm['median_wall_s']:7.2f} s")
         if "median_engine_s" in arm:
-            line += f", engine start / load {arm['median_engine_s']:.2f} s"
+            line += f", {'engine start' if name == 'direct_vllm' else 'load stage'} {arm['median_engine_s']:.2f} s"
+        if "median_import_s" in arm:
+            line += f" after importing vllm {arm['median_import_s']:.2f} s"
         if "ratio_generate_to_direct" in arm:
             line += (f"; x(2): generation {arm['ratio_generate_to_direct']:.3f}, whole "
                      f"{arm['ratio_wall_to_direct']:.3f}, same answers {arm['same_answers_as_direct']}/{figures['prompts']}")

@@ -94,6 +94,10 @@ def test_a_run_against_vllm_answers_as_the_transformers_backend(vllm_served, tmp
     assert [(r["sample_id"], r["response"]) for r in theirs] == [(r["sample_id"], r["response"]) for r in ours]
     assert all(r["score"] == 1.0 for r in theirs) and len(theirs) == 24
     assert all(r["ttft_s"] > 0 for r in theirs)  # each answer streamed, its first token timed
+    # the plan counted the prompts with vLLM's /tokenize (its chat template) and read its context from /models
+    plan = json.loads((only_run_dir(served) / "plan.json").read_text())["backend_plan"]
+    assert (plan["token_source"], plan["context_length"]) == ("server", 256)
+    assert plan["prompt_tokens"] == [r["prompt_tokens"] for r in theirs]
 
 
 def test_multiple_choice_through_vllm_completions_scores_as_in_process(vllm_served, tmp_path):
