@@ -83,7 +83,7 @@ def _job(cfg: DictConfig) -> Optional[float]:
     from pipeline.run.resume import write_record
     from pipeline.run.runner import run
     from pipeline.run.status import discard, planned
-    from pipeline.scoring.objective import objective_value
+    from pipeline.core.objective import objective_value
     from pipeline.tracking.sweep import sweep_parent
 
     if cfg.get("resume") is not None:

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 from pipeline.answering.loop import Answering, Job, answer, tools_by_name
 from pipeline.answering.tools import Tool, load_tools
 from pipeline.backends.base import Backend
-from pipeline.backends.cache import with_cache
+from pipeline.backends import registry
 from pipeline.core.config import CONF_DIR, Config, register, to_config
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_json
@@ -46,6 +46,7 @@ from pipeline.core.records import (
 from pipeline.core.streaming import StreamSink
 from pipeline.data.media import user_parts
 from pipeline.data.prompts import as_dict, conversation, read_history
+from pipeline.stages.plan import check_modalities, plan
 from pipeline.stages.resolve import resolve
 
 _PROBE = Sample(id="probe", messages=(Message("user", ""),))  # what a client plans for: one prompt, not known yet
@@ -88,10 +89,6 @@ class RuntimeClient:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return cls(to_config(compose(config_name="config", overrides=list(overrides))), overrides)
 
-    @property
-    def served(self) -> bool:
-        return self.config.backend.name == "openai"
-
     def resolve(self) -> ResolvedModel:
         if self._resolved is None:
             self._resolved = resolve(self.config.runtime, self.config.backend)
@@ -102,28 +99,10 @@ class RuntimeClient:
         if self._plan is None:
             model = self.resolve()
             self.config.runtime.batch_size = 1
-            if self.served:
-                from pipeline.backends.openai import OpenAIBackend  # only a served model pays for the HTTP client
-                from pipeline.backends.openai.plan import plan_served
-
-                served = OpenAIBackend(self.config.backend.openai(), model.reference)
-                self._plan, _ = plan_served(self.config, model, served, self.overrides, samples=[_PROBE])
-                served.generation = self._plan.generation  # requests are made from what the plan recorded
-                self._backend = served
-            else:
-                from pipeline.backends.transformers.backend import TransformersBackend
-                from pipeline.data.chat_template import ChatTemplate
-                from pipeline.backends.transformers.plan import plan as make_plan
-                from pipeline.backends.transformers.plan import require_chat_template, tool_schemas
-
-                require_chat_template(model, self.config.session)
-                template = ChatTemplate.from_folder(Path(model.path)) if self.config.session.chat_template else None
-                schemas = tool_schemas(model, self.config.session, template)
-                self._plan = make_plan(model, self.config, [_PROBE], {_PROBE.id: 1}, self.overrides)
-                self._plan.tools = schemas
-                self._backend = TransformersBackend(self._plan, self.config.session, template,
-                                                    self.config.runtime.trust_remote_code, reuse=False)
-            self._backend = with_cache(self._backend, self.config.cache, defer_load=False)  # load() returns the model
+            self.config.runtime.reuse = False  # close() lets the model go, rather than keeping it for a next job
+            # the plan stage's own path, for one prompt not known yet; load() returns the model (no deferred load)
+            self._plan, _, self._backend = plan(self.config, model, None, self.overrides, samples=[_PROBE],
+                                                defer_load=False)
         return self._plan
 
     def describe_plan(self) -> dict[str, Any]:
@@ -165,10 +144,8 @@ class RuntimeClient:
     def media_parts(self, images: Sequence[str] = (), audio: Sequence[str] = ()) -> tuple[MediaPart, ...]:
         """Paths, data: URLs or (runtime.allow_download=true) http(s) URLs, checked; a model in this process
         has a URL fetched now (once, into the media cache), a served one gets it passed on."""
-        from pipeline.backends.transformers.media_fetch import fetcher  # the in-process backend's HTTP client
-
         return user_parts(images, audio, self.config.dataset.max_media_mb, self.config.runtime.allow_download,
-                          fetcher(self.config))
+                          registry.media_fetcher(self.config))
 
     def prompt_parts(self, parts: Sequence[Message], history: Sequence[Message] = (),
                      sink: Optional[StreamSink] = None) -> PromptResponse:
@@ -180,16 +157,13 @@ class RuntimeClient:
         backend = self._backend
         assert backend is not None
         messages = list(history) + list(parts)
-        modalities = backend.capabilities.modalities  # in process: the model's; served: backend.modalities
+        kind = registry.kind(self.config.backend.name)
+        check_modalities(self.resolve(), [Sample(id=f"prompt-{self._calls + 1}", messages=tuple(messages))],
+                         kind.modalities_from)
         for message in messages:
             for part in message.media:
-                if part.kind not in modalities:
-                    raise UserError(f"{part.kind} input: backend.modalities={list(modalities)}; add {part.kind} "
-                                    "there if the served model takes it" if self.served else
-                                    f"model {self.config.runtime.model!r} takes {' and '.join(modalities)} only, "
-                                    f"not {part.kind}; use a model that accepts {part.kind}s")
                 remote = part.path is None and not part.source.startswith("data:") and "://" in part.source
-                if remote and not self.served:
+                if remote and not kind.passes_urls:
                     raise UserError(f"{part.kind} {part.source!r} is a URL not fetched: pass it to prompt(images=..., "
                                     "audio=...) with runtime.allow_download=true, or download it and name the file")
                 if part.sha256 is None and not remote:  # built by the caller, not by prompt(): not checked

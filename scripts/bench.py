@@ -213,12 +213,12 @@ def compose_config(overrides: list[str]):
 def plan_and_load(overrides: list[str]):
     """Our resolve, plan and load stages for these overrides: (config, runtime, samples)."""
     from pipeline.backends.transformers.load import load
-    from pipeline.backends.transformers.plan import plan_from_config
+    from pipeline.stages.plan import plan as plan_stage
     from pipeline.stages.resolve import resolve
 
     config = compose_config(overrides)
-    plan, samples, template = plan_from_config(config, resolve(config.runtime), overrides)
-    return config, load(plan, template), samples
+    plan, samples, backend = plan_stage(config, resolve(config.runtime, config.backend), None, overrides)
+    return config, load(plan, backend.chat_template), samples
 
 
 def hand_written_loop(runtime, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[int, float]:

@@ -13,7 +13,7 @@ SLURM launcher with these changes:
   in-process sweeps give it (pipeline.__main__._fail), so the sweep ends with its table, the
   parent run FAILED and exit 1.
 - A resumed sweep (`resume=<sweep folder>`) submits only the points that did not end with success.
-- No GPU is asked where the jobs need none: a model behind a server (`backend=openai`) or
+- No GPU is asked where the jobs need none: a model behind a server (a kind not `in_process`: `backend=openai`) or
   `runtime.device=cpu`.
 - In a job, SIGTERM (`scancel`, the time limit) and SIGUSR2 (SLURM's warning `signal_delay_s` before
   the time limit) end the running point's run as interrupted (KILLED in MLflow), resumable; submitit
@@ -108,9 +108,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def _executor(self, submitit: Any) -> Any:
         """submitit's executor with the launcher's settings, less a GPU where the jobs need none."""
         params = dict(self.params)
-        backend = OmegaConf.select(self.config, "backend.name")
+        from pipeline.backends import registry
+
+        backend = OmegaConf.select(self.config, "backend.name") or "transformers"
         device = OmegaConf.select(self.config, "runtime.device")
-        needs_none = (f"backend={backend}" if backend != "transformers"
+        needs_none = (f"backend={backend}" if not registry.kind(backend).in_process
                       else "runtime.device=cpu" if device == "cpu" else "")
         if needs_none and (params.get("gpus_per_node") or params.get("gpus_per_task")):
             log.info("the jobs ask for no GPU: %s", needs_none)

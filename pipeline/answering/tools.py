@@ -19,7 +19,6 @@ Nothing here generates text or parses model output (that is pipeline.core.tool_c
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 import re
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from pipeline.core.errors import UserError
+from pipeline.core.imports import import_function
 
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
 # Google-style docstring sections, read the way transformers' get_json_schema reads them
@@ -78,39 +78,6 @@ def load_tools(specs: list[dict[str, Any]]) -> list[Tool]:
             raise UserError(f"{where}._target_={target}: a second tool named {name!r}; tool names must differ")
         tools.append(Tool(name, functools.partial(function, **bound) if bound else function, schema))
     return tools
-
-
-def import_function(target: str, where: str) -> Callable[..., Any]:
-    """The function at a dotted path: the longest importable module prefix, then attributes (Class.method too).
-
-    Tools and user scorers (dataset.scorer._target_) are loaded with it; `where` names the setting."""
-    parts = target.split(".")
-    if len(parts) < 2 or not all(parts):
-        raise UserError(f"{where}={target}: give a dotted path such as mypackage.tools.search")
-    value: Any = None
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            value = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is not None and not module_name.startswith(error.name):
-                raise UserError(f"{where}={target}: importing {module_name} failed: {error}") from None
-            continue  # a shorter prefix may be the module
-        except Exception as error:  # the module exists but raises on import
-            raise UserError(f"{where}={target}: importing {module_name} failed: {type(error).__name__}: "
-                            f"{error}") from None
-        for part in parts[split:]:
-            if not hasattr(value, part):
-                raise UserError(f"{where}={target}: {'.'.join(parts[:split])} has no attribute "
-                                f"{'.'.join(parts[split:])!r}")
-            value = getattr(value, part)
-        break
-    else:
-        raise UserError(f"{where}={target}: cannot import {parts[0]}; the module must be importable from the "
-                        "launch folder or an installed package")
-    if not callable(value) or isinstance(value, type):
-        raise UserError(f"{where}={target}: not a function")
-    return value
 
 
 def tool_schema(function: Callable[..., Any], hidden: set[str] = frozenset(), where: str = "tool") -> dict[str, Any]:

@@ -18,7 +18,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
-from pipeline.core.config import IN_PROCESS_RUNTIME, BackendConfig, Config, ConfigError, OtherBackendSetting
+from pipeline.core.config import (IN_PROCESS_RUNTIME, BackendConfig, Config, ConfigError, OtherBackendSetting,
+                                  RuntimeConfig)
 from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,6 +32,14 @@ KINDS = {
     "openai": "pipeline.backends.openai.kind",
     "vllm": "pipeline.backends.vllm.kind",
 }
+
+
+class UnknownSetting(ConfigError):
+    """A backend.* key that no kind has: "backend.foo: backend=openai has no such setting; its settings: ..."."""
+
+    def __init__(self, key: str, chosen: str, known: str) -> None:
+        self.key, self.value, self.allowed = key, None, known
+        UserError.__init__(self, f"{key}: backend={chosen} has no such setting; its settings: {known}")
 
 
 @dataclass
@@ -69,16 +78,16 @@ class BackendKind:
     # batch_size, aliases, ..., every kind reads); any other left off its default is refused with one line
     runtime_keys: frozenset[str] = frozenset()
     runtime_hint: str = "it does not read it"  # why a runtime.* key it does not read is refused, in words
-    resolve: Optional[Callable[[Config], "ResolvedModel"]] = None  # None: a local model folder, as transformers
+    # runtime.model -> what it is; None: a local model folder, found and read as pipeline.stages.resolve does
+    resolve: Optional[Callable[[RuntimeConfig, BackendConfig], "ResolvedModel"]] = None
     run_tags: Callable[["RuntimePlan"], dict[str, str]] = lambda plan: {}  # MLflow tags beyond the neutral ones
     # the peak memory the run used and where it was read (None when not measurable here), given the plan's device
     peak_memory: Callable[[str], tuple[Optional[int], str]] = lambda device: (None, "not measured by this backend")
     reset_peak_memory: Callable[[str], None] = lambda device: None
-    # media URLs: a function that fetches one into the local media cache (the model reads bytes here), or None
-    # when the backend passes URLs on (a server fetches them itself)
-    media_fetcher: Callable[[Config], Optional[Callable]] = lambda config: None
-    # perplexity needs rolling log-likelihoods of raw text; a kind that cannot give them says how here
-    rolling_loglikelihood: bool = False
+    passes_urls: bool = False  # media URLs go to the model as they are (a server fetches them), not fetched here
+    rolling_loglikelihood: bool = False  # whole texts scored in windows (dataset.kind=perplexity)
+    in_process: bool = True  # the model runs in this process (a cluster job may need a GPU), not behind a server
+    modalities_from: str = ""  # where the model's modalities are set, when not by the model's files (a setting)
 
 
 def names() -> tuple[str, ...]:
@@ -91,6 +100,16 @@ def kind(name: str) -> BackendKind:
     if module is None:
         raise ConfigError("backend.name", name, ", ".join(KINDS))
     return importlib.import_module(module).KIND
+
+
+def media_fetcher(config: Config) -> Optional[Callable]:
+    """How the plan fetches the dataset's media URLs for this run's kind: into the local media cache where the
+    model reads bytes in this process (with runtime.allow_download=true), not at all where they are passed on."""
+    if kind(config.backend.name).passes_urls:
+        return None
+    from pipeline.backends.media_fetch import fetcher
+
+    return fetcher(config)
 
 
 def settings(backend: BackendConfig, prefix: str = "backend") -> Any:
@@ -107,8 +126,7 @@ def settings(backend: BackendConfig, prefix: str = "backend") -> Any:
             if owner is not None:
                 raise OtherBackendSetting(f"{prefix}.{key}", owner, backend.name, f"add {prefix}={owner}"
                                           if prefix == "backend" else f"set {prefix}.backend={owner}")
-            allowed = ", ".join(sorted(known)) or "none (its settings are under runtime.*)"
-            raise ConfigError(f"{prefix}.{key}", backend.values[key], f"a setting of backend={backend.name}: {allowed}")
+            raise UnknownSetting(f"{prefix}.{key}", backend.name, ", ".join(sorted(known)) or "none (they are runtime.*)")
     if chosen.settings is None:
         return None
     try:
@@ -147,6 +165,11 @@ def check(config: Config) -> Any:
         _, judge_backend, _ = config.scoring.judge.settings()
         settings(judge_backend, prefix="scoring.judge")
     return settings(config.backend)
+
+
+def reads_runtime(backend: BackendConfig, key: str) -> bool:
+    """Whether the backend's kind reads the runtime.* setting `key` (one of IN_PROCESS_RUNTIME)."""
+    return key in kind(backend.name).runtime_keys
 
 
 def defaults(name: str) -> dict[str, Any]:

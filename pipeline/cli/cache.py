@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.backends.cache_store import ResponseStore, default_folder
-from pipeline.backends.transformers.memory import gib
+from pipeline.core.console import gib
 from pipeline.core.errors import EXIT_USAGE, UserError, one_line
 
 

@@ -135,8 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG_FILE, redact(client.config.to_dict()))
         write_json(run_dir / PLAN_FILE, plan.to_dict())
-        if client.served:
-            print(f"talking to {plan.model.reference} at {plan.backend_plan['identity']['endpoint']}…", file=sys.stderr)
+        if plan.model.endpoint:  # served: its masked address
+            print(f"talking to {plan.model.reference} at {plan.model.endpoint}…", file=sys.stderr)
         else:
             print(f"loading {plan.model.reference} on {plan.device} ({plan.dtype})…", file=sys.stderr)
         client.load()

@@ -23,7 +23,7 @@ from typing import Optional
 
 from pipeline.core.digest import weights_digest
 from pipeline.core.hub_cache import cached_models
-from pipeline.backends.transformers.memory import gib
+from pipeline.core.console import gib
 from pipeline.core.model_files import read_model_folder
 from pipeline.core.config import ASSETS_DIR, CONF_DIR
 from pipeline.core.errors import EXIT_USAGE, UserError

@@ -23,9 +23,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from pipeline.backends import registry
 from pipeline.cli.job_configs import TemplateConfigLoader
-from pipeline.core.config import register, to_config
+from pipeline.core.config import BackendConfig, register, to_config
 from pipeline.core.config_search import initialize_configs, user_config_dir
 from pipeline.core.errors import UserError, describe_config_exception, first_line
 
@@ -76,14 +78,33 @@ def check_jobs(argv: list[str]) -> CommandLineCheck:
             first_job = None
             for job in _job_overrides(overrides, args.overrides):
                 cfg = loader.load_job(config_name, job)
-                to_config(cfg)
+                registry.check(to_config(cfg))
                 if first_job is None:
                     first_job = cfg
                 for extra in _saved_sweep_overrides(cfg, parser):
-                    to_config(loader.load_job(config_name, job + extra))
+                    registry.check(to_config(loader.load_job(config_name, job + extra)))
     except Exception as error:  # every failure here is a mistake in the command line or the configs
-        return CommandLineCheck(describe_config_exception(error))
+        return CommandLineCheck(_backend_key_problem(error) or describe_config_exception(error))
     return CommandLineCheck(_launcher_problem(first_job), first_job)
+
+
+def _backend_key_problem(error: BaseException) -> Optional[str]:
+    """`backend.<key>=...` for a key the chosen kind's file does not list: which kind has it, or what the chosen one
+    takes (each kind's keys are its own: pipeline.backends.registry), rather than Hydra's "add it with +"."""
+    while error is not None:
+        if isinstance(error, (ConfigKeyError, ConfigAttributeError)) and str(getattr(error, "full_key", "")).startswith(
+                "backend."):
+            node = getattr(error, "parent_node", None)
+            chosen = node.get("name") if isinstance(node, DictConfig) else None
+            if isinstance(chosen, str):
+                key = error.full_key.removeprefix("backend.").split(".")[0]
+                try:
+                    registry.settings(BackendConfig(chosen, {key: "?"}))
+                except UserError as refused:
+                    return str(refused)
+            return None
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return None
 
 
 def _launcher_problem(job: Optional[DictConfig]) -> Optional[str]:

@@ -512,7 +512,7 @@ class PipelineConfig:
     objective: str = "accuracy"  # the summary metric a sweep job returns (what an Optuna search optimises)
 
     def __post_init__(self) -> None:
-        from pipeline.scoring.objective import is_objective, objective_names
+        from pipeline.core.objective import is_objective, objective_names
 
         _check_choice("pipeline.until", self.until, STAGES)
         _check(self.from_transcript is None or bool(self.from_transcript.strip()), "pipeline.from_transcript",

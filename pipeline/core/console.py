@@ -15,6 +15,17 @@ PEAK_MEMORY_KINDS = {"cuda_max_allocated": "CUDA max allocated", "process_peak_r
 CI_METHODS = {"wilson": "Wilson", "bootstrap": "seeded bootstrap"}
 
 
+def gib(size: Optional[int]) -> str:
+    """Bytes for people: 1.50 GiB, 12.0 MiB."""
+    if size is None:
+        return "unknown"
+    if abs(size) >= 2**30:
+        return f"{size / 2**30:.2f} GiB"
+    if abs(size) >= 2**20:
+        return f"{size / 2**20:.1f} MiB"
+    return f"{size / 2**10:.1f} KiB"
+
+
 def run_summary(summary: Summary, run_dir: Path, mlflow: Optional[dict[str, str]]) -> str:
     stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in summary.stage_seconds.items())
     lines = [

@@ -134,7 +134,10 @@ class MemoryEstimate:
 
 @dataclass
 class RuntimePlan:
-    """Every decision taken before weights load, why it was taken, and the checks behind it."""
+    """Every decision taken before weights load, why it was taken, and the checks behind it.
+
+    Device, dtype, attention, offload and memory are where and how the model runs: a kind that runs it elsewhere
+    (a server) records them as that place's own decisions; each kind's own choices are in `backend_plan`."""
 
     model: ResolvedModel
     backend: str
@@ -159,8 +162,8 @@ class RuntimePlan:
     warnings: list[str] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)  # the JSON schemas of the tools offered to the model
     backend_options: dict[str, Any] = field(default_factory=dict)  # compile, cache_implementation, continuous_batching
-    # a server backend's own plan (pipeline.backends.base.BackendPlan as a dict: identity with the masked
-    # base URL, what the server reports, options with reasons, token source); {} for the in-process model
+    # the backend kind's own plan (pipeline.backends.base.BackendPlan as a dict: identity (a server's masked base
+    # URL and what it reports), capabilities, its options with reasons, token source), whatever the kind
     backend_plan: dict[str, Any] = field(default_factory=dict)
     thinking: dict[str, Any] = field(default_factory=dict)  # pipeline.core.thinking.ThinkingPlan as a dict
     judge: dict[str, Any] = field(default_factory=dict)  # scoring=judge: the judge's plan (pipeline.stages.judge)

@@ -7,7 +7,7 @@ a path a user hands the Python API or the chat directly is theirs to name), refu
 runtime.allow_download=true, keeps each part under dataset.max_media_mb, decodes the bytes once
 (Pillow for images, soundfile for audio) and records the sha256 and what the decoding found. A URL
 is fetched then only when the backend hands the rules a `fetch` (the transformers backend's
-pipeline.backends.transformers.media_fetch, which keeps one file per URL in a cache): the part
+pipeline.backends.media_fetch, which keeps one file per URL in a cache): the part
 then has that file as its path, checked like any other, and its URL as its source.
 A file that is missing, unreadable or not an image / audio clip is a UserError naming where the
 part was written (file:line of the dataset, or the argument).

@@ -44,7 +44,7 @@ def fingerprint(config: Config, model: ResolvedModel,
         inputs["dataset.fewshot.path"] = _dataset(config.dataset.fewshot.path)
     if config.session.history:
         inputs["session.history"] = _file(config.session.history)
-    if model.kind == "served":  # no files of ours: the server's model is named by its id and base URL
+    if not model.path:  # no files of ours (a served model): it is named by its id and where it is served
         inputs["runtime.model"] = {"as typed": config.runtime.model, "path": "", "endpoint": model.endpoint}
         return inputs
     inputs["runtime.model"] = {"as typed": config.runtime.model, "path": model.path,

@@ -299,7 +299,7 @@ def _inputs_problem(folder: Path, config: Config) -> Optional[str]:
 
 
 def _samples(config: Config) -> list[Sample]:
-    from pipeline.backends.transformers.media_fetch import fetcher
+    from pipeline.backends.media_fetch import fetcher
     from pipeline.data.dataset import load_samples
 
     return load_samples(config.dataset, config.runtime.allow_download, fetcher(config))

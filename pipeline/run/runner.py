@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from pipeline.backends.base import Backend
-from pipeline.backends.openai.plan import SERVER, served_tags
-from pipeline.backends.transformers.peak_memory import peak_memory, reset_peak_memory
+from pipeline.backends import registry
 from pipeline.core.config import Config
 from pipeline.core.console import ProgressSink
 from pipeline.core.errors import (
@@ -146,12 +145,13 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
                       tags=run_tags(config, run_dir, {
             "weights_digest": resolved.weights_digest or "", "device": result.plan.device, "model.kind": resolved.kind,
             "model.path": resolved.path, "model.commit": resolved.commit or "", "overrides": " ".join(overrides),
-            **served_tags(result.plan)}))
+            **registry.kind(config.backend.name).run_tags(result.plan)}))
         result.tracker = tracker
         tracker.log_params(config_params(config, result.plan))
         tracker.log_dataset(config.dataset, len(samples))
 
-        timed("load", _load, backend, result.plan.device)  # for a server: connect (it still serves the model)
+        kind = registry.kind(config.backend.name)
+        timed("load", _load, backend, kind, result.plan.device)  # for a server: connect (it still serves the model)
         loaded = getattr(backend, "load_record", None)  # the in-process model's: loaded, or kept from an earlier job
         if loaded is not None:
             write_json(run_dir / LOAD_FILE, loaded.to_dict())
@@ -173,7 +173,7 @@ def _run(config: Config, run_dir: Path, parent_run_id: Optional[str], overrides:
             if judging is not None:  # after the answering model was closed: the judge loads in its place
                 timed("judge", judge, run_dir, judging)
         if until == "summarize":
-            result.summary = _summarize(run_dir, seconds, config.dataset.scorer.label, _peak_memory(result.plan.device),
+            result.summary = _summarize(run_dir, seconds, config.dataset.scorer.label, kind.peak_memory(result.plan.device),
                                         tracker, timed)
     except (KeyboardInterrupt, Exception) as error:
         if not resuming:  # a resume refused or stopped before it was accepted leaves the run as it was
@@ -306,18 +306,11 @@ def _ending(error: BaseException) -> tuple[str, str, str]:
     return "failed", "FAILED", f"{type(error).__name__}: {error}"
 
 
-def _load(backend: Backend, device: str) -> None:
+def _load(backend: Backend, kind: registry.BackendKind, device: str) -> None:
     """The load stage: the backend's model (kept from an earlier job, or loaded), with the device's
-    peak memory counted from here. On a GPU the reset is the run's first use of torch, so its import
-    is timed here, with the load that needs it (the plan reads the GPUs without torch)."""
-    reset_peak_memory(device)
+    peak memory counted from here (where the kind measures it: the model is in this process)."""
+    kind.reset_peak_memory(device)
     backend.load()
-
-
-def _peak_memory(device: str) -> tuple[Optional[int], str]:
-    """The run's peak memory; none for a served model: the server's memory is not ours to measure, and this
-    process's RSS (an HTTP client) would pass for the model's."""
-    return (None, "") if device == SERVER else peak_memory(device)
 
 
 def close_run(run_dir: Path, tracker: Tracker, state: str, mlflow_status: str, reason: str,

@@ -26,7 +26,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from pipeline.answering.tools import import_function
+from pipeline.core.imports import import_function
 from pipeline.core.config import ScorerConfig
 from pipeline.core.errors import UserError
 from pipeline.core.records import Sample

@@ -29,7 +29,7 @@ from pipeline.core.records import Message, Sample
 from pipeline.core.streaming import StreamSink
 from pipeline.core.transcript import TranscriptWriter
 from pipeline.data.prompts import as_dict, conversation, from_dict
-from pipeline.run.background_writer import BackgroundEmitter
+from pipeline.core.background_writer import BackgroundEmitter
 
 log = logging.getLogger(__name__)
 Done = dict[tuple[str, int], dict[str, Any]]  # a resumed run's final answer records by (record id, sample index)

@@ -33,7 +33,8 @@ from typing import Any, Optional
 
 from pipeline.answering.loop import Answering, Job, answer
 from pipeline.backends.base import Backend
-from pipeline.backends.transformers.memory import gib
+from pipeline.backends.registry import reads_runtime
+from pipeline.core.console import gib
 from pipeline.core.config import Config, DatasetConfig, JudgeConfig, SessionConfig
 from pipeline.core.console import ProgressSink
 from pipeline.core.errors import UserError
@@ -89,7 +90,7 @@ def judge_run_config(config: Config) -> Config:
     judge = config.scoring.judge
     runtime, backend, generation = judge.settings()
     runtime = replace(runtime, aliases=dict(config.runtime.aliases), models_dir=config.runtime.models_dir,
-                      allow_download=config.runtime.allow_download and backend.name == "transformers",
+                      allow_download=config.runtime.allow_download and reads_runtime(backend, "allow_download"),
                       reuse=config.runtime.reuse)
     return Config(runtime=runtime, generation=generation, session=SessionConfig(chat_template=judge.chat_template),
                   dataset=DatasetConfig(path="judge prompts"), tracking=config.tracking, backend=backend,

@@ -7,9 +7,8 @@ existing folder, a name under `runtime.models_dir`, or a Hugging Face repo id wi
 found", never a repo lookup. The folder found is then read by `model_files` (config.json,
 safetensors headers; no tensor is loaded) and its weights digested. Loading is not done here.
 
-With a server backend (`backend=openai`) `runtime.model` is the id the server serves: nothing is
-looked up on disk or in the hub, and the model is of kind "served", with no digest and empty
-local fields; the plan asks the server about it.
+A backend kind that finds its models another way says so in the registry (BackendKind.resolve):
+a served model's `runtime.model` is the id its server serves, looked up nowhere here.
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pipeline.backends import registry
 from pipeline.core.digest import weights_digest
 from pipeline.core.hub_cache import download, find_cached, not_cached_message, parse_repo_reference
 from pipeline.core.model_files import read_model_folder
 from pipeline.core.config import ASSETS_DIR, BackendConfig, RuntimeConfig
 from pipeline.core.errors import UserError
-from pipeline.core.records import ModelShape, ResolvedModel
-from pipeline.core.redact import hide_credentials
+from pipeline.core.records import ResolvedModel
 
 BUILTIN_ALIASES = {"demo": str(ASSETS_DIR / "demo_model")}  # works even without conf/ (the Python API)
 MAX_ALIAS_DEPTH = 8
@@ -43,8 +42,10 @@ class Location:
 
 
 def resolve(runtime: RuntimeConfig, backend: Optional[BackendConfig] = None) -> ResolvedModel:
-    if backend is not None and backend.name != "transformers":
-        return served(runtime, backend)
+    """What `runtime.model` is, for the backend kind chosen (the default kind when `backend` is None)."""
+    own = registry.kind(backend.name).resolve if backend is not None else None
+    if own is not None:
+        return own(runtime, backend)
     where = f"runtime.model={runtime.model!r}"
     location = locate(runtime)
     facts = read_model_folder(location.folder, where, runtime.allow_pickle, runtime.trust_remote_code)
@@ -72,18 +73,6 @@ def resolve(runtime: RuntimeConfig, backend: Optional[BackendConfig] = None) -> 
         weights_dtype=facts.weights_dtype,
         weights_digest=weights_digest(facts.weight_files),
     )
-
-
-def served(runtime: RuntimeConfig, backend: BackendConfig) -> ResolvedModel:
-    """The model a server serves under the id `runtime.model` (taken as written: no alias, no folder).
-    Whether the server serves it, and its context length, are the plan's to ask."""
-    settings = backend.openai()
-    return ResolvedModel(
-        reference=runtime.model, kind="served", alias=None, path="", repo_id=None, revision=None, commit=None,
-        architecture="", model_type="", modalities=list(settings.modalities), context_length=0,
-        shape=ModelShape(0, 0, 0, 0, 0, 0, 0), has_tokenizer_json=False, has_chat_template=False,
-        has_generation_config=False, weights_format="", weight_files=[], weight_bytes=0, parameters=0,
-        parameters_exact=False, weights_dtype="", weights_digest=None, endpoint=hide_credentials(settings.base_url))
 
 
 def locate(runtime: RuntimeConfig) -> Location:

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from pipeline.backends import registry
 from pipeline.core.config import Config, DatasetConfig, TrackingConfig, flatten
 from pipeline.core.errors import first_line
 from pipeline.core.records import RuntimePlan
@@ -356,7 +357,7 @@ def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[st
     none of the other backend's unset ones); header values and URL credentials are masked on the way
     to MLflow (params_for_mlflow)."""
     params = {key: value for key, value in flatten(config.to_dict()).items() if not key.startswith("backend.")}
-    params.update(flatten(config.backend.settings(), "backend."))
+    params.update(flatten(registry.effective_settings(config.backend), "backend."))
     if plan is not None:
         params.update({f"plan.{key}": getattr(plan, key) for key in PLAN_PARAMS})
         params.update({f"effective.generation.{key}": value for key, value in plan.generation.items()})

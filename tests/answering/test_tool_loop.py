@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pipeline.backends.transformers.load import load
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import (
     ASSETS_DIR,
     ExecuteConfig,
@@ -106,7 +106,7 @@ def questions(tmp_path):
 def run(tmp_path, dataset, tools=(ADD,), max_new_tokens=64, **session) -> list[dict]:
     config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[dict(t) for t in tools], **session),
                          generation=GenerationConfig(max_new_tokens=max_new_tokens))
-    plan, samples, template = plan_from_config(config, resolve(config.runtime))
+    plan, samples, template = plan_in_process(config)
     runtime = load(plan, template)
     path = tmp_path / f"t{len(list(tmp_path.glob('t*.jsonl')))}.jsonl"
     with TranscriptWriter(path) as writer:
@@ -189,7 +189,7 @@ def test_a_tool_that_raises_is_reported_to_the_model_and_the_run_goes_on(tmp_pat
 def test_fail_fast_stops_at_the_first_tool_error_and_keeps_what_was_written(tmp_path, questions):
     config = make_config(TOOL_MODEL, questions, session=SessionConfig(tools=[{"_target_": "tests.answering.test_tool_loop.Broken.add"}]),
                          generation=GenerationConfig(max_new_tokens=64), execute=ExecuteConfig(fail_fast=True))
-    plan, samples, template = plan_from_config(config, resolve(config.runtime))
+    plan, samples, template = plan_in_process(config)
     with TranscriptWriter(tmp_path / "t.jsonl") as writer, pytest.raises(ToolFailure) as failure:
         execute(in_process(load(plan, template), config), samples, config, writer, config.config_hash())
     assert str(failure.value).endswith(": add failed: RuntimeError: the adding machine is broken "
@@ -249,13 +249,13 @@ def test_tools_in_a_scripted_conversation_are_kept_in_its_history(tmp_path):
 def test_the_plan_refuses_tools_that_cannot_work(questions, model, session, message):
     config = make_config(model, questions, session=SessionConfig(**session))
     with pytest.raises(UserError, match=message):
-        plan_from_config(config, resolve(config.runtime))
+        plan_in_process(config)
 
 
 def test_the_plan_records_the_tool_schemas_and_counts_them_in_the_prompt(questions):
     with_tools = make_config(TOOL_MODEL, questions, session=SessionConfig(tools=[ADD]))
     without = make_config(TOOL_MODEL, questions)
-    planned, _, _ = plan_from_config(with_tools, resolve(with_tools.runtime))
-    plain, _, _ = plan_from_config(without, resolve(without.runtime))
+    planned, _, _ = plan_in_process(with_tools)
+    plain, _, _ = plan_in_process(without)
     assert [t["function"]["name"] for t in planned.tools] == ["add"] and plain.tools == []
     assert planned.longest_prompt_tokens == plain.longest_prompt_tokens + 12  # <|system|>, "tools: add", <|end|>

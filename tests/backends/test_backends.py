@@ -81,12 +81,12 @@ def cached_subject(tmp_path_factory):
 @pytest.fixture(scope="module")
 def transformers_subject(tmp_path_factory):
     from pipeline.backends.transformers.backend import TransformersBackend
-    from pipeline.backends.transformers.plan import plan_from_config
+    from tests.helpers.planning import plan_in_process
     from pipeline.stages.resolve import resolve
 
     dataset = write_jsonl(tmp_path_factory.mktemp("data") / "q.jsonl", [{"id": "q", "prompt": QUESTION}])
     config = make_config(TOOL_MODEL, dataset, session=SessionConfig(tools=[{"_target_": "pipeline.answering.demo_tools.add"}]))
-    plan, _, template = plan_from_config(config, resolve(config.runtime))
+    plan, _, template = plan_in_process(config)
     backend = TransformersBackend(plan, config.session, template)
     backend.load()
     yield Subject(backend, plan.tools)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.backends.transformers import reuse
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import ASSETS_DIR, GenerationConfig, TrackingConfig
 from pipeline.core.transcript import read_transcript
 from pipeline.run.runner import run
@@ -39,7 +39,7 @@ def demo_config(device: str, dtype: str = "auto"):
 
 def test_the_plan_on_a_gpu_picks_cuda_half_precision_and_its_attention():
     config = demo_config("auto")
-    plan = plan_from_config(config, resolve(config.runtime))[0]
+    plan = plan_in_process(config)[0]
     assert plan.device.startswith("cuda"), plan.reasons["device"]
     assert plan.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16"), plan.reasons["dtype"]
     try:

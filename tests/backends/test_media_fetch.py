@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends.transformers.media_fetch import cached_path, fetch
+from pipeline.backends.media_fetch import cached_path, fetch
 from pipeline.core.config import DatasetConfig
 from pipeline.core.errors import UserError
 from pipeline.data.dataset import load_samples

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.errors import UserError
 from pipeline.stages.resolve import resolve
 from tests.conftest import make_config, only_run_dir, run_main, snapshot, write_jsonl
@@ -88,7 +88,7 @@ def test_the_plan_counts_image_tokens_and_the_tower_as_the_model_has_them(vision
     from transformers import AutoModelForImageTextToText
 
     config = make_config(vision_model, pictures)
-    plan, samples, _ = plan_from_config(config, resolve(config.runtime))
+    plan, samples, _ = plan_in_process(config)
     records = [json.loads(line) for line in pictures.read_text().splitlines()]
     expected = {}
     for record in records:
@@ -159,12 +159,12 @@ def test_images_on_a_text_model_and_urls_are_refused_at_plan_time(tiny_model, vi
         text("What is this?"), {"type": "image", "path": "cat.png"})}])
     config = make_config(tiny_model, dataset)
     with pytest.raises(UserError, match="sample 'pic' has an image part .* takes text only"):
-        plan_from_config(config, resolve(config.runtime))
+        plan_in_process(config)
     remote = write_jsonl(tmp_path / "url.jsonl", [{"id": "u", "messages": user(
         {"type": "image", "url": "https://example.com/cat.png"}, text("?"))}])
     config = make_config(vision_model, remote)
     with pytest.raises(UserError, match="nothing is downloaded unless runtime.allow_download=true"):
-        plan_from_config(config, resolve(config.runtime))
+        plan_in_process(config)
     # with runtime.allow_download=true the plan fetches it: tests/backends/test_media_fetch.py
 
 
@@ -178,7 +178,7 @@ def test_audio_through_the_processor(audio_model, tmp_path, monkeypatch, capsys)
     dataset = write_jsonl(tmp_path / "clips.jsonl", [
         {"id": f"t{f}", "messages": user({"type": "audio", "path": f"t{f}.wav"}, text("What?"))} for f in (220, 3000)])
     config = make_config(audio_model, dataset)
-    plan, _, _ = plan_from_config(config, resolve(config.runtime))
+    plan, _, _ = plan_in_process(config)
     clip = decode_audio((tmp_path / "t220.wav").read_bytes())
     assert isinstance(clip, np.ndarray) and len(clip) == 8000
     record = json.loads(dataset.read_text().splitlines()[0])

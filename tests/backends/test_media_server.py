@@ -47,5 +47,5 @@ def test_images_reach_the_server_as_data_urls_and_answer_as_in_process(vision_se
     refused.mkdir()
     result = run_pipeline([*common, "backend=openai", f"backend.base_url={vision_server.base_url}",
                            f"runtime.model={vision_server.model}"], refused)
-    assert result.returncode == 2 and "add image there if the served model takes it" in result.stderr
+    assert result.returncode == 2 and "backend.modalities=['text']; add image there if the model takes it" in result.stderr
     assert not (refused / "runs").exists() or not any((refused / "runs").glob("*/*/transcript.jsonl"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.backends.transformers.memory import need
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.core.errors import UserError
 from pipeline.stages.resolve import resolve
@@ -19,7 +19,7 @@ from tests.helpers.tiny_model import build_tiny_model
 
 def planned(model: Path, dataset: Path, overrides: tuple[str, ...] = (), **sections):
     config = make_config(model, dataset, **sections)
-    return plan_from_config(config, resolve(config.runtime), overrides)[0]
+    return plan_in_process(config, overrides)[0]
 
 
 def test_plan_picks_cpu_fp32_sdpa_and_says_why(tiny_model, small_dataset):
@@ -49,7 +49,7 @@ def test_the_memory_estimate_matches_what_transformers_allocates(tiny_model, tmp
     dataset = write_jsonl(tmp_path / "d.jsonl", [{"id": str(i), "prompt": "x" * 40} for i in range(4)])
     config = make_config(tiny_model, dataset, generation=GenerationConfig(max_new_tokens=20))
     config.runtime.batch_size = 4
-    result = plan_from_config(config, resolve(config.runtime))[0]
+    result = plan_in_process(config)[0]
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     real_weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -206,7 +206,7 @@ def test_a_refused_prompt_is_named_even_when_a_conversation_is_longer(tmp_path, 
     ])
     config = make_config(tiny_model, dataset)
     with pytest.raises(UserError, match=r"^sample 'long': prompt of \d+ tokens"):
-        plan_from_config(config, resolve(config.runtime))
+        plan_in_process(config)
 
 
 def test_on_the_cpu_a_bfloat16_checkpoint_stays_bfloat16_only_where_the_cpu_computes_it_natively():

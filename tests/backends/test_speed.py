@@ -17,7 +17,7 @@ from pipeline.backends.transformers.backend_options import (
     choose_backend_options,
 )
 from pipeline.backends.transformers.placement import spread_device
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import (
     GenerationConfig,
     PipelineConfig,
@@ -27,9 +27,9 @@ from pipeline.core.config import (
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.records import Summary
 from pipeline.core.transcript import read_transcript
-from pipeline.run.background_writer import BackgroundEmitter
+from pipeline.core.background_writer import BackgroundEmitter
 from pipeline.run.runner import run
-from pipeline.scoring.objective import objective_value
+from pipeline.core.objective import objective_value
 from pipeline.stages.resolve import resolve
 from tests.conftest import make_config
 from tests.helpers.tiny_model import build_tiny_model
@@ -43,7 +43,7 @@ def _nothing_held():
 
 
 def planned(config):
-    return plan_from_config(config, resolve(config.runtime))[0]
+    return plan_in_process(config)[0]
 
 
 def test_a_runtime_is_reused_while_its_load_settings_match_and_replaced_when_they_change(tiny_model, small_dataset,

@@ -173,7 +173,7 @@ def test_the_client_answers_through_a_server_streaming_as_in_process(served, cli
         from PIL import Image
 
         Image.new("RGB", (8, 8), "white").save(tmp_path / "cat.png")  # a real image: refused for the model, not the file
-        with pytest.raises(UserError, match=r"image input: backend.modalities=\[.text.\]; add image there"):
+        with pytest.raises(UserError, match=r"backend.modalities=\[.text.\]; add image there"):
             remote.prompt("What is this?", images=[str(tmp_path / "cat.png")])
 
 

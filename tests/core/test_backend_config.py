@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+from pipeline.backends import registry
 from pipeline.backends.openai.config import OpenAIConfig
 from pipeline.core.config import CONF_DIR, BackendConfig, RuntimeConfig, to_config
 from pipeline.core.redact import MASK, redact
@@ -33,26 +33,25 @@ def composed(overrides: list[str]):
 
 def test_the_default_backend_is_transformers_with_no_server_settings():
     config = composed([])
-    assert config.backend.name == "transformers"
-    assert config.backend.settings() == {"name": "transformers"}
+    assert config.backend.name == "transformers" and config.backend.values == {}
+    assert registry.effective_settings(config.backend) == {"name": "transformers"}
     assert config.runtime.device == "auto" and config.runtime.batch_size == 16  # what users type today is unchanged
 
 
-def test_openai_yaml_holds_every_openai_setting_at_its_default():
-    """conf/backend/openai.yaml and the schema list OpenAIConfig's fields, with its defaults (no drift)."""
-    schema_keys = [f.name for f in fields(BackendConfig) if f.name != "name"]
-    assert schema_keys == [f.name for f in fields(OpenAIConfig)]
-    backend = composed(["backend=openai"]).backend
-    defaults = asdict(OpenAIConfig())
-    defaults["modalities"] = list(defaults["modalities"])
-    assert {key: getattr(backend, key) for key in schema_keys} == defaults
-    assert backend.settings() == {"name": "openai", **defaults}
+@pytest.mark.parametrize("name", registry.names())
+def test_each_kinds_yaml_holds_every_setting_at_its_default(name):
+    """conf/backend/<name>.yaml lists the kind's settings dataclass, with its defaults (no drift)."""
+    backend = composed([f"backend={name}"]).backend
+    defaults = registry.defaults(name)
+    assert backend.name == name and set(backend.values) == set(defaults)
+    effective = registry.effective_settings(backend)
+    assert effective == {"name": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}}
 
 
 def test_openai_settings_reach_openai_config():
     backend = composed(SERVER + ["backend.max_concurrency=3", "+backend.headers.X-Team=eval",
                                  "backend.token_limit_param=max_completion_tokens"]).backend
-    settings = backend.openai()
+    settings = registry.settings(backend)
     assert isinstance(settings, OpenAIConfig)
     assert (settings.base_url, settings.max_concurrency, settings.headers, settings.token_limit_param) == (
         "http://127.0.0.1:9/v1", 3, {"X-Team": "eval"}, "max_completion_tokens")
@@ -61,7 +60,7 @@ def test_openai_settings_reach_openai_config():
 
 def test_an_unset_openai_setting_takes_openai_configs_default():
     backend = BackendConfig(name="openai", base_url="http://h:1/v1")  # backend.name=openai without the group file
-    assert backend.openai() == OpenAIConfig(base_url="http://h:1/v1")
+    assert registry.settings(backend) == OpenAIConfig(base_url="http://h:1/v1")
 
 
 # (id, overrides, the one line the mistake must give)
@@ -91,10 +90,12 @@ MISTAKES = [
      "backend.base_url='localhost:8000' is not allowed: expected an http:// or https:// URL"),
     ("unknown token limit field", SERVER + ["backend.token_limit_param=max_length"],
      "backend.token_limit_param='max_length' is not allowed: expected max_tokens or max_completion_tokens"),
-    ("timeout zero", SERVER + ["backend.timeout_s=0"], "backend.timeout_s=0.0 is not allowed: expected a number > 0"),
+    ("timeout zero", SERVER + ["backend.timeout_s=0"], "backend.timeout_s=0 is not allowed: expected a number > 0"),
     ("concurrency not a number", SERVER + ["backend.max_concurrency=many"], "backend.max_concurrency='many' is not allowed"),
-    ("unknown backend", ["backend=vllm"], "backend=vllm: no such option; available: openai, transformers"),
-    ("unknown backend name", ["backend.name=vllm"], "backend.name='vllm' is not allowed: expected one of transformers, openai"),
+    ("unknown backend", ["backend=tgi"], "backend=tgi: no such option; available: openai, transformers"),
+    ("unknown backend name", ["backend.name=tgi"], "backend.name='tgi' is not allowed: expected transformers, openai"),
+    ("a key no backend has", SERVER + ["+backend.colour=red"],
+     "backend.colour: backend=openai has no such setting; its settings: api_key_env, api_version"),
 ]
 
 
@@ -168,7 +169,7 @@ SECRET_HEADERS = ["+backend.headers.Authorization='Bearer sk-live-SECRET1'", "+b
 def test_header_values_and_url_credentials_stay_out_of_config_json_and_params():
     config = composed(["backend=openai", "backend.base_url=https://bob:pw-SECRET3@llm.example/v1",
                        "runtime.model=served-model"] + SECRET_HEADERS)
-    assert config.backend.openai().headers == {"Authorization": "Bearer sk-live-SECRET1", "X-Api-Token": "tok-SECRET2"}
+    assert registry.settings(config.backend).headers == {"Authorization": "Bearer sk-live-SECRET1", "X-Api-Token": "tok-SECRET2"}
     stored = redact(config.to_dict())  # what config.json holds
     assert stored["backend"]["headers"] == {"Authorization": MASK, "X-Api-Token": MASK}  # names kept, values not
     assert stored["backend"]["base_url"] == "https://***@llm.example/v1"

@@ -6,6 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+
+from pipeline.backends import registry
 from hydra import compose, initialize_config_dir
 
 from pipeline.cli.precheck import check_command_line
@@ -26,8 +28,9 @@ def test_every_group_option_composes_into_a_valid_config(group, option):
         cfg = compose(config_name="config", overrides=[f"{group}={option}"])
     config = to_config(cfg)
     assert isinstance(config, Config)
+    registry.check(config)  # a backend's settings are checked by its kind
     option_values = compose_group_file(group, option)
-    section = asdict(getattr(config, group))  # nested settings (session.tool_budget) as dicts, like the file
+    section = config.to_dict()[group]  # nested settings (session.tool_budget) as dicts, like the file
     for key, value in option_values.items():
         assert (section[key] == value or isinstance(value, str) and "${" in value
                 or isinstance(value, dict) and value.items() <= section[key].items())  # a file may set a few nested keys

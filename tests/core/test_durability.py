@@ -13,7 +13,7 @@ import pytest
 
 import pipeline.core.transcript as transcript_module
 from pipeline.backends.transformers.load import load
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import ASSETS_DIR, GenerationConfig, SessionConfig, ToolBudgetConfig
 from pipeline.core.errors import StorageError, UserError
 from pipeline.core.records import TranscriptRecord
@@ -136,7 +136,7 @@ def test_resume_cut_anywhere_gives_the_uninterrupted_records_for_tools_conversat
                          session=SessionConfig(tools=[{"_target_": "pipeline.answering.demo_tools.add"}],
                                                tool_budget=ToolBudgetConfig(seconds_per_turn=600)),
                          generation=GenerationConfig(max_new_tokens=64, temperature=0.2, num_samples=2, seed=5))
-    plan, samples, template = plan_from_config(config, resolve(config.runtime))
+    plan, samples, template = plan_in_process(config)
     runtime = load(plan, template)
 
     def run_into(folder, done=None, first_batch=0):

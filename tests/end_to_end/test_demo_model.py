@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.backends.transformers.load import load, load_tokenizer
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import (
     ASSETS_DIR,
     Config,
@@ -72,7 +72,7 @@ def accuracy(tmp_path: Path, generation: GenerationConfig, session: SessionConfi
     config = Config(generation=generation, session=session,
                     dataset=DatasetConfig(path=str(ASSETS_DIR / "datasets" / "addition.jsonl")))
     config.runtime.batch_size = 50
-    result, samples, template = plan_from_config(config, resolve(config.runtime))
+    result, samples, template = plan_in_process(config)
     runtime = load(result, template)
     path = tmp_path / "transcript.jsonl"
     path.unlink(missing_ok=True)

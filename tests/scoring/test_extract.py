@@ -45,7 +45,7 @@ def test_bad_extract_is_refused(value, message):
 def test_a_sweep_may_optimise_a_log_likelihood_metric():
     from pipeline.core.config import PipelineConfig
     from pipeline.core.records import Summary
-    from pipeline.scoring.objective import objective_value
+    from pipeline.core.objective import objective_value
 
     summary = Summary(num_samples=4, num_scored=4, num_errors=0, accuracy=0.75, correct=3, prompt_tokens=9,
                       completion_tokens=0, tokens_per_second=0.0, latency_p50_s=0.0, latency_p95_s=0.0, ttft_p50_s=0.0,

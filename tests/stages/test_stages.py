@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.backends.transformers.generate import _completion
 from pipeline.backends.transformers.load import load, load_tokenizer
-from pipeline.backends.transformers.plan import plan_from_config
+from tests.helpers.planning import plan_in_process
 from pipeline.core.config import GenerationConfig, RuntimeConfig, SessionConfig
 from pipeline.core.errors import LoadError, UserError
 from pipeline.core.transcript import TranscriptWriter, read_transcript
@@ -23,7 +23,7 @@ from tests.helpers.tiny_model import overlap_two_tensors
 
 def planned(model: Path, dataset: Path, **sections):
     config = make_config(model, dataset, **sections)
-    result, samples, template = plan_from_config(config, resolve(config.runtime))
+    result, samples, template = plan_in_process(config)
     return config, samples, template, result
 
 
@@ -214,7 +214,7 @@ def test_weights_offloaded_to_disk_generate_the_same_as_in_memory(tmp_path, tiny
     weights = (tiny_model / "model.safetensors").stat().st_size
     config = make_config(tiny_model, small_dataset)
     config.runtime.memory_limit, config.runtime.memory_margin, config.runtime.batch_size = str(weights * 3 // 4), 0.0, 1
-    result, samples, template = plan_from_config(config, resolve(config.runtime))
+    result, samples, template = plan_in_process(config)
     assert result.offload == "disk"
     runtime = load(result, template, offload_folder=tmp_path / "offload")
     assert "disk" in set(runtime.model.hf_device_map.values())
@@ -229,7 +229,7 @@ def test_a_weight_file_that_breaks_at_load_time_names_the_file(tmp_path, tiny_mo
     folder = Path(shutil.copytree(tiny_model, tmp_path / "overlap"))
     overlap_two_tensors(folder / "model.safetensors")
     config = make_config(folder, small_dataset)
-    result, _, template = plan_from_config(config, resolve(config.runtime))
+    result, _, template = plan_in_process(config)
     with pytest.raises(LoadError) as raised:
         load(result, template)
     assert "model.safetensors" in str(raised.value) and "download or copy it again" in str(raised.value)

@@ -101,14 +101,3 @@ def _cgroup_room() -> Optional[int]:
         return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def gib(size: Optional[int]) -> str:
-    """Bytes for people: 1.50 GiB, 12.0 MiB."""
-    if size is None:
-        return "unknown"
-    if abs(size) >= 2**30:
-        return f"{size / 2**30:.2f} GiB"
-    if abs(size) >= 2**20:
-        return f"{size / 2**20:.1f} MiB"
-    return f"{size / 2**10:.1f} KiB"

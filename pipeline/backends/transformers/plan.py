@@ -20,7 +20,8 @@ from pipeline.data.chat_template import ChatTemplate
 from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
 from pipeline.backends.transformers.media_inputs import count as count_media_tokens
 from pipeline.backends.transformers.media_inputs import load_processor
-from pipeline.backends.transformers.memory import Need, free_memory, free_ram, gib, need
+from pipeline.backends.transformers.memory import Need, free_memory, free_ram, need
+from pipeline.core.console import gib
 from pipeline.core.model_files import read_generation_config
 from pipeline.backends.transformers.placement import parallel_job_device
 from pipeline.core.config import Config, RuntimeConfig, SessionConfig, parse_bytes
@@ -128,7 +129,7 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     generation = effective_generation(config.generation, read_generation_config(Path(model.path)),
                                       command_line_keys(overrides))
     warnings.extend(generation.warnings)
-    reasons["backend"] = "transformers + torch: the only backend so far; it runs every model folder resolve accepts"
+    reasons["backend"] = "backend=transformers: the model runs in this process with transformers and torch"
     return RuntimePlan(
         model=model,
         backend=BACKEND,
@@ -190,18 +191,13 @@ def check_tools(model: ResolvedModel, schemas: list[dict[str, Any]], template: O
 
 
 def check_media(model: ResolvedModel, samples: list[Sample], config: Config) -> int:
-    """How many image and audio parts the samples have, once each is one this backend can give the
-    model (the dataset reader already found each file readable); a UserError for the first that is not."""
+    """How many image and audio parts the samples have, once each is one this backend can give the model (its
+    kind was checked against the model's by pipeline.stages.plan); a UserError for the first that is not."""
     parts = 0
     for sample in samples:
         for message in sample.messages:
             for part in message.media:
                 parts += 1
-                if part.kind not in model.modalities:
-                    raise UserError(
-                        f"sample {sample.id!r} has an {part.kind} part but model {model.reference!r} "
-                        f"({model.architecture}) takes {' and '.join(model.modalities)} only; use a model that "
-                        f"accepts {part.kind}s or remove the part")
                 if part.path is None and not part.source.startswith("data:"):
                     raise UserError(f"sample {sample.id!r}: {part.kind} {part.source!r} is a URL the {BACKEND} "
                                     "backend has not fetched; set runtime.allow_download=true to fetch it, or "

@@ -6,7 +6,8 @@ The two are different things and the summary says which it holds (peak_memory_ki
 - process_peak_rss: the whole process's resident memory at its highest since the process started
   (Python, libraries, weights, activations). Linux and macOS cannot reset it, so in a sweep whose
   jobs share one process (the default in_process launcher) it is the peak of this job and those before it.
-Estimating what a run will need is pipeline.backends.transformers.memory's job, not this module's.
+Shared by the kinds that run a model in this process (transformers, vllm); estimating what a run will
+need is each kind's plan's job, not this module's.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fetching an image or audio URL once, for a model in this process (runtime.allow_download=true).
 
-The transformers backend reads bytes, so an http(s) part must become a local file before the plan
+A model in this process reads bytes, so an http(s) part must become a local file before the plan
 can decode it, count its tokens and record its sha256. `fetch` does that at plan time, before any
 weight loads: a URL already in the cache (`cache_dir()/media`, one file per URL, named by the
 sha256 of the URL) is not fetched again, so a resumed run reads what the first run read; a new
@@ -13,7 +13,7 @@ Not here: deciding whether URLs may be fetched (pipeline.data.media refuses them
 runtime.allow_download), recording the sha256 (pipeline.data.media.check_part), or a server
 backend's URLs (passed on to the server as they are). A URL's `user:password@` goes as HTTP basic
 auth, to that host only (not to one it redirects to); it is masked in every line and file. This
-module is the HTTP client of the in-process backend; nothing above pipeline/backends/ opens a
+module is the HTTP client of the in-process kinds (transformers, vllm); nothing above pipeline/backends/ opens a
 connection.
 """
 
@@ -45,9 +45,10 @@ EXTRA_TYPES = {"audio": ("application/ogg",)}
 
 
 def fetcher(config: "Config") -> Optional["Fetcher"]:
-    """`fetch` when this run's model reads bytes in this process and URLs may be fetched; None when
-    they may not (pipeline.data.media refuses them) or a server backend gets them as they are."""
-    return fetch if config.runtime.allow_download and config.backend.name != "openai" else None
+    """`fetch` when URLs may be fetched (runtime.allow_download=true); None when they may not (pipeline.data.media
+    refuses them). A kind whose model reads bytes in this process offers this as its BackendKind.media_fetcher; a
+    server backend passes URLs on as they are."""
+    return fetch if config.runtime.allow_download else None
 
 
 def media_cache() -> Path:
