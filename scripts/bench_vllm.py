@@ -16,7 +16,7 @@ generation seconds:
       around VLLM.generate_until.
 All vLLM arms run their engine in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0, what our
 backend does) with OpenMP's passive wait policy (what our package sets), so they differ only in what
-runs around the engine. Arms are taken in turn per repeat.
+runs around the engine. Arms are taken in turn per repeat, (1) and (2) swapping places each repeat.
 The target: ours (1) at most 5 % over (2) in generation time; whole commands are reported beside it
 (on a CPU they are mostly the engine's start, which no arm controls).
 
@@ -242,14 +242,21 @@ def bench_vllm(scratch: Path, prompts: int = 64, new_tokens: int = 32, repeats: 
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
             errors[name] = f"{type(error).__name__}: {error}"[:1500]
 
-    for index in range(repeats):
+    def ours() -> None:
         attempt("ours_vllm", lambda: run_pipeline(["backend=vllm"], model, prompts, new_tokens,
                                                   scratch / f"ours-vllm-{index}"))
+
+    def direct() -> None:
+        attempt("direct_vllm", lambda: run_direct(model, options, ids, new_tokens, scratch / f"direct-{index}"))
+
+    for index in range(repeats):
+        # (1) and (2) in turn, first one then the other (the first repeat must plan the engine options)
+        (ours if index % 2 == 0 else direct)()
         if options is None and runs["ours_vllm"]:
             options = engine_options(runs["ours_vllm"][0]["plan"])
         if options is None:
             break  # without our plan's engine options the other vLLM arms have nothing to match
-        attempt("direct_vllm", lambda: run_direct(model, options, ids, new_tokens, scratch / f"direct-{index}"))
+        (direct if index % 2 == 0 else ours)()
         attempt("ours_transformers", lambda: run_pipeline(["backend=transformers"], model, prompts, new_tokens,
                                                           scratch / f"ours-transformers-{index}"))
         attempt("lm_eval_vllm", lambda: run_lm_eval(lm_eval_python or sys.executable, model, options, texts,
