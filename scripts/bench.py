@@ -41,6 +41,11 @@ choices: dataset.kind=multiple_choice against lm-evaluation-harness's `--model h
 random Llama, --choices-questions questions of ~200 tokens, 4 choices): wall times, the largest per-choice
 log-likelihood difference and both accuracies (scripts/bench_choices.py; lm-eval from --lm-eval or this interpreter).
 
+vllm: one generation job (64 demo prompts x 32 new tokens, greedy, a ~110M random Llama) four ways: `backend=vllm`,
+`vllm.LLM.generate` called directly with our plan's engine options (the baseline; the issue's target: ours at most
+5 % slower in generation), `backend=transformers`, and lm-eval's `--model vllm` (scripts/bench_vllm.py). Skipped,
+with the reason, where vllm is not installed; on a GPU it runs on the GPU (vLLM's build decides).
+
 sweep: `python -m pipeline -m generation.seed=1..8` on the demo model (8 generation-only jobs,
 tracked in MLflow under a scratch folder), with model reuse (the default) and with
 runtime.reuse=false, against the issue's target: wall time at most 1.3 x (one load + the eight
@@ -81,7 +86,8 @@ EXECUTE_TARGET_RATIO = 0.95
 SWEEP_TARGET_RATIO = 1.3
 SERVER_TARGET_RATIO = 0.95
 SERVER_CONCURRENCY = 8
-PARTS = ("plan", "startup", "per-sample", "contention", "execute", "large", "server", "choices", "cache", "sweep")
+PARTS = ("plan", "startup", "per-sample", "contention", "execute", "large", "server", "choices", "cache", "sweep",
+         "vllm")
 TRANSFORMERS_PLANNER = """
 import json
 from transformers import AutoTokenizer
@@ -590,6 +596,10 @@ def print_cache(figures: dict) -> None:
 # ---- report ----------------------------------------------------------------------------------------------------
 
 def print_report(results: dict) -> None:
+    if "vllm" in results:
+        from bench_vllm import print_vllm
+
+        print_vllm(results["vllm"])
     choices = results.get("choices")
     if choices and "error" in choices:
         print(f"multiple choice vs lm-eval: failed: {choices['error']}")
@@ -691,6 +701,11 @@ def log_to_mlflow(results: dict, out: Path) -> Optional[str]:
         metrics["server/ratio_ours_to_plain"] = results["server"]["ratio_ours_to_plain"]
         if "ratio_ours_to_lm_eval_generate" in results["server"].get("lm_eval", {}):
             metrics["server/ratio_ours_to_lm_eval_generate"] = results["server"]["lm_eval"]["ratio_ours_to_lm_eval_generate"]
+    for name, arm in results.get("vllm", {}).get("arms", {}).items():
+        metrics[f"vllm/{name}_generate_s"] = arm["median_generate_s"]
+        metrics[f"vllm/{name}_wall_s"] = arm["median_wall_s"]
+        if "ratio_generate_to_direct" in arm:
+            metrics[f"vllm/{name}_ratio_generate_to_direct"] = arm["ratio_generate_to_direct"]
     if results.get("cache"):
         metrics["cache/ratio_second_to_first_wall"] = results["cache"]["ratio_second_to_first_wall"]
         metrics["cache/ratio_second_to_first_execute"] = results["cache"]["ratio_second_to_first_execute"]
@@ -798,6 +813,13 @@ def main() -> int:
                                                    else None)
             except Exception as error:  # a figure we cannot take is said, not a failure of the bench
                 results["choices"] = {"error": f"{type(error).__name__}: {error}"[:800]}
+            save()
+        if "vllm" not in args.skip:
+            from bench_vllm import bench_vllm
+
+            results["vllm"] = bench_vllm(scratch / "vllm", 8 if quick else 64, 8 if quick else 32,
+                                         1 if quick else min(repeats, 3), args.lm_eval,
+                                         build_large_model(scratch / "vllm-model", 192, 2, 768) if quick else None)
             save()
         if "cache" not in args.skip:
             results["cache"] = bench_cache(16 if quick else 200, repeats, scratch)

@@ -34,8 +34,9 @@ DEMO_MODEL = ASSETS_DIR / "demo_model"
 # The files that take longest (seconds of a full run on 2 cores), started first: `make test` gives each worker
 # a file at a time, so a long file started last keeps one worker busy while the other has nothing left.
 LONGEST_FIRST = (
-    "backends/test_vllm.py", "cluster/test_slurm_sweep.py", "end_to_end/test_server_end_to_end.py", "tracking/test_mlflow_server.py",
-    "end_to_end/test_end_to_end.py", "tracking/test_ui.py", "end_to_end/test_judge_end_to_end.py",
+    "backends/test_vllm.py", "backends/test_vllm_server.py", "cluster/test_slurm_sweep.py",
+    "end_to_end/test_server_end_to_end.py", "tracking/test_mlflow_server.py", "end_to_end/test_end_to_end.py",
+    "tracking/test_ui.py", "end_to_end/test_judge_end_to_end.py",
     "answering/test_tools_end_to_end.py", "end_to_end/test_bench.py", "run/test_signals.py", "backends/test_thinking.py",
     "backends/test_speed.py", "tracking/test_mlflow_store.py", "run/test_kill.py", "run/test_resume_integrity.py",
     "tracking/test_scale_out.py", "stages/test_score_stage.py", "stages/test_judge_stage.py",
@@ -185,6 +186,18 @@ def vllm_tools(tmp_path_factory):
     backend.load()
     yield backend, plan.tools
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_served(tmp_path_factory):
+    """vLLM's OpenAI-compatible server over the demo model, served as `demo`, once per test session (its start
+    takes a minute or two and about 3 GB); skipped where vllm is not installed."""
+    from tests.helpers.vllm_server import VllmServer, vllm_missing
+
+    if vllm_missing():
+        pytest.skip(vllm_missing())
+    with VllmServer(DEMO_MODEL, tmp_path_factory.mktemp("vllm") / "server.log") as server:
+        yield server
 
 
 def mlflow_client(cwd: Path):

@@ -29,7 +29,9 @@ def test_bench_quick_writes_every_figure(tmp_path):
                              "--skip", "choices",
                              # the run around the model: its per-sample part is checked below, the start-up
                              # and contention parts are whole demo runs (minutes of the suite for no assertion)
-                             "startup", "contention", "per-sample"],
+                             "startup", "contention", "per-sample",
+                             # three vLLM engines and lm-eval's: minutes; run by hand (docs/benchmarks.md)
+                             "vllm"],
                             cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
