@@ -90,19 +90,22 @@ def test_the_engine_leaves_torchs_threads_to_the_rest_of_the_process(vllm_tools)
         torch.set_num_threads(before)
 
 
-def test_a_closed_engine_lets_the_next_start_in_this_process(vllm_tools, tmp_path):
-    """close() shuts the engine down and frees vLLM's state: a sweep's next job starts its own in the same process
-    (here beside the session's engine, as a judge's would be)."""
-    from tests.helpers.vllm_engine import vllm_backend, vllm_config
+def test_a_closed_engine_lets_the_next_start_in_this_process(vllm_tools):
+    """After close(), a sweep's next job, or a judge after the answering model, starts an engine in the same process
+    and answers as before. Done on the session's engine, loaded again: vLLM's parallel groups are the process's, and
+    a second engine beside it would take them down when it stopped (the pipeline never runs two at once)."""
+    backend, tools = vllm_tools
 
-    answers = []
-    for _ in range(2):
-        backend, _ = vllm_backend(vllm_config(ASSETS_DIR / "demo_model", tmp_path))
-        backend.load()
-        answers += [c.text for c in backend.generate([Request([Message("user", "What is 86+87?")], max_new_tokens=8)])]
-        backend.close()
-        assert backend.llm is None
-    assert answers == ["173", "173"]
+    def answer() -> str:
+        (completion,) = backend.generate([Request([Message("user", "What is 86+87?")], max_new_tokens=8)])
+        assert completion.error is None
+        return completion.text
+
+    before = answer()
+    backend.close()
+    assert backend.llm is None
+    backend.load()
+    assert answer() == before
 
 
 def both(tmp_path: Path, *args: str) -> dict[str, Path]:

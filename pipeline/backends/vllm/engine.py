@@ -4,7 +4,7 @@ vLLM's engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), not 
 spawned engine re-imports the user's `__main__`, so a script without an `if __name__ == "__main__":` guard would
 start itself again, and a process of ours holds no such guard for Hydra's entry point. A user's own value of that
 variable is kept. `stop` lets the engine go so that a second one can start in the same process (a sweep's next job,
-a judge): vLLM keeps its parallel groups and memory until told, and they are the process's, not one engine's. Not here: the options (the plan chose them) or
+a judge): vLLM keeps its parallel groups and memory until told. Not here: the options (the plan chose them) or
 requests (pipeline.backends.vllm.backend).
 """
 
@@ -13,11 +13,6 @@ from __future__ import annotations
 import gc
 import os
 from typing import Any
-
-# engines started in this process and not yet stopped: vLLM's parallel groups are one per process, shared by every
-# engine in it, so they are torn down only when the last engine stops (tearing them down under a live engine
-# leaves it failing with "pipeline model parallel group is not initialized")
-_running = 0
 
 
 def start(model_path: str, options: dict[str, Any]) -> Any:
@@ -29,28 +24,20 @@ def start(model_path: str, options: dict[str, Any]) -> Any:
     # vLLM's CPU worker replaces torch.set_num_threads, for the whole process and for good, with a function that
     # only warns (it has bound its threads to cores); the rest of this process (a transformers model beside it,
     # the next job of a sweep) keeps torch as it was
-    global _running
     set_num_threads = torch.set_num_threads
     try:
-        llm = LLM(model=model_path, **options)
+        return LLM(model=model_path, **options)
     finally:
         torch.set_num_threads = set_num_threads
-    _running += 1
-    return llm
 
 
 def stop(llm: Any) -> None:
-    """Shut the engine down and free what vLLM holds for it (with the last engine, its parallel groups and cached
-    device memory)."""
-    global _running
+    """Shut the engine down and free what vLLM holds for it (its distributed groups, cached memory)."""
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
     del llm, core
     gc.collect()
-    _running -= 1
-    if _running > 0:  # another engine of this process still uses them
-        return
     try:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
     except ImportError:  # a vLLM without the helper: the garbage collector has done what it can
