@@ -96,25 +96,6 @@ try:
 finally:
     open(out, "w").write(json.dumps(sum(spent)))
 """
-LM_EVAL_TASK = """task: bench_vllm_generate
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{prompt}}}}"
-doc_to_target: "{{{{reference}}}}"
-generation_kwargs:
-  until: ["{eos}"]
-  max_gen_toks: {max_new}
-  temperature: 0
-  do_sample: false
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def vllm_missing() -> Optional[str]:
@@ -187,6 +168,7 @@ def run_direct(model: Path, options: dict[str, Any], ids: list[list[int]], new_t
 
 def run_lm_eval(python: str, model: Path, options: dict[str, Any], texts: list[str], new_tokens: int,
                 cwd: Path) -> dict:
+    from bench import LM_EVAL_TASK  # scripts/bench.py: the same task shape as the server bench's lm-eval arm
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
@@ -194,7 +176,8 @@ def run_lm_eval(python: str, model: Path, options: dict[str, Any], texts: list[s
     data = cwd / "prompts.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t, "reference": ""}) + "\n" for i, t in enumerate(texts)))
     eos = tokenizer.eos_token
-    (cwd / "task" / "bench_vllm_generate.yaml").write_text(LM_EVAL_TASK.format(data=data, eos=eos, max_new=new_tokens))
+    (cwd / "task" / "bench_vllm_generate.yaml").write_text(LM_EVAL_TASK.format(data=data, eos=eos, max_new=new_tokens)
+                                                        .replace("bench_demo_addition", "bench_vllm_generate"))
     model_args = ",".join([f"pretrained={model}", *(f"{k}={v}" for k, v in options.items() if v is not None)])
     out = cwd / "out"
     finished, wall = _run([python, "-c", LM_EVAL_DRIVER, str(cwd / "generate_s.json"), "--model", "vllm",

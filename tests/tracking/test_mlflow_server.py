@@ -65,7 +65,7 @@ def test_a_run_and_a_resumed_sweep_are_recorded_on_the_server(server, tmp_path):
 
 
 def test_a_server_stopped_mid_run_fails_it_quickly_and_a_resume_finishes_the_same_run(server, tmp_path):
-    total = 80  # one record a batch: execute runs for many seconds, so the fault lands in it
+    total = 80  # one record a batch: the run goes on for seconds, so the fault lands in it
     process = subprocess.Popen([sys.executable, "-m", "pipeline", f"tracking.uri={server.uri}",
                                 f"dataset.limit={total}", "runtime.batch_size=1"], cwd=tmp_path, env=pipeline_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -79,7 +79,9 @@ def test_a_server_stopped_mid_run_fails_it_quickly_and_a_resume_finishes_the_sam
         time.sleep(0.05)
     assert transcript is not None, process.communicate()[1]
     server.stop(crash=True)  # gone at once: a graceful stop may outlast execute
-    at_fault = len(transcript.read_bytes().splitlines())  # records written by the time the server was gone
+    running_at_fault = process.poll() is None  # execute may have written its last record by now: the fault then
+    # lands on the run's next MLflow call all the same, which is what is tested (on a quiet machine 80 records took
+    # under a second after the first 3)
     try:
         _, stderr = process.communicate(timeout=240)
         ended = time.time()
@@ -89,7 +91,7 @@ def test_a_server_stopped_mid_run_fails_it_quickly_and_a_resume_finishes_the_sam
     assert process.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"run failed: MLflow tracking at {server.uri} failed") and "Traceback" not in stderr, last
-    assert 3 <= at_fault < total, f"the server went away while execute ran ({at_fault} of {total} records written)"
+    assert running_at_fault, "the server went away while the run went on"
     assert len(read_transcript(transcript)) == total  # execute finished its records; the next MLflow call failed
     waited = ended - transcript.stat().st_mtime  # from execute's last record to the exit: the failed MLflow call
     assert waited < 60, f"{waited:.0f} s after execute ended"  # seconds, not minutes of MLflow's retries
