@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,16 @@ def test_the_check_sees_a_lazy_import_and_a_name_compare():
     assert NAME_COMPARE.findall(text) == ["openai"]
     assert _problems(Path("backends/vllm/planted.py"), text) == []
     assert len(_problems(Path("core/planted.py"), "import pipeline.stages.plan\n")) == 1
+
+
+def test_importing_the_run_path_loads_no_backend_library():
+    """What the AST check promises, seen in a fresh interpreter: the runner, the plan stage and the Python API are
+    imported without a backend kind's modules, a model library or an HTTP client (a kind loads its own when chosen)."""
+    code = ("import sys\nimport pipeline.run.runner, pipeline.stages.plan, pipeline.client\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm', 'httpx', "
+            "'openai') or m.startswith(('pipeline.backends.transformers', 'pipeline.backends.openai', "
+            "'pipeline.backends.vllm'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
