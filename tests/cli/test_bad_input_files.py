@@ -251,8 +251,12 @@ def test_a_bad_file_folder_or_setting_is_one_line_in_our_words_and_creates_nothi
     assert snapshot(tmp_path) == before, "files were created or changed"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None, reason="sentencepiece is installed")
 def test_a_sentencepiece_tokenizer_without_the_package_says_which_package(tmp_path, monkeypatch, capsys):
+    from pipeline.core import model_files
+
+    real = importlib.util.find_spec  # sentencepiece hidden: vLLM's install brings it
+    monkeypatch.setattr(model_files.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sentencepiece" else real(name, *a))
     monkeypatch.chdir(tmp_path)
     folder = model_copy(tmp_path, lambda f: (f / "tokenizer.json").rename(f / "tokenizer.model"))
     before = snapshot(tmp_path)
