@@ -27,7 +27,7 @@ from pipeline.core.records import Summary
 from pipeline.run.files import run_files, run_folder_problem
 from pipeline.run.status import in_use_message, is_locked, planned, read_status
 from pipeline.tracking.guard import GuardedTracker
-from pipeline.tracking.runs import PLAN_PARAMS, model_label, run_name
+from pipeline.tracking.runs import model_label, plan_params, run_name
 
 END_STATUS = {"success": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 log = logging.getLogger("pipeline.cli.sync")
@@ -77,7 +77,7 @@ def run_params(config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     """The params a live run logs (pipeline.tracking.runs.config_params), rebuilt from config.json and plan.json."""
     params = flatten(config)
     if plan:
-        params.update({f"plan.{key}": plan.get(key) for key in PLAN_PARAMS})
+        params.update(plan_params(plan))
         params.update({f"effective.generation.{key}": value for key, value in (plan.get("generation") or {}).items()})
     return params
 

@@ -134,20 +134,16 @@ class MemoryEstimate:
 
 @dataclass
 class RuntimePlan:
-    """Every decision taken before weights load, why it was taken, and the checks behind it.
-
-    Device, dtype, attention, offload and memory are where and how the model runs: a kind that runs it elsewhere
-    (a server) records them as that place's own decisions; each kind's own choices are in `backend_plan`."""
+    """Every decision taken before weights load, why it was taken, and the checks behind it: what every backend
+    kind decides. A kind's own choices are its `backend_options` (each with its reason in `reasons`) and its view
+    of the plan, `backend_plan`."""
 
     model: ResolvedModel
     backend: str
-    device: str
+    device: str  # where the model runs: cpu, cuda:0, ...; "server" when it runs behind one
     dtype: str
-    attn_implementation: str
     batch_size: int
-    offload: str  # none, cpu or disk
-    max_memory: Optional[dict[str, int]]  # per-device budgets handed to accelerate when offloading
-    memory: MemoryEstimate
+    memory: Optional[MemoryEstimate]  # what the model needs where it runs; None where it is not ours to know (a server)
     reasons: dict[str, str]  # decision -> why
     num_samples: int
     longest_prompt_tokens: int
@@ -161,7 +157,8 @@ class RuntimePlan:
     checks: list[str] = field(default_factory=list)  # what was verified, in words
     warnings: list[str] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)  # the JSON schemas of the tools offered to the model
-    backend_options: dict[str, Any] = field(default_factory=dict)  # compile, cache_implementation, continuous_batching
+    # the kind's own options, as it applies them: transformers' attention, offload, compile, ...; vLLM's engine options
+    backend_options: dict[str, Any] = field(default_factory=dict)
     # the backend kind's own plan (pipeline.backends.base.BackendPlan as a dict: identity (a server's masked base
     # URL and what it reports), capabilities, its options with reasons, token source), whatever the kind
     backend_plan: dict[str, Any] = field(default_factory=dict)

@@ -37,7 +37,7 @@ from pipeline.run.resume import HASHED_SECTIONS, ran_until
 from pipeline.run.status import read_status, set_status
 from pipeline.scoring.scorers import check_scorer
 from pipeline.stages.score import is_answer
-from pipeline.tracking.runs import PLAN_PARAMS, Tracker, run_tags
+from pipeline.tracking.runs import Tracker, plan_params, run_tags
 
 log = logging.getLogger(__name__)
 # settings that may be given with pipeline.from_transcript: none of them changes the transcript
@@ -135,7 +135,7 @@ def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir:
         tags["config_hash"] = records[0].get("config_hash", "")  # the generation's, which is the source's
     tracker.start(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     params = flatten(prepared.config)
-    params.update({f"plan.{key}": prepared.plan[key] for key in PLAN_PARAMS if key in prepared.plan})
+    params.update(plan_params(prepared.plan))
     params.update({f"effective.generation.{k}": v for k, v in prepared.plan.get("generation", {}).items()})
     tracker.log_params(params)
     return source_run_id

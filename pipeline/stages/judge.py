@@ -120,7 +120,7 @@ def plan_judge(config: Config, records: list[dict[str, Any]], run_dir: Path,
         raise UserError(message if message.startswith("scoring.judge") else f"{where}: {message}") from None
     judge_plan.checks = [c for c in judge_plan.checks if not c.startswith("scorer ")]  # the run's scorer, not the judge
     judge_plan.checks.append(f"judge prompt template renders for every answer (prompt {prompt_digest(judge)})")
-    if answering is not None and answering.memory.total_bytes and judge_plan.memory.total_bytes:  # both in process
+    if answering is not None and answering.memory and judge_plan.memory:  # both estimated: both in this process
         both = answering.memory.total_bytes + judge_plan.memory.total_bytes
         judge_plan.checks.append(
             f"memory: the answering model needs about {gib(answering.memory.total_bytes)}, the judge "

@@ -2,7 +2,7 @@
 
 Pure computation over what execute and score wrote, read as TranscriptRecords (what older
 transcripts lack is filled in by TranscriptRecord.from_dict); writing summary.json and logging to MLflow are the runner's and the tracker's jobs, and
-peak memory is measured by the caller (pipeline.backends.transformers.memory.peak_memory).
+peak memory is measured by the caller (the kind's own: pipeline.backends.peak_memory for a model in this process).
 
 Scores: `accuracy` is the mean score of the answers that have one. Its 95% interval is taken over
 samples, not completions: the num_samples completions of one prompt are not independent, so each

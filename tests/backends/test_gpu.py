@@ -47,8 +47,8 @@ def test_the_plan_on_a_gpu_picks_cuda_half_precision_and_its_attention():
         flash = True
     except ImportError:
         flash = False
-    assert plan.attn_implementation == ("flash_attention_2" if flash else "sdpa"), plan.reasons
-    assert plan.offload == "none", plan.reasons["offload"]  # 2 MB of weights fit any GPU
+    assert plan.backend_options["attn_implementation"] == ("flash_attention_2" if flash else "sdpa"), plan.reasons
+    assert plan.backend_options["offload"] == "none", plan.reasons["offload"]  # 2 MB of weights fit any GPU
     assert plan.backend_options["compile"] is False  # a short run: compiling would cost more than it saves
     assert plan.backend_options["cache_implementation"] == "dynamic"
 

@@ -25,7 +25,7 @@ def planned(model: Path, dataset: Path, overrides: tuple[str, ...] = (), **secti
 def test_plan_picks_cpu_fp32_sdpa_and_says_why(tiny_model, small_dataset):
     result = planned(tiny_model, small_dataset)
     assert (result.device, result.dtype, result.backend) == ("cpu", "float32", "transformers")
-    assert result.attn_implementation == "sdpa" and result.offload == "none"
+    assert result.backend_options["attn_implementation"] == "sdpa" and result.backend_options["offload"] == "none"
     assert result.batch_size == 2 and result.num_samples == 5 and result.longest_prompt_tokens > 10
     assert set(result.reasons) >= {"device", "dtype", "attn_implementation", "batch_size", "offload", "backend"}
     assert "float32 on the CPU" in result.reasons["dtype"]
@@ -107,7 +107,7 @@ def test_weights_that_do_not_fit_are_refused_or_offloaded(tiny_model, small_data
         planned(tiny_model, small_dataset, runtime=RuntimeConfig(**tight, offload="none"))
     assert "does not fit" in str(raised.value) and "runtime.offload=auto" in str(raised.value)
     result = planned(tiny_model, small_dataset, runtime=RuntimeConfig(**tight))
-    assert result.offload == "disk" and result.max_memory == {"cpu": result.memory.weights_bytes}
+    assert result.backend_options["offload"] == "disk" and result.backend_options["max_memory"] == {"cpu": result.memory.weights_bytes}
     assert "read from disk" in result.reasons["offload"] and any("offloading" in w for w in result.warnings)
     with pytest.raises(UserError, match="runtime.offload=cpu cannot help on the CPU"):
         planned(tiny_model, small_dataset, runtime=RuntimeConfig(**tight, offload="cpu"))

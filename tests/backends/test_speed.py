@@ -72,7 +72,8 @@ def test_the_key_holds_what_load_uses_and_nothing_else(tiny_model, small_dataset
     same = planned(make_config(tiny_model, small_dataset, generation=GenerationConfig(temperature=1.0, max_new_tokens=3)))
     assert reuse.load_key(base, False) == reuse.load_key(same, False)
     assert reuse.load_key(base, False) != reuse.load_key(base, True)  # remote code
-    for change in ({"dtype": "bfloat16"}, {"attn_implementation": "eager"}, {"device": "cuda:1"},
+    for change in ({"dtype": "bfloat16"}, {"device": "cuda:1"},
+                   {"backend_options": {**base.backend_options, "attn_implementation": "eager"}},
                    {"backend_options": {**base.backend_options, "compile": True}}):
         assert reuse.load_key(replace(base, **change), False) != reuse.load_key(base, False), change
 

@@ -14,7 +14,7 @@ from pipeline.backends.fake import FakeBackend
 from pipeline.backends.registry import BackendKind, KindPlan, PlanRequest
 from pipeline.core.config import BackendConfig, ConfigError, RuntimeConfig
 from pipeline.core.generation_settings import command_line_keys, effective_generation
-from pipeline.core.records import MemoryEstimate, ModelShape, ResolvedModel, RuntimePlan
+from pipeline.core.records import ModelShape, ResolvedModel, RuntimePlan
 
 
 @dataclass
@@ -47,11 +47,7 @@ def plan(request: PlanRequest) -> KindPlan:
     own = BackendPlan(identity=Identity(backend="scripted", model=request.model.reference),
                       capabilities=Capabilities(), options=[BackendOption("wrong_by", wrong_by, "backend.wrong_by")])
     runtime_plan = RuntimePlan(
-        model=request.model, backend="scripted", device="script", dtype="none", attn_implementation="none",
-        batch_size=4, offload="none", max_memory=None,
-        memory=MemoryEstimate(device="script", weights_bytes=0, kv_cache_bytes=0, kv_bytes_per_token=0,
-                              activation_bytes=0, total_bytes=0, batch_size=4, sequence_tokens=0, available_bytes=None,
-                              available_source="none", margin=0.0, usable_bytes=None, fits=True),
+        model=request.model, backend="scripted", device="script", dtype="none", batch_size=4, memory=None,
         reasons={"backend": "backend=scripted: sums, computed"}, num_samples=len(request.samples),
         longest_prompt_tokens=0, longest_prompt_sample="", max_new_tokens=config.generation.max_new_tokens,
         context_length=0, truncation=config.session.truncation, truncated_samples=[], generation=generation.values,

@@ -215,7 +215,7 @@ def test_weights_offloaded_to_disk_generate_the_same_as_in_memory(tmp_path, tiny
     config = make_config(tiny_model, small_dataset)
     config.runtime.memory_limit, config.runtime.memory_margin, config.runtime.batch_size = str(weights * 3 // 4), 0.0, 1
     result, samples, template = plan_in_process(config)
-    assert result.offload == "disk"
+    assert result.backend_options["offload"] == "disk"
     runtime = load(result, template, offload_folder=tmp_path / "offload")
     assert "disk" in set(runtime.model.hf_device_map.values())
     with TranscriptWriter(tmp_path / "offloaded.jsonl") as writer:

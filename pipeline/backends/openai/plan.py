@@ -24,12 +24,12 @@ from pipeline.core.config import Config, SessionConfig
 from pipeline.core.errors import UserError
 from pipeline.core.generation_settings import LIBRARY, NEUTRAL, command_line_keys, effective_generation
 from pipeline.core.reasoning import THINK_TAGS, thinking_support
-from pipeline.core.records import MemoryEstimate, Message, ResolvedModel, RuntimePlan, Sample
+from pipeline.core.records import Message, ResolvedModel, RuntimePlan, Sample
 from pipeline.core.thinking import NewTokens, ThinkingPlan, budget_warnings, new_tokens, plan_thinking
 from pipeline.data.prompts import conversation
 
 SERVER = "server"  # RuntimePlan.device of a served model: no device of ours holds it
-SERVER_DECIDES = "server-decides"  # dtype and attention: the server's own choice, not reported over the API
+SERVER_DECIDES = "server-decides"  # the dtype: the server's own choice, not reported over the API
 SERVER_DEFAULT = "the server's default"  # a generation setting left null: not sent, the server's value applies
 UNSENT = ("min_p", "repetition_penalty")  # generation settings pipeline.backends.openai does not send
 
@@ -89,19 +89,12 @@ def plan_served(config: Config, model: ResolvedModel, backend: Any, samples: lis
         "backend": "backend=openai: the model is served at " + (served.identity.endpoint or ""),
         "device": "the server holds the model; its device is the server's",
         "dtype": "the server loads the weights in its own dtype (not reported over the API)",
-        "attn_implementation": "the server's own",
         "batch_size": f"backend.max_concurrency={concurrency}: requests in flight at once, and how many execute "
                       "hands over at a time (each batch's records are written as it completes)",
-        "offload": "none: the server's memory is the server's to manage",
+        "memory": "not estimated: the server's memory is the server's to manage",
     }
     return RuntimePlan(
-        model=model, backend=backend.name, device=SERVER, dtype=SERVER_DECIDES, attn_implementation=SERVER_DECIDES,
-        batch_size=concurrency, offload="none", max_memory=None,
-        memory=MemoryEstimate(device=SERVER, weights_bytes=0, kv_cache_bytes=0, kv_bytes_per_token=0,
-                              activation_bytes=0, total_bytes=0, batch_size=concurrency,
-                              sequence_tokens=longest + most, available_bytes=None,
-                              available_source="not known: the server manages its own memory", margin=0.0,
-                              usable_bytes=None, fits=True),
+        model=model, backend=backend.name, device=SERVER, dtype=SERVER_DECIDES, batch_size=concurrency, memory=None,
         reasons=reasons, num_samples=len(samples), longest_prompt_tokens=longest, longest_prompt_sample=longest_id,
         max_new_tokens=max_new, context_length=context, truncation=config.session.truncation, truncated_samples=[],
         generation=generation["values"], generation_sources=generation["sources"], checks=checks, warnings=warnings,

@@ -42,8 +42,8 @@ from pipeline.core.tool_calls import parse_tool_calls
 from pipeline.data.prompts import adds_special_tokens, render
 
 # the RuntimePlan's decisions that are this backend's options, in the order plan.json shows them
-OPTIONS = ("device", "dtype", "attn_implementation", "offload", "batch_size", "compile", "cache_implementation",
-           "continuous_batching", "threads")
+OPTIONS = ("device", "dtype", "attn_implementation", "offload", "max_memory", "batch_size", "compile",
+           "cache_implementation", "continuous_batching", "threads")
 # settings a request may set for itself; the rest of a batch's settings come from the run's plan
 REQUEST_SETTINGS = ("top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -119,11 +119,13 @@ class TransformersBackend(Backend):
             from pipeline.core.digest import model_files_digest
 
             thinking = {k: v for k, v in self.thinking.to_dict().items() if k not in ("found", "how")}  # words only
+            options = plan.backend_options  # max_memory left out: budgets from free memory, not the answers
             self._cache_identity = {
                 "backend": self.name, "weights": plan.model.weights_digest,
                 "files": model_files_digest(Path(plan.model.path)), "device": plan.device.split(":", 1)[0],
-                "dtype": plan.dtype, "attn_implementation": plan.attn_implementation, "offload": plan.offload,
-                "options": dict(plan.backend_options), "context_length": plan.context_length,
+                "dtype": plan.dtype, "attn_implementation": options["attn_implementation"], "offload": options["offload"],
+                "options": {k: v for k, v in options.items() if k not in ("attn_implementation", "offload", "max_memory")},
+                "context_length": plan.context_length,
                 "truncation": self.session.truncation, "chat_template": self.session.chat_template,
                 "thinking": thinking}
         return self._cache_identity
@@ -136,7 +138,7 @@ class TransformersBackend(Backend):
     def plan(self, requests: Sequence[Request]) -> BackendPlan:
         """The RuntimePlan's choices as options; prompt tokens counted from the tokenizer's files."""
         plan = self.runtime_plan
-        values = {**{name: getattr(plan, name) for name in OPTIONS[:5]}, **plan.backend_options}
+        values = {"device": plan.device, "dtype": plan.dtype, "batch_size": plan.batch_size, **plan.backend_options}
         options = [BackendOption(name, values.get(name), plan.reasons.get(name, "")) for name in OPTIONS]
         counter = token_counter(Path(plan.model.path)) if requests else None
         special = adds_special_tokens(self.session)

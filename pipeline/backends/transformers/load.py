@@ -68,20 +68,20 @@ def _load_model(plan: RuntimePlan, trust_remote_code: bool, offload_folder: Opti
         "local_files_only": True,
         "use_safetensors": plan.model.weights_format == "safetensors",
         "trust_remote_code": trust_remote_code,
-        "attn_implementation": plan.attn_implementation,
+        "attn_implementation": plan.backend_options["attn_implementation"],
     }
-    if plan.offload != "none":
+    if plan.backend_options["offload"] != "none":
         options["device_map"] = "auto"
-        options["max_memory"] = plan.max_memory
+        options["max_memory"] = plan.backend_options["max_memory"]
         options["offload_folder"] = str(offload_folder or tempfile.mkdtemp(prefix="pipeline-offload-"))
     try:
         try:
             model = auto_class.from_pretrained(plan.model.path, **options)
         except ValueError as error:
-            if plan.attn_implementation != "sdpa" or "sdpa" not in str(error).lower():
+            if plan.backend_options["attn_implementation"] != "sdpa" or "sdpa" not in str(error).lower():
                 raise
             log.warning("%s has no sdpa attention; falling back to eager", plan.model.architecture)
-            plan.attn_implementation = "eager"
+            plan.backend_options["attn_implementation"] = "eager"
             model = auto_class.from_pretrained(plan.model.path, **{**options, "attn_implementation": "eager"})
     except Exception as error:
         bad_file = _unreadable_weight_file(plan, error)
@@ -90,7 +90,7 @@ def _load_model(plan: RuntimePlan, trust_remote_code: bool, offload_folder: Opti
         raise LoadError(f"cannot read weights file {bad_file} in {plan.model.path}: {first_line(error)}; "
                         "the file is corrupt or incomplete: download or copy it again "
                         "(compare its size and sha256 with the source)") from error
-    if plan.offload == "none":
+    if plan.backend_options["offload"] == "none":
         model.to(plan.device)
     return model
 

@@ -120,8 +120,11 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
     completions = len(samples) * config.generation.num_samples
     estimate, batch, offload, max_memory = _fit(model, runtime, device, dtype, sequence_prompt, new.total,
                                                 completions, reasons, warnings)
-    backend_options, option_reasons = choose_backend_options(config, device, offload, batch, completions)
+    speed_options, option_reasons = choose_backend_options(config, device, offload, batch, completions)
     reasons.update(option_reasons)
+    reasons["max_memory"] = ("per-device budgets handed to accelerate for the offloaded weights" if max_memory
+                             else "none: nothing is offloaded")
+    backend_options = {"attn_implementation": attention, "offload": offload, "max_memory": max_memory, **speed_options}
     checks.append(f"estimated {gib(estimate.total_bytes)} needed on {device}, "
                   f"{gib(estimate.usable_bytes)} usable" if estimate.usable_bytes is not None
                   else f"estimated {gib(estimate.total_bytes)} needed on {device} (free memory unknown)")
@@ -135,10 +138,7 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
         backend=BACKEND,
         device=device,
         dtype=dtype,
-        attn_implementation=attention,
         batch_size=batch,
-        offload=offload,
-        max_memory=max_memory,
         memory=estimate,
         reasons=reasons,
         num_samples=len(samples),

@@ -61,9 +61,9 @@ def load_key(plan: RuntimePlan, trust_remote_code: bool) -> str:
     model = plan.model
     relevant = {
         "path": model.path, "revision": model.revision, "commit": model.commit, "weights": model.weights_digest,
-        "device": plan.device, "dtype": plan.dtype, "attention": plan.attn_implementation, "offload": plan.offload,
-        "max_memory": plan.max_memory, "trust_remote_code": trust_remote_code,
-        # threads change nothing in memory: each job sets its own (TransformersBackend.load), a sweep over them reuses
+        "device": plan.device, "dtype": plan.dtype, "trust_remote_code": trust_remote_code,
+        # attention, offload, max_memory, compile, ...; threads change nothing in memory: each job sets its own
+        # (TransformersBackend.load), a sweep over them reuses
         "backend_options": {k: v for k, v in plan.backend_options.items() if k != "threads"},
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -76,7 +76,8 @@ def acquire(plan: RuntimePlan, chat_template: Any, trust_remote_code: bool, run_
     key = load_key(plan, trust_remote_code)
     if reuse and _held is not None and _held.key == key:
         held = _held.runtime
-        plan.attn_implementation = held.plan.attn_implementation  # what the load really used (eager fallback)
+        # what the load really used (eager fallback)
+        plan.backend_options["attn_implementation"] = held.plan.backend_options["attn_implementation"]
         runtime = LoadedRuntime(plan=plan, tokenizer=held.tokenizer, model=held.model, chat_template=chat_template,
                                 processor=held.processor)
         return runtime, LoadRecord(True, _held.loaded_by, key, _loads, True,
@@ -88,7 +89,7 @@ def acquire(plan: RuntimePlan, chat_template: Any, trust_remote_code: bool, run_
         why = "no runtime loaded in this process yet" if reuse else "runtime.reuse=false"
     runtime = load(plan, chat_template, trust_remote_code, run_dir / "offload")
     _loads += 1
-    keep = reuse and plan.offload != "disk"
+    keep = reuse and plan.backend_options["offload"] != "disk"
     if keep:
         _held = _Held(key, runtime, str(run_dir))
     elif reuse:

@@ -76,8 +76,8 @@ def plan(request: PlanRequest) -> KindPlan:
         checks.append(f"prompt tokens counted from {counter.origin}; vLLM's tokenizer may count a few differently")
     longest_id = max(tokens, key=tokens.get)
     runtime_plan = RuntimePlan(
-        model=model, backend="vllm", device=device, dtype=options["dtype"], attn_implementation="vllm",
-        batch_size=options["max_num_seqs"], offload="none", max_memory=None, memory=estimate, reasons=reasons,
+        model=model, backend="vllm", device=device, dtype=options["dtype"], batch_size=options["max_num_seqs"],
+        memory=estimate, reasons=reasons,
         num_samples=len(request.samples), longest_prompt_tokens=tokens[longest_id], longest_prompt_sample=longest_id,
         max_new_tokens=config.generation.max_new_tokens, context_length=context, truncation=config.session.truncation,
         truncated_samples=truncated, generation=generation.values, generation_sources=generation.sources,
