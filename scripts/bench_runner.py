@@ -36,15 +36,12 @@ def write_dataset(path: Path, samples: int) -> Path:
 def fake_plan(config, resolved, run_dir, overrides):
     """The plan stage's result for the fake backend: the samples, a plan of the runtime's shape, the backend."""
     from pipeline.backends.fake import FakeBackend
-    from pipeline.core.records import MemoryEstimate, RuntimePlan
+    from pipeline.core.records import RuntimePlan
     from pipeline.data.dataset import load_samples
 
     samples = load_samples(config.dataset, False)
-    memory = MemoryEstimate(device="cpu", weights_bytes=0, kv_cache_bytes=0, kv_bytes_per_token=0, activation_bytes=0,
-                            total_bytes=0, batch_size=BATCH_SIZE, sequence_tokens=0, available_bytes=None,
-                            available_source="a fake backend", margin=0.0, usable_bytes=None, fits=True)
-    plan = RuntimePlan(model=resolved, backend="fake", device="cpu", dtype="none", attn_implementation="none",
-                       batch_size=BATCH_SIZE, offload="none", max_memory=None, memory=memory, reasons={},
+    plan = RuntimePlan(model=resolved, backend="fake", device="cpu", dtype="none", batch_size=BATCH_SIZE, memory=None,
+                       reasons={},
                        num_samples=len(samples), longest_prompt_tokens=0, longest_prompt_sample="",
                        max_new_tokens=config.generation.max_new_tokens, context_length=0,
                        truncation=config.session.truncation, truncated_samples=[], generation={}, generation_sources={})

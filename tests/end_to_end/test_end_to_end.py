@@ -50,6 +50,9 @@ def test_default_run_writes_the_run_folder_and_one_mlflow_run(tmp_path):
     assert run.info.run_name == "demo on addition"  # what ran, not when
     assert run.data.params["generation.temperature"] == "0.0"
     assert run.data.params["runtime.model"] == "demo"
+    options = json.loads((run_dir / "plan.json").read_text())["backend_options"]  # the kind's own, each a param
+    assert run.data.params["plan.option.attn_implementation"] == options["attn_implementation"] == "sdpa"
+    assert run.data.params["plan.option.offload"] == "none" and "plan.option.max_memory" not in run.data.params
     saved = json.loads((run_dir / "config.json").read_text())
     assert run.data.params["generation.max_new_tokens"] == str(saved["generation"]["max_new_tokens"])
     assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])

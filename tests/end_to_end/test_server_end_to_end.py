@@ -67,6 +67,7 @@ def test_the_demo_task_through_the_server_scores_as_in_process_and_the_key_is_no
 
     plan = json.loads((mine / "plan.json").read_text())
     assert plan["backend"] == "openai" and plan["device"] == "server" and plan["dtype"] == "server-decides"
+    assert plan["memory"] is None and "offload" not in plan and plan["backend_options"] == {}  # not ours to decide
     identity = plan["backend_plan"]["identity"]
     assert identity["endpoint"] == served.base_url and identity["model"] == served.model
     assert identity["reported"]["owned_by"] == "local"
@@ -81,6 +82,7 @@ def test_the_demo_task_through_the_server_scores_as_in_process_and_the_key_is_no
     assert run.data.tags["model.endpoint"] == served.base_url and run.data.tags["model.kind"] == "served"
     assert json.loads(run.data.tags["model.reported"])["owned_by"] == "local"
     assert run.data.params["backend.base_url"] == served.base_url and run.data.params["plan.device"] == "server"
+    assert not [key for key in run.data.params if key.startswith("plan.option.")]
 
     assert SECRET not in result.stdout + result.stderr
     leaks = [str(p) for p in remote.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
