@@ -118,7 +118,7 @@ def plan_served_thinking(config: Config, backend: Any) -> ThinkingPlan:
                         f"{'them' if len(parts) > 1 else 'it'} unset")
     if folder:
         from pipeline.data.chat_template import ChatTemplate  # jinja only, no torch
-        from pipeline.backends.transformers.plan import added_tokens
+        from pipeline.backends.local_model import added_tokens
 
         if not Path(folder).expanduser().is_dir():
             raise UserError(f"backend.tokenizer={folder!r} is not a folder: name a local model folder with the served "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from pipeline.backends.transformers.backend_options import choose_backend_options
+from pipeline.backends.local_model import added_tokens, check_tools, require_chat_template
 from pipeline.backends.local_tokenizer import token_counter
 from pipeline.data.chat_template import ChatTemplate
 from pipeline.backends.transformers.gpus import accelerators, cuda_bf16_supported, device_gpu
@@ -24,12 +25,11 @@ from pipeline.backends.transformers.memory import Need, free_memory, free_ram, n
 from pipeline.core.console import gib
 from pipeline.core.model_files import read_generation_config
 from pipeline.backends.transformers.placement import parallel_job_device
-from pipeline.core.config import Config, RuntimeConfig, SessionConfig, parse_bytes
+from pipeline.core.config import Config, RuntimeConfig, parse_bytes
 from pipeline.core.errors import UserError
 from pipeline.core.generation_settings import command_line_keys, effective_generation
 from pipeline.core.reasoning import thinking_support
 from pipeline.core.records import MemoryEstimate, ResolvedModel, RuntimePlan, Sample
-from pipeline.core.text_files import read_json
 from pipeline.core.thinking import NewTokens, budget_warnings, new_tokens, plan_thinking
 from pipeline.data.prompts import adds_special_tokens, count_prompt_tokens
 
@@ -154,40 +154,6 @@ def plan(model: ResolvedModel, config: Config, samples: list[Sample], prompt_tok
         warnings=warnings,
         backend_options=backend_options,
     )
-
-
-def added_tokens(folder: Path) -> list[str]:
-    """The tokenizer's added tokens as written in tokenizer.json (where thinking tags are declared)."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        return []
-    try:
-        data = read_json(path)
-    except Exception:  # noqa: BLE001 - an unreadable tokenizer is reported where it is read for counting
-        return []
-    return [token.get("content", "") for token in data.get("added_tokens") or [] if isinstance(token, dict)]
-
-
-def require_chat_template(model: ResolvedModel, session: SessionConfig) -> bool:
-    """Whether the session renders through a chat template; a UserError when it needs one the model lacks."""
-    if session.chat_template and not model.has_chat_template:
-        raise UserError(f"session.chat_template=true but model {model.reference!r} has no chat template; "
-                        "set session.chat_template=false to send plain text")
-    return session.chat_template
-
-
-def check_tools(model: ResolvedModel, schemas: list[dict[str, Any]], template: Optional[ChatTemplate]) -> list[dict]:
-    """The tools' JSON schemas, once the model's chat template shows them (the model reads them in its prompt)."""
-    if not schemas:
-        return []
-    if template is None:
-        raise UserError("session.tools needs the model's chat template to show the tools; "
-                        "set session.chat_template=true")
-    probe = [{"role": "user", "content": "?"}]
-    if template.render(probe, tools=schemas) == template.render(probe):
-        raise UserError(f"session.tools: the chat template of {model.reference!r} ignores tools, so the model "
-                        "would never see them; use a model whose template supports tool calling, or drop session.tools")
-    return schemas
 
 
 def check_media(model: ResolvedModel, samples: list[Sample], config: Config) -> int:

@@ -31,7 +31,7 @@ MIN_CPU_KV_CACHE = 64 << 20  # bytes: the smallest KV cache the plan gives the C
 
 def plan(request: PlanRequest) -> KindPlan:
     from pipeline.backends.local_tokenizer import token_counter
-    from pipeline.backends.transformers.plan import added_tokens, check_tools, require_chat_template
+    from pipeline.backends.local_model import added_tokens, check_tools, require_chat_template
     from pipeline.backends.vllm.backend import VllmBackend
     from pipeline.core.generation_settings import command_line_keys, effective_generation
     from pipeline.core.model_files import read_generation_config
