@@ -27,6 +27,8 @@ from pipeline.core.config import (
 )
 from tests.helpers.tiny_model import build_tiny_model
 
+# the environment this test process started with, before any library (vLLM's CPU platform) changed it
+STARTING_LD_PRELOAD = os.environ.get("LD_PRELOAD")
 DEMO_DATASET = ASSETS_DIR / "datasets" / "addition.jsonl"
 DEMO_MODEL = ASSETS_DIR / "demo_model"
 

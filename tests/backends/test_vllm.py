@@ -10,6 +10,7 @@ the runs start their own, in their own process. Everything that needs vLLM skips
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,15 @@ def test_a_closed_engine_lets_the_next_start_in_this_process(vllm_tools):
     assert backend.llm is None
     backend.load()
     assert answer() == before
+
+
+def test_the_engine_leaves_the_environment_our_subprocesses_inherit(vllm_tools):
+    """vLLM's CPU platform puts its tcmalloc and PyTorch's libgomp in LD_PRELOAD for processes it would spawn: every
+    process ours starts afterwards (plots, a sweep's workers, a server; here: the tests' own runs) would load them
+    before Python starts. The session's engine has started; the variable is as this process began."""
+    from tests.conftest import STARTING_LD_PRELOAD
+
+    assert os.environ.get("LD_PRELOAD") == STARTING_LD_PRELOAD
 
 
 def both(tmp_path: Path, *args: str) -> dict[str, Path]:

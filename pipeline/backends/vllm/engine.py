@@ -25,10 +25,18 @@ def start(model_path: str, options: dict[str, Any]) -> Any:
     # only warns (it has bound its threads to cores); the rest of this process (a transformers model beside it,
     # the next job of a sweep) keeps torch as it was
     set_num_threads = torch.set_num_threads
+    # vLLM's CPU platform adds PyTorch's libgomp and its own tcmalloc to LD_PRELOAD, for the engine processes it
+    # would spawn; ours spawns none, and every process this one starts later (the plots, a sweep's workers, a
+    # server) would inherit them, so the variable is put back as it was
+    preload = os.environ.get("LD_PRELOAD")
     try:
         return LLM(model=model_path, **options)
     finally:
         torch.set_num_threads = set_num_threads
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
 
 
 def stop(llm: Any) -> None:
