@@ -46,6 +46,7 @@ from pipeline.core.errors import (
     UserError,
     describe_config_exception,
     forget_signals,
+    quiet_swallowed_signals,
     raise_if_signalled,
     reraise_interruption,
     signalled,
@@ -190,6 +191,7 @@ def _is_config_error(error: Exception) -> bool:
 
 def main() -> None:
     forget_signals()
+    sys.unraisablehook = quiet_swallowed_signals  # a signal landing in a finalizer: raised later, not printed
     outside_jobs = sys.modules.get("pipeline.run.outside_jobs")  # imported by an earlier command in this process
     if outside_jobs is not None:
         outside_jobs.forget_run_folder()

@@ -10,6 +10,7 @@ wants (pipeline.core.config.expected_value), a mistyped group or option lists wh
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Optional
 
 EXIT_OK = 0
@@ -86,6 +87,15 @@ def reraise_interruption(error: BaseException) -> None:
     cause = interruption_behind(error)
     if cause is not error:
         raise cause from error
+
+
+def quiet_swallowed_signals(unraisable: Any) -> None:
+    """sys.unraisablehook: an interruption of ours that landed where Python cannot raise it (a weakref callback,
+    a __del__, a garbage collection) is not printed as "Exception ignored ... Traceback"; raise_if_signalled
+    raises it as the stage ends. Anything else goes to Python's own hook."""
+    if any(unraisable.exc_value is interruption for interruption in _SIGNALLED):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def raise_if_signalled() -> None:

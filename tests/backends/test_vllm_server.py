@@ -51,10 +51,13 @@ def test_greedy_chat_streams_the_same_answers_as_unstreamed_and_right(vllm_serve
     assert [c.error for c in completions] == [None] * len(SUMS)
     assert [c.text for c in completions] == [s["reference"] for s in SUMS]  # the demo model knows its sums
     for row, completion in enumerate(completions):
-        # streamed: the text came in pieces, one per token, and the first came before the last
-        assert "".join(sink.pieces[row]) == completion.text and len(sink.pieces[row]) == completion.completion_tokens - 1
+        # streamed: the text came in pieces, at most one per token (vLLM's server sends the tokens of several engine
+        # steps in one event when the client reads slower than it generates), and the first came before the last
+        assert "".join(sink.pieces[row]) == completion.text
+        assert 1 <= len(sink.pieces[row]) <= completion.completion_tokens - 1
         assert 0 < completion.ttft_s < completion.latency_s  # measured: the end came in a later event
         assert completion.prompt_tokens > 0 and completion.finish_reason == "stop"
+    assert any(len(pieces) > 1 for pieces in sink.pieces.values()), sink.pieces  # not one event per answer
     unstreamed = [httpx.post(f"{vllm_served.base_url}/chat/completions", timeout=60, json={
         "model": vllm_served.model, "messages": [{"role": "user", "content": s["prompt"]}], "max_tokens": 16,
         "temperature": 0}).json()["choices"][0]["message"]["content"] for s in SUMS[:4]]
