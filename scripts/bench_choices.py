@@ -45,21 +45,24 @@ metric_list:
 """
 
 
-# lm-eval's CLI with the seconds of its scoring phase (HFLM.loglikelihood) written to a file: the rest of its
-# wall time is importing itself, indexing its tasks and loading the model
-LM_EVAL_DRIVER = """
+def lm_eval_driver(module: str, model_class: str, phase: str, prelude: str = "") -> str:
+    """lm-eval's CLI, run with `python -c`, with the seconds spent in `model_class.phase` (its scoring or
+    generation) summed into the file named by its first argument: the rest of its wall time is importing itself,
+    indexing its tasks and loading the model. `prelude`: code run before lm-eval is imported."""
+    return f"""
 import json, sys, time
+{prelude}
 from lm_eval.__main__ import cli_evaluate
-from lm_eval.models.huggingface import HFLM
+from {module} import {model_class}
 spent = []
-loglikelihood = HFLM.loglikelihood
+phase = {model_class}.{phase}
 def timed(self, *args, **kwargs):
     started = time.perf_counter()
     try:
-        return loglikelihood(self, *args, **kwargs)
+        return phase(self, *args, **kwargs)
     finally:
         spent.append(time.perf_counter() - started)
-HFLM.loglikelihood = timed
+{model_class}.{phase} = timed
 out = sys.argv.pop(1)
 sys.argv = ["lm_eval", *sys.argv[1:]]
 try:
@@ -67,6 +70,9 @@ try:
 finally:
     open(out, "w").write(json.dumps(sum(spent)))
 """
+
+
+LM_EVAL_DRIVER = lm_eval_driver("lm_eval.models.huggingface", "HFLM", "loglikelihood")
 
 
 def write_questions(path: Path, questions: int, context_chars: int = 200, seed: int = 0) -> Path:

