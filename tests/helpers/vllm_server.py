@@ -14,17 +14,15 @@ Not for: anything without vLLM installed (`vllm_missing` says why, and the fixtu
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.backends.openai.local_server import free_port
+from pipeline.backends.openai.local_server import free_port, wait_until_answering
 
 STARTUP_TIMEOUT_S = 400  # 45-100 s on an idle 2-core machine; much more while other tests load models
 SERVED_NAME = "demo"
@@ -60,19 +58,8 @@ class VllmServer:
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def wait(self, timeout: float = STARTUP_TIMEOUT_S) -> "VllmServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM's server exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/v1/models")
-                if connection.getresponse().status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"vLLM's server did not answer /v1/models in {timeout:.0f} s:\n{self.log_tail()}")
+        wait_until_answering(self.process, self.port, "/v1/models", "vLLM's server", self.log, timeout, poll_s=1)
+        return self
 
     def stop(self) -> None:
         """SIGTERM to the process group (the API server and its engine core), SIGKILL if it lingers."""
@@ -84,9 +71,6 @@ class VllmServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
     def __enter__(self) -> "VllmServer":
         try:

@@ -23,6 +23,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_answering(process: subprocess.Popen, port: int, path: str, what: str, log: Path, timeout: float,
+                         poll_s: float = 0.25) -> None:
+    """Until GET `path` on the loopback `port` answers 200; a RuntimeError with the log's tail when `process` exits
+    first or `timeout` seconds pass (a server's start: model load, engine build)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited ({process.returncode}):\n{_tail(log)}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(poll_s)
+    raise RuntimeError(f"{what} did not answer {path} in {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
 def serving_extra_missing() -> Optional[str]:
     """Why `transformers serve` cannot run here, or None when it can."""
     try:
@@ -53,19 +76,7 @@ class TransformersServe:
                  "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited ({self.process.returncode}):\n{self.log.read_text()[-2000:]}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"transformers serve did not answer /health in {timeout}s:\n{self.log.read_text()[-2000:]}")
+        wait_until_answering(self.process, self.port, "/health", "transformers serve", self.log, timeout)
 
     def stop(self) -> None:
         self.process.terminate()
