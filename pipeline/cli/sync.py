@@ -78,7 +78,6 @@ def run_params(config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     params = flatten(config)
     if plan:
         params.update(plan_params(plan))
-        params.update({f"effective.generation.{key}": value for key, value in (plan.get("generation") or {}).items()})
     return params
 
 

@@ -136,7 +136,6 @@ def start_tracking(prepared: Rescore, config: Config, tracker: Tracker, run_dir:
     tracker.start(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     params = flatten(prepared.config)
     params.update(plan_params(prepared.plan))
-    params.update({f"effective.generation.{k}": v for k, v in prepared.plan.get("generation", {}).items()})
     tracker.log_params(params)
     return source_run_id
 

@@ -359,8 +359,7 @@ def config_params(config: Config, plan: Optional[RuntimePlan] = None) -> dict[st
     params = {key: value for key, value in flatten(config.to_dict()).items() if not key.startswith("backend.")}
     params.update(flatten(registry.effective_settings(config.backend), "backend."))
     if plan is not None:
-        params.update(plan_params(plan.to_dict()))
-        params.update({f"effective.generation.{key}": value for key, value in plan.generation.items()})
+        params.update(plan_params(vars(plan)))  # its fields as they are: no copy of the whole plan
         params.update(judge_params(plan.judge))
     return params
 
@@ -380,12 +379,14 @@ PLAN_PARAMS = ("backend", "device", "dtype", "batch_size")
 
 
 def plan_params(plan: dict[str, Any]) -> dict[str, Any]:
-    """What the plan decided, as plan.* params (from a RuntimePlan's dict, or a run folder's plan.json): where the
-    model runs and the batch, and the kind's own options as plan.option.* (transformers' attention and offload,
-    vLLM's max_model_len, ...); an option left unset (null) is not a param."""
+    """What the plan decided, as params (from a RuntimePlan's fields, or a run folder's plan.json): where the model
+    runs and the batch as plan.*, the kind's own options as plan.option.* (transformers' attention and offload,
+    vLLM's max_model_len, ...; one left unset, null, is not a param), the effective generation settings as
+    effective.generation.*."""
     params = {f"plan.{key}": plan[key] for key in PLAN_PARAMS if key in plan}
     params.update({f"plan.option.{key}": value for key, value in (plan.get("backend_options") or {}).items()
                    if value is not None})
+    params.update({f"effective.generation.{key}": value for key, value in (plan.get("generation") or {}).items()})
     return params
 
 
